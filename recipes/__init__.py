@@ -1,0 +1,1 @@
+"""Training, evaluation, conversion and release recipes for groundvlm (`accelerate launch recipes/<m>.py`)."""

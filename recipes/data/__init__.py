@@ -1,0 +1,1 @@
+"""groundvlm.recipes.data"""
