@@ -1,0 +1,184 @@
+"""Recipe arguments: dataclasses filled from `--config <yaml>` plus command-line overrides.
+
+Every recipe (`recipes/pin.py`, `recipes/vpgtrans.py`, `recipes/groma.py`) parses its arguments the way trl's
+example scripts do — `TrlParser` over a tuple of dataclasses — with three additions:
+
+- `--config` takes a real path *or* the name of a config shipped with the recipe (`--config stage1` finds
+  `recipes/<recipe>/stage1.yaml` inside the installed package);
+- a key in the YAML that is no field of any dataclass is an error naming the key (trl would report it as a
+  leftover `--key value` pair, after the fact);
+- run-level defaults that make a relaunch land in the same place, so that it can resume: `output_dir` defaults
+  to `runs/<recipe>/<run_name>` and `run_name` to the config's name (`default` without a config). A time stamp
+  would be unique but would send a restarted run to a fresh directory, where it finds no checkpoint.
+
+Precedence: dataclass default < YAML value < command-line flag.
+
+    run_args, pin_args, training_args = parse_recipe_args((RunArguments, PinArguments, TrainingArguments))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+from trl import TrlParser
+
+RECIPES_DIR = Path(__file__).resolve().parent
+"""The folder of the installed `groundvlm.recipes` package; shipped configs live in `RECIPES_DIR/<recipe>/`."""
+
+DEFAULT_RUN_NAME = "default"
+"""`run_name` when neither the command line, the YAML nor a config name gives one."""
+
+
+@dataclass
+class RunArguments:
+    """Arguments every recipe shares that `transformers.TrainingArguments` does not already have.
+
+    `seed`, `run_name`, `output_dir` and `report_to` are deliberately *not* here: `TrainingArguments` (and trl's
+    configs, which subclass it) own them, and two dataclasses declaring the same field make the parser fail.
+    `parse_recipe_args` gives those fields their recipe defaults instead.
+    """
+
+    preset: Literal["cpu", "gpu"] = field(
+        default="cpu",
+        metadata={
+            "help": "Size preset: 'cpu' keeps models and data small enough for 2 CPU cores; 'gpu' scales them "
+            "up for an accelerator. Each recipe documents what the preset changes."
+        },
+    )
+    resume: bool = field(
+        default=True,
+        metadata={
+            "help": "Resume from the last complete checkpoint in output_dir if there is one (use --no_resume to "
+            "start over). An explicit --resume_from_checkpoint <path> takes precedence."
+        },
+    )
+
+
+def resolve_config_path(recipe: str | None, name: str | Path) -> Path:
+    """Find a recipe config: an existing file path, else `recipes/<recipe>/<name>[.yaml]` in the installed package.
+
+    Args:
+        recipe: the recipe's name (`"pin"`, `"vpgtrans"`, `"groma"`); may be `None` when `name` is a path.
+        name: a path to a YAML file, or a config name such as `"stage1"` or `"stage1.yaml"`.
+
+    Returns:
+        The path of an existing YAML file.
+
+    Raises:
+        FileNotFoundError: naming what was looked for and listing the configs the recipe ships.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if recipe is None:
+        raise FileNotFoundError(f"Config file {str(name)!r} does not exist (and no recipe name was given to look it up).")
+    recipe_dir = RECIPES_DIR / recipe
+    file_name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    candidate = recipe_dir / file_name
+    # Only bare names are looked up in the package; "some/dir/x.yaml" that does not exist is a user typo.
+    if len(path.parts) == 1 and candidate.is_file():
+        return candidate
+    shipped = sorted(p.stem for p in recipe_dir.glob("*.yaml")) if recipe_dir.is_dir() else []
+    raise FileNotFoundError(
+        f"Config {str(name)!r} is neither an existing file nor a config of recipe {recipe!r} "
+        f"(looked for {candidate}). Configs shipped with {recipe!r}: {shipped or 'none'}."
+    )
+
+
+def _config_from_argv(args: list[str]) -> tuple[list[str], str | None]:
+    """Split `--config X` / `--config=X` out of `args`; returns (args without it, X or None)."""
+    rest, config = [], None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config":
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ValueError("--config needs a value: a YAML path or the name of a recipe config.")
+            if config is not None:
+                raise ValueError("--config was given more than once.")
+            config = args[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            if config is not None:
+                raise ValueError("--config was given more than once.")
+            config = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, config
+
+
+def _load_config(path: Path, dataclass_types: Sequence[type]) -> dict[str, Any]:
+    """Read a recipe YAML and check that every key is a field of one of `dataclass_types` (or trl's `env`)."""
+    with open(path, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError(f"Config file {path} must hold a YAML mapping of argument names to values, got {type(config).__name__}.")
+    known = {f.name for dtype in dataclass_types for f in dataclasses.fields(dtype) if f.init}
+    unknown = [key for key in config if key not in known and key != "env"]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        names = ", ".join(dtype.__name__ for dtype in dataclass_types)
+        raise ValueError(f"Config file {path}: unknown key(s) {', '.join(hints)}; valid keys are the fields of {names}.")
+    return config
+
+
+def parse_recipe_args(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    recipe: str | None = None,
+) -> tuple:
+    """Parse `--config <yaml>` plus command-line overrides into one instance of each dataclass.
+
+    Args:
+        dataclass_types: the argument dataclasses, e.g. `(RunArguments, PinArguments, TrainingArguments)`.
+        argv: the arguments without the program name; `None` reads `sys.argv[1:]`.
+        recipe: the recipe's name, used to look up config names and for the default `output_dir`; `None` takes
+            the stem of the running script (`recipes/pin.py` -> `"pin"`).
+
+    Returns:
+        A tuple with one instance per entry of `dataclass_types`, in the same order.
+
+    Run-level defaults (each only where some dataclass has the field, and only when neither the YAML nor the
+    command line sets it): `run_name` = the config's name (its file stem), else `"default"`;
+    `output_dir` = `runs/<recipe>/<run_name>`; `report_to` = `"none"` (no tracker unless asked for).
+    """
+    dataclass_types = tuple(dataclass_types)
+    if not dataclass_types or not all(dataclasses.is_dataclass(d) and isinstance(d, type) for d in dataclass_types):
+        raise TypeError(f"dataclass_types must be a non-empty sequence of dataclass types, got {dataclass_types!r}.")
+    if recipe is None:
+        recipe = Path(sys.argv[0]).stem or "recipe"
+    args, config_name = _config_from_argv(list(sys.argv[1:] if argv is None else argv))
+
+    parser = TrlParser(dataclass_types)
+    dests = {action.dest for action in parser._actions}
+    config_path, config = None, {}
+    if config_name is not None:
+        config_path = resolve_config_path(recipe, config_name)
+        config = _load_config(config_path, dataclass_types)  # fails on unknown keys before trl sees them
+
+    run_name = config_path.stem if config_path is not None else DEFAULT_RUN_NAME
+    parser.set_defaults(**{key: value for key, value in (("run_name", run_name), ("report_to", "none")) if key in dests})
+    if "output_dir" in dests:
+        # A first look at the effective values (YAML, then command line) decides whether output_dir was given
+        # and which run_name names it; trl's parse below applies the same YAML again, so the values agree.
+        parser.set_defaults_with_config(**{key: value for key, value in config.items() if key != "env"})
+        namespace, _ = parser.parse_known_args(args=args)
+        if namespace.output_dir is None:
+            effective_run_name = getattr(namespace, "run_name", None) or run_name
+            parser.set_defaults(output_dir=str(Path("runs") / recipe / effective_run_name))
+    if config_path is not None:
+        args = ["--config", str(config_path), *args]
+    return tuple(parser.parse_args_and_config(args=args))

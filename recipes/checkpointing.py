@@ -1,0 +1,188 @@
+"""Checkpoints that survive a kill: atomic safetensors files, and resuming from the last complete checkpoint.
+
+`transformers.Trainer` already writes its checkpoints (`checkpoint-<step>/`) with the model weights as
+safetensors (`model.safetensors`; transformers 5 has no pickle option left), plus optimizer, scheduler and RNG
+state, and `trainer_state.json` *last*. A run killed while a checkpoint is being written therefore leaves a
+folder without (or with a torn) `trainer_state.json`; `last_checkpoint` skips such folders, where
+`transformers.trainer_utils.get_last_checkpoint` would pick them and the resume would crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+logger = logging.getLogger("groundvlm")
+
+TRAINER_STATE_NAME = "trainer_state.json"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # the Trainer's folder name, PREFIX_CHECKPOINT_DIR-<step>
+
+
+def save_safetensors_atomic(
+    state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> Path:
+    """Save `state_dict` as a safetensors file that is either fully written or not there at all.
+
+    The tensors go to a temporary file in the same folder, which is flushed to disk (fsync) and then renamed
+    over `path` with `os.replace` (atomic on POSIX and Windows). A crash or an error at any point leaves `path`
+    as it was before — absent, or the previous complete file — and no temporary file behind.
+
+    Args:
+        state_dict: parameter name -> tensor (any shape, dtype and device; non-contiguous tensors are made
+            contiguous, which does not change their values).
+        path: the file to write, e.g. `run_dir / "pin.safetensors"`.
+        metadata: optional string -> string header entries (safetensors allows nothing else).
+
+    Returns:
+        `Path(path)`.
+
+    Raises:
+        TypeError: a key is not a string, a value is not a tensor, or metadata is not str -> str.
+        ValueError: two entries share memory (tied weights); safetensors cannot store aliases, so drop the tied
+            copies (the model re-ties them on load) or clone them explicitly.
+    """
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict must be a dict of name -> torch.Tensor, got {type(state_dict).__name__}.")
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise TypeError(f"state_dict keys must be strings, got {key!r} ({type(key).__name__}).")
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"state_dict[{key!r}] is a {type(value).__name__}, not a torch.Tensor; safetensors stores tensors "
+                "only (put non-tensor facts in `metadata` as strings)."
+            )
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise TypeError(f"metadata must be a dict of str -> str, got {metadata!r}.")
+    aliases = _overlapping_entries(state_dict)
+    if aliases:
+        raise ValueError(
+            f"Entries of state_dict share memory: {aliases}. safetensors cannot store aliased tensors; keep one "
+            "name of each group (and re-tie on load) or clone the others."
+        )
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().contiguous() for key, value in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _overlapping_entries(state_dict: dict[str, torch.Tensor]) -> list[tuple[str, str]]:
+    """Pairs of entries whose memory overlaps (tied weights, views of one another); disjoint slices are fine."""
+    spans: dict[tuple, list[tuple[int, int, str]]] = {}
+    for key, value in state_dict.items():
+        if value.numel() == 0:
+            continue
+        start = value.storage_offset() * value.element_size()
+        extent = sum((size - 1) * stride for size, stride in zip(value.shape, value.stride())) + 1
+        storage = (value.device, value.untyped_storage().data_ptr())
+        spans.setdefault(storage, []).append((start, start + extent * value.element_size(), key))
+    pairs = []
+    for group in spans.values():
+        group.sort()
+        for (_, end, key), (next_start, _, next_key) in zip(group, group[1:]):
+            if next_start < end:
+                pairs.append((key, next_key))
+    return pairs
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entry list, so that a rename into it survives a power loss (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows cannot open folders
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    """True when `folder` holds a `trainer_state.json` that parses — the Trainer writes it last."""
+    state_file = Path(folder) / TRAINER_STATE_NAME
+    try:
+        json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The complete `checkpoint-<step>` folder of `output_dir` with the highest step, or None.
+
+    Incomplete folders (a run killed while saving) are skipped with a warning.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    steps = sorted(
+        ((int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))),
+        reverse=True,
+    )
+    for _, folder in steps:
+        if is_complete_checkpoint(folder):
+            return str(folder)
+        logger.warning("Skipping incomplete checkpoint %s (no readable %s).", folder, TRAINER_STATE_NAME)
+    return None
+
+
+def train_resuming(trainer: Any, output_dir: str | os.PathLike | None = None, resume: bool | str = True):
+    """`trainer.train()`, resuming from a checkpoint when there is one.
+
+    Args:
+        trainer: a `transformers.Trainer` (or trl trainer).
+        output_dir: where to look for checkpoints; default `trainer.args.output_dir`.
+        resume: `True` — resume from `trainer.args.resume_from_checkpoint` if set, else from
+            `last_checkpoint(output_dir)`, else start from scratch; `False` — start from scratch; a path —
+            resume from that checkpoint (it must be complete).
+
+    Returns:
+        What `trainer.train` returns (`TrainOutput`).
+
+    The Trainer restores model, optimizer, scheduler, RNG states and the global step, and skips the batches
+    already seen in the current epoch, so a resumed run continues where the checkpoint left off.
+    """
+    output_dir = Path(output_dir if output_dir is not None else trainer.args.output_dir)
+    if resume is True:
+        checkpoint = trainer.args.resume_from_checkpoint or last_checkpoint(output_dir)
+    elif resume is False:
+        checkpoint = None
+        if last_checkpoint(output_dir) is not None:
+            logger.warning("resume=False: training from scratch; checkpoints in %s will be overwritten.", output_dir)
+    elif isinstance(resume, (str, os.PathLike)):
+        checkpoint = str(resume)
+    else:
+        raise TypeError(f"resume must be True, False or a checkpoint path, got {resume!r}.")
+
+    if checkpoint is None:
+        logger.info("No checkpoint to resume from in %s; training from scratch.", output_dir)
+    else:
+        if not is_complete_checkpoint(checkpoint):
+            raise ValueError(f"Cannot resume from {checkpoint}: it is not a complete checkpoint (no readable {TRAINER_STATE_NAME}).")
+        step = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text(encoding="utf-8"))["global_step"]
+        logger.info("Resuming from checkpoint %s (global step %d).", checkpoint, step)
+    return trainer.train(resume_from_checkpoint=checkpoint)

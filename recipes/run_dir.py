@@ -1,0 +1,224 @@
+"""The run directory: one folder per run holding its resolved config, environment facts, log and metrics.
+
+    runs/<recipe>/<run_name>/
+        config.yaml      every argument of every dataclass, defaults included (`--config` it to re-run)
+        run_info.json    versions, device, git commit, date, command line
+        train.log        the recipe's log (logger `groundvlm`) and transformers' warnings
+        metrics.json     {name: {metric: value}} written by `write_metrics`
+        checkpoint-N/    written by the Trainer
+
+Under `accelerate launch` every process calls these functions; only the main process writes, so N processes
+do not race on one file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from accelerate import PartialState
+
+logger = logging.getLogger("groundvlm")
+
+CONFIG_NAME = "config.yaml"
+RUN_INFO_NAME = "run_info.json"
+LOG_NAME = "train.log"
+METRICS_NAME = "metrics.json"
+
+_VERSIONED_PACKAGES = (
+    "groundvlm", "torch", "torchvision", "transformers", "accelerate", "peft", "trl", "datasets", "evaluate",
+    "safetensors", "tokenizers",
+)  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """`value` as YAML/JSON-safe builtins (enums by value, paths and unknown objects as strings)."""
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if hasattr(value, "to_dict"):
+        return _plain(value.to_dict())
+    return str(value)
+
+
+def resolved_config(*arg_dataclasses: Any) -> dict[str, Any]:
+    """All init fields of the given dataclass instances as one flat mapping, the shape `--config` reads.
+
+    Secrets are never written: any field whose name ends in `_token` (e.g. `hub_token`) is recorded as `None`.
+    """
+    config: dict[str, Any] = {}
+    for args in arg_dataclasses:
+        if not (dataclasses.is_dataclass(args) and not isinstance(args, type)):
+            raise TypeError(f"prepare_run_dir takes dataclass instances, got {type(args).__name__}.")
+        for f in dataclasses.fields(args):
+            if not f.init:
+                continue
+            value = None if f.name.endswith("_token") else getattr(args, f.name)
+            config[f.name] = _plain(value)
+    return config
+
+
+def _git_commit() -> dict[str, Any] | None:
+    """The commit (and whether the tree is dirty) of the checkout this package runs from, if it is one."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None  # installed from a wheel, or git missing: no commit to report
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def environment_facts() -> dict[str, Any]:
+    """Versions, device, process layout, git commit, date and command line of the current process."""
+    import torch
+
+    versions = {}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    state = PartialState()
+    cuda = torch.cuda.is_available()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": [sys.executable, *sys.argv],
+        "cwd": os.getcwd(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "device": {
+            "type": state.device.type,
+            "name": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
+            "cuda": torch.version.cuda if cuda else None,
+            "count": torch.cuda.device_count() if cuda else 0,
+        },
+        "distributed": {"type": str(state.distributed_type.value), "num_processes": state.num_processes},
+        "git": _git_commit(),
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees either the old file or the whole new one, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def attach_log_file(run_dir: str | os.PathLike) -> Path:
+    """Send the `groundvlm` logger (INFO and up) and transformers' logger to `run_dir/train.log` (appending).
+
+    A relaunched run appends to the same file, so the log of a resumed run tells the whole story. Calling this
+    twice for the same directory does not duplicate lines.
+    """
+    path = Path(run_dir) / LOG_NAME
+    handler = None
+    for name in ("groundvlm", "transformers"):
+        target = logging.getLogger(name)
+        if any(getattr(h, "baseFilename", None) == os.path.abspath(path) for h in target.handlers):
+            continue
+        if handler is None:
+            handler = logging.FileHandler(path, encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        target.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return path
+
+
+def prepare_run_dir(output_dir: str | os.PathLike, *arg_dataclasses: Any) -> Path:
+    """Create the run directory and record how the run was made.
+
+    Writes `config.yaml` (every field of every dataclass in `arg_dataclasses`, defaults included, flat — the
+    shape `--config` reads) and `run_info.json` (`environment_facts()`), and attaches `train.log`. Only the
+    main process writes; every process gets the path back, after the main process has finished.
+
+    Args:
+        output_dir: the run directory (usually `training_args.output_dir`).
+        *arg_dataclasses: the parsed argument dataclasses.
+
+    Returns:
+        `Path(output_dir)`.
+    """
+    run_dir = Path(output_dir)
+    config = resolved_config(*arg_dataclasses)
+    state = PartialState()
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        header = "# Resolved configuration of this run: " + ", ".join(type(a).__name__ for a in arg_dataclasses) + "\n"
+        _write_atomic(run_dir / CONFIG_NAME, header + yaml.safe_dump(config, sort_keys=False))
+        _write_atomic(run_dir / RUN_INFO_NAME, json.dumps(environment_facts(), indent=2) + "\n")
+        attach_log_file(run_dir)
+        logger.info("Run directory %s (config: %s)", run_dir.resolve(), run_dir / CONFIG_NAME)
+    state.wait_for_everyone()
+    return run_dir
+
+
+def _json_value(key: str, value: Any) -> Any:
+    """A metric value as JSON: numbers, strings, bools, None, lists/dicts of those; scalar tensors via `.item()`."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _json_value(f"{key}.{k}", v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    if hasattr(value, "item") and tuple(getattr(value, "shape", (None,))) == ():
+        return value.item()  # numpy / torch scalars
+    raise TypeError(f"Metric {key!r} has a value of type {type(value).__name__}, which JSON cannot hold.")
+
+
+def write_metrics(run_dir: str | os.PathLike, name: str, metrics: dict[str, Any]) -> Path:
+    """Record `metrics` under `name` in `run_dir/metrics.json`, atomically, keeping other names' entries.
+
+    `metrics.json` maps names to metric dicts, e.g. `{"train": {...}, "eval_toy_val": {...}}`; writing a name
+    again replaces its entry. The file is replaced in one `os.replace`, so a reader (or a crash) never sees a
+    half-written file. Only the main process writes.
+
+    Returns:
+        The path of `metrics.json`.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"write_metrics needs a non-empty metrics name, got {name!r}.")
+    if not isinstance(metrics, dict):
+        raise TypeError(f"write_metrics takes a dict of metrics, got {type(metrics).__name__}.")
+    entry = {str(k): _json_value(str(k), v) for k, v in metrics.items()}
+    path = Path(run_dir) / METRICS_NAME
+    if PartialState().is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existing = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        existing[name] = entry
+        _write_atomic(path, json.dumps(existing, indent=2, sort_keys=True) + "\n")
+    return path
