@@ -23,5 +23,12 @@ def _register(config_cls, *model_registrations):
 
 
 # [vpgtrans]
+from transformers import AutoModelForImageTextToText  # noqa: E402
+
+from .configuration_vpgtrans import VPGTransConfig  # noqa: E402
+from .modeling_vpgtrans import VPGTransModel  # noqa: E402
+
+_register(VPGTransConfig, (AutoModel, VPGTransModel), (AutoModelForImageTextToText, VPGTransModel))
+__all__ += ["VPGTransConfig", "VPGTransModel"]
 # [pin]
 # [groma]
