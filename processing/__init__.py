@@ -8,3 +8,21 @@ __all__: list[str] = []
 # [vpgtrans]
 # [pin]
 # [groma]
+from transformers import AutoImageProcessor, AutoProcessor  # noqa: E402
+
+from groundvlm.modeling.configuration_groma import GromaConfig as _GromaConfig  # noqa: E402
+
+from .image_processing_groma import GromaImageProcessor  # noqa: E402
+from .processing_groma import GromaProcessor, add_groma_tokens, build_groma_prompt  # noqa: E402
+
+# Native lookup (registry keyed by config class; registration only, never shipped) and `auto_map` on save, so a
+# saved processor folder loads with `trust_remote_code=True` where groundvlm is not installed.
+try:
+    AutoProcessor.register(_GromaConfig, GromaProcessor, exist_ok=True)
+    AutoImageProcessor.register(_GromaConfig, image_processor_classes={"pil": GromaImageProcessor}, exist_ok=True)
+except TypeError:  # older signatures without exist_ok
+    AutoProcessor.register(_GromaConfig, GromaProcessor)
+    AutoImageProcessor.register(_GromaConfig, image_processor_classes={"pil": GromaImageProcessor})
+GromaImageProcessor.register_for_auto_class("AutoImageProcessor")
+GromaProcessor.register_for_auto_class("AutoProcessor")
+__all__ += ["GromaImageProcessor", "GromaProcessor", "add_groma_tokens", "build_groma_prompt"]
