@@ -31,4 +31,18 @@ from .modeling_vpgtrans import VPGTransModel  # noqa: E402
 _register(VPGTransConfig, (AutoModel, VPGTransModel), (AutoModelForImageTextToText, VPGTransModel))
 __all__ += ["VPGTransConfig", "VPGTransModel"]
 # [pin]
+from transformers import AutoModelForImageTextToText  # noqa: E402
+
+from .configuration_pin import PinConfig  # noqa: E402
+from .modeling_pin import PinForLocalization  # noqa: E402
+
+_register(PinConfig, (AutoModel, PinForLocalization), (AutoModelForImageTextToText, PinForLocalization))
+__all__ += ["PinConfig", "PinForLocalization"]
 # [groma]
+from transformers import AutoModelForImageTextToText  # noqa: E402
+
+from .configuration_groma import GromaConfig  # noqa: E402
+from .modeling_groma import GromaForConditionalGeneration  # noqa: E402
+
+_register(GromaConfig, (AutoModel, GromaForConditionalGeneration), (AutoModelForImageTextToText, GromaForConditionalGeneration))
+__all__ += ["GromaConfig", "GromaForConditionalGeneration"]
