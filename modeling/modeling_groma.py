@@ -1,0 +1,436 @@
+"""Groma (ECCV 2024): a grounded multimodal LLM with localized visual tokenization.
+
+DINOv2 encodes a 448x448 image. Its last block gives 256 image tokens (2x2 merge -> Linear-GELU-Linear); a
+class-agnostic Deformable-DETR proposes boxes, of which up to 100 are selected and encoded by a RoIAlign region
+encoder into region tokens; the Llama LLM reads both and refers to regions through proxy tokens `<r0>` .. `<r99>`.
+
+Static-length layout (what the processor builds, what makes batching, the KV cache and `generate` work):
+    the first turn holds `num_image_tokens` (256) `<image>` tokens and `num_proxy_tokens` (100) pairs
+    `<r_j><region>`, j = 0..99. The model writes the image tokens into the `<image>` slots and region token j into
+    the `<region>` slot of pair j for j < N (N = number of selected regions of that image), and sets
+    `attention_mask = 0` on both tokens of every pair j >= N. Position ids are `cumsum(attention_mask) - 1`, so
+    the RoPE positions of every attended token equal those of the reference's dynamically expanded sequence
+    (which holds exactly N pairs); masked pairs are as if absent.
+Referring: `<roi><refer_box></roi><refer_feat>` with `refer_boxes` (normalised cxcywh per image). Each user box
+enters region selection with score 1.0; the k-th `<refer_box>` of a sample becomes `<r_m>` and the k-th
+`<refer_feat>` gets region token m, where m is the selected box of best IoU with user box k.
+Region order is deterministic (NMS order = descending score); the reference's random permutation can be
+re-introduced only through the `region_permutation` hook (used by parity tests).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.ops import box_iou, nms
+from transformers import AutoModelForCausalLM, Dinov2Model, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
+from transformers.utils import ModelOutput
+
+from .configuration_groma import GromaConfig
+from .groma_proposer import GromaChannelLayerNorm, GromaRegionProposer
+from .groma_region_encoder import GromaRegionEncoder
+
+
+def center_to_corners(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) cxcywh -> (..., 4) xyxy."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
+
+
+@dataclass
+class GromaCausalLMOutputWithPast(ModelOutput):
+    """Causal-LM output plus the selected regions.
+
+    region_boxes (`list[torch.Tensor]`): per image (N_i, 4) normalised xyxy in [0, 1], in slot order (row j is the
+        box of `<r_j>`). Only set when the forward encoded images.
+    attention_mask (`torch.LongTensor`): the attention mask actually used (unused region pairs zeroed).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: object | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    region_boxes: list[torch.Tensor] | None = None
+    attention_mask: torch.Tensor | None = None
+
+
+@dataclass
+class GromaPreparedInputs(ModelOutput):
+    """Everything the LLM prefill needs, computed once per image batch (see `prepare_multimodal_inputs`)."""
+
+    input_ids: torch.LongTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    inputs_embeds: torch.Tensor | None = None
+    region_boxes: list[torch.Tensor] | None = None
+
+
+class GromaDinov2Embeddings(Dinov2Embeddings):
+    """DINOv2 embeddings whose position-embedding interpolation follows transformers 4.32 (the released model's).
+
+    4.32 resized the 37x37 grid with `scale_factor = (n + 0.1) / 37` (output n x n); bicubic sampling then maps
+    output pixel i to input (i + 0.5) * 37 / (n + 0.1) - 0.5, not (i + 0.5) * 37 / n - 0.5 as 5.x's `size=` does.
+    """
+
+    def __init__(self, config, legacy_interpolation: bool = True):
+        super().__init__(config)
+        self.legacy_interpolation = legacy_interpolation
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if not self.legacy_interpolation:
+            return super().interpolate_pos_encoding(embeddings, height, width)
+        num_patches = embeddings.shape[1] - 1
+        num_positions = self.position_embeddings.shape[1] - 1
+        if num_patches == num_positions and height == width:
+            return self.position_embeddings
+        side = int(num_positions**0.5)
+        new_h = height // self.config.patch_size + 0.1
+        new_w = width // self.config.patch_size + 0.1
+        patch_pos = self.position_embeddings[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(
+            patch_pos.float(), scale_factor=(new_h / side, new_w / side), mode="bicubic", align_corners=False
+        ).to(self.position_embeddings.dtype)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, patch_pos.shape[1])
+        return torch.cat((self.position_embeddings[:, :1], patch_pos), dim=1)
+
+
+class GromaMultiModalProjector(nn.Module):
+    """Linear-GELU-Linear from 2x2-merged DINOv2 tokens (4 * C) to the LLM width (the reference's img_txt_bridge)."""
+
+    def __init__(self, config: GromaConfig):
+        super().__init__()
+        hidden = config.text_config.hidden_size
+        self.linear_1 = nn.Linear(4 * config.vision_config.hidden_size, hidden)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(hidden, hidden)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(image_features)))
+
+
+class GromaPreTrainedModel(PreTrainedModel):
+    config_class = GromaConfig
+    config: GromaConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlamaDecoderLayer", "Dinov2Layer", "GromaRegionProposer", "GromaRegionEncoder"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, GromaChannelLayerNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, GromaRegionProposer):
+            init.normal_(module.level_embed, mean=0.0, std=std)
+
+
+class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
+    """Groma: image + text (+ optional user boxes) -> text with proxy tokens `<r_j>` addressing selected regions.
+
+    Submodules: `vision_model` (Dinov2Model), `multi_modal_projector`, `region_proposer`, `region_encoder`,
+    `language_model` (LlamaForCausalLM with the 114 added tokens as native rows).
+    """
+
+    def __init__(self, config: GromaConfig):
+        super().__init__(config)
+        self.vision_model = Dinov2Model(config.vision_config)
+        self.vision_model.embeddings = GromaDinov2Embeddings(
+            config.vision_config, legacy_interpolation=config.vision_legacy_pos_interpolation
+        )
+        self.multi_modal_projector = GromaMultiModalProjector(config)
+        self.region_proposer = GromaRegionProposer(config)
+        self.region_encoder = GromaRegionEncoder(config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        # Hook for parity tests only: maps N kept boxes to a permutation (LongTensor of N) applied after NMS, as the
+        # reference's `torch.randperm`. None keeps the deterministic score order.
+        self.region_permutation: Callable[[int], torch.Tensor] | None = None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, new_embeddings):
+        self.language_model.set_output_embeddings(new_embeddings)
+
+    def get_decoder(self):
+        return self.language_model.get_decoder()
+
+    # ------------------------------------------------------------------ vision side (once per image)
+    def encode_images(self, pixel_values: torch.Tensor):
+        """pixel_values (B, 3, S, S) ImageNet-normalised -> (image_embeds (B, T, D), proposer boxes (B, Q, 4)
+        normalised cxcywh, proposer scores (B, Q), region-encoder inputs: list of (B, grid^2, C))."""
+        size = self.config.image_size
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"pixel_values must have shape (batch, 3, {size}, {size}) (RGB, resized by GromaImageProcessor); "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        pixel_values = pixel_values.to(dtype=self.vision_model.embeddings.patch_embeddings.projection.weight.dtype)
+        hidden_states = self.vision_model(pixel_values, output_hidden_states=True).hidden_states
+        grid = self.config.patch_grid
+        batch = pixel_values.shape[0]
+        # Image tokens: last block output (no final LayerNorm), CLS dropped, 2x2 merge in the reference's channel
+        # order (even row, even col), (odd row, even col), (even row, odd col), (odd row, odd col).
+        last = hidden_states[-1][:, 1:].reshape(batch, grid, grid, -1)
+        merged = torch.cat(
+            (last[:, 0::2, 0::2], last[:, 1::2, 0::2], last[:, 0::2, 1::2], last[:, 1::2, 1::2]), dim=-1
+        ).reshape(batch, (grid // 2) ** 2, -1)
+        image_embeds = self.multi_modal_projector(merged)
+        proposer_input = torch.stack(hidden_states[-self.config.proposer_feature_layers :]).mean(0)[:, 1:]
+        proposer_input = proposer_input.transpose(1, 2).reshape(batch, -1, grid, grid)
+        boxes, scores = self.region_proposer(proposer_input)
+        region_inputs = [h[:, 1:] for h in hidden_states[-self.config.region_feature_layers :]]
+        return image_embeds, boxes, scores, region_inputs
+
+    def _check_refer_boxes(self, refer_boxes, batch_size: int, device) -> list[torch.Tensor]:
+        if refer_boxes is None:
+            return [torch.zeros((0, 4), device=device) for _ in range(batch_size)]
+        if not isinstance(refer_boxes, (list, tuple)) or len(refer_boxes) != batch_size:
+            raise ValueError(f"refer_boxes must be a list of {batch_size} tensors of shape (n_i, 4), one per image")
+        limit = min(self.config.num_proxy_tokens, self.config.max_region_num)
+        checked = []
+        for i, boxes in enumerate(refer_boxes):
+            boxes = torch.as_tensor(boxes, dtype=torch.float32, device=device).reshape(-1, 4)
+            if len(boxes) > limit:
+                raise ValueError(
+                    f"sample {i}: {len(boxes)} user boxes, but at most {limit} regions (proxy tokens) are available"
+                )
+            if not torch.isfinite(boxes).all():
+                raise ValueError(f"sample {i}: refer_boxes contain NaN or inf")
+            corners = center_to_corners(boxes)
+            eps = 1e-6
+            if (boxes[:, 2:] <= 0).any():
+                raise ValueError(f"sample {i}: degenerate refer box (width or height <= 0): {boxes.tolist()}")
+            if (corners < -eps).any() or (corners > 1 + eps).any():
+                raise ValueError(
+                    f"sample {i}: refer box outside the image; boxes must be normalised cxcywh within [0, 1]: "
+                    f"{boxes.tolist()}"
+                )
+            checked.append(boxes)
+        return checked
+
+    def select_regions(self, boxes: torch.Tensor, scores: torch.Tensor, refer_boxes: list[torch.Tensor]):
+        """Per image: proposals + user boxes (score 1) -> score > threshold -> NMS -> top max_region_num.
+
+        Returns per image (N_i, 4) normalised cxcywh, descending score (or `region_permutation` of it); if nothing
+        survives, the single top-scoring box (the reference's fallback).
+        """
+        selected = []
+        for i in range(boxes.shape[0]):
+            user = refer_boxes[i].to(boxes.dtype)
+            all_boxes = torch.cat((boxes[i], user))
+            all_scores = torch.cat((scores[i], torch.ones(len(user), dtype=scores.dtype, device=scores.device)))
+            candidates = torch.nonzero(all_scores > self.config.box_score_threshold).squeeze(1)
+            keep = nms(
+                center_to_corners(all_boxes[candidates]).float(),
+                all_scores[candidates].float(),
+                self.config.nms_threshold,
+            )
+            keep = candidates[keep[: self.config.max_region_num]]
+            if len(keep) == 0:
+                keep = all_scores.argmax().reshape(1)
+            elif self.region_permutation is not None:
+                keep = keep[self.region_permutation(len(keep)).to(keep.device)]
+            selected.append(all_boxes[keep])
+        return selected
+
+    @torch.no_grad()
+    def get_region_boxes(self, pixel_values: torch.Tensor, refer_boxes=None) -> list[torch.Tensor]:
+        """The regions `<r_0>`.. refer to: per image (N_i, 4) normalised xyxy in [0, 1], in slot order."""
+        _, boxes, scores, _ = self.encode_images(pixel_values)
+        refer_boxes = self._check_refer_boxes(refer_boxes, boxes.shape[0], boxes.device)
+        return [center_to_corners(b).clamp(0, 1) for b in self.select_regions(boxes, scores, refer_boxes)]
+
+    # ------------------------------------------------------------------ text side
+    def _slot_positions(self, input_ids: torch.Tensor, token_id: int, per_row: int, name: str) -> torch.Tensor:
+        """(B, per_row) positions of `token_id` in each row; clear error when the count is wrong."""
+        mask = input_ids == token_id
+        counts = mask.sum(1)
+        for i, count in enumerate(counts.tolist()):
+            if count == 0:
+                raise ValueError(f"sample {i}: the prompt has no {name} tokens (missing <image>/<region> in the text?)")
+            if count != per_row:
+                raise ValueError(
+                    f"sample {i}: expected {per_row} {name} tokens, found {count}; the prompt was built for another "
+                    "config or its visual slots were truncated (do not truncate Groma prompts below their visual "
+                    "prefix; use max_length=None)"
+                )
+        return mask.nonzero()[:, 1].reshape(input_ids.shape[0], per_row)
+
+    def prepare_multimodal_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        refer_boxes: list[torch.Tensor] | None = None,
+    ) -> GromaPreparedInputs:
+        """Run the perceiver once and build the prefill: ids with `<refer_box>` resolved, the attention mask with
+        unused region pairs zeroed, and the embeddings with image/region tokens written into their slots."""
+        batch = input_ids.shape[0]
+        if pixel_values.shape[0] != batch:
+            raise ValueError(f"got {pixel_values.shape[0]} images for {batch} prompts; Groma takes one image per prompt")
+        cfg = self.config
+        image_pos = self._slot_positions(input_ids, cfg.image_token_id, cfg.num_image_tokens, "<image>")
+        region_pos = self._slot_positions(input_ids, cfg.region_token_id, cfg.num_proxy_tokens, "<region>")
+        slots = torch.arange(cfg.num_proxy_tokens, device=input_ids.device)
+        if not (input_ids.gather(1, region_pos - 1) == cfg.proxy_token_start_id + slots).all():
+            raise ValueError("every <region> slot j must follow its proxy token <r_j> (pairs <r_j><region>, j=0..)")
+
+        image_embeds, boxes, scores, region_inputs = self.encode_images(pixel_values)
+        refer_boxes = self._check_refer_boxes(refer_boxes, batch, boxes.device)
+        refer_box_mask = input_ids == cfg.refer_box_token_id
+        refer_feat_mask = input_ids == cfg.refer_feat_token_id
+        for i in range(batch):
+            n_user = len(refer_boxes[i])
+            if int(refer_box_mask[i].sum()) != n_user or int(refer_feat_mask[i].sum()) != n_user:
+                raise ValueError(
+                    f"sample {i}: {n_user} refer_boxes but {int(refer_box_mask[i].sum())} <refer_box> and "
+                    f"{int(refer_feat_mask[i].sum())} <refer_feat> tokens; they must match one to one"
+                )
+        selected = self.select_regions(boxes, scores, refer_boxes)
+        region_tokens = self.region_encoder(region_inputs, selected)
+
+        input_ids = input_ids.clone()
+        refer_feats = []
+        for i in range(batch):
+            if len(refer_boxes[i]):
+                match = box_iou(center_to_corners(refer_boxes[i]), center_to_corners(selected[i].float())).argmax(1)
+                input_ids[i, refer_box_mask[i]] = cfg.proxy_token_start_id + match
+                refer_feats.append(region_tokens[i][match])
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.clone()
+        counts = torch.tensor([len(s) for s in selected], device=input_ids.device)
+        unused = slots[None, :] >= counts[:, None]  # (B, num_proxy_tokens)
+        rows = torch.arange(batch, device=input_ids.device)[:, None].expand_as(region_pos)
+        attention_mask[rows[unused], region_pos[unused]] = 0
+        attention_mask[rows[unused], region_pos[unused] - 1] = 0
+
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        dtype = inputs_embeds.dtype
+        image_mask = input_ids == cfg.image_token_id
+        inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], image_embeds.to(dtype))
+        padded = inputs_embeds.new_zeros(batch, cfg.num_proxy_tokens, inputs_embeds.shape[-1])
+        for i, tokens in enumerate(region_tokens):
+            padded[i, : len(tokens)] = tokens.to(dtype)
+        inputs_embeds = inputs_embeds.masked_scatter((input_ids == cfg.region_token_id)[..., None], padded)
+        if refer_feats:
+            inputs_embeds = inputs_embeds.masked_scatter(refer_feat_mask[..., None], torch.cat(refer_feats).to(dtype))
+        return GromaPreparedInputs(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            region_boxes=[center_to_corners(b).clamp(0, 1) for b in selected],
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        refer_boxes: list[torch.Tensor] | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> GromaCausalLMOutputWithPast:
+        """input_ids (B, L) in the static layout; pixel_values (B, 3, S, S) (any float dtype); refer_boxes per image
+        (n_i, 4) normalised cxcywh; labels (B, L) with -100 ignored (visual slots and unused pairs are ignored here
+        whatever their label). Without pixel_values, runs the LLM alone (decoding steps, text-only prompts)."""
+        region_boxes = None
+        if pixel_values is not None:
+            if input_ids is None:
+                raise ValueError("input_ids are required with pixel_values (the image slots live in the prompt)")
+            prepared = self.prepare_multimodal_inputs(input_ids, pixel_values, attention_mask, refer_boxes)
+            inputs_embeds, attention_mask, region_boxes = (
+                prepared.inputs_embeds, prepared.attention_mask, prepared.region_boxes,
+            )  # fmt: skip
+            if labels is not None:
+                visual = (input_ids == self.config.image_token_id) | (input_ids == self.config.region_token_id)
+                labels = labels.masked_fill(visual | (attention_mask == 0), -100)
+        elif inputs_embeds is None:
+            if input_ids is not None and (input_ids == self.config.image_token_id).any() and past_key_values is None:
+                raise ValueError("the prompt holds <image> tokens but no pixel_values were given")
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        if position_ids is None and attention_mask is not None:
+            # Positions count attended tokens only, so masked region pairs and left padding take no RoPE position.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        return GromaCausalLMOutputWithPast(
+            loss=outputs.loss,
+            logits=outputs.logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            region_boxes=region_boxes,
+            attention_mask=attention_mask if pixel_values is not None else None,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        refer_boxes: list[torch.Tensor] | None = None,
+        **kwargs,
+    ):
+        """Encode the images once, then decode with the KV cache (no per-step vision work).
+
+        With `return_dict_in_generate=True` the output also carries `region_boxes`: per image (N_i, 4) normalised
+        xyxy in slot order (`<r_j>` -> row j). Returned sequences hold the prompt ids with `<refer_box>` resolved.
+        """
+        if pixel_values is None:
+            if input_ids is not None and (input_ids == self.config.image_token_id).any():
+                raise ValueError("the prompt holds <image> tokens but no pixel_values were given")
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if input_ids is None:
+            raise ValueError("input_ids are required with pixel_values (the image slots live in the prompt)")
+        prepared = self.prepare_multimodal_inputs(input_ids, pixel_values, attention_mask, refer_boxes)
+        outputs = super().generate(
+            input_ids=prepared.input_ids,
+            attention_mask=prepared.attention_mask,
+            inputs_embeds=prepared.inputs_embeds,
+            **kwargs,
+        )
+        if isinstance(outputs, ModelOutput):
+            outputs["region_boxes"] = prepared.region_boxes
+        return outputs
+
+
+__all__ = ["GromaPreTrainedModel", "GromaForConditionalGeneration"]
