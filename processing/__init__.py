@@ -7,6 +7,10 @@ __all__: list[str] = []
 
 # [vpgtrans]
 # [pin]
+from .pin_grid_codec import PinGridCodec  # noqa: E402
+from .processing_pin import PinProcessor  # noqa: E402
+
+__all__ += ["PinGridCodec", "PinProcessor"]
 # [groma]
 from transformers import AutoImageProcessor, AutoProcessor  # noqa: E402
 
