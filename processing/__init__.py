@@ -6,6 +6,19 @@ Importing this package registers every processor with `AutoProcessor` / `AutoIma
 __all__: list[str] = []
 
 # [vpgtrans]
+from transformers import AutoProcessor  # noqa: E402
+
+from groundvlm.modeling.configuration_vpgtrans import VPGTransConfig as _VPGTransConfig  # noqa: E402
+
+from .processing_vpgtrans import VPGTransProcessor  # noqa: E402
+
+# AutoProcessor's registry is keyed by config class; this package-level import is registration only and is
+# never shipped (processing_vpgtrans.py itself imports nothing from modeling/).
+try:
+    AutoProcessor.register(_VPGTransConfig, VPGTransProcessor, exist_ok=True)
+except TypeError:  # older signatures without exist_ok
+    AutoProcessor.register(_VPGTransConfig, VPGTransProcessor)
+__all__ += ["VPGTransProcessor"]
 # [pin]
 from .pin_grid_codec import PinGridCodec  # noqa: E402
 from .processing_pin import PinProcessor  # noqa: E402
