@@ -178,3 +178,73 @@ def probe_predictions(
         x = normalise(kind, images[i : i + batch_size]).to(device)
         out.append(torch.sigmoid(head(pooled_features(model, x))).float().cpu())
     return torch.cat(out)
+
+
+def label_names(categories: list[str]) -> list[str]:
+    """The multi-label vocabulary: every category, every colour and every shape ("category:red star", ...).
+
+    Categories are "<colour> <shape>" (recipes.data); labelling the category as well as its parts asks
+    the encoder to bind colour to shape, which a caption ("a red star and a blue ring") needs.
+    """
+    if not categories:
+        raise ValueError("label_names needs the list of category names")
+    colours = sorted({c.split(" ", 1)[0] for c in categories})
+    shapes = sorted({c.split(" ", 1)[1] for c in categories})
+    return [f"category:{c}" for c in categories] + [f"colour:{c}" for c in colours] + [f"shape:{s}" for s in shapes]
+
+
+def _object_labels(obj) -> list[str]:
+    return [f"category:{obj[0]}", f"colour:{obj[1]}", f"shape:{obj[2]}"]
+
+
+def scene_labels(objects: list[list[tuple]], labels: list[str]) -> torch.Tensor:
+    """Multi-hot targets [N, L] from each scene's objects given as (name, colour, shape) tuples."""
+    index = {name: i for i, name in enumerate(labels)}
+    out = torch.zeros(len(objects), len(labels))
+    for row, scene_objects in enumerate(objects):
+        for obj in scene_objects:
+            for lab in _object_labels(obj):
+                if lab not in index:
+                    raise ValueError(f"object label {lab!r} is not in the label vocabulary")
+                out[row, index[lab]] = 1.0
+    return out
+
+
+def _render_one(args) -> tuple[np.ndarray, list[tuple]]:
+    world, i = args
+    scene = world.scene(i)
+    return np.asarray(scene.image.convert("RGB"), dtype=np.uint8), [(o.name, o.colour, o.shape) for o in scene.objects]
+
+
+def render_scenes(world, indices, workers: int = 1) -> tuple[torch.Tensor, list[list[tuple]]]:
+    """Render scenes `indices` of a ToyWorld: (uint8 images [N, H, W, 3], per-scene (name, colour, shape) lists).
+
+    `workers` > 1 renders in a process pool (the GPU preset renders tens of thousands of images).
+    """
+    indices = list(indices)
+    jobs = [(world, i) for i in indices]
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = list(tqdm(pool.imap(_render_one, jobs, chunksize=64), total=len(jobs), desc="render", unit="img"))
+    else:
+        results = [_render_one(j) for j in tqdm(jobs, desc="render", unit="img")]
+    images = torch.from_numpy(np.stack([r[0] for r in results]))
+    return images, [r[1] for r in results]
+
+
+def name_recall(probs: torch.Tensor, objects: list[list[tuple]], labels: list[str], threshold: float = 0.5) -> dict:
+    """Per-object recall of the probe: the fraction of objects whose category / colour / shape label fires.
+
+    probs: [N, L] sigmoid outputs; objects: per-scene (name, colour, shape) tuples.
+    """
+    index = {name: i for i, name in enumerate(labels)}
+    hits = {"name_recall": 0, "colour_recall": 0, "shape_recall": 0}
+    total = 0
+    for row, scene_objects in enumerate(objects):
+        for obj in scene_objects:
+            total += 1
+            for key, lab in zip(hits, _object_labels(obj)):
+                hits[key] += bool(probs[row, index[lab]] > threshold)
+    return {k: v / max(total, 1) for k, v in hits.items()}

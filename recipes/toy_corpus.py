@@ -1,0 +1,100 @@
+"""The toy LM pretraining corpus: the text a toy OPT/LLaMA/T5 has "read" before any VLM is built.
+
+Real LLMs arrive knowing English, numbers and answer formats; PIN relies on the frozen LM already being
+able to write "[x1,y1,x2,y2]" after "located at", and VPGTrans's VQA evaluation on "Question: {q}
+Answer:" (OPT/LLaMA) and "Question: {q} Short answer:" (Flan-T5, reference §A7). So the corpus mixes, per
+toy scene of every category (base models see all categories, DESIGN §4):
+
+- position-free captions, region captions, grounded captions and referring expressions (recipes.data.texts);
+- VQA in both prompt formats with the scene's true answers;
+- PIN-style box sentences ("In the image is a red star located at [14,28,70,112]") with the scene's true
+  grid box and, as often, a uniformly random grid box, so the LM's box prior is broad;
+- counting sentences, and number lists (grid ticks, counting sequences) for number fluency.
+
+Boxes use PIN's grid encoding (reference §B4): grid cells (inclusive) [gx1,gy1,gx2,gy2] are written as
+"[{c*gx1},{c*gy1},{c*(gx2+1)},{c*(gy2+1)}]" with c the cell size in pixels and no spaces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .data import ToyWorld, texts
+
+VQA_FORMATS = ("Question: {q} Answer: {a}", "Question: {q} Short answer: {a}")
+PIN_PROMPT = "In the image is {article} {name} located at"
+
+# The toy world's default geometry (recipes.data.ToyWorld): 112 px, 16 x 16 grid of 7-px cells.
+IMAGE_SIZE = 112
+GRID_SIZE = 16
+
+
+def grid_ticks(image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE) -> list[int]:
+    """The pixel values a box coordinate may take: 0, c, 2c, ..., image_size (c = image_size / grid_size)."""
+    return [image_size // grid_size * i for i in range(grid_size + 1)]
+
+
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def box_text(grid_box, cell: int) -> str:
+    """PIN's box string for inclusive grid cells (gx1, gy1, gx2, gy2): "[c*gx1,c*gy1,c*(gx2+1),c*(gy2+1)]"."""
+    gx1, gy1, gx2, gy2 = (int(v) for v in grid_box)
+    return f"[{cell * gx1},{cell * gy1},{cell * (gx2 + 1)},{cell * (gy2 + 1)}]"
+
+
+def random_grid_box(rng: np.random.Generator, grid_size: int) -> tuple[int, int, int, int]:
+    """A uniformly random non-empty inclusive grid box."""
+    x1, x2 = sorted(rng.integers(0, grid_size, size=2))
+    y1, y2 = sorted(rng.integers(0, grid_size, size=2))
+    return int(x1), int(y1), int(x2), int(y2)
+
+
+def pin_sentence(name: str, box: str) -> str:
+    """PIN's training target without the image/end tokens: "In the image is a {name} located at {box}"."""
+    return PIN_PROMPT.format(article=texts.article(name), name=name) + " " + box
+
+
+def scene_texts(scene, rng: np.random.Generator, cell: int, grid_size: int) -> list[str]:
+    """The corpus texts drawn from one scene (see the module docstring)."""
+    out = [texts.caption(scene, rng), texts.grounded_caption(scene, rng)]
+    for q, a, _kind in texts.vqa(scene, rng):
+        out.append(VQA_FORMATS[int(rng.integers(len(VQA_FORMATS)))].format(q=q, a=a))
+    for expr, idx in texts.referring(scene, rng):
+        out.append(f"{expr} is located at {box_text(scene.objects[idx].grid_box, cell)}")
+    for obj in scene.objects:
+        out.append(texts.region_caption(obj))
+        out.append(pin_sentence(obj.name, box_text(obj.grid_box, cell)))
+        out.append(pin_sentence(obj.name, box_text(random_grid_box(rng, grid_size), cell)))
+    n = len(scene.objects)
+    noun = "object" if n == 1 else "objects"
+    out.append(f"There {'is' if n == 1 else 'are'} {_NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else n} {noun} in the image.")
+    return out
+
+
+def number_texts(rng: np.random.Generator, cell: int, grid_size: int) -> list[str]:
+    """Number fluency: a run of grid ticks, a counting sequence and a list of random ticks."""
+    start = int(rng.integers(0, grid_size))
+    stop = int(rng.integers(start + 1, grid_size + 1))
+    ticks = ", ".join(str(cell * i) for i in range(start, stop + 1))
+    first = int(rng.integers(0, 20))
+    count = " ".join(str(i) for i in range(first, first + int(rng.integers(3, 10))))
+    picks = ",".join(str(cell * int(i)) for i in rng.integers(0, grid_size + 1, size=int(rng.integers(2, 6))))
+    return [ticks, count, f"[{picks}]"]
+
+
+def lm_corpus(n_scenes: int, seed: int = 0, image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE) -> list[str]:
+    """The LM pretraining texts of `n_scenes` toy scenes of every category (deterministic from `seed`)."""
+    if n_scenes < 1:
+        raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
+    if image_size % grid_size:
+        raise ValueError(f"image_size={image_size} must be a multiple of grid_size={grid_size}")
+    cell = image_size // grid_size
+    world = ToyWorld(seed=seed, image_size=image_size, grid_size=grid_size, split="all")
+    rng = np.random.default_rng(seed)
+    corpus: list[str] = []
+    for i in tqdm(range(n_scenes), desc="corpus", unit="scene"):
+        corpus.extend(scene_texts(world.scene(i), rng, cell, grid_size))
+        corpus.extend(number_texts(rng, cell, grid_size))
+    return corpus

@@ -1,0 +1,481 @@
+"""Build and cache the toy world's base models (DESIGN §4): the embedded default every recipe runs on.
+
+    python -m groundvlm.recipes.toyworld build                 # what the main job needs (CPU preset)
+    python -m groundvlm.recipes.toyworld build --preset gpu --only all
+    python -m groundvlm.recipes.toyworld build --only lm-llama vision-dinov2
+    python -m groundvlm.recipes.toyworld list
+
+Artefacts live under `$GROUNDVLM_CACHE` (default ~/.cache/groundvlm) as `toyworld/<preset>/<artefact>/`:
+
+| artefact                                   | what                                    | stands in for            |
+|--------------------------------------------|-----------------------------------------|--------------------------|
+| data                                       | COCO json + images per split (a sample) | COCO / LVIS              |
+| tokenizer-{opt,llama,t5}                   | trained fast tokenizers (AutoTokenizer) | OPT / LLaMA / T5 tokens  |
+| lm-{opt-small,opt-base,llama}, lm-t5       | Auto{CausalLM,Seq2SeqLM} checkpoints    | OPT 2.7B/6.7B, Vicuna, Flan-T5 |
+| vision-{blip2,clip,dinov2}                 | vision encoder + its image processor    | EVA ViT-g, CLIP ViT-L, DINOv2 |
+
+Each folder ends with `build_info.json` (seed, preset, seconds, metrics, versions, command), written last:
+a folder without it is an interrupted build and is redone; one whose recorded fingerprint (preset
+parameters + the fingerprints of what it was built from) differs from the current one is rebuilt. Recipes
+call `toy_asset(name, preset)`, which builds what is missing (dependencies first) and returns the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .toy_lms import LM_FAMILY, LM_NAMES, LMSize
+from .toy_tokenizers import FAMILIES
+from .toy_vision import VISION_KINDS
+
+SEED = 0
+
+ARTEFACTS = (
+    ("data",)
+    + tuple(f"tokenizer-{f}" for f in FAMILIES)
+    + tuple(f"lm-{n}" for n in LM_NAMES)
+    + tuple(f"vision-{k}" for k in VISION_KINDS)
+)
+# What the main job (PIN on a BLIP-2-style OPT VLM) needs; the default of `build`.
+MAIN_ARTEFACTS = ("data", "tokenizer-opt", "lm-opt-small", "vision-blip2")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and budgets of one preset. Budgets are in steps (not seconds) so builds are reproducible."""
+
+    device: str
+    bf16: bool
+    data_scenes_per_split: int
+    corpus_scenes: int
+    lm_sizes: dict = field(default_factory=dict)
+    lm_steps: int = 300
+    lm_batch: int = 64
+    lm_lr: float = 2e-3
+    lm_eval_texts: int = 256
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    vision_images: int = 3000
+    vision_steps: int = 300
+    vision_batch: int = 32
+    vision_lr: float = 1e-3
+    vision_eval_images: int = 256
+    render_workers: int = 1
+
+
+PRESETS = {
+    # 2 CPU cores: the default build (data + OPT tokenizer + opt-small + blip2) must finish in < 10 min.
+    "cpu": Preset(
+        device="cpu",
+        bf16=False,
+        data_scenes_per_split=200,
+        corpus_scenes=2500,
+        lm_sizes={"opt-small": LMSize(128, 4, 4), "opt-base": LMSize(256, 4, 4), "llama": LMSize(128, 4, 4), "t5": LMSize(128, 2, 4)},
+        lm_steps=300,
+        lm_batch=64,
+        lm_lr=2e-3,
+        vision_images=3000,
+        vision_steps=300,
+        vision_batch=32,
+    ),
+    # One accelerator (sizes of the H200 probe, specs/toy_world_notes.md): bigger models, more steps, bf16.
+    "gpu": Preset(
+        device="cuda",
+        bf16=True,
+        data_scenes_per_split=500,
+        corpus_scenes=20000,
+        lm_sizes={"opt-small": LMSize(256, 4, 4), "opt-base": LMSize(512, 6, 8), "llama": LMSize(256, 4, 4), "t5": LMSize(256, 4, 4)},
+        lm_steps=3000,
+        lm_batch=256,
+        lm_lr=1e-3,
+        lm_eval_texts=1024,
+        vision_hidden=256,
+        vision_layers=6,
+        vision_heads=4,
+        vision_images=60000,
+        vision_steps=3000,
+        vision_batch=256,
+        vision_eval_images=1024,
+        render_workers=min(16, os.cpu_count() or 1),
+    ),
+    # Seconds-sized builds for tests: same code paths, tiny models and a handful of steps.
+    "test": Preset(
+        device="cpu",
+        bf16=False,
+        data_scenes_per_split=3,
+        corpus_scenes=40,
+        lm_sizes={n: LMSize(32, 1, 2) for n in LM_NAMES},
+        lm_steps=4,
+        lm_batch=8,
+        lm_eval_texts=16,
+        vision_hidden=32,
+        vision_layers=1,
+        vision_heads=2,
+        vision_images=24,
+        vision_steps=4,
+        vision_batch=8,
+        vision_eval_images=8,
+    ),
+}
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """`cache_dir`, else `$GROUNDVLM_CACHE`, else ~/.cache/groundvlm."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get("GROUNDVLM_CACHE", Path.home() / ".cache" / "groundvlm")).expanduser()
+
+
+def dependencies(name: str) -> tuple[str, ...]:
+    """Artefacts `name` is built from (an LM needs its family's tokenizer)."""
+    if name.startswith("lm-"):
+        return (f"tokenizer-{LM_FAMILY[name[3:]]}",)
+    return ()
+
+
+def _check(name: str, preset: str) -> None:
+    if name not in ARTEFACTS:
+        raise ValueError(f"unknown toy artefact {name!r}; expected one of {ARTEFACTS}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {tuple(PRESETS)}")
+
+
+def _spec(name: str, preset: str) -> dict:
+    """The preset parameters that determine artefact `name` (part of its fingerprint)."""
+    p = PRESETS[preset]
+    spec = {"artefact": name, "seed": SEED, "format": 1}
+    if name == "data":
+        spec["scenes_per_split"] = p.data_scenes_per_split
+    elif name.startswith("tokenizer-"):
+        spec["corpus_scenes"] = p.corpus_scenes
+    elif name.startswith("lm-"):
+        lm = name[3:]
+        spec.update(
+            corpus_scenes=p.corpus_scenes, size=asdict(p.lm_sizes[lm]), steps=p.lm_steps,
+            batch=p.lm_batch, lr=p.lm_lr, bf16=p.bf16,
+        )
+    else:
+        spec.update(
+            hidden=p.vision_hidden, layers=p.vision_layers, heads=p.vision_heads, images=p.vision_images,
+            steps=p.vision_steps, batch=p.vision_batch, lr=p.vision_lr, bf16=p.bf16,
+        )
+    return spec
+
+
+def _fingerprint(spec: dict, inputs: dict) -> str:
+    blob = json.dumps({"spec": spec, "inputs": inputs}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def read_build_info(folder: Path) -> dict | None:
+    """The folder's build_info.json, or None when the build is missing or was interrupted."""
+    path = Path(folder) / "build_info.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive lock so that processes of one launch (e.g. DDP ranks) build an artefact once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no cross-process lock; builds are still atomic through build_info.json
+        yield
+        return
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _versions() -> dict:
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
+
+
+def _corpus(n_scenes: int, seed: int) -> list[str]:
+    """The LM corpus, memoised per process: the tokenizers and every LM of one build share it."""
+    from .toy_corpus import lm_corpus
+
+    key = (n_scenes, seed)
+    if key not in _CORPUS_MEMO:
+        _CORPUS_MEMO[key] = lm_corpus(n_scenes, seed=seed)
+    return _CORPUS_MEMO[key]
+
+
+_CORPUS_MEMO: dict = {}
+
+
+def _build_data(folder: Path, p: Preset) -> dict:
+    """A sample COCO export (json + images) of each split, so a user can look at the toy world."""
+    from .data import ToyWorld, export
+
+    metrics = {}
+    for split in ("train", "validation", "held_out"):
+        world = ToyWorld(seed=SEED, split=split)
+        export.to_coco(world, range(p.data_scenes_per_split), folder / split)
+        metrics[f"{split}_images"] = p.data_scenes_per_split
+    return metrics
+
+
+def _build_tokenizer(folder: Path, family: str, p: Preset) -> dict:
+    from .toy_corpus import PIN_PROMPT, grid_ticks
+    from .toy_tokenizers import train_tokenizer
+
+    corpus = _corpus(p.corpus_scenes, SEED)
+    tok = train_tokenizer(family, corpus)
+    tok.save_pretrained(folder)
+    ticks = [str(t) for t in grid_ticks()]
+    whole = sum(len(tok(t, add_special_tokens=False).input_ids) == 1 for t in ticks)
+    lengths = [len(tok(t).input_ids) for t in corpus[:2000]]
+    return {
+        "vocab_size": len(tok),
+        "corpus_texts": len(corpus),
+        "ticks_as_one_token": f"{whole}/{len(ticks)}",
+        "mean_tokens_per_text": round(sum(lengths) / len(lengths), 2),
+        "example": " ".join(tok.convert_ids_to_tokens(tok(PIN_PROMPT.format(article="a", name="red star") + " [14,28,70,112]").input_ids)),
+    }
+
+
+def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
+    import torch
+    from transformers import AutoTokenizer
+
+    from .data import ToyWorld, texts
+    from .toy_corpus import PIN_PROMPT, VQA_FORMATS, grid_ticks
+    from .toy_lms import LM_FAMILY, box_syntax_rate, evaluate_lm, lm_model, pretrain_lm
+
+    torch.manual_seed(SEED)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    corpus = _corpus(p.corpus_scenes, SEED)
+    model = lm_model(lm, tok, p.lm_sizes[lm])
+    train = pretrain_lm(
+        lm, model, tok, corpus, steps=p.lm_steps, batch_size=p.lm_batch, lr=p.lm_lr, seed=SEED,
+        device=p.device, bf16=p.bf16,
+    )
+    model.to("cpu").save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+    # Held-out text: scenes of another seed. VQA in this family's prompt format (reference §A7).
+    held = _corpus(max(1, p.lm_eval_texts // 8), SEED + 1)
+    marker = VQA_FORMATS[1 if LM_FAMILY[lm] == "t5" else 0].split("{a}")[0].split("{q}")[1]
+    vqa = [t for t in held if t.startswith("Question:") and marker in t][: p.lm_eval_texts]
+    names = ToyWorld(seed=SEED, split="all").categories
+    prompts = [PIN_PROMPT.format(article=texts.article(n), name=n) for n in names][:32]
+    return {
+        "parameters": sum(t.numel() for t in model.parameters()),
+        "first_loss": round(train["losses"][0], 4),
+        "final_loss": round(train["final_loss"], 4),
+        "eval_loss": round(evaluate_lm(lm, model, tok, held[: p.lm_eval_texts])["loss"], 4),
+        "vqa_next_token_accuracy": round(evaluate_lm(lm, model, tok, vqa)["next_token_accuracy"], 4),
+        "box_syntax_rate": round(box_syntax_rate(lm, model, tok, prompts, grid_ticks()), 4),
+    }
+
+
+def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    from .data import ToyWorld
+    from .toy_vision import (
+        image_processor,
+        label_names,
+        name_recall,
+        pretrain_vision,
+        probe_predictions,
+        render_scenes,
+        scene_labels,
+        vision_model,
+    )
+
+    torch.manual_seed(SEED)
+    world = ToyWorld(seed=SEED, split="all")
+    labels = label_names(world.categories)
+    images, objects = render_scenes(world, range(p.vision_images), workers=p.render_workers)
+    targets = scene_labels(objects, labels)
+    model = vision_model(kind, p.vision_hidden, p.vision_layers, p.vision_heads)
+    head, train = pretrain_vision(
+        kind, model, images, targets, steps=p.vision_steps, batch_size=p.vision_batch, lr=p.vision_lr,
+        seed=SEED, device=p.device, bf16=p.bf16,
+    )
+    model.to("cpu").save_pretrained(folder)
+    image_processor(kind).save_pretrained(folder)
+    # The probe head is kept beside the encoder (not part of it) to check "does it see" later.
+    save_file({"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu()}, str(folder / "probe_head.safetensors"))
+    (folder / "probe_labels.json").write_text(json.dumps(labels, indent=1) + "\n")
+
+    metrics = {"parameters": sum(t.numel() for t in model.parameters()), "final_loss": round(train["final_loss"], 4)}
+    for split in ("held_out", "validation"):
+        # Scenes of a seed the encoder was not trained on.
+        eval_world = ToyWorld(seed=SEED + 1, split=split)
+        ev_images, ev_objects = render_scenes(eval_world, range(p.vision_eval_images), workers=p.render_workers)
+        probs = probe_predictions(kind, model, head, ev_images, device=p.device)
+        for k, v in name_recall(probs, ev_objects, labels).items():
+            metrics[f"{split}_{k}"] = round(v, 4)
+    return metrics
+
+
+def _build(name: str, preset: str, folder: Path, deps: dict[str, Path]) -> dict:
+    """Build artefact `name` into the empty `folder`; returns its metrics."""
+    p = PRESETS[preset]
+    if name == "data":
+        return _build_data(folder, p)
+    if name.startswith("tokenizer-"):
+        return _build_tokenizer(folder, name.split("-", 1)[1], p)
+    if name.startswith("lm-"):
+        return _build_lm(folder, name[3:], deps[dependencies(name)[0]], p)
+    return _build_vision(folder, name.split("-", 1)[1], p)
+
+
+def toy_asset(name: str, preset: str = "cpu", cache_dir: str | os.PathLike | None = None, *, verbose: bool = True) -> Path:
+    """The folder of toy artefact `name` (see ARTEFACTS) for `preset`, building it (and its inputs) if needed.
+
+    Loadable with the ordinary classes: `AutoTokenizer` for tokenizer-*, `AutoModelForCausalLM` (or
+    `AutoModelForSeq2SeqLM` for lm-t5) + `AutoTokenizer` for lm-*, `AutoImageProcessor` + `AutoModel`
+    for vision-clip/-dinov2 and `Blip2VisionModel` for vision-blip2 (AutoModel has no entry for
+    Blip2VisionConfig); data/ holds `<split>/annotations.json` + `<split>/images/`.
+    """
+    return _ensure(name, preset, cache_dir, verbose)[0]
+
+
+def _ensure(name: str, preset: str, cache_dir, verbose: bool) -> tuple[Path, dict, bool]:
+    """(folder, build_info, reused?) for `name`, building dependencies first."""
+    _check(name, preset)
+    deps = {d: _ensure(d, preset, cache_dir, verbose) for d in dependencies(name)}
+    folder = cache_root(cache_dir) / "toyworld" / preset / name
+    spec = _spec(name, preset)
+    inputs = {d: info["fingerprint"] for d, (_, info, _) in deps.items()}
+    fingerprint = _fingerprint(spec, inputs)
+    with _lock(folder.parent / f".{name}.lock"):
+        info = read_build_info(folder)
+        if info is not None and info.get("fingerprint") == fingerprint:
+            if verbose:
+                print(f"[toyworld] {name}: cached at {folder} (reused, built in {info['seconds']:.0f} s)")
+            return folder, info, True
+        if folder.exists():
+            why = "interrupted build" if info is None else "built with other settings"
+            if verbose:
+                print(f"[toyworld] {name}: {why} at {folder}; rebuilding")
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        if verbose:
+            print(f"[toyworld] {name}: building ({preset} preset) into {folder}")
+        start = time.time()
+        metrics = _build(name, preset, folder, {d: f for d, (f, _, _) in deps.items()})
+        info = {
+            "artefact": name,
+            "preset": preset,
+            "seed": SEED,
+            "seconds": round(time.time() - start, 2),
+            "metrics": metrics,
+            "spec": spec,
+            "inputs": inputs,
+            "fingerprint": fingerprint,
+            "versions": _versions(),
+            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        # Written last and atomically: its presence is what marks the build as complete.
+        tmp = folder / "build_info.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        tmp.replace(folder / "build_info.json")
+        return folder, info, False
+
+
+def _resolve_only(only: list[str] | None) -> list[str]:
+    if not only:
+        return list(MAIN_ARTEFACTS)
+    if "all" in only:
+        return list(ARTEFACTS)
+    unknown = [o for o in only if o not in ARTEFACTS]
+    if unknown:
+        raise SystemExit(f"unknown artefact(s) {unknown}; choose from: all {' '.join(ARTEFACTS)}")
+    return list(dict.fromkeys(only))
+
+
+def _format_metrics(metrics: dict) -> str:
+    shown = []
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            shown.append(f"{k}={v:.3g}")
+        elif isinstance(v, (int, str)):
+            shown.append(f"{k}={v}")
+    return ", ".join(shown)
+
+
+def _table(rows: list[tuple[str, Path, dict, bool]]) -> str:
+    lines = [f"{'artefact':<16} {'status':<8} {'seconds':>8}  metrics", "-" * 100]
+    for name, folder, info, reused in rows:
+        status = "cached" if reused else "built"
+        lines.append(f"{name:<16} {status:<8} {info['seconds']:>8.1f}  {_format_metrics(info['metrics'])}")
+        lines.append(f"{'':<16} -> {folder}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m groundvlm.recipes.toyworld", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build (or reuse) toy artefacts and print where they are")
+    build.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    build.add_argument("--only", nargs="+", metavar="ARTEFACT", help=f"'all' or some of: {' '.join(ARTEFACTS)}")
+    build.add_argument("--cache-dir", default=None, help="default: $GROUNDVLM_CACHE or ~/.cache/groundvlm")
+    lst = sub.add_parser("list", help="list the artefacts and which are built")
+    lst.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    lst.add_argument("--cache-dir", default=None)
+    args = parser.parse_args(argv)
+
+    if args.command == "list":
+        root = cache_root(args.cache_dir) / "toyworld"
+        print(f"toy artefacts under {root} (default build: {' '.join(MAIN_ARTEFACTS)})")
+        for preset in [args.preset] if args.preset else sorted(PRESETS):
+            for name in ARTEFACTS:
+                info = read_build_info(root / preset / name)
+                state = f"built ({info['seconds']:.0f} s) {_format_metrics(info['metrics'])}" if info else "-"
+                print(f"  {preset:<5} {name:<16} {state}")
+        return 0
+
+    if args.preset == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--preset gpu needs a CUDA device; use --preset cpu here")
+    names = _resolve_only(args.only)
+    start = time.time()
+    rows = []
+    for name in names:
+        folder, info, reused = _ensure(name, args.preset, args.cache_dir, verbose=True)
+        rows.append((name, folder, info, reused))
+    print()
+    print(_table(rows))
+    print(f"\ntotal {time.time() - start:.1f} s; cache: {cache_root(args.cache_dir) / 'toyworld' / args.preset}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Toy base models, unit level: tokenizer conventions, LM and vision encoder construction and training."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from groundvlm.recipes.toy_lms import LMSize, evaluate_lm, lm_model, parse_box, pretrain_lm, t5_split
+from groundvlm.recipes.toy_tokenizers import paired_token_ids, train_tokenizer
+from groundvlm.recipes.toy_vision import (
+    label_names,
+    name_recall,
+    normalise,
+    pretrain_vision,
+    scene_labels,
+    vision_model,
+)
+
+# A small hand-written corpus in the toy world's phrasing (the real corpus comes from recipes.data).
+_COLOURS = ["red", "blue", "green", "yellow", "white", "purple", "orange", "pink"]
+_SHAPES = ["star", "ring", "heart", "moon", "square", "triangle", "circle", "diamond", "cross", "hexagon"]
+CORPUS = []
+for i in range(400):
+    c, s = _COLOURS[i % 8], _SHAPES[(i * 3) % 10]
+    a, b = (i * 5) % 9, (i * 7) % 9
+    CORPUS += [
+        f"In the image is a {c} {s} located at [{7 * a},{7 * b},{7 * (a + 8)},{7 * (b + 8)}]",
+        f"Question: what colour is the {s}? Answer: {c}",
+        f"Question: what shape is the {c} object? Short answer: {s}",
+        f"a striped {c} {s} next to a dotted {_COLOURS[(i + 3) % 8]} {_SHAPES[(i + 1) % 10]}.\n",
+    ]
+TEXT = "a red star located at [14,28,70,112]"
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    """Each family's tokenizer, saved and reloaded through AutoTokenizer."""
+    out = {}
+    for family in ("opt", "llama", "t5"):
+        folder = tmp_path_factory.mktemp(f"tok-{family}")
+        train_tokenizer(family, CORPUS).save_pretrained(folder)
+        out[family] = AutoTokenizer.from_pretrained(folder)
+    return out
+
+
+def test_opt_convention_bos_is_eos(tokenizers):
+    tok = tokenizers["opt"]
+    assert tok.convert_ids_to_tokens([0, 1, 2, 3]) == ["<s>", "<pad>", "</s>", "<unk>"]
+    ids = tok(TEXT).input_ids
+    assert ids[0] == 2 and tok.bos_token == tok.eos_token == "</s>" and tok.pad_token_id == 1
+    assert ids[-1] != 2  # OPT appends nothing
+    assert tok.convert_ids_to_tokens(ids[1:3]) == ["a", "Ġred"]  # byte-level, no prefix space
+    assert tok.decode(ids, skip_special_tokens=True) == TEXT
+
+
+def test_llama_convention_bos_only_no_pad(tokenizers):
+    tok = tokenizers["llama"]
+    assert tok.convert_ids_to_tokens([0, 1, 2]) == ["<unk>", "<s>", "</s>"]
+    ids = tok(TEXT).input_ids
+    assert ids[0] == 1 and ids[-1] != 2 and tok.pad_token is None
+    toks = tok.convert_ids_to_tokens(ids)
+    assert toks[1:3] == ["▁a", "▁red"]
+    # LLaMA splits every digit (sentencepiece split_digits).
+    assert toks[toks.index("4") - 1] == "1" and "14" not in toks
+    assert tok.decode(ids, skip_special_tokens=True) == TEXT
+
+
+def test_t5_convention_eos_appended_no_bos(tokenizers):
+    tok = tokenizers["t5"]
+    assert tok.convert_ids_to_tokens([0, 1, 2, 3]) == ["<pad>", "</s>", "<unk>", "▁"]
+    ids = tok(TEXT).input_ids
+    assert tok.bos_token is None and ids[-1] == 1 and ids[0] not in (0, 1, 2)
+    toks = tok.convert_ids_to_tokens(ids)
+    # Punctuation is isolated, so "[" follows a lone "▁" (the id-3 piece VPGTrans drops).
+    assert toks[toks.index("[") - 1] == "▁"
+    assert tok.decode(ids, skip_special_tokens=True) == TEXT
+
+
+def test_grid_ticks_are_whole_tokens_in_opt_and_t5(tokenizers):
+    for family in ("opt", "t5"):
+        toks = tokenizers[family].convert_ids_to_tokens(tokenizers[family](TEXT).input_ids)
+        want = ["14", ",", "28", ",", "70", ",", "112", "]"]
+        assert any(toks[i : i + len(want)] == want for i in range(len(toks))), toks
+
+
+def test_newline_round_trips(tokenizers):
+    for tok in tokenizers.values():
+        assert tok.decode(tok("a red star.\nblue").input_ids, skip_special_tokens=True) == "a red star.\nblue"
+
+
+def test_cross_tokenizer_pairing(tokenizers):
+    opt, llama, t5 = tokenizers["opt"], tokenizers["llama"], tokenizers["t5"]
+    # OPT <-> LLaMA keep both BOS: OPT </s> (2) pairs with LLaMA <s> (1).
+    pairs = paired_token_ids(opt, llama, "a red star")
+    assert pairs is not None and pairs[0] == (2, 1) and len(pairs) == 4
+    # OPT <-> T5: OPT BOS and T5 EOS dropped, lengths equal.
+    pairs = paired_token_ids(opt, t5, "a red star")
+    assert pairs is not None and len(pairs) == 3
+    # Box strings: LLaMA splits digits, so they never pair with OPT; with T5 the lone "▁" is dropped.
+    assert paired_token_ids(opt, llama, TEXT) is None
+    assert paired_token_ids(opt, t5, TEXT) is not None
+
+
+def test_bad_family_and_input():
+    with pytest.raises(ValueError, match="unknown tokenizer family"):
+        train_tokenizer("gpt2", CORPUS)
+    with pytest.raises(ValueError, match="non-empty"):
+        train_tokenizer("opt", [])
+
+
+def test_t5_split_rules():
+    import random
+
+    rng = random.Random(0)
+    assert t5_split("Question: what colour? Short answer: red", rng) == ("Question: what colour? Short answer:", "red")
+    assert t5_split("Question: what colour? Answer: red", rng) == ("Question: what colour? Answer:", "red")
+    assert t5_split("In the image is a red star located at [0,7,14,21]", rng)[1] == "[0,7,14,21]"
+    prefix, suffix = t5_split("a b c d", rng)
+    assert f"{prefix} {suffix}" == "a b c d" and prefix and suffix
+
+
+def test_parse_box():
+    ticks = [7 * i for i in range(17)]
+    assert parse_box(" [14,28,70,112] ok", ticks) == (14, 28, 70, 112)
+    assert parse_box("[14,28,70,113]", ticks) is None  # not a tick
+    assert parse_box("[70,28,14,112]", ticks) is None  # x1 >= x2
+    assert parse_box("a [14,28,70,112]", ticks) is None
+
+
+@pytest.mark.parametrize("name", ["opt-small", "llama", "t5"])
+def test_lm_trains_saves_and_loads(name, tokenizers, tmp_path):
+    family = {"opt-small": "opt", "llama": "llama", "t5": "t5"}[name]
+    tok = tokenizers[family]
+    model = lm_model(name, tok, LMSize(32, 1, 2))
+    before = evaluate_lm(name, model, tok, CORPUS[:64])["loss"]
+    pretrain_lm(name, model, tok, CORPUS, steps=12, batch_size=16, lr=3e-3)
+    after = evaluate_lm(name, model, tok, CORPUS[:64])["loss"]
+    assert after < before - 0.5
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    auto = AutoModelForSeq2SeqLM if family == "t5" else AutoModelForCausalLM
+    loaded = auto.from_pretrained(tmp_path)
+    reloaded_tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert type(loaded).__name__ == {"opt": "OPTForCausalLM", "llama": "LlamaForCausalLM", "t5": "T5ForConditionalGeneration"}[family]
+    assert loaded.config.vocab_size == len(reloaded_tok) == len(tok)
+    assert loaded.generation_config.eos_token_id == tok.eos_token_id
+    assert evaluate_lm(name, loaded, reloaded_tok, CORPUS[:64])["loss"] == pytest.approx(after, abs=1e-4)
+
+
+def test_lm_special_ids_follow_tokenizer(tokenizers):
+    opt = lm_model("opt-small", tokenizers["opt"], LMSize(32, 1, 2)).config
+    assert (opt.bos_token_id, opt.eos_token_id, opt.pad_token_id) == (2, 2, 1)
+    t5 = lm_model("t5", tokenizers["t5"], LMSize(32, 1, 2)).config
+    assert (t5.pad_token_id, t5.eos_token_id, t5.decoder_start_token_id) == (0, 1, 0)
+
+
+@pytest.mark.parametrize("kind", ["blip2", "clip", "dinov2"])
+def test_vision_encoder_shape_init_and_image_dependence(kind, tmp_path):
+    model = vision_model(kind, hidden_size=32, num_layers=1, num_heads=2).eval()
+    assert model.config.initializer_range == 0.02
+    images = torch.randint(0, 256, (2, 112, 112, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model(pixel_values=normalise(kind, images)).last_hidden_state
+    assert out.shape == (2, 257, 32)  # 16 x 16 patches of 7 px + CLS
+    # The 1e-10 BLIP-2 default made outputs image-independent; with 0.02 two images differ clearly.
+    assert (out[0] - out[1]).abs().mean() > 1e-2
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["initializer_range"] == 0.02
+    # AutoModel knows CLIPVisionConfig and Dinov2Config; Blip2VisionConfig is loaded by its own class.
+    loader = type(model) if kind == "blip2" else AutoModel
+    loaded = loader.from_pretrained(tmp_path)
+    assert type(loaded) is type(model)
+    with torch.no_grad():
+        again = loaded.eval()(pixel_values=normalise(kind, images)).last_hidden_state
+    assert torch.allclose(again, out, atol=1e-5)
+
+
+def test_vision_normalise_matches_image_processor():
+    from PIL import Image
+
+    from groundvlm.recipes.toy_vision import image_processor
+
+    img = torch.randint(0, 256, (1, 112, 112, 3), dtype=torch.uint8)
+    for kind in ("blip2", "clip", "dinov2"):
+        ref = image_processor(kind)(Image.fromarray(img[0].numpy()), return_tensors="pt").pixel_values
+        assert ref.shape == (1, 3, 112, 112)
+        assert torch.allclose(normalise(kind, img), ref, atol=2e-2)
+
+
+def test_vision_pretraining_loss_decreases_and_labels():
+    labels = label_names(["red star", "blue ring"])
+    assert labels == ["category:red star", "category:blue ring", "colour:blue", "colour:red", "shape:ring", "shape:star"]
+    objects = [[("red star", "red", "star")], [("blue ring", "blue", "ring")]] * 8
+    targets = scene_labels(objects, labels)
+    assert targets[0].tolist() == [1, 0, 0, 1, 0, 1]
+    # Two classes the encoder can tell apart: a red image and a blue one.
+    images = torch.zeros(16, 112, 112, 3, dtype=torch.uint8)
+    images[0::2, ..., 0] = 220
+    images[1::2, ..., 2] = 220
+    model = vision_model("blip2", hidden_size=32, num_layers=1, num_heads=2)
+    head, out = pretrain_vision("blip2", model, images, targets, steps=15, batch_size=8, lr=3e-3)
+    assert sum(out["losses"][-3:]) / 3 < out["losses"][0] - 0.1
+    model.eval()
+    with torch.no_grad():
+        probs = torch.sigmoid(head(model(pixel_values=normalise("blip2", images)).last_hidden_state.mean(1)))
+    recall = name_recall(probs, objects, labels)
+    assert set(recall) == {"name_recall", "colour_recall", "shape_recall"}
+    with pytest.raises(ValueError, match="uint8"):
+        pretrain_vision("blip2", model, images.float(), targets, steps=1, batch_size=2, lr=1e-3)
+    with pytest.raises(ValueError, match="unknown vision encoder kind"):
+        vision_model("eva", 32, 1, 2)
