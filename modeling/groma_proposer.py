@@ -178,7 +178,8 @@ class GromaRegionProposer(nn.Module):
         topk = torch.topk(enc_logits, self.num_queries, dim=1).indices
         anchor_logits = torch.gather(enc_coord_logits, 1, topk[..., None].expand(-1, -1, 4)).detach()
         anchors = anchor_logits.sigmoid()
-        query_pos = self.pos_trans_norm(self.pos_trans(proposal_position_embedding(anchor_logits, d_model // 2)))
+        query_pos = proposal_position_embedding(anchor_logits.float(), d_model // 2).to(memory.dtype)
+        query_pos = self.pos_trans_norm(self.pos_trans(query_pos))
         query_pos = query_pos[..., :d_model]
         hidden = self.query_position_embeddings.weight[None].expand(batch_size, -1, -1)
 

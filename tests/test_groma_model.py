@@ -1,0 +1,180 @@
+"""GromaForConditionalGeneration on a tiny config: static layout, batching, determinism, generate, bad inputs."""
+
+import pytest
+import torch
+
+from groundvlm.modeling.configuration_groma import GromaConfig
+from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
+
+BASE_VOCAB = 1000  # tiny vocabularies keep the reference's added-token order at base + offset
+IMAGE, REGION, REFER_BOX, REFER_FEAT, ROI, ROI_END = (BASE_VOCAB + k for k in (8, 9, 10, 12, 4, 5))
+PROXY = BASE_VOCAB + 14
+
+
+def tiny_config(**overrides) -> GromaConfig:
+    kwargs = dict(
+        vision_config=dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=518, patch_size=14),
+        text_config=dict(
+            model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=4, vocab_size=BASE_VOCAB + 114, pad_token_id=BASE_VOCAB, bos_token_id=1,
+            eos_token_id=2, tie_word_embeddings=False,
+        ),
+        image_size=112, proposer_d_model=32, proposer_encoder_layers=2, proposer_decoder_layers=2,
+        proposer_attention_heads=4, proposer_ffn_dim=64, proposer_num_queries=20, region_gn_groups=4,
+        region_pos_embed_dim=16, pad_token_id=BASE_VOCAB, image_token_id=IMAGE, region_token_id=REGION,
+        refer_box_token_id=REFER_BOX, ground_box_token_id=BASE_VOCAB + 11, refer_feat_token_id=REFER_FEAT,
+        proxy_token_start_id=PROXY, num_proxy_tokens=100,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return GromaConfig(**kwargs)
+
+
+def static_prompt(cfg, before=(1, 5, 6), after=(8, 9), n_refer=0):
+    """What the processor builds: <image> x num_image_tokens, then pairs <r_j><region> for every proxy token."""
+    ids = list(before) + [cfg.image_token_id] * cfg.num_image_tokens + [11]
+    ids += [t for j in range(cfg.num_proxy_tokens) for t in (cfg.proxy_token_start_id + j, cfg.region_token_id)]
+    ids += [12] + [t for _ in range(n_refer) for t in (ROI, REFER_BOX, ROI_END, REFER_FEAT)] + list(after)
+    return ids
+
+
+def left_pad(rows, pad):
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return GromaForConditionalGeneration(tiny_config()).eval()
+
+
+def test_forward_fills_slots_and_masks_unused_pairs(model):
+    cfg = model.config
+    ids = torch.tensor([static_prompt(cfg)])
+    out = model(input_ids=ids, pixel_values=torch.randn(1, 3, 112, 112))
+    n = len(out.region_boxes[0])
+    assert 1 <= n <= cfg.max_region_num
+    region_pos = (ids[0] == REGION).nonzero()[:, 0]
+    # pair j is attended iff j < N, both tokens of the pair
+    assert out.attention_mask[0, region_pos].tolist() == [1] * n + [0] * (100 - n)
+    assert out.attention_mask[0, region_pos - 1].tolist() == [1] * n + [0] * (100 - n)
+    assert int(out.attention_mask.sum()) == ids.shape[1] - 2 * (100 - n)
+    boxes = out.region_boxes[0]
+    assert ((boxes >= 0) & (boxes <= 1)).all() and (boxes[:, 2:] >= boxes[:, :2]).all()
+
+
+def test_region_order_is_deterministic_and_by_score(model):
+    px = torch.randn(2, 3, 112, 112)
+    first = model.get_region_boxes(px)
+    second = model.get_region_boxes(px)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    _, boxes, scores, _ = model.encode_images(px)
+    selected = model.select_regions(boxes, scores, [torch.zeros(0, 4)] * 2)
+    for i, sel in enumerate(selected):
+        # every selected box is a proposal; their scores are non-increasing in slot order
+        idx = [int((boxes[i] == b).all(-1).nonzero()[0]) for b in sel]
+        assert scores[i, idx].diff().le(0).all()
+
+
+def test_masked_pairs_equal_the_dynamically_expanded_sequence(model):
+    """Static layout + masked pairs gives the logits of a prompt that holds only the N used pairs (cumsum positions)."""
+    cfg = model.config
+    px = torch.randn(1, 3, 112, 112)
+    ids = torch.tensor([static_prompt(cfg)])
+    out = model(input_ids=ids, pixel_values=px)
+    keep = out.attention_mask[0].bool()
+    prepared = model.prepare_multimodal_inputs(ids, px)
+    embeds = prepared.inputs_embeds[:, keep]
+    compact = model.language_model(inputs_embeds=embeds).logits
+    torch.testing.assert_close(out.logits[:, keep], compact, rtol=1e-5, atol=1e-5)
+
+
+def test_batched_generation_equals_per_sample_in_fp32(model):
+    cfg = model.config
+    torch.manual_seed(1)
+    prompts = [static_prompt(cfg, before=(1,) + tuple(range(5, 5 + k)), after=tuple(range(30, 30 + 2 * k)))
+               for k in (1, 4, 2, 7)]  # fmt: skip
+    prompts[2] = static_prompt(cfg, n_refer=1)
+    refer = [torch.zeros(0, 4), torch.zeros(0, 4), torch.tensor([[0.4, 0.5, 0.3, 0.2]]), torch.zeros(0, 4)]
+    px = torch.randn(4, 3, 112, 112)
+    ids, mask = left_pad(prompts, cfg.pad_token_id)
+    batched = model.generate(input_ids=ids, attention_mask=mask, pixel_values=px, refer_boxes=refer,
+                             max_new_tokens=6, do_sample=False, return_dict_in_generate=True)  # fmt: skip
+    again = model.generate(input_ids=ids, attention_mask=mask, pixel_values=px, refer_boxes=refer,
+                           max_new_tokens=6, do_sample=False, return_dict_in_generate=True)  # fmt: skip
+    assert torch.equal(batched.sequences, again.sequences)
+    for i in range(4):
+        single = model.generate(input_ids=torch.tensor([prompts[i]]), pixel_values=px[i : i + 1],
+                                refer_boxes=[refer[i]], max_new_tokens=6, do_sample=False,
+                                return_dict_in_generate=True)  # fmt: skip
+        assert batched.sequences[i, -6:].tolist() == single.sequences[0, -6:].tolist()
+        torch.testing.assert_close(batched.region_boxes[i], single.region_boxes[0])
+        # the prompt comes back with <refer_box> resolved to a proxy token
+        assert REFER_BOX not in single.sequences[0].tolist()
+    assert (batched.sequences[2] >= PROXY).any()
+
+
+def test_generate_runs_the_perceiver_once(model):
+    cfg = model.config
+    calls = []
+    handle = model.vision_model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        model.generate(input_ids=torch.tensor([static_prompt(cfg)]), pixel_values=torch.randn(1, 3, 112, 112),
+                       max_new_tokens=4, do_sample=False)  # fmt: skip
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+
+
+def test_bf16_forward_accepts_fp32_pixels():
+    model = GromaForConditionalGeneration(tiny_config()).eval().to(torch.bfloat16)
+    out = model(input_ids=torch.tensor([static_prompt(model.config)]), pixel_values=torch.randn(1, 3, 112, 112))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits.float()).all()
+
+
+def test_labels_ignore_visual_slots(model):
+    cfg = model.config
+    ids = torch.tensor([static_prompt(cfg)])
+    out = model(input_ids=ids, pixel_values=torch.randn(1, 3, 112, 112), labels=ids.clone())
+    assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("too_many_boxes", "proxy tokens"),
+        ("degenerate_box", "degenerate"),
+        ("outside_box", "outside the image"),
+        ("missing_image", "no <image>"),
+        ("truncated", "truncated"),
+        ("box_count_mismatch", "must match"),
+        ("wrong_pixels", "pixel_values must have shape"),
+        ("image_without_pixels", "no pixel_values"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(model, case, message):
+    cfg = model.config
+    ids = static_prompt(cfg, n_refer=1)
+    px = torch.randn(1, 3, 112, 112)
+    refer = [torch.tensor([[0.5, 0.5, 0.2, 0.2]])]
+    if case == "too_many_boxes":
+        refer = [torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 101)]
+    elif case == "degenerate_box":
+        refer = [torch.tensor([[0.5, 0.5, 0.0, 0.2]])]
+    elif case == "outside_box":
+        refer = [torch.tensor([[0.95, 0.5, 0.3, 0.2]])]
+    elif case == "missing_image":
+        ids = [t for t in ids if t != IMAGE]
+    elif case == "truncated":
+        ids = ids[: 3 + cfg.num_image_tokens - 4]
+    elif case == "box_count_mismatch":
+        refer = [torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 2)]
+    elif case == "wrong_pixels":
+        px = torch.randn(1, 1, 112, 112)
+    with pytest.raises(ValueError, match=message):
+        if case == "image_without_pixels":
+            model(input_ids=torch.tensor([ids]))
+        else:
+            model(input_ids=torch.tensor([ids]), pixel_values=px, refer_boxes=refer)
