@@ -17,7 +17,7 @@ def tiny_config(**overrides) -> GromaConfig:
         text_config=dict(
             model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=4, vocab_size=BASE_VOCAB + 114, pad_token_id=BASE_VOCAB, bos_token_id=1,
-            eos_token_id=2, tie_word_embeddings=False,
+            eos_token_id=2, tie_word_embeddings=False, rms_norm_eps=1e-6,
         ),
         image_size=112, proposer_d_model=32, proposer_encoder_layers=2, proposer_decoder_layers=2,
         proposer_attention_heads=4, proposer_ffn_dim=64, proposer_num_queries=20, region_gn_groups=4,
