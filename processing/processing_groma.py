@@ -235,7 +235,12 @@ class GromaProcessor(ProcessorMixin):
         sizes = [tuple(int(v) for v in hw) for hw in image_inputs["image_sizes"].tolist()]
         normalised = [self._normalise_refer_boxes(b, size, i) for i, (b, size) in enumerate(zip(boxes, sizes))]
 
-        expanded = [self._expand_prompt(t, i, len(n)) for i, (t, n) in enumerate(zip(texts, normalised))]
+        # chat-template assistant masks map character spans of the rendered prompt onto the expanded one
+        want_offsets = bool(text_kwargs.pop("return_text_replacement_offsets", False)
+                            or output_kwargs.get("return_text_replacement_offsets", False))
+        text_kwargs.pop("return_mm_token_type_ids", None)
+        expanded, replacements = zip(*(self._expand_prompt(t, i, len(n)) for i, (t, n) in enumerate(zip(texts, normalised))))
+        expanded = list(expanded)
         text_inputs = self.tokenizer(expanded, **text_kwargs)
         for i, ids in enumerate(text_inputs["input_ids"]):
             self._check_slots(list(ids), i, len(normalised[i]), expanded[i], text_kwargs)
@@ -244,6 +249,8 @@ class GromaProcessor(ProcessorMixin):
         out = BatchFeature(data=data, tensor_type=return_tensors)
         if refer_boxes is not None:
             out["refer_boxes"] = normalised
+        if want_offsets:
+            out["text_replacement_offsets"] = list(replacements)
         return out
 
     @staticmethod
@@ -322,25 +329,41 @@ class GromaProcessor(ProcessorMixin):
         cxcywh = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1)
         return (cxcywh / scale).float()
 
-    def _expand_prompt(self, text: str, i: int, num_boxes: int) -> str:
-        """Expand `<refer>`, `<image>` and `<region>` into the static slot layout the model fills."""
-        text = text.replace(REFER_PLACEHOLDER, REFER_EXPANSION)
+    def _expand_prompt(self, text: str, i: int, num_boxes: int) -> tuple[str, list[dict]]:
+        """Expand `<refer>`, `<image>` and `<region>` into the static slot layout the model fills.
+
+        Returns the expanded text and, per replaced placeholder, `{"span": (start, end)` in `text`,
+        `"new_span": (start, end)` in the expanded text}` (transformers' `text_replacement_offsets` format).
+        """
+        expansion = {
+            REFER_PLACEHOLDER: REFER_EXPANSION,
+            "<image>": "<image>" * self.num_image_tokens,
+            "<region>": "".join(f"<r{j}><region>" for j in range(self.num_proxy_tokens)),
+        }
+        check = text.replace(REFER_PLACEHOLDER, REFER_EXPANSION)
         for token in ("<image>", "<region>"):
-            count = text.count(token)
+            count = check.count(token)
             if count != 1:
                 raise ValueError(
                     f"prompt {i} has {count} `{token}` placeholders, Groma needs exactly one (its fixed first turn "
                     f"'{FIRST_USER_TURN}'); build prompts with processor.apply_chat_template(...) or "
                     "build_groma_prompt(...)" + (" - the processor expands it itself" if count > 1 else "")
                 )
-        n_feat, n_box = text.count("<refer_feat>"), text.count("<refer_box>")
+        n_feat, n_box = check.count("<refer_feat>"), check.count("<refer_box>")
         if n_feat != num_boxes or n_box != num_boxes:
             raise ValueError(
                 f"prompt {i} has {n_box} <refer_box> / {n_feat} <refer_feat> (referring placeholders `{REFER_PLACEHOLDER}` "
                 f"= `{REFER_EXPANSION}`) but {num_boxes} refer_boxes were given for its image"
             )
-        text = text.replace("<image>", "<image>" * self.num_image_tokens)
-        return text.replace("<region>", "".join(f"<r{j}><region>" for j in range(self.num_proxy_tokens)))
+        pieces, replacements, end = [], [], 0
+        for match in re.finditer("|".join(re.escape(t) for t in expansion), text):
+            pieces.append(text[end:match.start()])
+            start = sum(len(p) for p in pieces)
+            pieces.append(expansion[match.group()])
+            replacements.append({"span": match.span(), "new_span": (start, start + len(pieces[-1]))})
+            end = match.end()
+        pieces.append(text[end:])
+        return "".join(pieces), replacements
 
     def _check_slots(self, ids: list[int], i: int, num_boxes: int, expanded: str, text_kwargs: dict) -> None:
         """Verify the tokenized prompt holds every visual slot and referring token (truncation may cut them)."""

@@ -331,3 +331,24 @@ print(json.dumps({{"template": p.chat_template, "n_img": p.num_image_tokens, "n_
         assert [p for p, _ in a["phrases"]] == [p for p, _ in b["phrases"]]
         assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a["phrases"], b["phrases"]))
         assert torch.equal(a["boxes"], b["boxes"])
+
+
+def test_replacement_offsets_and_assistant_mask(proc, tok):
+    prompt = build_groma_prompt("What is <refer>?")
+    out = proc(images=_image(40, 60), text=prompt, refer_boxes=[[1, 1, 5, 5]], return_text_replacement_offsets=True)
+    (offsets,) = out["text_replacement_offsets"]
+    assert [prompt[slice(*r["span"])] for r in offsets] == ["<image>", "<region>", "<refer>"]
+    expanded = tok.decode(out["input_ids"][0], skip_special_tokens=False)
+    assert [r["new_span"][1] - r["new_span"][0] for r in offsets] == [7 * 256, sum(len(f"<r{j}><region>") for j in range(100)),
+                                                                      len("<roi><refer_box></roi><refer_feat>")]
+    assert expanded.count("<image>") == 256
+
+    from transformers.processing_utils import ProcessorMixin
+
+    if not hasattr(ProcessorMixin, "_adjust_assistant_masks_indices"):
+        pytest.skip("this transformers version does not shift assistant masks past expanded placeholders")
+    conv = [{"role": "user", "content": [{"type": "image", "image": _image(40, 60)}, {"type": "text", "text": "Locate it."}]},
+            {"role": "assistant", "content": "<roi><r3></roi>"}]
+    res = proc.apply_chat_template(conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = torch.as_tensor(res["input_ids"][0]), torch.as_tensor(res["assistant_masks"][0]).bool()
+    assert ids[mask].tolist() == tok("<roi><r3></roi></s>", add_special_tokens=False)["input_ids"]
