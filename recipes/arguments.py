@@ -77,7 +77,7 @@ def resolve_config_path(recipe: str | None, name: str | Path) -> Path:
     if path.is_file():
         return path
     if recipe is None:
-        raise FileNotFoundError(f"Config file {str(name)!r} does not exist (and no recipe name was given to look it up).")
+        raise FileNotFoundError(f"Config file {str(name)!r} does not exist (and no recipe was given to look it up in).")
     recipe_dir = RECIPES_DIR / recipe
     file_name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
     candidate = recipe_dir / file_name
@@ -122,7 +122,9 @@ def _load_config(path: Path, dataclass_types: Sequence[type]) -> dict[str, Any]:
     if config is None:
         return {}
     if not isinstance(config, dict):
-        raise ValueError(f"Config file {path} must hold a YAML mapping of argument names to values, got {type(config).__name__}.")
+        raise ValueError(
+            f"Config file {path} must hold a YAML mapping of argument names to values, got {type(config).__name__}."
+        )
     known = {f.name for dtype in dataclass_types for f in dataclasses.fields(dtype) if f.init}
     unknown = [key for key in config if key not in known and key != "env"]
     if unknown:
@@ -131,7 +133,9 @@ def _load_config(path: Path, dataclass_types: Sequence[type]) -> dict[str, Any]:
             close = difflib.get_close_matches(str(key), known, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         names = ", ".join(dtype.__name__ for dtype in dataclass_types)
-        raise ValueError(f"Config file {path}: unknown key(s) {', '.join(hints)}; valid keys are the fields of {names}.")
+        raise ValueError(
+            f"Config file {path}: unknown key(s) {', '.join(hints)}; valid keys are the fields of {names}."
+        )
     return config
 
 
@@ -151,9 +155,11 @@ def parse_recipe_args(
     Returns:
         A tuple with one instance per entry of `dataclass_types`, in the same order.
 
-    Run-level defaults (each only where some dataclass has the field, and only when neither the YAML nor the
-    command line sets it): `run_name` = the config's name (its file stem), else `"default"`;
-    `output_dir` = `runs/<recipe>/<run_name>`; `report_to` = `"none"` (no tracker unless asked for).
+    Run-level defaults, each only where some dataclass has the field and neither the YAML nor the command line
+    sets it: `run_name` = the config's name (its file stem), else `"default"`; `report_to` = `"none"` (no
+    tracker unless asked for); `output_dir` = `runs/<recipe>/<run_name>` (relative to the working directory)
+    when it is still `None` after YAML and command line — the same arguments give the same directory, so a
+    relaunch finds the run's checkpoints.
     """
     dataclass_types = tuple(dataclass_types)
     if not dataclass_types or not all(dataclasses.is_dataclass(d) and isinstance(d, type) for d in dataclass_types):
@@ -170,7 +176,8 @@ def parse_recipe_args(
         config = _load_config(config_path, dataclass_types)  # fails on unknown keys before trl sees them
 
     run_name = config_path.stem if config_path is not None else DEFAULT_RUN_NAME
-    parser.set_defaults(**{key: value for key, value in (("run_name", run_name), ("report_to", "none")) if key in dests})
+    run_defaults = {"run_name": run_name, "report_to": "none"}
+    parser.set_defaults(**{key: value for key, value in run_defaults.items() if key in dests})
     if "output_dir" in dests:
         # A first look at the effective values (YAML, then command line) decides whether output_dir was given
         # and which run_name names it; trl's parse below applies the same YAML again, so the values agree.

@@ -182,7 +182,9 @@ def train_resuming(trainer: Any, output_dir: str | os.PathLike | None = None, re
         logger.info("No checkpoint to resume from in %s; training from scratch.", output_dir)
     else:
         if not is_complete_checkpoint(checkpoint):
-            raise ValueError(f"Cannot resume from {checkpoint}: it is not a complete checkpoint (no readable {TRAINER_STATE_NAME}).")
+            raise ValueError(
+                f"Cannot resume from {checkpoint}: it is not a complete checkpoint (no readable {TRAINER_STATE_NAME})."
+            )
         step = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text(encoding="utf-8"))["global_step"]
         logger.info("Resuming from checkpoint %s (global step %d).", checkpoint, step)
     return trainer.train(resume_from_checkpoint=checkpoint)

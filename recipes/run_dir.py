@@ -159,12 +159,26 @@ def attach_log_file(run_dir: str | os.PathLike) -> Path:
     return path
 
 
+def _warn_on_changed_config(path: Path, config: dict[str, Any]) -> None:
+    """A relaunch into an existing run directory (a resume) with different arguments is logged, key by key."""
+    if not path.exists():
+        return
+    previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+    if changed:
+        logger.warning(
+            "Arguments differ from the previous launch in %s: %s; config.yaml now records this launch.",
+            path.parent, ", ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed),
+        )  # fmt: skip
+
+
 def prepare_run_dir(output_dir: str | os.PathLike, *arg_dataclasses: Any) -> Path:
     """Create the run directory and record how the run was made.
 
     Writes `config.yaml` (every field of every dataclass in `arg_dataclasses`, defaults included, flat — the
-    shape `--config` reads) and `run_info.json` (`environment_facts()`), and attaches `train.log`. Only the
-    main process writes; every process gets the path back, after the main process has finished.
+    shape `--config` reads) and `run_info.json` (`environment_facts()`), and attaches `train.log`. A relaunch
+    into the same directory (a resume) rewrites both for the new launch and logs any argument that changed.
+    Only the main process writes; every process gets the path back, after the main process has finished.
 
     Args:
         output_dir: the run directory (usually `training_args.output_dir`).
@@ -178,10 +192,11 @@ def prepare_run_dir(output_dir: str | os.PathLike, *arg_dataclasses: Any) -> Pat
     state = PartialState()
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        attach_log_file(run_dir)
+        _warn_on_changed_config(run_dir / CONFIG_NAME, config)
         header = "# Resolved configuration of this run: " + ", ".join(type(a).__name__ for a in arg_dataclasses) + "\n"
         _write_atomic(run_dir / CONFIG_NAME, header + yaml.safe_dump(config, sort_keys=False))
         _write_atomic(run_dir / RUN_INFO_NAME, json.dumps(environment_facts(), indent=2) + "\n")
-        attach_log_file(run_dir)
         logger.info("Run directory %s (config: %s)", run_dir.resolve(), run_dir / CONFIG_NAME)
     state.wait_for_everyone()
     return run_dir
