@@ -14,6 +14,7 @@ The insert is applied by a hook that exists only for the duration of one `forwar
 wrapper, so the base's own code path runs unchanged and calling the base directly gives the base's outputs.
 """
 
+import copy
 import os
 from contextlib import contextmanager
 
@@ -154,7 +155,8 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
         self.vlm.requires_grad_(False)
         self._insertion = point
         self.post_init()
-        self.generation_config = base_model.generation_config
+        # A copy: Trainer aligns the wrapper's generation config with the tokenizer, which must not reach the base.
+        self.generation_config = copy.deepcopy(base_model.generation_config)
         self.pin.to(next(base_model.parameters()).device)
         self.train(False)
 
