@@ -281,6 +281,11 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
             "AutoModelForImageTextToText": "modeling_pin.PinForLocalization",
         }
         previous_subfolder = self.config.base_subfolder
+        if not include_base and not self.config.base_model_name_or_path and not previous_subfolder:
+            logger.warning(
+                "Saving PIN without a base reference (config.base_model_name_or_path is empty): loading it will need "
+                "base_model=...; pass include_base=True or set base_model_name_or_path to make it loadable alone."
+            )
         if include_base:
             self.vlm.save_pretrained(os.path.join(save_directory, _BASE_SUBFOLDER), **kwargs)
             self.config.base_subfolder = _BASE_SUBFOLDER
