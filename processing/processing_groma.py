@@ -227,7 +227,8 @@ class GromaProcessor(ProcessorMixin):
         output_kwargs = self._merge_kwargs(GromaProcessorKwargs, **kwargs)
         text_kwargs = dict(output_kwargs["text_kwargs"])
         images_kwargs = dict(output_kwargs["images_kwargs"])
-        return_tensors = kwargs.get("return_tensors", text_kwargs.pop("return_tensors", "pt"))
+        # Tensors by default (the model is torch-only); the tokenizer returns lists that the slot check reads.
+        return_tensors = kwargs.get("return_tensors", "pt")
         text_kwargs.pop("return_tensors", None)
         images_kwargs.pop("return_tensors", None)
 
