@@ -22,7 +22,6 @@ Facts reproduced from the reference (`FoundationVision/Groma`, spec §2):
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import numpy as np
 import torch
