@@ -4,7 +4,8 @@ This is what VPGTrans (COCO Karpathy test, NoCaps val) and Groma (region caption
 RefCOCOg) report. Captions and references are lower-cased and tokenised by the Stanford PTBTokenizer with
 punctuation dropped, then scored by pycocoevalcap's Bleu(4) (corpus-level, "closest" reference length),
 Meteor 1.5, Rouge (ROUGE-L F, beta 1.2) and Cider (CIDEr-D: n = 1..4, sigma 6, clipped, x10). The tokenizer
-and METEOR run Java (`java` on PATH). SPICE is left out: it downloads Stanford CoreNLP models at run time.
+and METEOR run Java (`java` on PATH); pycocoevalcap's tokenizer writes its temporary input file next to its jar,
+so that package folder must be writable. SPICE is left out: it downloads Stanford CoreNLP models at run time.
 
 CIDEr weighs n-grams by their document frequency over the references of the evaluated set, so it is only
 meaningful on a corpus: on a single sample every n-gram has IDF log(1/1) = 0 and CIDEr is 0.
@@ -56,7 +57,8 @@ Returns:
         (CIDEr on its usual x10 scale, e.g. 1.2 for "120"; the others in [0, 1]).
 Examples:
     >>> metric = evaluate.load("recipes/metrics/caption_metrics")
-    >>> metric.compute(predictions=["a red star"], references=[["a red star", "a star"]])["bleu_1"]
+    >>> sorted(metric.compute(predictions=["a red star"], references=[["a red star", "a star"]]))
+    ['bleu_1', 'bleu_2', 'bleu_3', 'bleu_4', 'cider', 'meteor', 'rouge_l']
 """
 
 

@@ -102,7 +102,9 @@ _NUMBER_WORDS = {
     "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }
 _ARTICLES = {"a", "an", "the"}
-_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+_PUNCTUATION = [
+    ";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!",
+]
 # A period not followed by a digit ("3.5" keeps its point). The official pattern "(?!<=\d)(\.)(?!\d)" has a
 # mistyped look-behind that is a look-ahead which never fires in front of ".", so it reduces to this one.
 _PERIOD = re.compile(r"\.(?!\d)")
