@@ -84,15 +84,12 @@ class VPGTransProcessor(ProcessorMixin):
         template = VQA_PROMPT_ENCODER_DECODER if self.is_encoder_decoder else VQA_PROMPT_DECODER_ONLY
         return template.format(question)
 
-    def _tokenize(self, texts, padding, padding_side, truncation, max_length, add_special_tokens):
-        return self.tokenizer(
-            texts,
-            padding=padding,
-            padding_side=padding_side,
-            truncation=truncation,
-            max_length=max_length if truncation else None,
-            add_special_tokens=add_special_tokens,
-        )
+    def _tokenize(self, texts, padding_side, options):
+        """Tokenize `texts`; `options` holds padding / truncation / max_length / add_special_tokens / pad_to_multiple_of."""
+        options = dict(options)
+        if not options["truncation"]:
+            options["max_length"] = None
+        return self.tokenizer(texts, padding_side=padding_side, **options)
 
     def __call__(
         self,
@@ -105,6 +102,7 @@ class VPGTransProcessor(ProcessorMixin):
         max_length: int | None = None,
         add_special_tokens: bool = True,
         return_tensors: str | None = "pt",
+        pad_to_multiple_of: int | None = None,
         **kwargs,
     ) -> BatchFeature:
         r"""
@@ -121,6 +119,8 @@ class VPGTransProcessor(ProcessorMixin):
         """
         if images is None and text is None and text_target is None:
             raise ValueError("Give images and/or text.")
+        if kwargs:
+            raise TypeError(f"VPGTransProcessor got unexpected arguments: {sorted(kwargs)}")
         texts = self._as_list(text, "text")
         targets = self._as_list(text_target, "text_target")
         image_list = None if images is None else (list(images) if isinstance(images, (list, tuple)) else [images])
@@ -135,18 +135,22 @@ class VPGTransProcessor(ProcessorMixin):
             raise ValueError(
                 f"Image/text count mismatch: {len(image_list)} images for {len(texts)} text rows (one image per row)."
             )
-        max_length = self.max_txt_len if max_length is None else max_length
+        options = {
+            "padding": padding,
+            "truncation": truncation,
+            "max_length": self.max_txt_len if max_length is None else max_length,
+            "add_special_tokens": add_special_tokens,
+            "pad_to_multiple_of": pad_to_multiple_of,
+        }
         if padding_side is None:
             padding_side = "right" if targets is not None or self.is_encoder_decoder else "left"
 
         if self.is_encoder_decoder or targets is None:
-            encoding = self._tokenize(texts, padding, padding_side, truncation, max_length, add_special_tokens)
+            encoding = self._tokenize(texts, padding_side, options)
             input_ids, attention_mask = encoding["input_ids"], encoding["attention_mask"]
             labels = None
         else:
-            input_ids, attention_mask, labels = self._decoder_only_training_text(
-                texts, targets, padding, padding_side, truncation, max_length, add_special_tokens
-            )
+            input_ids, attention_mask, labels = self._decoder_only_training_text(texts, targets, padding_side, options)
 
         # Placeholders go in front of every row, after padding (so left padding sits between them and the
         # text, exactly like Blip2Processor and LAVIS, whose query embeddings are concatenated in front).
@@ -159,7 +163,7 @@ class VPGTransProcessor(ProcessorMixin):
         if labels is not None:
             data["labels"] = [[-100] * n_q + row for row in labels]
         if targets is not None and self.is_encoder_decoder:
-            target_encoding = self._tokenize(targets, padding, "right", truncation, max_length, add_special_tokens)
+            target_encoding = self._tokenize(targets, "right", options)
             data["labels"] = [
                 [tok if keep else -100 for tok, keep in zip(ids, mask)]
                 for ids, mask in zip(target_encoding["input_ids"], target_encoding["attention_mask"])
@@ -170,10 +174,10 @@ class VPGTransProcessor(ProcessorMixin):
             data["pixel_values"] = pixel_values if return_tensors == "pt" else pixel_values.tolist()
         return BatchFeature(data, tensor_type=return_tensors)
 
-    def _decoder_only_training_text(self, prompts, targets, padding, padding_side, truncation, max_length, add_special):
+    def _decoder_only_training_text(self, prompts, targets, padding_side, options):
         """`prompt + target + text_end` ids, mask and labels (lists of lists, without the placeholders)."""
         full = [self._join(p, t) + self.text_end for p, t in zip(prompts, targets)]
-        encoding = self._tokenize(full, padding, padding_side, truncation, max_length, add_special)
+        encoding = self._tokenize(full, padding_side, options)
         labels = []
         for prompt, ids, mask in zip(prompts, encoding["input_ids"], encoding["attention_mask"]):
             row = [tok if keep else -100 for tok, keep in zip(ids, mask)]
@@ -181,7 +185,7 @@ class VPGTransProcessor(ProcessorMixin):
             # With an empty prompt the BOS stays a target, predicted from the last query position (LAVIS quirk,
             # kept so training matches the released models).
             if prompt:
-                n_prompt = len(self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
+                n_prompt = len(self.tokenizer(prompt, add_special_tokens=options["add_special_tokens"])["input_ids"])
                 real = [i for i, keep in enumerate(mask) if keep]
                 for i in real[:n_prompt]:
                     row[i] = -100

@@ -8,8 +8,8 @@ Tokenizers follow each LLM family's special-token convention (DESIGN §4):
   as in T5) that appears when a word has no "▁word" piece.
 """
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import Blip2Config, OPTConfig, PreTrainedTokenizerFast, T5Config
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AddedToken, Blip2Config, OPTConfig, PreTrainedTokenizerFast, T5Config
 
 WORDS = ["a", "an", "red", "blue", "green", "star", "ring", "circle", "striped", "on", "the", "left", "two"]
 SPACE = "\u2581"
@@ -59,8 +59,6 @@ def t5_tokenizer():
 
 
 def add_image_token(tokenizer):
-    from transformers import AddedToken
-
     tokenizer.add_tokens([AddedToken("<image>", normalized=False, special=True)], special_tokens=True)
     return tokenizer.convert_tokens_to_ids("<image>")
 
@@ -93,5 +91,4 @@ def blip2_config(text_config, image_token_index, num_query_tokens=4, config_cls=
     )
 
 
-# Regex is re-exported for tests that need custom splits.
-__all__ = ["Regex", "WORDS", "opt_tokenizer", "llama_tokenizer", "t5_tokenizer", "add_image_token", "blip2_config"]
+__all__ = ["WORDS", "opt_tokenizer", "llama_tokenizer", "t5_tokenizer", "add_image_token", "blip2_config"]

@@ -1,6 +1,5 @@
 """A saved VPGTransModel + VPGTransProcessor load through the Auto classes where groundvlm is not importable."""
 
-import numpy as np
 import pytest
 import torch
 
