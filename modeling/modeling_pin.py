@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import cached_file, logging
 
@@ -353,27 +354,50 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------ inputs
 
-    def _check_inputs(self, pixel_values, input_ids, require_input_ids: bool) -> None:
-        """Clear errors for inputs the base would otherwise reject deep inside its forward/generate."""
-        if pixel_values is None:
-            raise ValueError("PinForLocalization needs pixel_values (PIN localises objects in an image)")
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
-            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
-            raise ValueError(f"pixel_values must be a (batch, 3, height, width) tensor of RGB images, got {shape}")
-        size = self._insertion.image_size
-        if tuple(pixel_values.shape[2:]) != (size, size):
-            raise ValueError(
-                f"pixel_values must be {size}x{size} (the base's vision input size), got "
-                f"{tuple(pixel_values.shape[2:])}; preprocess images with the PinProcessor"
-            )
+    def _check_inputs(self, pixel_values, input_ids, require_input_ids: bool, vision_embeds=None) -> int:
+        """Clear errors for inputs the base would otherwise reject deep inside its forward/generate.
+
+        Returns the batch size.
+        """
+        if vision_embeds is not None:
+            if pixel_values is not None:
+                raise ValueError("give either pixel_values or precomputed vision_embeds, not both")
+            if self._insertion.is_llava:
+                raise ValueError(
+                    "precomputed vision_embeds are supported for BLIP-2/VPGTrans bases only; pass pixel_values to a "
+                    "LLaVA-based PIN"
+                )
+            expected = (self.config.num_positions, self.config.vision_hidden_size)
+            if not isinstance(vision_embeds, torch.Tensor) or vision_embeds.dim() != 3 or tuple(
+                vision_embeds.shape[1:]
+            ) != expected:
+                shape = tuple(vision_embeds.shape) if isinstance(vision_embeds, torch.Tensor) else type(vision_embeds)
+                raise ValueError(
+                    f"vision_embeds must be (batch, {expected[0]}, {expected[1]}) vision-encoder outputs (from "
+                    f"encode_images), got {shape}"
+                )
+            batch = vision_embeds.shape[0]
+        else:
+            if pixel_values is None:
+                raise ValueError("PinForLocalization needs pixel_values (PIN localises objects in an image)")
+            if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+                shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
+                raise ValueError(f"pixel_values must be a (batch, 3, height, width) tensor of RGB images, got {shape}")
+            size = self._insertion.image_size
+            if tuple(pixel_values.shape[2:]) != (size, size):
+                raise ValueError(
+                    f"pixel_values must be {size}x{size} (the base's vision input size), got "
+                    f"{tuple(pixel_values.shape[2:])}; preprocess images with the PinProcessor"
+                )
+            batch = pixel_values.shape[0]
         if input_ids is None:
             if require_input_ids:
                 raise ValueError("input_ids are required: build them with the PinProcessor")
-            return
-        if input_ids.dim() != 2 or input_ids.shape[0] != pixel_values.shape[0]:
+            return batch
+        if input_ids.dim() != 2 or input_ids.shape[0] != batch:
             raise ValueError(
                 f"input_ids must be (batch, seq_len) with one row per image: got {tuple(input_ids.shape)} for "
-                f"{pixel_values.shape[0]} images"
+                f"{batch} images"
             )
         counts = (input_ids == self._insertion.image_token_id).sum(dim=1)
         expected = self._insertion.num_image_tokens
@@ -382,6 +406,57 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
                 f"each row of input_ids must hold exactly {expected} image tokens (id {self._insertion.image_token_id}), "
                 f"got {counts.tolist()}; build the inputs with the PinProcessor of this model"
             )
+        return batch
+
+    # ------------------------------------------------------------------ precomputed vision-encoder outputs
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        """The frozen vision encoder's output x_v, before π: what `forward(vision_embeds=...)` takes.
+
+        The vision encoder is frozen and π is added after it, so x_v of an image never changes while PIN trains:
+        a training loop can compute it once per image and reuse it (then a step costs the fusion network and the
+        LLM only). BLIP-2/VPGTrans bases only.
+
+        Args:
+            pixel_values: `(B, 3, S, S)` images from the PinProcessor.
+
+        Returns:
+            `(B, num_positions, vision_hidden_size)`, i.e. `vision_model(pixel_values).last_hidden_state`.
+        """
+        if self._insertion.is_llava:
+            raise ValueError("encode_images supports BLIP-2/VPGTrans bases only (LLaVA's projector input is layered)")
+        self._check_inputs(pixel_values, None, require_input_ids=False)
+        return self.vlm.vision_model(pixel_values=pixel_values, return_dict=True).last_hidden_state
+
+    @contextmanager
+    def _precomputed_vision(self, vision_embeds: torch.Tensor | None):
+        """For one base call, `vlm.vision_model` returns `vision_embeds` instead of running the ViT.
+
+        Only the instance's `forward` is replaced, so `nn.Module.__call__` still runs the hooks registered on
+        `vision_model` (among them the one adding π). The pooled output is computed as the ViT computes it (its
+        `post_layernorm` applied to the CLS row, a second time), although BLIP-2 only reads `last_hidden_state`.
+        """
+        if vision_embeds is None:
+            yield
+            return
+        vision = self.vlm.vision_model
+
+        def forward(*args, **kwargs):
+            return BaseModelOutputWithPooling(
+                last_hidden_state=vision_embeds, pooler_output=vision.post_layernorm(vision_embeds[:, 0, :])
+            )
+
+        vision.forward = forward
+        try:
+            yield
+        finally:
+            del vision.forward
+
+    @staticmethod
+    def _placeholder_pixels(vision_embeds: torch.Tensor) -> torch.Tensor:
+        """A `(B, 3, 1, 1)` stand-in for pixel_values: the base reads only its batch size, device and dtype."""
+        return vision_embeds.new_zeros(vision_embeds.shape[0], 3, 1, 1)
 
     # ------------------------------------------------------------------ forward / generate
 
@@ -392,6 +467,7 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
         attention_mask: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_pin: bool = True,
+        vision_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ):
         """The base model's forward with π added to its vision tokens.
@@ -401,13 +477,17 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
             input_ids / attention_mask: `(B, L)` prompt (+ target) tokens incl. the base's image placeholders.
             labels: `(B, L)` next-token targets, -100 outside the supervised span; the base computes the loss.
             use_pin: False runs the base model exactly as it is (PIN deactivated).
+            vision_embeds: instead of pixel_values, the frozen vision encoder's outputs `(B, N, D)` from
+                `encode_images` (BLIP-2/VPGTrans): the ViT is skipped, everything after it runs as usual.
             **kwargs: passed to the base (e.g. `num_items_in_batch` from `Trainer`).
 
         Returns:
             The base model's output (`loss` when `labels` are given, `logits` of shape `(B, L, vocab)`).
         """
-        self._check_inputs(pixel_values, input_ids, require_input_ids=True)
-        with self._insert_active(use_pin):
+        self._check_inputs(pixel_values, input_ids, require_input_ids=True, vision_embeds=vision_embeds)
+        if vision_embeds is not None:
+            pixel_values = self._placeholder_pixels(vision_embeds)
+        with self._precomputed_vision(vision_embeds), self._insert_active(use_pin):
             return self.vlm(
                 pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs
             )
@@ -419,14 +499,20 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
         use_pin: bool = True,
+        vision_embeds: torch.FloatTensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
         """The base model's `generate` with π added to its vision tokens (`use_pin=False`: the base alone).
 
+        `vision_embeds` (from `encode_images`) may replace `pixel_values`, as in `forward`.
         Returns the base's generated ids (decode and parse them with `PinProcessor.post_process_localization`).
         """
-        self._check_inputs(pixel_values, input_ids, require_input_ids=self._insertion.is_llava)
-        with self._insert_active(use_pin):
+        self._check_inputs(
+            pixel_values, input_ids, require_input_ids=self._insertion.is_llava, vision_embeds=vision_embeds
+        )
+        if vision_embeds is not None:
+            pixel_values = self._placeholder_pixels(vision_embeds)
+        with self._precomputed_vision(vision_embeds), self._insert_active(use_pin):
             return self.vlm.generate(
                 pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs
             )
