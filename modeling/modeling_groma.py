@@ -356,11 +356,14 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        image_sizes=None,
         **kwargs,
     ) -> GromaCausalLMOutputWithPast:
         """input_ids (B, L) in the static layout; pixel_values (B, 3, S, S) (any float dtype); refer_boxes per image
         (n_i, 4) normalised cxcywh; labels (B, L) with -100 ignored (visual slots and unused pairs are ignored here
-        whatever their label). Without pixel_values, runs the LLM alone (decoding steps, text-only prompts)."""
+        whatever their label). Without pixel_values, runs the LLM alone (decoding steps, text-only prompts).
+        image_sizes (the processor's original (height, width) per image) is accepted so that `model(**inputs)` works,
+        and ignored: boxes are normalised, only `post_process_grounding` needs pixel sizes."""
         region_boxes = None
         if pixel_values is not None:
             if input_ids is None:
@@ -373,7 +376,9 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
                 visual = (input_ids == self.config.image_token_id) | (input_ids == self.config.region_token_id)
                 labels = labels.masked_fill(visual | (attention_mask == 0), -100)
         elif inputs_embeds is None:
-            if input_ids is not None and (input_ids == self.config.image_token_id).any() and past_key_values is None:
+            # `past_key_values is None` first: on decoding steps (cache given) the `.any()` check, a host-device sync
+            # on every generated token, is skipped.
+            if past_key_values is None and input_ids is not None and (input_ids == self.config.image_token_id).any():
                 raise ValueError("the prompt holds <image> tokens but no pixel_values were given")
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -408,12 +413,14 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         refer_boxes: list[torch.Tensor] | None = None,
+        image_sizes=None,
         **kwargs,
     ):
         """Encode the images once, then decode with the KV cache (no per-step vision work).
 
         With `return_dict_in_generate=True` the output also carries `region_boxes`: per image (N_i, 4) normalised
         xyxy in slot order (`<r_j>` -> row j). Returned sequences hold the prompt ids with `<refer_box>` resolved.
+        `image_sizes` is accepted and ignored, so that `model.generate(**processor(...))` works.
         """
         if pixel_values is None:
             if input_ids is not None and (input_ids == self.config.image_token_id).any():

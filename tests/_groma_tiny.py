@@ -1,0 +1,73 @@
+"""Tiny Groma pieces that share one vocabulary: a toy Llama tokenizer with Groma's 114 tokens, a tiny
+`GromaConfig` whose token ids are that tokenizer's, and the matching `GromaProcessor`.
+
+Shared by the Groma tests that run the processor and the model together (the tiny shapes follow
+tests/test_groma_model.py: DINOv2 with 4 blocks fed 112 px -> an 8x8 patch grid -> 16 image tokens).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from groundvlm.modeling.configuration_groma import GromaConfig
+from groundvlm.processing import GromaImageProcessor, GromaProcessor, add_groma_tokens
+from groundvlm.processing.processing_groma import FIRST_ASSISTANT_TURN, FIRST_USER_TURN, SYSTEM_PROMPT
+from groundvlm.recipes.toy_tokenizers import train_tokenizer
+
+# Words that train into single "▁word" tokens, so tests can restrict free decoding steps to readable words.
+WORDS = ("red", "star", "blue", "ring", "green", "square", "on", "grass", "dog", "left", "right", "of", "and")
+QUESTIONS = ("Describe the image briefly.", "What is this?", "Where is the red star on the left?")
+
+
+def groma_tokenizer():
+    """Toy Llama tokenizer (`<unk>`, `<s>`, `</s>` = 0, 1, 2) trained on Groma's prompt text, + Groma's tokens."""
+    corpus = [SYSTEM_PROMPT, FIRST_USER_TURN, FIRST_ASSISTANT_TURN, *QUESTIONS, " ".join(WORDS)] * 4
+    tokenizer = train_tokenizer("llama", corpus)
+    add_groma_tokens(tokenizer)
+    return tokenizer
+
+
+def word_token_ids(tokenizer) -> list[int]:
+    """Ids of the single-token words of `WORDS` (each `▁word`)."""
+    ids = tokenizer.convert_tokens_to_ids([f"▁{w}" for w in WORDS])
+    assert tokenizer.unk_token_id not in ids, "the toy corpus must make every word of WORDS one token"
+    return ids
+
+
+def tiny_groma_config(tokenizer, **overrides) -> GromaConfig:
+    """A tiny Groma whose vocabulary and special-token ids are `tokenizer`'s (base vocabulary + 114 rows)."""
+    to_id = tokenizer.convert_tokens_to_ids
+    kwargs = dict(
+        vision_config=dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=518, patch_size=14),
+        text_config=dict(
+            model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=4, vocab_size=len(tokenizer), pad_token_id=to_id("[PAD]"),
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+            rms_norm_eps=1e-6,
+        ),
+        image_size=112, proposer_d_model=32, proposer_encoder_layers=2, proposer_decoder_layers=2,
+        proposer_attention_heads=4, proposer_ffn_dim=64, proposer_num_queries=20, region_gn_groups=4,
+        region_pos_embed_dim=16, pad_token_id=to_id("[PAD]"), image_token_id=to_id("<image>"),
+        region_token_id=to_id("<region>"), refer_box_token_id=to_id("<refer_box>"),
+        ground_box_token_id=to_id("<ground_box>"), refer_feat_token_id=to_id("<refer_feat>"),
+        proxy_token_start_id=to_id("<r0>"), num_proxy_tokens=100,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return GromaConfig(**kwargs)
+
+
+def tiny_groma_processor(tokenizer, config: GromaConfig) -> GromaProcessor:
+    """The processor matching `config`: `config.image_size` px input, its image-token and proxy-token counts."""
+    size = config.image_size
+    return GromaProcessor(
+        GromaImageProcessor(size={"height": size, "width": size}),
+        tokenizer,
+        num_image_tokens=config.num_image_tokens,
+        num_proxy_tokens=config.num_proxy_tokens,
+    )
+
+
+def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
+    """A uint8 RGB noise image of the given size."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
