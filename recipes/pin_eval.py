@@ -1,0 +1,197 @@
+"""PIN evaluation: prompt every object, parse the box (reference parsing, fallback box), score mIoU / mIoU_M /
+mIoU_L, write a Table-1-style comparison (markdown + json) and a PNG grid of predictions.
+
+Protocol (spec B7): one prompt per annotated object with its ground-truth name; images squashed to the model's
+S×S; IoU against the ground truth in that squashed space (IoU itself does not change under the squash, the size
+buckets do: they are COCO's 32²/96² scaled by S/224); unparseable output scores with the fallback box
+[0, 0, S/16, S/16] and counts against `parse_ok`. Decoding: greedy (`num_beams=1`) or beam search (the
+reference: 3 beams, 12 new tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .metrics import load_metric
+from .pin_baselines import TABLE_NAMES, full_image_box, random_training_boxes
+
+
+@dataclass
+class EvalSample:
+    """One prompt: `image` (RGB, any size), the object `name`, its ground-truth `box` in that image's pixels."""
+
+    image: np.ndarray | Image.Image
+    name: str
+    box: list[float]
+    image_id: int | str = 0
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        if isinstance(self.image, Image.Image):
+            return self.image.height, self.image.width
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+
+def samples_from_pool(pool) -> list[EvalSample]:
+    """Every object of every image of a `ScenePool` (the reference prompts every object at test time)."""
+    return [
+        EvalSample(image=pool.images[i], name=name, box=list(box), image_id=i)
+        for i, objs in enumerate(pool.objects)
+        for name, box in objs
+    ]
+
+
+@torch.no_grad()
+def predict(
+    model,
+    processor,
+    samples: list[EvalSample],
+    batch_size: int = 32,
+    num_beams: int = 1,
+    max_new_tokens: int = 12,
+    use_pin: bool | None = None,
+    progress: bool = False,
+) -> list[dict]:
+    """Generate and parse a box for every sample.
+
+    Args:
+        model: `PinForLocalization` (pass `use_pin`: True for PIN, False for the raw base) or a `PeftBaseline`.
+
+    Returns:
+        Per sample `{"box": [x1, y1, x2, y2] on the sample's image, "parsed": bool, "text": str}`.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    kwargs = {} if use_pin is None else {"use_pin": use_pin}
+    out = []
+    starts = range(0, len(samples), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="evaluating", leave=False)
+    for start in starts:
+        batch = samples[start : start + batch_size]
+        inputs = processor(images=[s.image for s in batch], objects=[s.name for s in batch], padding_side="left")
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        generated = model.generate(
+            **inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False, **kwargs
+        )
+        results = processor.post_process_localization(
+            generated.cpu(), target_sizes=[s.size_hw for s in batch], labels=[s.name for s in batch]
+        )
+        out += [{"box": r["boxes"][0].tolist(), "parsed": bool(r["parsed"]), "text": r["text"]} for r in results]
+    return out
+
+
+def constant_predictions(method: str, samples: list[EvalSample], train_boxes, image_size: int, seed: int) -> list[dict]:
+    """The untrained box baselines: "random" (a training box, scaled from S×S to each image) or "full_image"."""
+    if method == "full_image":
+        boxes = [full_image_box(*s.size_hw) for s in samples]
+    elif method == "random":
+        picks = random_training_boxes(train_boxes, len(samples), seed)
+        boxes = []
+        for s, box in zip(samples, picks):
+            h, w = s.size_hw
+            boxes.append([box[0] * w / image_size, box[1] * h / image_size, box[2] * w / image_size,
+                          box[3] * h / image_size])  # fmt: skip
+    else:
+        raise ValueError(f"constant_predictions handles 'random' and 'full_image', got {method!r}")
+    return [{"box": b, "parsed": True, "text": ""} for b in boxes]
+
+
+def _to_square(box, size_hw, image_size: int) -> list[float]:
+    h, w = size_hw
+    return [box[0] * image_size / w, box[1] * image_size / h, box[2] * image_size / w, box[3] * image_size / h]
+
+
+def score(predictions: list[dict], samples: list[EvalSample], image_size: int) -> dict:
+    """box_miou over the samples, with both boxes squashed to S×S (PIN's protocol)."""
+    if len(predictions) != len(samples):
+        raise ValueError(f"{len(predictions)} predictions for {len(samples)} samples")
+    metric = load_metric("box_miou")
+    preds = [_to_square(p["box"], s.size_hw, image_size) for p, s in zip(predictions, samples)]
+    refs = [_to_square(s.box, s.size_hw, image_size) for s in samples]
+    return metric.compute(
+        predictions=preds, references=refs, image_size=image_size, parsed=[p["parsed"] for p in predictions]
+    )
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def comparison_table(results: dict[str, dict], title: str = "") -> str:
+    """A Table-1-style markdown table.
+
+    Args:
+        results: method -> {"held_out": box_miou result, "val": box_miou result (optional),
+            "trainable_parameters": int (optional), "train_seconds": float (optional)}.
+    """
+    lines = [f"### {title}", ""] if title else []
+    lines += [
+        "| method | mIoU | mIoU_M | mIoU_L | mIoU_S | parsed | val mIoU | trainable params |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, r in results.items():
+        h = r.get("held_out", {})
+        v = r.get("val", {})
+        lines.append(
+            f"| {TABLE_NAMES.get(method, method)} | {_fmt(h.get('miou'))} | {_fmt(h.get('miou_m'))} | "
+            f"{_fmt(h.get('miou_l'))} | {_fmt(h.get('miou_s'))} | {_fmt(h.get('parse_ok'))} | {_fmt(v.get('miou'))} | "
+            f"{_fmt(r.get('trainable_parameters'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(run_dir: str | Path, results: dict[str, dict], title: str) -> tuple[Path, Path]:
+    """`comparison.md` and `comparison.json` in `run_dir`; returns their paths."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    md, js = run_dir / "comparison.md", run_dir / "comparison.json"
+    md.write_text(comparison_table(results, title), encoding="utf-8")
+    js.write_text(json.dumps(results, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
+    return md, js
+
+
+def prediction_grid(
+    samples: list[EvalSample], predictions: dict[str, list[dict]], path: str | Path, columns: int = 8, cell: int = 160
+) -> Path:
+    """A PNG: one row per method, one column per sample; ground truth in green, prediction in red (dashed-looking
+    thin box when it did not parse), the object name and the method above each row."""
+    methods = list(predictions)
+    columns = min(columns, len(samples))
+    if columns == 0 or not methods:
+        raise ValueError("prediction_grid needs at least one sample and one method")
+    header = 14
+    canvas = Image.new("RGB", (columns * cell, len(methods) * (cell + header)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for row, method in enumerate(methods):
+        y0 = row * (cell + header)
+        draw.text((2, y0), TABLE_NAMES.get(method, method), fill=(0, 0, 0))
+        for col in range(columns):
+            sample, pred = samples[col], predictions[method][col]
+            h, w = sample.size_hw
+            image = sample.image if isinstance(sample.image, Image.Image) else Image.fromarray(sample.image)
+            tile = image.convert("RGB").resize((cell, cell))
+            tdraw = ImageDraw.Draw(tile)
+            sx, sy = cell / w, cell / h
+            scale = lambda b: [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]  # noqa: E731
+            tdraw.rectangle(scale(sample.box), outline=(0, 200, 0), width=2)
+            tdraw.rectangle(scale(pred["box"]), outline=(230, 0, 0), width=2 if pred["parsed"] else 1)
+            tdraw.text((2, cell - 12), sample.name[:24], fill=(255, 255, 255))
+            canvas.paste(tile, (col * cell, y0 + header))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
