@@ -175,7 +175,8 @@ def resolve_base_model(pin_args: PinArguments, preset: str) -> str:
 
 def load_base(path: str, device: torch.device):
     """The frozen base model (class from its config's `architectures`) and its processor."""
-    if not Path(path).exists() and "/" not in path:
+    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    if not Path(path).exists() and not looks_like_hub_id:
         raise FileNotFoundError(f"base_model {path!r} is neither a folder nor a Hub id")
     config = AutoConfig.from_pretrained(path)
     classes = supported_base_classes()
