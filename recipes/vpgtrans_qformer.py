@@ -20,6 +20,8 @@ The query-branch weights, `query_tokens` and the ViT post-LayerNorm (= LAVIS `ln
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -117,11 +119,10 @@ class QFormerPretrainer(nn.Module):
 
     def vpgtrans_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a `VPGTransModel` takes from this stage, under its names (text branch dropped)."""
-        text_only = (".intermediate.", ".output.")
-        state = {
-            f"qformer.{k}": v for k, v in self.qformer.state_dict().items()
-            if not any(t in f".{k}" for t in text_only)
-        }  # fmt: skip
+        # The text-branch FFN of each layer (`layer.i.intermediate` / `layer.i.output`) has no place in the
+        # VL-LLM's Q-Former (LAVIS prunes it too); the attention blocks' own `.output` stay.
+        text_ffn = re.compile(r"^encoder\.layer\.\d+\.(intermediate|output)\.")
+        state = {f"qformer.{k}": v for k, v in self.qformer.state_dict().items() if not text_ffn.match(k)}
         state["query_tokens"] = self.query_tokens.detach()
         for k, v in self.vision_model.post_layernorm.state_dict().items():
             state[f"vision_model.post_layernorm.{k}"] = v

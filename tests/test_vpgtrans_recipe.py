@@ -1,0 +1,278 @@
+"""VPGTrans recipe units: stage freezing, LAVIS optimiser groups, stage-1/stage-2 schedules, speed-up rate,
+real-format loaders, BLIP-like Q-Former pretraining pieces, caption name recall."""
+
+import math
+
+import pytest
+import torch
+from transformers import Blip2QFormerConfig, TrainingArguments
+
+from groundvlm.modeling import VPGTransConfig, VPGTransModel
+from groundvlm.recipes.vpgtrans import (
+    VPGTransArguments,
+    VPGTransTrainer,
+    freeze_for_stage,
+    inner_epoch_cosine_lr,
+    lavis_param_groups,
+    qformer_config,
+    trainable_prefixes,
+)
+from groundvlm.recipes.vpgtrans_captioner import object_name_recall
+from groundvlm.recipes.vpgtrans_data import load_coco_karpathy, load_gqa, load_vqa
+from groundvlm.recipes.vpgtrans_qformer import QFormerPretrainer, load_pretrained_qformer, multimodal_causal_mask
+from groundvlm.recipes.vpgtrans_speedup import (
+    format_rate,
+    markdown_table,
+    plot_curves,
+    speedup_rate,
+    speedup_table,
+    vpgtrans_curve,
+)
+from tests._vpgtrans_toys import add_image_token, blip2_config, opt_text_config, opt_tokenizer
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "vpgtrans"
+COCO = FIXTURES / "coco"
+
+
+def tiny_model(num_query_tokens=4):
+    tok = opt_tokenizer()
+    image_id = add_image_token(tok)
+    torch.manual_seed(0)
+    config = blip2_config(opt_text_config(len(tok)), image_id, num_query_tokens=num_query_tokens, config_cls=VPGTransConfig)
+    return VPGTransModel(config), image_id
+
+
+def _batch(model, image_id, n_q=4):
+    ids = torch.tensor([[image_id] * n_q + [2, 5, 6, 4]] * 2)
+    return dict(pixel_values=torch.randn(2, 3, 16, 16), input_ids=ids, attention_mask=torch.ones_like(ids),
+                labels=ids.masked_fill(ids == image_id, -100))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- freezing
+
+
+@pytest.mark.parametrize(
+    "stage, unfreeze_lm, expected_roots",
+    [
+        ("stage1", False, {"language_projection"}),
+        ("stage2", False, {"qformer", "query_tokens", "vision_model.post_layernorm", "language_projection"}),
+        ("tfs", False, {"qformer", "query_tokens", "vision_model.post_layernorm", "language_projection"}),
+        ("inherit", False, {"qformer", "query_tokens", "vision_model.post_layernorm", "language_projection"}),
+        ("tfs", True, {"qformer", "query_tokens", "vision_model.post_layernorm", "language_projection", "language_model"}),
+    ],
+)
+def test_stage_trains_exactly_the_reference_modules(stage, unfreeze_lm, expected_roots):
+    model, image_id = tiny_model()
+    freeze_for_stage(model, stage, unfreeze_lm)
+    model.train()
+    model(**_batch(model, image_id)).loss.backward()
+
+    def root(name):
+        return "vision_model.post_layernorm" if name.startswith("vision_model.post_layernorm.") else name.split(".")[0]
+
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    requires = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {root(n) for n in requires} == expected_roots
+    assert with_grad <= requires  # frozen modules really get no gradient
+    assert {root(n) for n in with_grad} == expected_roots
+    # Every ViT weight but the post-LN (= LAVIS ln_vision) is frozen, and the ViT stays in eval mode.
+    vit_trainable = {n for n in requires if n.startswith("vision_model.")}
+    ln_vision = {"vision_model.post_layernorm.weight", "vision_model.post_layernorm.bias"}
+    assert vit_trainable == (set() if stage == "stage1" else ln_vision)
+    assert not model.vision_model.training and model.qformer.training and model.language_model.training
+
+
+def test_unknown_training_stage_is_refused():
+    with pytest.raises(ValueError, match="does not train"):
+        trainable_prefixes("converter")
+
+
+def test_lavis_param_groups_no_decay_for_bias_norm_and_1d():
+    model, _ = tiny_model()
+    freeze_for_stage(model, "stage2")
+    decay, no_decay = lavis_param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert "query_tokens" in decay_names  # 3-D: decayed, as LAVIS
+    assert "language_projection.weight" in decay_names
+    assert "language_projection.bias" in no_decay_names
+    assert "qformer.layernorm.weight" in no_decay_names
+    assert "vision_model.post_layernorm.weight" in no_decay_names
+    assert not any(n.startswith("language_model.") for n in decay_names | no_decay_names)  # frozen: not optimised
+
+
+# -------------------------------------------------------------------------------------------- schedules
+
+
+def _trainer(stage, tmp_path, **kwargs):
+    model, _ = tiny_model()
+    freeze_for_stage(model, "stage1" if stage == "stage1" else "stage2")
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, num_train_epochs=kwargs.pop("epochs", 1),
+                             warmup_steps=kwargs.pop("warmup_steps", 0), report_to="none", use_cpu=True)  # fmt: skip
+    trainer = VPGTransTrainer(model=model, args=args, vpg_args=VPGTransArguments(stage=stage, **kwargs))
+    trainer.create_optimizer_and_scheduler(num_training_steps=kwargs.get("iters_per_inner_epoch", 10) * 10)
+    return trainer
+
+
+def _lrs(trainer, steps):
+    out = []
+    for _ in range(steps):
+        out.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    return out
+
+
+def test_stage1_lr_is_5x_base_and_constant(tmp_path):
+    trainer = _trainer("stage1", tmp_path, iters_per_inner_epoch=3)
+    assert _lrs(trainer, 30) == pytest.approx([5e-4] * 30)
+
+
+def test_stage2_cosine_per_inner_epoch_matches_formula(tmp_path):
+    # init 1e-4, min 5e-5, 10 inner epochs of 3 steps, no warm-up (spec A4 stage 2).
+    trainer = _trainer("stage2", tmp_path, iters_per_inner_epoch=3, min_lr=5e-5, epochs=10)
+    lrs = _lrs(trainer, 30)
+    # Hand values: epoch 1: 5e-5 + 5e-5 * 0.5 * (1 + cos(pi/10)) = 5e-5 + 5e-5 * 0.975528 = 9.87764e-5;
+    # epoch 5: cos(pi/2) = 0 -> 7.5e-5; epoch 9: 5e-5 + 5e-5 * 0.5 * (1 - 0.951057) = 5.12236e-5.
+    assert lrs[0:3] == pytest.approx([1e-4] * 3)
+    assert lrs[3:6] == pytest.approx([9.87764e-5] * 3, rel=1e-5)
+    assert lrs[15:18] == pytest.approx([7.5e-5] * 3)
+    assert lrs[27:30] == pytest.approx([5.12236e-5] * 3, rel=1e-5)
+
+
+def test_warmup_in_epoch_zero_as_lavis():
+    # warm-up from 1e-6 over 2 steps: step 0 -> 1e-6, step 1 -> 1e-6 + 0.5 * (1e-4 - 1e-6), then capped at init.
+    values = [inner_epoch_cosine_lr(s, 5, 10, 1e-4, 1e-5, warmup_steps=2, warmup_lr=1e-6) for s in range(5)]
+    assert values == pytest.approx([1e-6, 5.05e-5, 1e-4, 1e-4, 1e-4])
+    assert inner_epoch_cosine_lr(5, 5, 10, 1e-4, 1e-5) == pytest.approx(1e-5 + 9e-5 * 0.5 * (1 + math.cos(math.pi / 10)))
+
+
+# ---------------------------------------------------------------------------------------------- speed-up
+
+
+def test_speedup_rate_on_hand_made_curves(tmp_path):
+    tfs = [10.0, 30.0, 50.0, 50.0, 40.0]  # best 50 first reached at epoch 3
+    assert speedup_rate(tfs, [20.0, 51.0, 60.0]) == pytest.approx(3 / 2)
+    assert speedup_rate(tfs, [55.0]) == pytest.approx(3.0)
+    assert speedup_rate(tfs, [20.0, 50.0, 49.0]) is None  # equal is not better: "-"
+    assert format_rate(None) == "-" and format_rate(10 / 3) == "3.3"
+    # Stage 1 counts as VPGTrans's epoch 1.
+    vt = vpgtrans_curve({"epoch": [1], "cider": [0.4], "vqa_accuracy": [0.1]},
+                        {"epoch": [1, 2], "step": [5, 10], "cider": [0.6, 0.7], "vqa_accuracy": [0.2, 0.1]})  # fmt: skip
+    assert vt == {"epoch": [1, 2, 3], "cider": [0.4, 0.6, 0.7], "vqa_accuracy": [0.1, 0.2, 0.1]}
+    table = speedup_table({"epoch": [1, 2], "cider": [0.3, 0.5], "vqa_accuracy": [0.3, 0.2]}, vt, ["cider", "vqa_accuracy"])
+    assert table == {"cider": "1.0", "vqa_accuracy": "-"}  # cider: e_tfs 2 / e_vt 2; vqa never > 0.3
+    md = markdown_table({"small->large": table}, ["cider", "vqa_accuracy"])
+    assert md.splitlines()[2] == "| small->large | 1.0 | - |"
+    png = plot_curves({"TFS": {"epoch": [1, 2], "cider": [0.3, 0.5]}, "VPGTrans": vt}, ["cider"], tmp_path / "fig7.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="non-empty"):
+        speedup_rate([], [1.0])
+
+
+# ----------------------------------------------------------------------------------------------- loaders
+
+
+def test_coco_karpathy_lavis_layout():
+    train = load_coco_karpathy(COCO / "coco_karpathy_train.json", COCO)
+    assert len(train) == 6 and train[0]["text"] == "a red star" and train[1]["text"] == "a red star on the left"
+    assert train[0]["image"].mode == "RGB" and train[0]["image"].size == (16, 16)
+    val = load_coco_karpathy(COCO / "coco_karpathy_val.json", COCO)
+    assert len(val) == 1 and val[0]["references"] == ["a striped star", "an striped star"]
+
+
+def test_coco_karpathy_original_layout_splits():
+    train = load_coco_karpathy(COCO / "dataset_coco.json", COCO, split="train")  # train + restval
+    assert len(train) == 4 and {e["text"] for e in train} >= {"two blue rings", "a red star on the left"}
+    test = load_coco_karpathy(COCO / "dataset_coco.json", COCO, split="test")
+    assert len(test) == 1 and test[0]["references"] == ["a striped star", "an striped star"] and test[0]["image_id"] == "4"
+    with pytest.raises(ValueError, match="split"):
+        load_coco_karpathy(COCO / "dataset_coco.json", COCO)
+
+
+def test_vqa_and_gqa_loaders():
+    vqa = load_vqa(COCO / "vqa_val2014_questions.json", COCO / "vqa_val2014_annotations.json", COCO / "val2014")
+    assert len(vqa) == 2
+    assert vqa[0]["question"] == "What colour is the star?" and vqa[0]["answers"].count("red") == 8
+    assert len(vqa[1]["answers"]) == 10 and vqa[1]["image"].size == (16, 16)
+    gqa = load_gqa(FIXTURES / "gqa" / "testdev_balanced_questions.json", FIXTURES / "gqa" / "images")
+    assert [(e["question_id"], e["answers"]) for e in (gqa[0], gqa[1])] == [("201", ["yes"]), ("202", ["star"])]
+
+
+def test_loader_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_coco_karpathy(tmp_path / "missing.json", tmp_path)
+    with pytest.raises(ValueError, match="official jsons"):
+        load_vqa(COCO / "coco_karpathy_val.json", COCO / "vqa_val2014_annotations.json", COCO)
+    with pytest.raises(ValueError, match="GQA"):
+        load_gqa(COCO / "coco_karpathy_val.json", COCO)
+    data = load_coco_karpathy(COCO / "coco_karpathy_val.json", tmp_path)  # wrong image root
+    with pytest.raises(FileNotFoundError, match="image_root"):
+        data[0]
+
+
+# ------------------------------------------------------------------------------------ Q-Former pretraining
+
+
+def test_multimodal_causal_mask_hand_values():
+    mask = multimodal_causal_mask(torch.tensor([[1, 1, 0]]), num_queries=2)
+    allowed = (mask[0, 0] == 0).int().tolist()
+    assert allowed == [
+        [1, 1, 0, 0, 0],  # queries see queries only
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],  # text 0 sees queries + itself
+        [1, 1, 1, 1, 0],  # text 1 sees queries + text 0, 1
+        [1, 1, 1, 1, 0],  # padding is never attended
+    ]
+
+
+def test_qformer_pretrainer_losses_and_transfer_into_vpgtrans():
+    model, _ = tiny_model()
+    # The target's own Q-Former config with the text branch switched on (what qformer_pretrain builds).
+    config = Blip2QFormerConfig(**{**model.config.qformer_config.to_dict(), "use_qformer_text_input": True, "vocab_size": 20})
+    vision = model.vision_model
+    pre = QFormerPretrainer(vision, config, 4, embed_dim=8)
+    ids = torch.tensor([[2, 5, 6, 7], [2, 8, 9, 1], [2, 5, 9, 1]])
+    out = pre(torch.randn(3, 3, 16, 16), ids, (ids != 1).long())
+    assert set(out) == {"loss", "itc", "itm", "itg"} and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert pre.query_tokens.grad is not None and pre.itm_head.weight.grad is not None
+    assert all(p.grad is None for n, p in vision.named_parameters() if not n.startswith("post_layernorm"))
+    state = pre.vpgtrans_state_dict()
+    assert "qformer.encoder.layer.0.intermediate.dense.weight" in pre.qformer.state_dict().keys() | {
+        "qformer." + k for k in pre.qformer.state_dict()}
+    assert not any(k.endswith(("layer.0.intermediate.dense.weight", "layer.0.output.dense.weight")) for k in state)
+    assert "qformer.encoder.layer.0.attention.output.dense.weight" in state
+    target, _ = tiny_model()
+    load_pretrained_qformer(target, _save(state))
+    assert torch.equal(target.query_tokens, pre.query_tokens.detach())
+    assert torch.equal(target.qformer.layernorm.weight, pre.qformer.layernorm.weight.detach())
+
+
+def _save(state):
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    path = tempfile.mktemp(suffix=".safetensors")
+    save_file(state, path)
+    return path
+
+
+def test_qformer_checkpoint_with_other_hidden_size_is_refused():
+    model, _ = tiny_model()
+    args = VPGTransArguments(qformer_hidden_size=16, qformer_layers=2, qformer_heads=4, num_query_tokens=4)
+    pre = QFormerPretrainer(model.vision_model, qformer_config(args, 32, text_input=True, vocab_size=20), 4)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        load_pretrained_qformer(tiny_model()[0], _save(pre.vpgtrans_state_dict()))
+    with pytest.raises(ValueError, match="encoder_hidden_size"):
+        QFormerPretrainer(model.vision_model, qformer_config(args, 48, text_input=True), 4)
+
+
+def test_object_name_recall_hand_case():
+    captions = ["a red star and a blue ring", "a green circle"]
+    objects = [["red star", "blue ring", "white cross"], ["green circle"]]
+    assert object_name_recall(captions, objects) == pytest.approx(3 / 4)
+    assert object_name_recall(["a red starfish"], [["red star"]]) == 0.0  # whole words only
