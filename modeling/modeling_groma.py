@@ -296,17 +296,20 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         if not (input_ids.gather(1, region_pos - 1) == cfg.proxy_token_start_id + slots).all():
             raise ValueError("every <region> slot j must follow its proxy token <r_j> (pairs <r_j><region>, j=0..)")
 
-        image_embeds, boxes, scores, region_inputs = self.encode_images(pixel_values)
-        refer_boxes = self._check_refer_boxes(refer_boxes, batch, boxes.device)
+        # Validate the referring inputs before the vision work is queued: bad input fails fast, and these host reads
+        # (two in all, not two per sample) happen while the device is idle instead of stalling it mid-prefill.
+        refer_boxes = self._check_refer_boxes(refer_boxes, batch, pixel_values.device)
         refer_box_mask = input_ids == cfg.refer_box_token_id
         refer_feat_mask = input_ids == cfg.refer_feat_token_id
+        box_counts, feat_counts = refer_box_mask.sum(1).tolist(), refer_feat_mask.sum(1).tolist()
         for i in range(batch):
             n_user = len(refer_boxes[i])
-            if int(refer_box_mask[i].sum()) != n_user or int(refer_feat_mask[i].sum()) != n_user:
+            if box_counts[i] != n_user or feat_counts[i] != n_user:
                 raise ValueError(
-                    f"sample {i}: {n_user} refer_boxes but {int(refer_box_mask[i].sum())} <refer_box> and "
-                    f"{int(refer_feat_mask[i].sum())} <refer_feat> tokens; they must match one to one"
+                    f"sample {i}: {n_user} refer_boxes but {box_counts[i]} <refer_box> and {feat_counts[i]} "
+                    "<refer_feat> tokens; they must match one to one"
                 )
+        image_embeds, boxes, scores, region_inputs = self.encode_images(pixel_values)
         selected = self.select_regions(boxes, scores, refer_boxes)
         region_tokens = self.region_encoder(region_inputs, selected)
 
