@@ -6,6 +6,10 @@
     accelerate launch recipes/pin.py --base_model PATH --objects_dir XPASTE --backgrounds_dir BG20K \
         --eval_format coco --eval_annotations instances_val2017.json --eval_images val2017/
 
+`--eval_format` picks the held-out evaluation set: `toy` (the held-out toy categories), a real set (`voc`, `coco`,
+`lvis`, `refcoco`: `groundvlm.recipes.data.pin_loaders` documents the files; RefCOCO adds P@0.3) or `none`
+(validation only). Real sets are loaded before training, so a wrong path fails fast.
+
 Pipeline: load the frozen base VL-LLM (default: the toy caption VLM, asset "vlm-caption") and its processor;
 compose the training pools from the training categories only (plus validation images of the same categories
 and a test pool of the held-out categories); cache the frozen vision encoder's outputs; for every trained
@@ -17,11 +21,13 @@ curriculum); then generate boxes for every method and write `comparison.md/json`
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import AutoConfig, AutoProcessor, Trainer, TrainingArguments
@@ -31,6 +37,12 @@ from groundvlm.modeling.modeling_pin import supported_base_classes
 from groundvlm.processing import PinProcessor
 from groundvlm.recipes.arguments import RunArguments, parse_recipe_args
 from groundvlm.recipes.checkpointing import save_safetensors_atomic, train_resuming
+from groundvlm.recipes.data.pin_loaders import (
+    REAL_FORMATS,
+    load_eval_samples,
+    prediction_records,
+    referring_precision,
+)
 from groundvlm.recipes.pin_baselines import (
     CACHEABLE_METHODS,
     METHODS,
@@ -108,6 +120,28 @@ class PinArguments:
     max_new_tokens: int = field(default=12)
     eval_batch_size: int = field(default=64)
     grid_columns: int = field(default=8, metadata={"help": "Samples per row of predictions.png."})
+    eval_format: Literal["none", "toy", "voc", "coco", "lvis", "refcoco"] = field(
+        default="toy", metadata={"help": "Held-out evaluation set: 'toy' (test_images of the held-out categories), "
+                                 "a real set 'voc' | 'coco' | 'lvis' | 'refcoco' (images with <= 3 objects; RefCOCO "
+                                 "adds P@0.3), or 'none' (validation only)."},
+    )  # fmt: skip
+    eval_annotations: str | None = field(
+        default=None, metadata={"help": "voc: the VOC2007 folder (Annotations/, ImageSets/Main/, JPEGImages/); coco: "
+                                "instances_val2017.json; lvis: lvis_v1_val.json; refcoco: refs(unc).p / a json "
+                                "refs list / their folder, with instances.json beside it."},
+    )  # fmt: skip
+    eval_images: str | None = field(
+        default=None, metadata={"help": "Image folder of the real set (voc: default <eval_annotations>/JPEGImages; "
+                                "lvis: the COCO root with train2017/ and val2017/; refcoco: COCO train2014)."},
+    )  # fmt: skip
+    eval_split: str | None = field(
+        default=None, metadata={"help": "voc: ImageSets/Main/<split>.txt (default test); refcoco: val | testA | "
+                                "testB (default testA, as the paper)."},
+    )  # fmt: skip
+    eval_max_images: int | None = field(default=None, metadata={"help": "Evaluate the first N kept images only."})
+    eval_allow_pickle: bool = field(
+        default=False, metadata={"help": "Allow reading the pickled refs(unc).p of RefCOCO (plain data only)."}
+    )
 
 
 @dataclass
@@ -293,7 +327,22 @@ def main(argv: list[str] | None = None) -> dict:
         if name_epochs else None
     )
     val_samples = samples_from_pool(build_pool(val_src, pin_args.val_images, train_cats))
-    test_samples = samples_from_pool(build_pool(test_src, pin_args.test_images, held_cats))
+    if pin_args.eval_format in REAL_FORMATS:
+        test_samples = load_eval_samples(
+            pin_args.eval_format, pin_args.eval_annotations, pin_args.eval_images, size, split=pin_args.eval_split,
+            max_images=pin_args.eval_max_images, allow_pickle=pin_args.eval_allow_pickle,
+        )  # fmt: skip
+    elif pin_args.eval_format == "toy":
+        test_samples = samples_from_pool(build_pool(test_src, pin_args.test_images, held_cats))
+    else:
+        test_samples = []
+    eval_sets = [("val", val_samples)] + ([("held_out", test_samples)] if test_samples else [])
+
+    def score_split(split, preds, samples):
+        result = score(preds, samples, size)
+        if split == "held_out" and pin_args.eval_format == "refcoco":
+            result.update(referring_precision(preds, samples))
+        return result
 
     cache_dtype = getattr(torch, pin_args.feature_cache_dtype)
     features = None
@@ -311,9 +360,9 @@ def main(argv: list[str] | None = None) -> dict:
         entry: dict = {}
         proc = method_processor(method, processor, pin_args)
         if method in ("random", "full_image"):
-            for split, samples in (("val", val_samples), ("held_out", test_samples)):
+            for split, samples in eval_sets:
                 preds = constant_predictions(method, samples, main_pool.boxes(), size, training_args.seed)
-                entry[split] = score(preds, samples, size)
+                entry[split] = score_split(split, preds, samples)
             predictions[method] = preds
             entry["trainable_parameters"] = 0
             results[method] = entry
@@ -345,18 +394,27 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             entry["trainable_parameters"] = 0
         use_pin = {"pin": True, "raw": False}.get(method)
-        for split, samples in (("val", val_samples), ("held_out", test_samples)):
+        for split, samples in eval_sets:
             preds = predict(model, proc, samples, batch_size=pin_args.eval_batch_size, num_beams=pin_args.num_beams,
                             max_new_tokens=pin_args.max_new_tokens, use_pin=use_pin, progress=True)  # fmt: skip
-            entry[split] = score(preds, samples, size)
+            entry[split] = score_split(split, preds, samples)
         predictions[method] = preds
         results[method] = entry
         write_metrics(run_dir, method, {k: v for k, v in entry.items()})
 
-    title = f"PIN comparison, held-out categories ({len(test_samples)} prompts), base {base_path}"
+    shown = test_samples or val_samples  # the samples of the last evaluated split, which `predictions` hold
+    where = {"toy": "held-out categories", "none": "validation"}.get(pin_args.eval_format, pin_args.eval_format)
+    title = f"PIN comparison, {where} ({len(shown)} prompts), base {base_path}"
     write_comparison(run_dir, results, title)
-    prediction_grid(test_samples, predictions, run_dir / "predictions.png", columns=pin_args.grid_columns)
+    prediction_grid(shown, predictions, run_dir / "predictions.png", columns=pin_args.grid_columns)
+    if pin_args.eval_format in REAL_FORMATS:  # boxes in pixels of the original images
+        records = {m: prediction_records(test_samples, p) for m, p in predictions.items()}
+        path = run_dir / f"predictions_{pin_args.eval_format}.json"
+        path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
     print(comparison_table(results, title))
+    for method, entry in results.items():
+        if "p@0.3" in entry.get("held_out", {}):
+            print(f"RefCOCO {method}: P@0.3 = {entry['held_out']['p@0.3']:.3f}")
     print(f"wrote {run_dir / 'comparison.md'}, {run_dir / 'comparison.json'}, {run_dir / 'predictions.png'}")
     return results
 
