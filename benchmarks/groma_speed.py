@@ -141,8 +141,9 @@ def groma_inputs(tok, base_vocab: int, config: GromaConfig, batch: int, device) 
     out = processor(images=images, text=texts)
     ids = out["input_ids"]
     ids = torch.where(ids >= base_vocab, ids - base_vocab + config.pad_token_id, ids)
-    counts = (ids == config.image_token_id).sum(1)
-    assert (counts == config.num_image_tokens).all() and ((ids == config.region_token_id).sum(1) == config.num_proxy_tokens).all()
+    if not (((ids == config.image_token_id).sum(1) == config.num_image_tokens).all()
+            and ((ids == config.region_token_id).sum(1) == config.num_proxy_tokens).all()):  # fmt: skip
+        raise RuntimeError("the remapped prompt does not hold the config's <image>/<region> slots; check the token ids")
     return {"input_ids": ids.to(device), "attention_mask": out["attention_mask"].to(device),
             "pixel_values": out["pixel_values"].to(device)}  # fmt: skip
 
