@@ -190,7 +190,9 @@ def test_groma_card_states_the_region_box_quirk(folders, tmp_path):
     flat = {"accuracy": 0.8, "ar": 0.55, "count": 10}  # a flat metric dict is one section
     card = build_model_card("groma", folders["groma"], flat, model_id="me/groma")
     got = sorted((r.task_name, r.metric_type, r.metric_value) for r in card.data.eval_results)
-    assert got == [("Class-agnostic region proposal", "ar", 0.55), ("Referring expression comprehension", "accuracy", 0.8)]
+    assert got == [
+        ("Class-agnostic region proposal", "ar", 0.55), ("Referring expression comprehension", "accuracy", 0.8),
+    ]  # fmt: skip
     assert {"custom_code", "groma"} <= set(card.data.tags)
     assert "config.region_box_quirk=True" in card.text and "as if they were corners" in card.text
     assert "post_process_grounding" in card.text and "Ma, Chuofan" in card.text

@@ -68,7 +68,8 @@ _REC = _metrics(
 _PROPOSALS = _metrics(
     "object-detection",
     "Class-agnostic region proposal",
-    {"ar": "AR", "ar50": "AR@0.5", "ar75": "AR@0.75", "ar_s": "AR (small)", "ar_m": "AR (medium)", "ar_l": "AR (large)"},
+    {"ar": "AR", "ar50": "AR@0.5", "ar75": "AR@0.75", "ar_s": "AR (small)", "ar_m": "AR (medium)",
+     "ar_l": "AR (large)"},
 )
 
 
@@ -132,7 +133,7 @@ def read_config(model_dir: str | os.PathLike) -> dict:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
+        raise TypeError(f"{path} must hold a JSON object, got {type(config).__name__}")
     return config
 
 
@@ -214,7 +215,7 @@ def eval_results_from_metrics(
 
     for section_name, section in sections.items():
         if not isinstance(section, dict):
-            raise ValueError(f"eval results section {section_name!r} must be a dict of metrics, got {section!r}")
+            raise TypeError(f"eval results section {section_name!r} must be a dict of metrics, got {section!r}")
         visit(section, [], (default_dataset, default_dataset))
     return results
 
@@ -324,9 +325,9 @@ def build_model_card(
         )
     facts = _facts(system, config)
     base_models = _as_list(base_model, "base_model")
-    if base_models is None and system == "pin" and facts["base_reference"]:
-        if not is_local_path(facts["base_reference"]):
-            base_models = [facts["base_reference"]]
+    reference = facts.get("base_reference")
+    if base_models is None and system == "pin" and reference and not is_local_path(reference):
+        base_models = [reference]
     dataset_list = _as_list(datasets, "datasets")
     model_id = model_id or model_dir.resolve().name
     results = eval_results_from_metrics(system, load_eval_results(eval_results), eval_sections, eval_dataset)
@@ -346,9 +347,12 @@ def build_model_card(
          "value": f"{r.metric_value:.4g}"}
         for r in results
     ]  # fmt: skip
+    template = HUB_CARDS_DIR / spec.template
+    if not template.is_file():
+        raise FileNotFoundError(f"model-card template {template} is missing (hub_cards/ of the groundvlm checkout)")
     return ModelCard.from_template(
         card_data,
-        template_path=str(HUB_CARDS_DIR / spec.template),
+        template_path=str(template),
         model_id=model_id,
         facts=facts,
         num_parameters=_parameter_count(model_dir),
@@ -366,8 +370,8 @@ __all__ = [
     "SystemSpec",
     "build_model_card",
     "eval_results_from_metrics",
-    "load_eval_results",
     "is_local_path",
+    "load_eval_results",
     "read_config",
     "system_of",
 ]

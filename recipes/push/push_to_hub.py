@@ -1,4 +1,4 @@
-"""Push a saved PIN / VPGTrans / Groma folder to the Hugging Face Hub with a model card.
+r"""Push a saved PIN / VPGTrans / Groma folder to the Hugging Face Hub with a model card.
 
     python -m groundvlm.recipes.push.push_to_hub --model_dir DIR --repo_id org/name [--private] \
         [--eval_results metrics.json] [--base_model org/base] [--datasets a b] [--eval_dataset name] [--dry_run]
@@ -177,7 +177,10 @@ def check_auto_map_file(path: Path, folder: Path) -> list[str]:
                 module, cls = ref.split(".")
                 code = path.parent / f"{module}.py"
                 if not code.is_file():
-                    problems.append(f"{label} names {module}.py, which is not in the folder")
+                    problems.append(
+                        f"{label} names {module}.py, which is not in the folder (save_pretrained copies code only "
+                        "for classes registered with register_for_auto_class)"
+                    )
                 elif not _defines(code, cls):
                     problems.append(f"{label}: {module}.py defines no `{cls}`")
     return problems
@@ -195,15 +198,16 @@ def _pin_base_problems(config: dict, folder: Path) -> list[str]:
         return []
     ref = config.get("base_model_name_or_path")
     if not ref:
-        return [
+        return [(
             "config.json of this PIN names no base model (base_model_name_or_path is empty): save it with "
             "include_base=True or with base_model_name_or_path set to the base's Hub id"
-        ]
+        )]
     if is_local_path(ref):
-        return [
-            f"config.json of this PIN references its base at the local path {ref!r}, which nobody else can load: push "
-            "the base first and save PIN with base_model_name_or_path='<org>/<base>', or save with include_base=True"
-        ]
+        return [(
+            f"config.json of this PIN references its base at the local path {ref!r}, which nobody else can load: "
+            "push the base first and save PIN with base_model_name_or_path='<org>/<base>', or save with "
+            "include_base=True"
+        )]
     return []
 
 
@@ -313,7 +317,9 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--repo_id", required=True, help="target Hub repo, org/name")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--eval_results", default=None, help="metrics.json of an eval run (recipes' layout)")
-    parser.add_argument("--eval_dataset", default=None, help="dataset id for results that name none (default: toy world)")
+    parser.add_argument(
+        "--eval_dataset", default=None, help="dataset id for results that name none (default: the toy world)"
+    )
     parser.add_argument("--base_model", nargs="+", default=None, help="Hub id(s) this model was made from")
     parser.add_argument("--datasets", nargs="+", default=None, help="training datasets (Hub ids or names)")
     parser.add_argument("--license", default=None, help="license id for the card metadata")
