@@ -2,13 +2,15 @@
 
 Protocol (spec B7; facts from the reference's `eval_dloaders/{voc,coco,lvis,refcoco}_dataset.py`):
 
-| format    | annotations                                            | images                                         |
-|-----------|--------------------------------------------------------|------------------------------------------------|
-| `voc`     | VOC2007 folder: `Annotations/<id>.xml`,                | `<root>/JPEGImages/<id>.jpg` (or `images_dir`)  |
-|           | `ImageSets/Main/<split>.txt` (split "test")            |                                                |
-| `coco`    | `instances_val2017.json` (images, annotations, categories) | `images_dir / file_name`                   |
-| `lvis`    | `lvis_v1_val.json` (same layout; images carry `coco_url`)  | `images_dir/<train2017|val2017>/<file>`, or `images_dir/<file>` |
-| `refcoco` | `refs(unc).p` (pickle, opt-in) or a json list of the same refs, plus `instances.json` beside it | `images_dir / file_name` (COCO train2014) |
+| format    | annotations (`annotations`)                              | images (`images_dir`)                       |
+|-----------|----------------------------------------------------------|---------------------------------------------|
+| `voc`     | VOC2007 folder: `Annotations/<id>.xml`,                  | `<root>/JPEGImages/<id>.jpg` by default     |
+|           | `ImageSets/Main/<split>.txt` (split "test")              |                                             |
+| `coco`    | `instances_val2017.json` (images, annotations, categories) | `images_dir / file_name`                  |
+| `lvis`    | `lvis_v1_val.json` (same keys; images carry `coco_url`)  | `images_dir/<train2017|val2017>/<file>`,    |
+|           |                                                          | or `images_dir/<file>`                      |
+| `refcoco` | `refs(unc).p` (pickle, opt-in) or a json list of the same | `images_dir / file_name` (COCO train2014)  |
+|           | refs, with `instances.json` beside it                    |                                             |
 
 - **Which images**: VOC/COCO/LVIS keep the images with 1 to `max_objects` (3) annotated objects. The count is of
   every annotation of the image as the reference counts it: VOC `difficult` objects and COCO `iscrowd` boxes
@@ -348,7 +350,8 @@ def load_refcoco(refs, images_dir, image_size: int, split: str = "testA", instan
     all_refs = _load_refs(refs_path, allow_pickle)
     chosen = [r for r in all_refs if r["split"] == split]
     if not chosen:
-        raise ValueError(f"{refs_path} has no refs in split {split!r}; its splits: {sorted({r['split'] for r in all_refs})}")
+        splits = sorted({r["split"] for r in all_refs})
+        raise ValueError(f"{refs_path} has no refs in split {split!r}; its splits: {splits}")
     images = {im["id"]: im for im in data["images"]}
     boxes = {ann["id"]: ann["bbox"] for ann in data["annotations"]}
     by_image: dict = {}
