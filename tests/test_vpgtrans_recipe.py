@@ -276,3 +276,25 @@ def test_object_name_recall_hand_case():
     objects = [["red star", "blue ring", "white cross"], ["green circle"]]
     assert object_name_recall(captions, objects) == pytest.approx(3 / 4)
     assert object_name_recall(["a red starfish"], [["red star"]]) == 0.0  # whole words only
+
+
+def test_text_replay_adds_weighted_lm_loss(tmp_path):
+    from groundvlm.recipes.vpgtrans import TextReplay
+
+    model, image_id = tiny_model()
+    freeze_for_stage(model, "tfs", unfreeze_lm=True)
+    tok = opt_tokenizer()
+    replay = TextReplay("opt", tok, ["a red star", "two blue rings on the left", "the green circle"], batch_size=2, seed=0)
+    twin = TextReplay("opt", tok, ["a red star", "two blue rings on the left", "the green circle"], batch_size=2, seed=0)
+    expected_batch = twin.next_batch()
+    assert expected_batch["input_ids"][0, 0].item() == 2  # OPT BOS </s> in front, EOS appended (toy LM pretraining)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    vpg_args = VPGTransArguments(stage="tfs", unfreeze_lm=True, text_replay_weight=0.5)
+    trainer = VPGTransTrainer(model=model, args=args, vpg_args=vpg_args, replay=replay)
+    model.eval()  # no dropout: the two computations must agree
+    batch = _batch(model, image_id)
+    with torch.no_grad():
+        total = trainer.compute_loss(model, dict(batch))
+        caption = model(**batch).loss
+        text = model.language_model(**expected_batch).loss
+    assert total.item() == pytest.approx(caption.item() + 0.5 * text.item(), rel=1e-5)
