@@ -102,8 +102,9 @@ class GromaRegionProposer(nn.Module):
             activation_dropout=0.0,
             activation_function="relu",
             num_queries=config.proposer_num_queries,
-            use_timm_backbone=False,
-            use_pretrained_backbone=False,
+            # No backbone is ever built from this config (DINOv2 features come in precomputed). Leaving the
+            # timm-backbone defaults makes transformers (5.17) build a plain placeholder backbone config; with
+            # `use_timm_backbone=False` it would instead look "resnet50" up on the Hub (a network call).
             attn_implementation="eager",  # the decoder self-attention of the reference is plain softmax attention
         )
         self.input_proj = nn.Sequential(
