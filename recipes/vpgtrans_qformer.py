@@ -21,6 +21,7 @@ The query-branch weights, `query_tokens` and the ViT post-LayerNorm (= LAVIS `ln
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -144,9 +145,16 @@ def multimodal_causal_mask(text_mask: torch.Tensor, num_queries: int, dtype=torc
 
 
 def load_pretrained_qformer(model: nn.Module, path) -> None:
-    """Copy a `qformer_pretrained.safetensors` (this stage's output, or a converted LAVIS stage-1 Q-Former under
-    VPGTransModel names) into `model`; raises ValueError when a query-branch weight is missing or mis-shaped."""
-    state = load_file(str(path))
+    """Copy a pretrained Q-Former into `model`: `path` is this stage's `qformer_pretrained.safetensors`, or a model
+    folder (e.g. a LAVIS `blip2_pretrained.pth` converted by `recipes/convert/lavis_blip2.py`) whose safetensors
+    hold `qformer.*`, `query_tokens` and `vision_model.post_layernorm.*`. Raises ValueError when a query-branch
+    weight is missing or mis-shaped."""
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise FileNotFoundError(f"No Q-Former weights at {path} (a .safetensors file or a folder holding some).")
+    wanted = ("qformer.", "query_tokens", "vision_model.post_layernorm.")
+    state = {k: v for f in files for k, v in load_file(str(f)).items() if k.startswith(wanted)}
     own = model.state_dict()
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:
