@@ -1,6 +1,7 @@
 """The toy world's caption-only VL-LLM (DESIGN §4): VPGTrans trained from scratch (`tfs`) on position-free captions.
 
-    python -m groundvlm.recipes.vpgtrans_captioner --preset cpu|gpu [--out DIR] [--qformer_pretrain]
+    python -m groundvlm.recipes.vpgtrans_captioner --preset cpu|gpu|gpu-small [--out DIR] [--qformer_pretrain] [--frozen_lm]
+        [any recipes/vpgtrans.py flag, e.g. --max_steps 3000]
 
 Frozen toy BLIP-2 ViT (`vision-blip2`), toy OPT LM (`lm-opt-small`), Q-Former + projector trained on toy
 captions that never mention positions. PIN uses it as its frozen base VLM: it must *see* (name the objects of
@@ -26,9 +27,15 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
-CONFIGS = {"cpu": "captioner_cpu", "gpu": "captioner_gpu"}
-QFORMER_CONFIGS = {"cpu": "qformer_pretrain_cpu", "gpu": "qformer_pretrain_gpu"}
+# captioner preset -> (caption-stage config, Q-Former-pretraining config, toy-asset preset). "gpu-small" trains the
+# cpu-preset model sizes with the GPU budget: the size that can be committed (DESIGN §4: <= 10 MB).
+CONFIGS = {
+    "cpu": ("captioner_cpu", "qformer_pretrain_cpu", "cpu"),
+    "gpu": ("captioner_gpu", "qformer_pretrain_gpu", "gpu"),
+    "gpu-small": ("captioner_gpu_small", "qformer_pretrain_gpu", "cpu"),
+}
 NAME_RECALL_TARGET = 0.8
 
 
@@ -110,10 +117,14 @@ def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain
     out_dir = Path(out_dir)
     extra = list(extra_args or [])
     start = time.time()
-    tfs_args = ["--stage", "tfs", "--config", CONFIGS[preset], "--output_dir", str(out_dir / "tfs"), "--preset", preset]
+    config, qformer_config, asset_preset = CONFIGS[preset]
+    tfs_args = ["--stage", "tfs", "--config", config, "--output_dir", str(out_dir / "tfs"), "--preset", asset_preset]
     if qformer_pretrain:
         qf_dir = out_dir / "qformer_pretrain"
-        vpgtrans.main(["--stage", "qformer_pretrain", "--config", QFORMER_CONFIGS[preset], "--output_dir", str(qf_dir), "--preset", preset] + extra)
+        qf_args = ["--stage", "qformer_pretrain", "--config", qformer_config, "--output_dir", str(qf_dir), "--preset", asset_preset]
+        if preset == "gpu-small":
+            qf_args += ["--qformer_hidden_size", "128"]
+        vpgtrans.main(qf_args + extra)
         tfs_args += ["--qformer_init", str(qf_dir / vpgtrans.QFORMER_WEIGHTS_NAME)]
     if frozen_lm:
         tfs_args += ["--unfreeze_lm", "false", "--text_replay_weight", "0"]
@@ -129,7 +140,7 @@ def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain
         + (" --qformer_pretrain" if qformer_pretrain else "") + (" --frozen_lm" if frozen_lm else ""),
         "commit": _git_commit(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "seed": 42,
+        "seed": yaml.safe_load((out_dir / "tfs" / "config.yaml").read_text(encoding="utf-8"))["seed"],
         "seconds": round(seconds, 1),
         "train": train_metrics,
         "checks": checks,
