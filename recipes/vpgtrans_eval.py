@@ -11,11 +11,14 @@ which the recipe logs after every (inner) epoch.
 
 from __future__ import annotations
 
+import math
+import re
+import shutil
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
-from groundvlm.recipes.metrics import load_metric
 
 
 @dataclass
@@ -80,17 +83,109 @@ def generate_answers(model, processor, dataset, settings: GenerationSettings | N
     return out
 
 
+def _reference_metrics_available() -> bool:
+    """The reference protocol (pycocoevalcap with Java's PTB tokenizer and METEOR, through `evaluate`) can run."""
+    if shutil.which("java") is None:
+        return False
+    try:
+        import evaluate  # noqa: F401
+        import pycocoevalcap  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _words(text: str) -> list[str]:
+    # Stand-in for the PTB tokenizer on already-normalised captions: lower case, punctuation removed.
+    return re.sub(r"[^\w\s]", " ", text.lower()).split()
+
+
+def _ngrams(words: list[str], n_max: int = 4) -> Counter:
+    return Counter(tuple(words[i : i + n]) for n in range(1, n_max + 1) for i in range(len(words) - n + 1))
+
+
+def cider_d(predictions: list[str], references: list[list[str]], sigma: float = 6.0) -> float:
+    """CIDEr-D (Vedantam et al. 2015, as COCO's evaluation computes it) without Java: n-grams n = 1..4 weighted by
+    TF-IDF with document frequencies over the references of this set, candidate counts clipped to the
+    reference's, a Gaussian penalty exp(-(l_c - l_r)^2 / (2 sigma^2)) on the length difference (lengths counted in
+    bigrams, as the COCO code), cosine per n averaged over n and over references, x10, averaged over images."""
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError("cider_d needs one non-empty reference list per prediction.")
+    refs = [[_ngrams(_words(r)) for r in rs] for rs in references]
+    cands = [_ngrams(_words(p)) for p in predictions]
+    df = Counter(g for rs in refs for g in set().union(*[set(r) for r in rs]))
+    log_n = math.log(float(len(refs)))
+
+    def vec(counts):
+        v, norm, length = [{} for _ in range(4)], [0.0] * 4, 0
+        for g, tf in counts.items():
+            n = len(g) - 1
+            v[n][g] = tf * (log_n - math.log(max(1.0, df[g])))
+            norm[n] += v[n][g] ** 2
+            length += tf if n == 1 else 0
+        return v, [math.sqrt(x) for x in norm], length
+
+    scores = []
+    for cand, rs in zip(cands, refs):
+        vc, nc, lc = vec(cand)
+        total = 0.0
+        for r in rs:
+            vr, nr, lr = vec(r)
+            penalty = math.exp(-((lc - lr) ** 2) / (2 * sigma**2))
+            per_n = []
+            for n in range(4):
+                val = sum(min(w, vr[n].get(g, 0.0)) * vr[n].get(g, 0.0) for g, w in vc[n].items())
+                if nc[n] != 0 and nr[n] != 0:
+                    val /= nc[n] * nr[n]
+                per_n.append(val * penalty)
+            total += sum(per_n) / 4
+        scores.append(10.0 * total / len(rs))
+    return sum(scores) / len(scores)
+
+
+def load_metric(name: str):
+    # Imported here: `evaluate` (and `datasets`) may be absent on a GPU machine, where the fallbacks below run.
+    from groundvlm.recipes.metrics import load_metric as _load
+
+    return _load(name)
+
+
 def caption_scores(predictions: list[str], references: list[list[str]]) -> dict:
-    """COCO caption metrics (CIDEr on its x10 scale, e.g. 1.2 for "120")."""
-    return load_metric("caption_metrics").compute(predictions=predictions, references=references)
+    """COCO caption metrics (CIDEr on its x10 scale, e.g. 1.2 for "120"). Where Java / pycocoevalcap / evaluate are
+    missing (e.g. a bare GPU machine) only CIDEr-D is computed, by `cider_d` (whitespace tokens, no PTB)."""
+    if _reference_metrics_available():
+        return {**load_metric("caption_metrics").compute(predictions=predictions, references=references), "metric_backend": "pycocoevalcap"}
+    return {"cider": cider_d(predictions, references), "metric_backend": "cider_d"}
+
+
+def _simple_answer(text: str) -> str:
+    words = [w for w in _words(text) if w not in ("a", "an", "the")]
+    return " ".join(_NUMBERS.get(w, w) for w in words)
+
+
+_NUMBERS = {w: str(i) for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))}
 
 
 def vqa_scores(predictions: list[str], answers: list[list[str]], normalize_references: bool = True) -> float:
-    """VQA accuracy (min(#humans that said it / 3, 1), averaged as the official evaluation)."""
+    """VQA accuracy (min(#humans that said it / 3, 1), averaged as the official evaluation). Without `evaluate`
+    (a bare GPU machine) a simplified normalisation is used (lower case, punctuation and articles removed,
+    number words as digits) with the same min(#matches / 3, 1) averaged over leave-one-out subsets."""
+    try:
+        import evaluate  # noqa: F401
+    except ImportError:
+        scores = []
+        for pred, refs in zip(predictions, answers):
+            pred, refs = _simple_answer(pred), [_simple_answer(a) for a in refs]
+            if len(refs) == 1:
+                scores.append(float(pred == refs[0]))
+                continue
+            subsets = [refs[:i] + refs[i + 1 :] for i in range(len(refs))]
+            scores.append(sum(min(1.0, sum(a == pred for a in sub) / 3) for sub in subsets) / len(subsets))
+        return sum(scores) / len(scores)
     result = load_metric("vqa_accuracy").compute(
         predictions=predictions, references=answers, normalize_references=normalize_references
     )
-    return result["accuracy"] if isinstance(result, dict) else result
+    return result["accuracy"]
 
 
 def evaluate_vl_llm(model, processor, caption_data=None, vqa_data=None, settings: GenerationSettings | None = None,
@@ -101,7 +196,7 @@ def evaluate_vl_llm(model, processor, caption_data=None, vqa_data=None, settings
     if caption_data is not None and len(caption_data):
         captions = generate_captions(model, processor, caption_data, settings)
         refs = [caption_data[i]["references"] for i in range(len(caption_data))]
-        metrics.update({k: float(v) for k, v in caption_scores(captions, refs).items()})
+        metrics.update({k: v if isinstance(v, str) else float(v) for k, v in caption_scores(captions, refs).items()})
         metrics["sample_caption"] = captions[0]
     if vqa_data is not None and len(vqa_data):
         answers = generate_answers(model, processor, vqa_data, settings)
@@ -111,4 +206,4 @@ def evaluate_vl_llm(model, processor, caption_data=None, vqa_data=None, settings
     return metrics
 
 
-__all__ = ["GenerationSettings", "caption_scores", "evaluate_vl_llm", "generate_answers", "generate_captions", "vqa_scores"]
+__all__ = ["GenerationSettings", "caption_scores", "cider_d", "evaluate_vl_llm", "generate_answers", "generate_captions", "vqa_scores"]

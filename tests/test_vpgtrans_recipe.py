@@ -309,3 +309,27 @@ def test_text_replay_adds_weighted_lm_loss(tmp_path):
         caption = model(**batch).loss
         text = model.language_model(**expected_batch).loss
     assert total.item() == pytest.approx(caption.item() + 0.5 * text.item(), rel=1e-5)
+
+
+def test_cider_d_without_java_equals_pycocoevalcap():
+    from pycocoevalcap.cider.cider import Cider
+
+    from groundvlm.recipes.vpgtrans_eval import cider_d
+
+    preds = ["a red star and a blue ring", "a green circle", "two striped stars", "a white cross on a red square"]
+    refs = [["a red star and a blue ring", "a blue ring and a red star", "red star blue ring"],
+            ["a green circle", "the green circle"], ["a striped star", "two stars"],
+            ["a white cross", "a red square and a white cross"]]  # fmt: skip
+    expected, _ = Cider().compute_score(dict(enumerate(refs)), {i: [p] for i, p in enumerate(preds)})
+    assert cider_d(preds, refs) == pytest.approx(expected, rel=1e-12)
+
+
+def test_vqa_accuracy_fallback_without_evaluate(monkeypatch):
+    import sys
+
+    from groundvlm.recipes.vpgtrans_eval import vqa_scores
+
+    monkeypatch.setitem(sys.modules, "evaluate", None)  # import evaluate -> ImportError, as on a bare GPU machine
+    # 10 human answers: "red" x2 -> each leave-one-out subset has 2 or 1 matches -> (8 * 2/3 + 2 * 1/3) / 10 = 0.6.
+    answers = [["red", "Red"] + ["orange"] * 8, ["2"], ["yes"]]
+    assert vqa_scores(["red.", "two", "the yes"], answers) == pytest.approx((0.6 + 1 + 1) / 3)
