@@ -78,7 +78,10 @@ def report(out: Path, preset: str) -> str:
     for part, curves in results.get("curves", {}).items():
         title = TRANSFERS[part][0]
         rows[title] = speedup_table(curves["TFS"], curves["VPGTrans"], METRICS)
-        plot_curves(curves, METRICS, out / f"fig7_{part}.png", title)
+        try:
+            plot_curves(curves, METRICS, out / f"fig7_{part}.png", title)
+        except ImportError:  # a bare GPU machine may lack matplotlib: re-run `--part report` where it exists
+            print(f"[vpgtrans benchmark] matplotlib missing: no fig7_{part}.png")
         lines += [f"\n#### {title}: per-epoch zero-shot scores\n", "| method | metric | " + " | ".join(
             f"ep {e}" for e in curves["TFS"]["epoch"]) + " |", "|---|---|" + "---|" * len(curves["TFS"]["epoch"])]  # fmt: skip
         for method, curve in curves.items():
