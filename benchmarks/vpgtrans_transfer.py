@@ -5,7 +5,8 @@
     python benchmarks/vpgtrans_transfer.py --preset gpu --part type
     python benchmarks/vpgtrans_transfer.py --preset gpu --part report
 
-Source VL-LLM: the toy caption VL-LLM (`recipes/vpgtrans_captioner.py`, toy OPT-small), built first if missing.
+Source VL-LLM: the toy caption VL-LLM (`recipes/vpgtrans_captioner.py`, toy OPT-small), built first if missing,
+or `--source <folder>` (e.g. the committed gpu-small captioner).
 Transfers (targets frozen, as the paper):
 - across size: OPT-small -> OPT-base (`toy:lm-opt-base`), same tokenizer (identity word pairs);
 - across type: OPT-small -> T5 (`toy:lm-t5`), different tokenizers (same-length pairing, spec A2).
@@ -44,9 +45,14 @@ def _run(name: str, argv: list[str], out: Path) -> Path:
     return run_dir
 
 
-def source_model(preset: str, out: Path) -> Path:
+def source_model(preset: str, source: str | None) -> Path:
+    """The source VL-LLM folder: `--source`, else the caption VL-LLM of the preset (built when missing)."""
     from groundvlm.recipes.vpgtrans_captioner import build_caption_vlm
 
+    if source is not None:
+        if not Path(source).is_dir():
+            raise SystemExit(f"--source {source} is not a VL-LLM folder")
+        return Path(source)
     folder = Path(f"runs/vpgtrans/captioner_{preset}/model")
     if not folder.is_dir():
         build_caption_vlm(folder.parent, preset)
@@ -101,6 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--part", choices=("all", "source", "size", "type", "report"), default="all")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per method (default: 3 cpu, 6 gpu)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--source", default=None, help="source VL-LLM folder (default: the preset's caption VL-LLM)")
     args = parser.parse_args(argv)
     if args.preset == "gpu":
         import torch
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
     if epochs < 2:
         raise SystemExit("--epochs must be >= 2 (VPGTrans = stage 1 + at least one stage-2 epoch)")
     if args.part in ("all", "source", "size", "type"):
-        source = source_model(args.preset, out)
+        source = source_model(args.preset, args.source)
         for part in {"all": ["size", "type"], "source": [], "size": ["size"], "type": ["type"]}[args.part]:
             curves = run_transfer(part, args.preset, out, epochs, source)
             results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
