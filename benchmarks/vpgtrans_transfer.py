@@ -77,7 +77,11 @@ def run_transfer(part: str, preset: str, out: Path, epochs: int, source: Path) -
 
 
 def report(out: Path, preset: str) -> str:
-    from groundvlm.recipes.vpgtrans_speedup import markdown_table, plot_curves, speedup_table
+    from groundvlm.recipes.vpgtrans_speedup import (
+        markdown_table,
+        plot_curves,
+        speedup_table,
+    )
 
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     rows, lines = {}, []

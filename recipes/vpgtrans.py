@@ -44,7 +44,31 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file
+from groundvlm.modeling import VPGTransConfig, VPGTransModel
+from groundvlm.modeling.vpgtrans_transfer import (
+    build_target_model,
+    input_word_embeddings,
+    pair_caption_tokens,
+    train_word_converter,
+)
+from groundvlm.processing import VPGTransProcessor
+from groundvlm.recipes.arguments import RunArguments, parse_recipe_args
+from groundvlm.recipes.checkpointing import save_safetensors_atomic, train_resuming
+from groundvlm.recipes.run_dir import METRICS_NAME, prepare_run_dir, write_metrics
+from groundvlm.recipes.vpgtrans_data import (
+    CaptionCollator,
+    ToyCaptions,
+    ToyVQA,
+    load_coco_karpathy,
+    load_gqa,
+    load_vqa,
+)
+from groundvlm.recipes.vpgtrans_eval import GenerationSettings, evaluate_vl_llm
+from groundvlm.recipes.vpgtrans_qformer import (
+    QFORMER_WEIGHTS_NAME,
+    QFormerPretrainer,
+    load_pretrained_qformer,
+)
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -57,21 +81,6 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-
-from groundvlm.modeling import VPGTransConfig, VPGTransModel
-from groundvlm.modeling.vpgtrans_transfer import (
-    build_target_model,
-    input_word_embeddings,
-    pair_caption_tokens,
-    train_word_converter,
-)
-from groundvlm.processing import VPGTransProcessor
-from groundvlm.recipes.arguments import RunArguments, parse_recipe_args
-from groundvlm.recipes.checkpointing import save_safetensors_atomic, train_resuming
-from groundvlm.recipes.run_dir import METRICS_NAME, prepare_run_dir, write_metrics
-from groundvlm.recipes.vpgtrans_data import CaptionCollator, ToyCaptions, ToyVQA, load_coco_karpathy, load_gqa, load_vqa
-from groundvlm.recipes.vpgtrans_eval import GenerationSettings, evaluate_vl_llm
-from groundvlm.recipes.vpgtrans_qformer import QFORMER_WEIGHTS_NAME, QFormerPretrainer, load_pretrained_qformer
 
 logger = logging.getLogger("groundvlm")
 
@@ -326,9 +335,9 @@ class VPGTransTrainer(Trainer):
             init = self.base_lr()
             if a.stage == "stage1":
                 # Spec A4: init_lr = min_lr = 5x base, no warm-up -> constant.
-                lr_at = lambda step: init  # noqa: E731
+                lr_at = lambda step: init
             else:
-                lr_at = lambda step: inner_epoch_cosine_lr(  # noqa: E731
+                lr_at = lambda step: inner_epoch_cosine_lr(
                     step, self.steps_per_epoch, num_epochs, init, a.min_lr, self.args.warmup_steps, a.warmup_lr
                 )
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step) / init)
@@ -476,7 +485,6 @@ def run_converter(args: VPGTransArguments, training_args: TrainingArguments, run
 def _toy_caption_texts(n: int, seed: int) -> list[str]:
     """Caption text only (no image rendering needed): the toy captions of scenes 0..n-1."""
     import numpy as np
-
     from groundvlm.modeling.vpgtrans_transfer import pre_caption
     from groundvlm.recipes.data import ToyWorld, texts
 

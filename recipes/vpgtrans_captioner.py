@@ -56,9 +56,8 @@ def object_name_recall(captions: list[str], scene_objects: list[list[str]]) -> f
 def caption_checks(model, processor, n_images: int = 200, seed: int = 10_000, split: str = "all", batch_size: int = 32) -> dict:
     """Greedy captions of `n_images` toy scenes the captioner never trained on (another seed):
     name recall, plus the raw box-parse rate of PIN's prompt on each object ("In the image is a {name} located at")."""
-    from groundvlm.recipes.data import ToyWorld
+    from groundvlm.recipes.data import ToyWorld, texts
     from groundvlm.recipes.toy_corpus import PIN_PROMPT, grid_ticks
-    from groundvlm.recipes.data import texts
     from groundvlm.recipes.toy_lms import parse_box
 
     world = ToyWorld(seed=seed, split=split)

@@ -28,10 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from groundvlm.modeling.vpgtrans_transfer import pre_caption
 from PIL import Image
 from torch.utils.data import Dataset
-
-from groundvlm.modeling.vpgtrans_transfer import pre_caption
 
 
 def _open_rgb(path: Path) -> Image.Image:

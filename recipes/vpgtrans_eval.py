@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass
 class GenerationSettings:
     """Decoding settings of the reference evaluation configs (spec A7)."""

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Blip2QFormerConfig, TrainingArguments
-
 from groundvlm.modeling import VPGTransConfig, VPGTransModel
 from groundvlm.recipes.vpgtrans import (
     VPGTransArguments,
@@ -21,7 +19,11 @@ from groundvlm.recipes.vpgtrans import (
 )
 from groundvlm.recipes.vpgtrans_captioner import object_name_recall
 from groundvlm.recipes.vpgtrans_data import load_coco_karpathy, load_gqa, load_vqa
-from groundvlm.recipes.vpgtrans_qformer import QFormerPretrainer, load_pretrained_qformer, multimodal_causal_mask
+from groundvlm.recipes.vpgtrans_qformer import (
+    QFormerPretrainer,
+    load_pretrained_qformer,
+    multimodal_causal_mask,
+)
 from groundvlm.recipes.vpgtrans_speedup import (
     format_rate,
     markdown_table,
@@ -30,7 +32,14 @@ from groundvlm.recipes.vpgtrans_speedup import (
     speedup_table,
     vpgtrans_curve,
 )
-from tests._vpgtrans_toys import add_image_token, blip2_config, opt_text_config, opt_tokenizer
+from transformers import Blip2QFormerConfig, TrainingArguments
+
+from tests._vpgtrans_toys import (
+    add_image_token,
+    blip2_config,
+    opt_text_config,
+    opt_tokenizer,
+)
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "vpgtrans"
 COCO = FIXTURES / "coco"
@@ -46,8 +55,10 @@ def tiny_model(num_query_tokens=4):
 
 def _batch(model, image_id, n_q=4):
     ids = torch.tensor([[image_id] * n_q + [2, 5, 6, 4]] * 2)
-    return dict(pixel_values=torch.randn(2, 3, 16, 16), input_ids=ids, attention_mask=torch.ones_like(ids),
-                labels=ids.masked_fill(ids == image_id, -100))  # fmt: skip
+    return {
+        "pixel_values": torch.randn(2, 3, 16, 16), "input_ids": ids, "attention_mask": torch.ones_like(ids),
+        "labels": ids.masked_fill(ids == image_id, -100),
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- freezing
@@ -312,9 +323,8 @@ def test_text_replay_adds_weighted_lm_loss(tmp_path):
 
 
 def test_cider_d_without_java_equals_pycocoevalcap():
-    from pycocoevalcap.cider.cider import Cider
-
     from groundvlm.recipes.vpgtrans_eval import cider_d
+    from pycocoevalcap.cider.cider import Cider
 
     preds = ["a red star and a blue ring", "a green circle", "two striped stars", "a white cross on a red square"]
     refs = [["a red star and a blue ring", "a blue ring and a red star", "red star blue ring"],

@@ -6,11 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import Blip2VisionConfig, Blip2VisionModel, BlipImageProcessor, LlamaConfig, LlamaForCausalLM, OPTForCausalLM
-
 from groundvlm.modeling import VPGTransModel
 from groundvlm.recipes import vpgtrans
+from safetensors.torch import load_file
+from transformers import (
+    Blip2VisionConfig,
+    Blip2VisionModel,
+    BlipImageProcessor,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTForCausalLM,
+)
+
 from tests._vpgtrans_toys import VISION, llama_tokenizer, opt_text_config, opt_tokenizer
 
 COCO = Path(__file__).parent / "fixtures" / "vpgtrans" / "coco"
