@@ -343,3 +343,39 @@ def test_vqa_accuracy_fallback_without_evaluate(monkeypatch):
     # 10 human answers: "red" x2 -> each leave-one-out subset has 2 or 1 matches -> (8 * 2/3 + 2 * 1/3) / 10 = 0.6.
     answers = [["red", "Red"] + ["orange"] * 8, ["2"], ["yes"]]
     assert vqa_scores(["red.", "two", "the yes"], answers) == pytest.approx((0.6 + 1 + 1) / 3)
+
+
+@pytest.mark.parametrize("config", sorted(p.stem for p in (Path(__file__).parents[1] / "recipes" / "vpgtrans").glob("*.yaml")))
+def test_every_shipped_config_parses(config, tmp_path):
+    from groundvlm.recipes.arguments import RunArguments, parse_recipe_args
+    from groundvlm.recipes.vpgtrans import STAGES
+    from transformers import TrainingArguments as TA
+
+    run, args, training = parse_recipe_args(
+        (RunArguments, VPGTransArguments, TA), ["--config", config, "--output_dir", str(tmp_path), "--bf16", "false", "--fp16", "false"],  # no GPU here
+        recipe="vpgtrans",
+    )
+    assert args.stage in STAGES and run.preset in ("cpu", "gpu")
+    if args.stage == "stage1":
+        assert training.num_train_epochs == 1 and training.warmup_steps == 0 and args.stage1_lr_multiplier == 5.0
+    if config.startswith("paper_") and args.stage != "converter":
+        assert training.learning_rate == 1e-4 and training.weight_decay == 0.05 and training.max_grad_norm == 0.0
+
+
+def _toy_world_available():
+    from groundvlm.recipes import data
+
+    return hasattr(data, "ToyWorld") and hasattr(data, "texts")
+
+
+@pytest.mark.skipif(not _toy_world_available(), reason="recipes.data.ToyWorld not available")
+def test_toy_datasets_are_deterministic_per_index():
+    from groundvlm.recipes.vpgtrans_data import ToyCaptions, ToyVQA
+
+    a, b = ToyCaptions(3, split="all", seed=5), ToyCaptions(3, split="all", seed=5)
+    assert [a[i]["text"] for i in range(3)] == [b[i]["text"] for i in range(3)]
+    assert a[0]["image"].mode == "RGB"
+    ev = ToyCaptions(2, split="all", seed=5, references=3)[1]
+    assert len(ev["references"]) == 3 and ev["image_id"] == "1"
+    q = ToyVQA(2, split="all", seed=5)[0]
+    assert q["question"] and len(q["answers"]) == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from groundvlm.modeling import VPGTransModel
-from groundvlm.recipes import vpgtrans
+from groundvlm.recipes import vpgtrans, vpgtrans_eval
 from safetensors.torch import load_file
 from transformers import (
     Blip2VisionConfig,
@@ -54,12 +54,20 @@ def bases(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tfs_run(bases, tmp_path_factory):
     out = tmp_path_factory.mktemp("tfs")
+    # CIDEr through the Java-free CIDEr-D (equal to pycocoevalcap's, tested in test_vpgtrans_recipe.py): two
+    # Java start-ups per evaluation would dominate this file's run time.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vpgtrans_eval, "_reference_metrics_available", lambda: False)
+        _run_tfs(bases, out)
+    return out
+
+
+def _run_tfs(bases, out):
     vpgtrans.main([
         "--stage", "tfs", "--vision_model", str(bases / "vit"), "--language_model", str(bases / "lm_small"),
         "--output_dir", str(out), "--max_steps", "2", "--iters_per_inner_epoch", "1", "--num_query_tokens", "4",
         "--qformer_hidden_size", "32", "--qformer_heads", "4", *DATA, *FAST,
     ])  # fmt: skip
-    return out
 
 
 def test_tfs_two_steps_writes_per_epoch_curve_and_model(tfs_run):
@@ -100,6 +108,13 @@ def test_converter_then_stage1_trains_only_the_projector(bases, tfs_run, tmp_pat
     }  # fmt: skip
     assert changed == {"language_projection"}
     assert "stage stage1: 2 trainable tensors" in (s1 / "train.log").read_text()
+
+
+def test_eval_stage_writes_vqa_accuracy(tfs_run, tmp_path):
+    vqa = DATA[:6] + DATA[8:]  # no caption file: VQA only
+    vpgtrans.main(["--stage", "eval", "--init_model", str(tfs_run / "model"), "--output_dir", str(tmp_path), *vqa, *FAST])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["eval"]
+    assert set(metrics) == {"vqa_accuracy", "sample_answer"} and 0.0 <= metrics["vqa_accuracy"] <= 1.0
 
 
 def test_unknown_stage_and_missing_model_are_clear(tmp_path, bases):
