@@ -379,3 +379,22 @@ def test_toy_datasets_are_deterministic_per_index():
     assert len(ev["references"]) == 3 and ev["image_id"] == "1"
     q = ToyVQA(2, split="all", seed=5)[0]
     assert q["question"] and len(q["answers"]) == 1
+
+
+def test_caption_asset_copies_the_committed_checkpoint(tmp_path, monkeypatch):
+    import json as _json
+
+    import groundvlm.recipes.vpgtrans_captioner as captioner
+
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    (committed / "config.json").write_text("{}")
+    checks = {"held_out_images": {"name_recall": 0.9, "raw_box_parse_rate": 0.8},
+              "held_out_categories": {"name_recall": 0.85}}  # fmt: skip
+    (committed / "captioner.json").write_text(_json.dumps({"checks": checks, "meets_target": True}))
+    monkeypatch.setattr(captioner, "COMMITTED_CHECKPOINT", committed)
+    monkeypatch.setattr(captioner, "build_caption_vlm", lambda *a, **k: pytest.fail("must not train"))
+    metrics = captioner.build_caption_asset(tmp_path / "asset", "cpu")
+    assert metrics == {"source": "committed", "name_recall_held_out_images": 0.9, "name_recall_held_out_categories": 0.85,
+                       "raw_box_parse_rate": 0.8, "meets_target": True}  # fmt: skip
+    assert (tmp_path / "asset" / "config.json").is_file()
