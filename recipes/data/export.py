@@ -22,40 +22,47 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from . import texts
 from .world import ToyWorld
 
+if TYPE_CHECKING:
+    import datasets
+
 TASKS: tuple[str, ...] = ("caption", "vqa", "referring", "detection", "pin", "grounded", "region")
 
-_BOX = datasets.Sequence(datasets.Value("int32"), length=4)
-_STRINGS = datasets.Sequence(datasets.Value("string"))
 
-_TASK_FEATURES: dict[str, dict] = {
-    "caption": {"caption": datasets.Value("string")},
-    "vqa": {"questions": _STRINGS, "answers": _STRINGS, "kinds": _STRINGS},
-    "referring": {
-        "expressions": _STRINGS,
-        "object_indices": datasets.Sequence(datasets.Value("int32")),
-        "boxes": datasets.Sequence(_BOX),
-    },
-    "detection": {
-        "objects": {
-            "category": _STRINGS,
-            "bbox": datasets.Sequence(datasets.Sequence(datasets.Value("float32"), length=4)),
-            "area": datasets.Sequence(datasets.Value("float32")),
-        }
-    },
-    "pin": {"names": _STRINGS, "boxes": datasets.Sequence(_BOX), "grid_boxes": datasets.Sequence(_BOX)},
-    "grounded": {
-        "caption": datasets.Value("string"),
-        "phrase_spans": datasets.Sequence(datasets.Sequence(datasets.Value("int32"), length=2)),
-        "phrase_boxes": datasets.Sequence(_BOX),
-    },
-    "region": {"regions": _STRINGS, "boxes": datasets.Sequence(_BOX)},
-}
+
+def _task_features(task: str) -> dict:
+    """The task's column features (``datasets`` is imported here: it costs ~1 s, only exports need it)."""
+    import datasets
+
+    box = datasets.Sequence(datasets.Value("int32"), length=4)
+    strings = datasets.Sequence(datasets.Value("string"))
+    return {
+        "caption": {"caption": datasets.Value("string")},
+        "vqa": {"questions": strings, "answers": strings, "kinds": strings},
+        "referring": {
+            "expressions": strings,
+            "object_indices": datasets.Sequence(datasets.Value("int32")),
+            "boxes": datasets.Sequence(box),
+        },
+        "detection": {
+            "objects": {
+                "category": strings,
+                "bbox": datasets.Sequence(datasets.Sequence(datasets.Value("float32"), length=4)),
+                "area": datasets.Sequence(datasets.Value("float32")),
+            }
+        },
+        "pin": {"names": strings, "boxes": datasets.Sequence(box), "grid_boxes": datasets.Sequence(box)},
+        "grounded": {
+            "caption": datasets.Value("string"),
+            "phrase_spans": datasets.Sequence(datasets.Sequence(datasets.Value("int32"), length=2)),
+            "phrase_boxes": datasets.Sequence(box),
+        },
+        "region": {"regions": strings, "boxes": datasets.Sequence(box)},
+    }[task]
 
 
 def _task_row(world: ToyWorld, scene, task: str) -> dict:
@@ -106,11 +113,13 @@ def _task_row(world: ToyWorld, scene, task: str) -> dict:
 
 def to_hf_dataset(world: ToyWorld, indices, task: str = "caption") -> datasets.Dataset:
     """Scenes ``indices`` of ``world`` as a ``datasets.Dataset`` for ``task`` (columns: module docstring)."""
-    if task not in _TASK_FEATURES:
+    import datasets
+
+    if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {list(TASKS)}")
     indices = [int(i) for i in indices]
     features = datasets.Features(
-        {"image": datasets.Image(), "scene_index": datasets.Value("int64"), **_TASK_FEATURES[task]}
+        {"image": datasets.Image(), "scene_index": datasets.Value("int64"), **_task_features(task)}
     )
     columns: dict[str, list] = {name: [] for name in features}
     for index in indices:
