@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from groundvlm.recipes.data import compose, pin_size_ranges
 from groundvlm.recipes.data.compose import overlap_sum
+from PIL import Image
 
 G = 16
 
@@ -45,7 +44,10 @@ def test_constraints_on_thousands_of_draws():
     for _ in range(3000):
         k = int(rng.integers(1, 4))
         ratios = np.exp(rng.uniform(-np.log(2.5), np.log(2.5), size=k))
-        objs = [(f"o{i}", _solid(max(1, round(40 * min(r, 1))), max(1, round(40 / max(r, 1))))) for i, r in enumerate(ratios)]
+        objs = [
+            (f"o{i}", _solid(max(1, round(40 * min(r, 1))), max(1, round(40 / max(r, 1)))))
+            for i, r in enumerate(ratios)
+        ]
         image, placed = compose(background, objs, rng)
         draws += 1
         assert image.size == (G, G)

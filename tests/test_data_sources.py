@@ -4,8 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from groundvlm.recipes.data import (
     BACKGROUND_KINDS,
     SHAPES,
@@ -15,6 +13,7 @@ from groundvlm.recipes.data import (
     ProceduralObjects,
     ToyWorld,
 )
+from PIL import Image
 
 
 def _cutout(path, size=(12, 8), colour=(0, 200, 0)):

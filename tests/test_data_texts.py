@@ -4,8 +4,6 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from groundvlm.recipes.data import (
     Scene,
     SceneObject,
@@ -19,6 +17,7 @@ from groundvlm.recipes.data import (
     region_caption,
     vqa,
 )
+from PIL import Image
 
 POSITION_WORDS = re.compile(r"\b(left|right|top|bottom|above|below|upper|lower|middle|center|centre)\b")
 
@@ -123,8 +122,18 @@ def test_referring_expressions_resolve_to_the_right_object():
     assert "the star" not in as_dict  # two stars
     # Among the stars (red: centre (14, 14), 28x28; blue: centre (87.5, 31.5), 49x49) every relation is
     # clear: left/top/smallest -> red (0), right/bottom/largest -> blue (1).
-    expected = {"left": 0, "top": 0, "upper": 0, "smallest": 0, "tiniest": 0,
-                "right": 1, "bottom": 1, "lower": 1, "largest": 1, "biggest": 1}
+    expected = {
+        "left": 0,
+        "top": 0,
+        "upper": 0,
+        "smallest": 0,
+        "tiniest": 0,
+        "right": 1,
+        "bottom": 1,
+        "lower": 1,
+        "largest": 1,
+        "biggest": 1,
+    }
     star_relations = [(e, i) for e, i in refs if "star" in e and e not in ("the red star", "the blue star")]
     assert len(star_relations) == 6
     for expression, index in star_relations:

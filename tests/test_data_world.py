@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from groundvlm.recipes.data import (
     COLOURS,
     DEFAULT_SPLIT,

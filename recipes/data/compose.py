@@ -113,9 +113,7 @@ def sample_size(ratio: float, s_lo: int, s_hi: int, rng: np.random.Generator) ->
     return size_x, size_y
 
 
-def overlap_sum(
-    size: tuple[int, int], grid_size: int, existing: list[tuple[int, int, int, int]]
-) -> np.ndarray:
+def overlap_sum(size: tuple[int, int], grid_size: int, existing: list[tuple[int, int, int, int]]) -> np.ndarray:
     """Summed overlap ratio of every inside position of a ``size`` box against ``existing`` grid boxes.
 
     Returns [ny, nx] float64 where entry (y, x) is for the grid box (x, y, x + size_x, y + size_y),

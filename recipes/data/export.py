@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 TASKS: tuple[str, ...] = ("caption", "vqa", "referring", "detection", "pin", "grounded", "region")
 
 
-
 def _task_features(task: str) -> dict:
     """The task's column features (``datasets`` is imported here: it costs ~1 s, only exports need it)."""
     import datasets

@@ -97,9 +97,7 @@ def _default_split() -> CategorySplit:
     # One combination per kept shape and per colour (8 shapes x 8 colours -> the diagonal).
     validation = [category_name(colours[i % len(colours)], shape) for i, shape in enumerate(kept_shapes)]
     held_out = [category_name(c, s) for s in HELD_OUT_SHAPES for c in colours]
-    train = [
-        category_name(c, s) for s in kept_shapes for c in colours if category_name(c, s) not in validation
-    ]
+    train = [category_name(c, s) for s in kept_shapes for c in colours if category_name(c, s) not in validation]
     return CategorySplit(train=train, validation=validation, held_out=held_out)
 
 
@@ -278,9 +276,7 @@ class ProceduralObjects:
         image = self.render(attrs["shape"], attrs["colour"], texture, aspect, rng)
         return ObjectInstance(image=image, attributes={**attrs, "texture": texture})
 
-    def render(
-        self, shape: str, colour: str, texture: str, aspect: float, rng: np.random.Generator
-    ) -> Image.Image:
+    def render(self, shape: str, colour: str, texture: str, aspect: float, rng: np.random.Generator) -> Image.Image:
         """Render one instance; ``aspect`` = width / height of the drawing canvas before cropping."""
         if colour not in self.colours:
             raise ValueError(f"unknown colour {colour!r}; known colours: {sorted(self.colours)}")
@@ -319,9 +315,7 @@ def load_rgba_cutout(path: Path) -> Image.Image:
             image = im
     except Exception as e:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError)
         raise ValueError(f"cannot read object image {path}: {e}") from e
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    elif image.mode == "LA":
+    if image.mode == "P" and "transparency" in image.info or image.mode == "LA":
         image = image.convert("RGBA")
     if image.mode != "RGBA":
         raise ValueError(

@@ -116,7 +116,9 @@ def _plural(noun: str) -> str:
     return noun + "es" if noun.endswith(("s", "x", "sh", "ch")) else noun + "s"
 
 
-def vqa(scene: Scene, rng: np.random.Generator, all_shapes: tuple[str, ...] | None = None) -> list[tuple[str, str, str]]:
+def vqa(
+    scene: Scene, rng: np.random.Generator, all_shapes: tuple[str, ...] | None = None
+) -> list[tuple[str, str, str]]:
     """Questions with answers: ``[(question, answer, kind)]``, kind in {"colour", "shape", "count"}.
 
     * count: "How many objects are there?" always; "How many stars are there?" for every shape present
