@@ -66,6 +66,12 @@ class QFormerPretrainer(nn.Module):
         self.lm_bias = nn.Parameter(torch.zeros(qformer_config.vocab_size))
         self.temp = nn.Parameter(torch.tensor(0.07))
 
+    def train(self, mode: bool = True):
+        # The frozen ViT stays in eval mode (LAVIS `disabled_train`), whatever the Trainer asks.
+        super().train(mode)
+        self.vision_model.eval()
+        return self
+
     def _image_embeds(self, pixel_values):
         return self.vision_model(pixel_values=pixel_values).last_hidden_state
 

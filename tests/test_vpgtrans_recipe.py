@@ -246,7 +246,8 @@ def test_qformer_pretrainer_losses_and_transfer_into_vpgtrans():
     # The target's own Q-Former config with the text branch switched on (what qformer_pretrain builds).
     config = Blip2QFormerConfig(**{**model.config.qformer_config.to_dict(), "use_qformer_text_input": True, "vocab_size": 20})
     vision = model.vision_model
-    pre = QFormerPretrainer(vision, config, 4, embed_dim=8)
+    pre = QFormerPretrainer(vision, config, 4, embed_dim=8).train()
+    assert pre.qformer.training and not vision.training
     ids = torch.tensor([[2, 5, 6, 7], [2, 8, 9, 1], [2, 5, 9, 1]])
     out = pre(torch.randn(3, 3, 16, 16), ids, (ids != 1).long())
     assert set(out) == {"loss", "itc", "itm", "itg"} and torch.isfinite(out["loss"])
