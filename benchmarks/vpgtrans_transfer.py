@@ -10,7 +10,7 @@ or `--source <folder>` (e.g. the committed gpu-small captioner).
 Transfers (targets frozen, as the paper):
 - across size: OPT-small -> OPT-base (`toy:lm-opt-base`), same tokenizer (identity word pairs);
 - across type: OPT-small -> T5 (`toy:lm-t5`), different tokenizers (same-length pairing, spec A2).
-For each target: TFS (new Q-Former + projector, E epochs), VPGInherit (source VPG + random projector, E epochs)
+For each target: TFS (the source's frozen ViT, new Q-Former + projector, E epochs), VPGInherit (source VPG + random projector, E epochs)
 and VPGTrans (converter; stage 1 = 1 epoch projector warm-up at 5x lr, counted as epoch 1; stage 2 = E - 1
 epochs). Every epoch is evaluated zero-shot (caption CIDEr, VQA accuracy; decoding per spec A7 except the toy
 caption min length). Output under `--out` (default runs/vpgtrans/benchmark_<preset>): the run folders,
@@ -59,6 +59,26 @@ def source_model(preset: str, source: str | None) -> Path:
     return folder
 
 
+def source_vision(source: Path, out: Path) -> Path:
+    """The source VL-LLM's frozen ViT as a `Blip2VisionModel` folder, so TFS starts from the same pretrained ViT
+    as the transferred VPG. Its post-LayerNorm (LAVIS `ln_vision`, trained with the VPG) is reset to a fresh
+    LayerNorm, as BLIP-2 adds a new `ln_vision` on top of the pretrained ViT."""
+    import torch
+
+    from groundvlm.modeling import VPGTransModel
+    from groundvlm.processing import VPGTransProcessor
+
+    folder = out / "source_vit"
+    if not (folder / "config.json").is_file():
+        vision = VPGTransModel.from_pretrained(source).vision_model
+        with torch.no_grad():
+            vision.post_layernorm.weight.fill_(1.0)
+            vision.post_layernorm.bias.zero_()
+        vision.save_pretrained(folder)
+        VPGTransProcessor.from_pretrained(source).image_processor.save_pretrained(folder)
+    return folder
+
+
 def run_transfer(part: str, preset: str, out: Path, epochs: int, source: Path) -> dict:
     """The three methods for one target LLM; returns their curves."""
     from groundvlm.recipes.vpgtrans_speedup import read_curve, vpgtrans_curve
@@ -66,7 +86,9 @@ def run_transfer(part: str, preset: str, out: Path, epochs: int, source: Path) -
     sfx = "_gpu" if preset == "gpu" else ""
     lm = TRANSFERS[part][1]
     common = ["--preset", preset]
-    tfs = _run(f"{part}/tfs", ["--config", f"tfs{sfx}", "--language_model", lm, "--num_train_epochs", str(epochs)] + common, out)
+    vit = str(source_vision(source, out))
+    tfs = _run(f"{part}/tfs", ["--config", f"tfs{sfx}", "--vision_model", vit, "--language_model", lm,
+                               "--num_train_epochs", str(epochs)] + common, out)  # fmt: skip
     inherit = _run(f"{part}/inherit", ["--config", f"inherit{sfx}", "--source_model", str(source), "--language_model", lm,
                                        "--num_train_epochs", str(epochs)] + common, out)  # fmt: skip
     conv = _run(f"{part}/converter", ["--config", f"converter{sfx}", "--source_model", str(source), "--language_model", lm] + common, out)
