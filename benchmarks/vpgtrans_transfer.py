@@ -64,7 +64,6 @@ def source_vision(source: Path, out: Path) -> Path:
     as the transferred VPG. Its post-LayerNorm (LAVIS `ln_vision`, trained with the VPG) is reset to a fresh
     LayerNorm, as BLIP-2 adds a new `ln_vision` on top of the pretrained ViT."""
     import torch
-
     from groundvlm.modeling import VPGTransModel
     from groundvlm.processing import VPGTransProcessor
 
