@@ -31,6 +31,7 @@ class SceneObject:
     name: category name ("red star"); colour / shape / texture: its attributes (None for folder pools).
     box: (x1, y1, x2, y2) pixel box, x2/y2 exclusive (multiples of the grid cell).
     grid_box: (gx1, gy1, gx2, gy2) inclusive grid cells (what PIN's GridCodec encodes).
+    fallback: placed by C's fallback (minimum size, random position; may overlap more than o_max).
     """
 
     name: str
@@ -39,6 +40,7 @@ class SceneObject:
     texture: str | None
     box: tuple[int, int, int, int]
     grid_box: tuple[int, int, int, int]
+    fallback: bool = False
 
     @property
     def area(self) -> int:
@@ -160,6 +162,7 @@ class ToyWorld:
                 texture=inst.attributes.get("texture"),
                 box=p.box,
                 grid_box=p.grid_box,
+                fallback=p.fallback,
             )
             for p, inst in zip(placed, instances)
         ]
