@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .objects import SHAPES
 from .world import Scene, SceneObject
 
 CAPTION_TEMPLATES: tuple[str, ...] = (
@@ -128,8 +129,6 @@ def vqa(
     Colour/shape questions need known attributes (procedural objects); folder pools get counts only.
     """
     if all_shapes is None:
-        from .objects import SHAPES
-
         all_shapes = SHAPES
     objs = scene.objects
     out = [("How many objects are there?", str(len(objs)), "count")]
