@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
+from groundvlm.processing.pin_grid_codec import PinGridCodec
+
 from .data import ToyWorld, texts
 
 VQA_FORMATS = ("Question: {q} Answer: {a}", "Question: {q} Short answer: {a}")
@@ -38,10 +40,9 @@ def grid_ticks(image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE) -> list
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
-def box_text(grid_box, cell: int) -> str:
-    """PIN's box string for inclusive grid cells (gx1, gy1, gx2, gy2): "[c*gx1,c*gy1,c*(gx2+1),c*(gy2+1)]"."""
-    gx1, gy1, gx2, gy2 = (int(v) for v in grid_box)
-    return f"[{cell * gx1},{cell * gy1},{cell * (gx2 + 1)},{cell * (gy2 + 1)}]"
+def box_text(grid_box, image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE) -> str:
+    """PIN's box string for inclusive grid cells (gx1, gy1, gx2, gy2), e.g. "[14,28,70,112]" (PinGridCodec)."""
+    return PinGridCodec(grid_size=grid_size, image_size=image_size).encode_cells([int(v) for v in grid_box])
 
 
 def random_grid_box(rng: np.random.Generator, grid_size: int) -> tuple[int, int, int, int]:
@@ -56,45 +57,53 @@ def pin_sentence(name: str, box: str) -> str:
     return PIN_PROMPT.format(article=texts.article(name), name=name) + " " + box
 
 
-def scene_texts(scene, rng: np.random.Generator, cell: int, grid_size: int) -> list[str]:
+def scene_texts(scene, rng: np.random.Generator, image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE) -> list[str]:
     """The corpus texts drawn from one scene (see the module docstring)."""
-    out = [texts.caption(scene, rng), texts.grounded_caption(scene, rng)]
+
+    def box(cells) -> str:
+        return box_text(cells, image_size, grid_size)
+
+    out = [texts.caption(scene, rng), texts.grounded_caption(scene, rng)[0]]
     for q, a, _kind in texts.vqa(scene, rng):
         out.append(VQA_FORMATS[int(rng.integers(len(VQA_FORMATS)))].format(q=q, a=a))
     for expr, idx in texts.referring(scene, rng):
-        out.append(f"{expr} is located at {box_text(scene.objects[idx].grid_box, cell)}")
+        out.append(f"{expr} is located at {box(scene.objects[idx].grid_box)}")
     for obj in scene.objects:
         out.append(texts.region_caption(obj))
-        out.append(pin_sentence(obj.name, box_text(obj.grid_box, cell)))
-        out.append(pin_sentence(obj.name, box_text(random_grid_box(rng, grid_size), cell)))
+        out.append(pin_sentence(obj.name, box(obj.grid_box)))
+        out.append(pin_sentence(obj.name, box(random_grid_box(rng, grid_size))))
     n = len(scene.objects)
     noun = "object" if n == 1 else "objects"
     out.append(f"There {'is' if n == 1 else 'are'} {_NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else n} {noun} in the image.")
     return out
 
 
-def number_texts(rng: np.random.Generator, cell: int, grid_size: int) -> list[str]:
+def number_texts(rng: np.random.Generator, image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE) -> list[str]:
     """Number fluency: a run of grid ticks, a counting sequence and a list of random ticks."""
+    ticks = grid_ticks(image_size, grid_size)
     start = int(rng.integers(0, grid_size))
     stop = int(rng.integers(start + 1, grid_size + 1))
-    ticks = ", ".join(str(cell * i) for i in range(start, stop + 1))
+    run = ", ".join(str(t) for t in ticks[start : stop + 1])
     first = int(rng.integers(0, 20))
     count = " ".join(str(i) for i in range(first, first + int(rng.integers(3, 10))))
-    picks = ",".join(str(cell * int(i)) for i in rng.integers(0, grid_size + 1, size=int(rng.integers(2, 6))))
-    return [ticks, count, f"[{picks}]"]
+    # No brackets: "[..]" is kept for valid boxes, so the LM's box prior stays clean.
+    picks = " ".join(str(ticks[int(i)]) for i in rng.integers(0, grid_size + 1, size=int(rng.integers(2, 6))))
+    return [run, count, picks]
 
 
 def lm_corpus(n_scenes: int, seed: int = 0, image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE) -> list[str]:
-    """The LM pretraining texts of `n_scenes` toy scenes of every category (deterministic from `seed`)."""
+    """The LM pretraining texts of `n_scenes` toy scenes of every category (deterministic from `seed`).
+
+    Each scene's texts draw from the world's own text generator for that scene (`ToyWorld.text_rng`).
+    """
     if n_scenes < 1:
         raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
     if image_size % grid_size:
         raise ValueError(f"image_size={image_size} must be a multiple of grid_size={grid_size}")
-    cell = image_size // grid_size
     world = ToyWorld(seed=seed, image_size=image_size, grid_size=grid_size, split="all")
-    rng = np.random.default_rng(seed)
     corpus: list[str] = []
     for i in tqdm(range(n_scenes), desc="corpus", unit="scene"):
-        corpus.extend(scene_texts(world.scene(i), rng, cell, grid_size))
-        corpus.extend(number_texts(rng, cell, grid_size))
+        rng = world.text_rng(i)
+        corpus.extend(scene_texts(world.scene(i), rng, image_size, grid_size))
+        corpus.extend(number_texts(rng, image_size, grid_size))
     return corpus

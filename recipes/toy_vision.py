@@ -137,6 +137,12 @@ def pretrain_vision(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     head = torch.nn.Linear(model.config.hidden_size, labels.shape[1])
+    # Start the head at the label prior (log-odds of each label's frequency): otherwise the first steps
+    # only learn the prior and the encoder then sits on that plateau (measured: with a zero-bias head and
+    # lr 1e-3, 120 CPU steps left colour recall at 0; with this init and lr 3e-3 it reached 0.68).
+    freq = labels.float().mean(0).clamp(1e-3, 1 - 1e-3)
+    with torch.no_grad():
+        head.bias.copy_(torch.log(freq / (1 - freq)))
     model.to(device).train()
     head.to(device).train()
     params = list(model.parameters()) + list(head.parameters())
@@ -234,17 +240,23 @@ def render_scenes(world, indices, workers: int = 1) -> tuple[torch.Tensor, list[
     return images, [r[1] for r in results]
 
 
-def name_recall(probs: torch.Tensor, objects: list[list[tuple]], labels: list[str], threshold: float = 0.5) -> dict:
-    """Per-object recall of the probe: the fraction of objects whose category / colour / shape label fires.
+def name_recall(probs: torch.Tensor, objects: list[list[tuple]], labels: list[str]) -> dict:
+    """Per-object recall of the probe, ranked: for a scene with n distinct categories (colours, shapes),
+    an object counts as recalled when its category (colour, shape) is among the n highest-scoring ones.
 
-    probs: [N, L] sigmoid outputs; objects: per-scene (name, colour, shape) tuples.
+    Ranking rather than a 0.5 threshold measures what the encoder tells apart, independent of calibration.
+    probs: [N, L] probe outputs; objects: per-scene (name, colour, shape) tuples.
     """
-    index = {name: i for i, name in enumerate(labels)}
-    hits = {"name_recall": 0, "colour_recall": 0, "shape_recall": 0}
+    groups = {"name_recall": "category:", "colour_recall": "colour:", "shape_recall": "shape:"}
+    columns = {key: [i for i, lab in enumerate(labels) if lab.startswith(prefix)] for key, prefix in groups.items()}
+    hits = dict.fromkeys(groups, 0)
     total = 0
     for row, scene_objects in enumerate(objects):
-        for obj in scene_objects:
-            total += 1
-            for key, lab in zip(hits, _object_labels(obj)):
-                hits[key] += bool(probs[row, index[lab]] > threshold)
+        total += len(scene_objects)
+        for part, key in enumerate(groups):
+            wanted = {f"{groups[key]}{obj[part]}" for obj in scene_objects}
+            cols = columns[key]
+            top = torch.topk(probs[row, cols], k=min(len(wanted), len(cols))).indices.tolist()
+            predicted = {labels[cols[i]] for i in top}
+            hits[key] += sum(f"{groups[key]}{obj[part]}" in predicted for obj in scene_objects)
     return {k: v / max(total, 1) for k, v in hits.items()}

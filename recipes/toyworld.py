@@ -69,7 +69,7 @@ class Preset:
     vision_images: int = 3000
     vision_steps: int = 300
     vision_batch: int = 32
-    vision_lr: float = 1e-3
+    vision_lr: float = 3e-3
     vision_eval_images: int = 256
     render_workers: int = 1
 
@@ -80,7 +80,7 @@ PRESETS = {
         device="cpu",
         bf16=False,
         data_scenes_per_split=200,
-        corpus_scenes=2500,
+        corpus_scenes=1000,
         lm_sizes={"opt-small": LMSize(128, 4, 4), "opt-base": LMSize(256, 4, 4), "llama": LMSize(128, 4, 4), "t5": LMSize(128, 2, 4)},
         lm_steps=300,
         lm_batch=64,
@@ -94,7 +94,7 @@ PRESETS = {
         device="cuda",
         bf16=True,
         data_scenes_per_split=500,
-        corpus_scenes=20000,
+        corpus_scenes=10000,
         lm_sizes={"opt-small": LMSize(256, 4, 4), "opt-base": LMSize(512, 6, 8), "llama": LMSize(256, 4, 4), "t5": LMSize(256, 4, 4)},
         lm_steps=3000,
         lm_batch=256,
@@ -106,6 +106,7 @@ PRESETS = {
         vision_images=60000,
         vision_steps=3000,
         vision_batch=256,
+        vision_lr=2e-3,
         vision_eval_images=1024,
         render_workers=min(16, os.cpu_count() or 1),
     ),
@@ -236,8 +237,10 @@ def _build_data(folder: Path, p: Preset) -> dict:
     """A sample COCO export (json + images) of each split, so a user can look at the toy world."""
     from .data import ToyWorld, export
 
+    from tqdm.auto import tqdm
+
     metrics = {}
-    for split in ("train", "validation", "held_out"):
+    for split in tqdm(("train", "validation", "held_out"), desc="data export", unit="split"):
         world = ToyWorld(seed=SEED, split=split)
         export.to_coco(world, range(p.data_scenes_per_split), folder / split)
         metrics[f"{split}_images"] = p.data_scenes_per_split
@@ -279,7 +282,7 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
         lm, model, tok, corpus, steps=p.lm_steps, batch_size=p.lm_batch, lr=p.lm_lr, seed=SEED,
         device=p.device, bf16=p.bf16,
     )
-    model.to("cpu").save_pretrained(folder)
+    model.save_pretrained(folder)
     tok.save_pretrained(folder)
 
     # Held-out text: scenes of another seed. VQA in this family's prompt format (reference §A7).
@@ -292,9 +295,9 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
         "parameters": sum(t.numel() for t in model.parameters()),
         "first_loss": round(train["losses"][0], 4),
         "final_loss": round(train["final_loss"], 4),
-        "eval_loss": round(evaluate_lm(lm, model, tok, held[: p.lm_eval_texts])["loss"], 4),
-        "vqa_next_token_accuracy": round(evaluate_lm(lm, model, tok, vqa)["next_token_accuracy"], 4),
-        "box_syntax_rate": round(box_syntax_rate(lm, model, tok, prompts, grid_ticks()), 4),
+        "eval_loss": round(evaluate_lm(lm, model, tok, held[: p.lm_eval_texts], device=p.device)["loss"], 4),
+        "vqa_next_token_accuracy": round(evaluate_lm(lm, model, tok, vqa, device=p.device)["next_token_accuracy"], 4),
+        "box_syntax_rate": round(box_syntax_rate(lm, model, tok, prompts, grid_ticks(), device=p.device), 4),
     }
 
 
@@ -324,7 +327,7 @@ def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
         kind, model, images, targets, steps=p.vision_steps, batch_size=p.vision_batch, lr=p.vision_lr,
         seed=SEED, device=p.device, bf16=p.bf16,
     )
-    model.to("cpu").save_pretrained(folder)
+    model.save_pretrained(folder)
     image_processor(kind).save_pretrained(folder)
     # The probe head is kept beside the encoder (not part of it) to check "does it see" later.
     save_file({"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu()}, str(folder / "probe_head.safetensors"))
@@ -364,10 +367,10 @@ def toy_asset(name: str, preset: str = "cpu", cache_dir: str | os.PathLike | Non
     return _ensure(name, preset, cache_dir, verbose)[0]
 
 
-def _ensure(name: str, preset: str, cache_dir, verbose: bool) -> tuple[Path, dict, bool]:
-    """(folder, build_info, reused?) for `name`, building dependencies first."""
+def _ensure(name: str, preset: str, cache_dir, verbose: bool, is_dependency: bool = False) -> tuple[Path, dict, bool]:
+    """(folder, build_info, reused?) for `name`, building dependencies first (silent when they are cached)."""
     _check(name, preset)
-    deps = {d: _ensure(d, preset, cache_dir, verbose) for d in dependencies(name)}
+    deps = {d: _ensure(d, preset, cache_dir, verbose, is_dependency=True) for d in dependencies(name)}
     folder = cache_root(cache_dir) / "toyworld" / preset / name
     spec = _spec(name, preset)
     inputs = {d: info["fingerprint"] for d, (_, info, _) in deps.items()}
@@ -375,7 +378,7 @@ def _ensure(name: str, preset: str, cache_dir, verbose: bool) -> tuple[Path, dic
     with _lock(folder.parent / f".{name}.lock"):
         info = read_build_info(folder)
         if info is not None and info.get("fingerprint") == fingerprint:
-            if verbose:
+            if verbose and not is_dependency:
                 print(f"[toyworld] {name}: cached at {folder} (reused, built in {info['seconds']:.0f} s)")
             return folder, info, True
         if folder.exists():

@@ -210,3 +210,18 @@ def test_vision_pretraining_loss_decreases_and_labels():
         pretrain_vision("blip2", model, images.float(), targets, steps=1, batch_size=2, lr=1e-3)
     with pytest.raises(ValueError, match="unknown vision encoder kind"):
         vision_model("eva", 32, 1, 2)
+
+
+def test_name_recall_is_ranked_per_scene():
+    labels = label_names(["red star", "blue ring", "red ring"])
+    # columns: category red star, blue ring, red ring | colour blue, red | shape ring, star
+    probs = torch.tensor(
+        [
+            [0.9, 0.1, 0.2, 0.3, 0.1, 0.2, 0.1],  # one red star: category right, colour wrong, shape wrong
+            [0.1, 0.3, 0.2, 0.6, 0.7, 0.4, 0.5],  # blue ring + red ring: top-2 categories {blue ring, red ring}
+        ]
+    )
+    objects = [[("red star", "red", "star")], [("blue ring", "blue", "ring"), ("red ring", "red", "ring")]]
+    recall = name_recall(probs, objects, labels)
+    # names: 1 + 2 of 3; colours: 0 + 2 of 3 (top-2 of {blue, red}); shapes: 0 + 0 (top-1 is star) of 3
+    assert recall == {"name_recall": 1.0, "colour_recall": pytest.approx(2 / 3), "shape_recall": 0.0}
