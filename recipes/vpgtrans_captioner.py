@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -44,7 +45,7 @@ def object_name_recall(captions: list[str], scene_objects: list[list[str]]) -> f
     """Fraction of objects whose full name ("red star") occurs in their image's caption (lower-cased)."""
     hits = total = 0
     for caption, names in zip(captions, scene_objects):
-        caption = " " + " ".join(caption.lower().split()) + " "
+        caption = " " + " ".join(re.sub(r"[^\w\s]", " ", caption.lower()).split()) + " "  # "star," counts
         for name in names:
             total += 1
             hits += f" {name.lower()} " in caption

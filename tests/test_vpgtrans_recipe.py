@@ -295,7 +295,7 @@ def test_qformer_checkpoint_with_other_hidden_size_is_refused():
 
 
 def test_object_name_recall_hand_case():
-    captions = ["a red star and a blue ring", "a green circle"]
+    captions = ["a striped red star, a blue ring", "a green circle"]
     objects = [["red star", "blue ring", "white cross"], ["green circle"]]
     assert object_name_recall(captions, objects) == pytest.approx(3 / 4)
     assert object_name_recall(["a red starfish"], [["red star"]]) == 0.0  # whole words only
