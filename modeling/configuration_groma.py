@@ -36,6 +36,12 @@ class GromaConfig(PretrainedConfig):
             converted checkpoints set it; `False` feeds true corners with the maps' real strides.
         nms_threshold, box_score_threshold, max_region_num: region selection (IoU > 0.6 suppressed, score > 0.15).
         *_token_id, proxy_token_start_id, num_proxy_tokens: ids of the reference's added tokens (`<r0>` ..).
+        vision_cuda_graphs (`bool`): run the static-shape vision side (DINOv2, projector, proposer, region-encoder
+            fusion) through CUDA graphs captured per (batch size, dtype, device), which removes its kernel-launch
+            overhead (it dominates at small batches). Only used on CUDA, in eval mode, with autograd and autocast off
+            (e.g. inside `generate` or `torch.no_grad()`); everywhere else the same modules run eagerly. Results equal
+            the eager ones (same kernels); the first call per batch size captures (a few eager warm-up runs). A
+            runtime switch: it changes no weights or outputs.
     """
 
     model_type = "groma"
@@ -75,6 +81,7 @@ class GromaConfig(PretrainedConfig):
         proxy_token_start_id=32014,
         num_proxy_tokens=100,
         initializer_range=0.02,
+        vision_cuda_graphs=True,
         **kwargs,
     ):
         if vision_config is None:
@@ -124,6 +131,7 @@ class GromaConfig(PretrainedConfig):
         self.proxy_token_start_id = proxy_token_start_id
         self.num_proxy_tokens = num_proxy_tokens
         self.initializer_range = initializer_range
+        self.vision_cuda_graphs = vision_cuda_graphs
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 

@@ -152,7 +152,10 @@ class GromaRegionProposer(nn.Module):
         pos = sine_position_embedding(height, width, d_model // 2, source.device).to(source.dtype)
         pos = pos.flatten(2).transpose(1, 2) + self.level_embed[0].view(1, 1, -1)
         memory = source.flatten(2).transpose(1, 2)
-        spatial_shapes = torch.tensor([[height, width]], dtype=torch.long, device=source.device)
+        # Built on the device: `torch.tensor([[h, w]], device=...)` would be a blocking host-to-device copy (a host
+        # sync, and an error inside CUDA-graph capture).
+        spatial_shapes = torch.full((1, 2), height, dtype=torch.long, device=source.device)
+        spatial_shapes[:, 1] = width
         level_start_index = spatial_shapes.new_zeros((1,))
         spatial_shapes_list = [(height, width)]
 

@@ -107,17 +107,32 @@ class GromaRegionEncoder(nn.Module):
         cx, cy, w, h = boxes.unbind(-1)
         return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), -1) * self.image_size
 
-    def forward(self, hidden_states: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """hidden_states: the last `region_feature_layers` DINOv2 block outputs, each (B, grid*grid, C), CLS dropped.
-        boxes: per image (N_i, 4) normalised cxcywh. Returns per image (N_i, text_hidden_size)."""
+    def fuse(self, hidden_states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The box-independent part (most of the FLOPs): resize each level, coordinate channels, fusion rounds.
+
+        hidden_states: the last `region_feature_layers` DINOv2 block outputs, each (B, grid*grid, C), CLS dropped.
+        Returns the fused maps, fine -> coarse: (B, C, s, s) for s in `feature_sizes()`. It does not depend on the
+        proposer, so it can run (or be captured in a CUDA graph) together with the vision side.
+        """
         batch, _, channels = hidden_states[0].shape
         maps = [h.transpose(1, 2).reshape(batch, channels, self.grid, self.grid) for h in hidden_states]
         maps = [
             F.interpolate(m, size=(size, size), mode="bilinear", align_corners=True)
             for m, size in zip(maps, self.feature_sizes())
         ]
-        maps = self.mlvl_fuse(maps)
-        return self.roi_align(maps, boxes, self.roi_boxes, self.spatial_scales(), self.sampling_ratio)
+        return self.mlvl_fuse(maps)
+
+    def extract(self, fused: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The box-dependent part: RoIAlign on the `fuse` output + pconvs + linear + pos-embedding + up-projection.
+
+        fused: `fuse(...)`'s maps; boxes: per image (N_i, 4) normalised cxcywh. Returns per image (N_i, text_hidden).
+        """
+        return self.roi_align(fused, boxes, self.roi_boxes, self.spatial_scales(), self.sampling_ratio)
+
+    def forward(self, hidden_states: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """hidden_states: the last `region_feature_layers` DINOv2 block outputs, each (B, grid*grid, C), CLS dropped.
+        boxes: per image (N_i, 4) normalised cxcywh. Returns per image (N_i, text_hidden_size): `extract(fuse(...))`."""
+        return self.extract(self.fuse(hidden_states), boxes)
 
 
 class GromaRoIExtractor(nn.Module):
@@ -138,8 +153,10 @@ class GromaRoIExtractor(nn.Module):
     def forward(self, maps, boxes, to_roi_boxes, spatial_scales, sampling_ratio) -> list[torch.Tensor]:
         counts = [len(b) for b in boxes]
         flat = torch.cat(boxes).to(maps[0].dtype)
-        image_index = torch.repeat_interleave(torch.arange(len(boxes), device=flat.device), torch.tensor(counts, device=flat.device))
-        rois = torch.cat((image_index[:, None].to(torch.float32), to_roi_boxes(flat.float())), dim=1)
+        # Image index of every box, filled on the device: a tensor built from the host list of counts would be a
+        # blocking host-to-device copy that waits for all queued GPU work.
+        image_index = torch.cat([flat.new_full((n, 1), i, dtype=torch.float32) for i, n in enumerate(counts)])
+        rois = torch.cat((image_index, to_roi_boxes(flat.float())), dim=1)
         pooled = 0
         for level, feature in enumerate(maps):
             # RoIAlign in fp32, as the reference; aligned=True accepts the negative extents the box quirk produces.

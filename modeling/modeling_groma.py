@@ -31,6 +31,7 @@ from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 from transformers.utils import ModelOutput
 
 from .configuration_groma import GromaConfig
+from .groma_cuda_graphs import GromaVisionCudaGraphs
 from .groma_proposer import GromaChannelLayerNorm, GromaRegionProposer
 from .groma_region_encoder import GromaRegionEncoder
 
@@ -158,7 +159,32 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         # Hook for parity tests only: maps N kept boxes to a permutation (LongTensor of N) applied after NMS, as the
         # reference's `torch.randperm`. None keeps the deterministic score order.
         self.region_permutation: Callable[[int], torch.Tensor] | None = None
+        # CUDA graphs of the static-shape vision side (config.vision_cuda_graphs; a no-op off CUDA / in training).
+        self._vision_graphs = GromaVisionCudaGraphs()
         self.post_init()
+
+    # ------------------------------------------------------------------ CUDA-graph bookkeeping
+    def reset_cuda_graphs(self) -> None:
+        """Drop the captured vision CUDA graphs (and their memory); the next CUDA inference call recaptures.
+
+        Called automatically by `.to()`/`.cuda()`/`.half()`.. (`_apply`), `train(True)` and `load_state_dict`; call it
+        yourself after replacing parameters or submodules of the vision side by other means."""
+        graphs = self.__dict__.get("_vision_graphs")
+        if graphs is not None:
+            graphs.reset()
+
+    def _apply(self, *args, **kwargs):
+        self.reset_cuda_graphs()  # parameters may move or be replaced
+        return super()._apply(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        if mode:
+            self.reset_cuda_graphs()
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self.reset_cuda_graphs()  # `assign=True` replaces the parameter objects
+        return super().load_state_dict(*args, **kwargs)
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -176,16 +202,22 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         return self.language_model.get_decoder()
 
     # ------------------------------------------------------------------ vision side (once per image)
-    def encode_images(self, pixel_values: torch.Tensor):
-        """pixel_values (B, 3, S, S) ImageNet-normalised -> (image_embeds (B, T, D), proposer boxes (B, Q, 4)
-        normalised cxcywh, proposer scores (B, Q), region-encoder inputs: list of (B, grid^2, C))."""
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Validate (B, 3, S, S) and cast to the vision dtype."""
         size = self.config.image_size
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or tuple(pixel_values.shape[-2:]) != (size, size):
             raise ValueError(
                 f"pixel_values must have shape (batch, 3, {size}, {size}) (RGB, resized by GromaImageProcessor); "
                 f"got {tuple(pixel_values.shape)}"
             )
-        pixel_values = pixel_values.to(dtype=self.vision_model.embeddings.patch_embeddings.projection.weight.dtype)
+        return pixel_values.to(dtype=self.vision_model.embeddings.patch_embeddings.projection.weight.dtype)
+
+    def encode_images(self, pixel_values: torch.Tensor):
+        """pixel_values (B, 3, S, S) ImageNet-normalised -> (image_embeds (B, T, D), proposer boxes (B, Q, 4)
+        normalised cxcywh, proposer scores (B, Q), region-encoder inputs: list of (B, grid^2, C)). Always eager."""
+        return self._encode(self._check_pixel_values(pixel_values))
+
+    def _encode(self, pixel_values: torch.Tensor):
         hidden_states = self.vision_model(pixel_values, output_hidden_states=True).hidden_states
         grid = self.config.patch_grid
         batch = pixel_values.shape[0]
@@ -202,6 +234,32 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         region_inputs = [h[:, 1:] for h in hidden_states[-self.config.region_feature_layers :]]
         return image_embeds, boxes, scores, region_inputs
 
+    def _vision_side(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Everything before region selection, flat: (image_embeds, boxes, scores, *fused region-encoder maps).
+
+        Static shapes and no host syncs, so it can be captured in a CUDA graph. The region encoder's fusion does not
+        depend on the boxes and runs here, before the proposer's output is read on the host."""
+        image_embeds, boxes, scores, region_inputs = self._encode(pixel_values)
+        return (image_embeds, boxes, scores, *self.region_encoder.fuse(region_inputs))
+
+    def perceive(self, pixel_values: torch.Tensor, region_maps: bool = True):
+        """pixel_values (B, 3, S, S) -> (image_embeds (B, T, D), boxes (B, Q, 4) cxcywh, scores (B, Q), fused maps
+        (list of (B, C, s, s), fine -> coarse)). Through the vision CUDA graphs where they apply (see
+        `config.vision_cuda_graphs`), eagerly otherwise; the same values either way. `region_maps=False` lets the
+        eager path skip the fusion (the maps are then None)."""
+        pixel_values = self._check_pixel_values(pixel_values)
+        outputs = None
+        if self.config.vision_cuda_graphs:
+            modules = (self.vision_model, self.multi_modal_projector, self.region_proposer, self.region_encoder)
+            outputs = self._vision_graphs.run(self._vision_side, pixel_values, modules)
+        if outputs is None:
+            if not region_maps:
+                image_embeds, boxes, scores, _ = self._encode(pixel_values)
+                return image_embeds, boxes, scores, None
+            outputs = self._vision_side(pixel_values)
+        image_embeds, boxes, scores, *fused = outputs
+        return image_embeds, boxes, scores, fused
+
     def _check_refer_boxes(self, refer_boxes, batch_size: int, device) -> list[torch.Tensor]:
         if refer_boxes is None:
             return [torch.zeros((0, 4), device=device) for _ in range(batch_size)]
@@ -210,7 +268,8 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         limit = min(self.config.num_proxy_tokens, self.config.max_region_num)
         checked = []
         for i, boxes in enumerate(refer_boxes):
-            boxes = torch.as_tensor(boxes, dtype=torch.float32, device=device).reshape(-1, 4)
+            # Validated where the caller keeps them (the processor's are on the CPU: no device syncs), then moved.
+            boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
             if len(boxes) > limit:
                 raise ValueError(
                     f"sample {i}: {len(boxes)} user boxes, but at most {limit} regions (proxy tokens) are available"
@@ -226,7 +285,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
                     f"sample {i}: refer box outside the image; boxes must be normalised cxcywh within [0, 1]: "
                     f"{boxes.tolist()}"
                 )
-            checked.append(boxes)
+            checked.append(boxes.to(device))
         return checked
 
     def select_regions(self, boxes: torch.Tensor, scores: torch.Tensor, refer_boxes: list[torch.Tensor]):
@@ -257,25 +316,53 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def get_region_boxes(self, pixel_values: torch.Tensor, refer_boxes=None) -> list[torch.Tensor]:
         """The regions `<r_0>`.. refer to: per image (N_i, 4) normalised xyxy in [0, 1], in slot order."""
-        _, boxes, scores, _ = self.encode_images(pixel_values)
+        _, boxes, scores, _ = self.perceive(pixel_values, region_maps=False)
         refer_boxes = self._check_refer_boxes(refer_boxes, boxes.shape[0], boxes.device)
         return [center_to_corners(b).clamp(0, 1) for b in self.select_regions(boxes, scores, refer_boxes)]
 
     # ------------------------------------------------------------------ text side
-    def _slot_positions(self, input_ids: torch.Tensor, token_id: int, per_row: int, name: str) -> torch.Tensor:
-        """(B, per_row) positions of `token_id` in each row; clear error when the count is wrong."""
-        mask = input_ids == token_id
-        counts = mask.sum(1)
-        for i, count in enumerate(counts.tolist()):
-            if count == 0:
-                raise ValueError(f"sample {i}: the prompt has no {name} tokens (missing <image>/<region> in the text?)")
-            if count != per_row:
+    @staticmethod
+    def _slot_positions(mask: torch.Tensor, per_row: int) -> torch.Tensor:
+        """(B, per_row) positions of the True entries of each row of `mask` (B, L), in order, for rows holding exactly
+        `per_row` of them: a stable sort puts them first. Unlike `nonzero`, no host sync."""
+        return torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)[:, :per_row]
+
+    def _check_prompt(self, input_ids: torch.Tensor, refer_counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate the static layout and the referring tokens with one host read; returns the `<region>` positions
+        (B, num_proxy_tokens) and the `<refer_box>` mask (B, L)."""
+        cfg = self.config
+        image_mask = input_ids == cfg.image_token_id
+        region_mask = input_ids == cfg.region_token_id
+        refer_box_mask = input_ids == cfg.refer_box_token_id
+        # (a prompt shorter than num_proxy_tokens fails the count check below; min() only keeps the shapes valid)
+        region_pos = self._slot_positions(region_mask, min(cfg.num_proxy_tokens, input_ids.shape[1]))
+        slots = torch.arange(region_pos.shape[1], device=input_ids.device)
+        pairs_ok = (input_ids.gather(1, (region_pos - 1).clamp(min=0)) == cfg.proxy_token_start_id + slots).all(1)
+        stats = torch.stack(
+            (image_mask.sum(1), region_mask.sum(1), pairs_ok.long(), refer_box_mask.sum(1),
+             (input_ids == cfg.refer_feat_token_id).sum(1)), dim=1,
+        ).tolist()  # fmt: skip
+        for name, column, per_row in (("<image>", 0, cfg.num_image_tokens), ("<region>", 1, cfg.num_proxy_tokens)):
+            for i, row in enumerate(stats):
+                if row[column] == 0:
+                    raise ValueError(
+                        f"sample {i}: the prompt has no {name} tokens (missing <image>/<region> in the text?)"
+                    )
+                if row[column] != per_row:
+                    raise ValueError(
+                        f"sample {i}: expected {per_row} {name} tokens, found {row[column]}; the prompt was built for "
+                        "another config or its visual slots were truncated (do not truncate Groma prompts below "
+                        "their visual prefix; use max_length=None)"
+                    )
+        if not all(row[2] for row in stats):
+            raise ValueError("every <region> slot j must follow its proxy token <r_j> (pairs <r_j><region>, j=0..)")
+        for i, (row, n_user) in enumerate(zip(stats, refer_counts)):
+            if row[3] != n_user or row[4] != n_user:
                 raise ValueError(
-                    f"sample {i}: expected {per_row} {name} tokens, found {count}; the prompt was built for another "
-                    "config or its visual slots were truncated (do not truncate Groma prompts below their visual "
-                    "prefix; use max_length=None)"
+                    f"sample {i}: {n_user} refer_boxes but {row[3]} <refer_box> and {row[4]} <refer_feat> tokens; "
+                    "they must match one to one"
                 )
-        return mask.nonzero()[:, 1].reshape(input_ids.shape[0], per_row)
+        return region_pos, refer_box_mask
 
     def prepare_multimodal_inputs(
         self,
@@ -285,50 +372,45 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         refer_boxes: list[torch.Tensor] | None = None,
     ) -> GromaPreparedInputs:
         """Run the perceiver once and build the prefill: ids with `<refer_box>` resolved, the attention mask with
-        unused region pairs zeroed, and the embeddings with image/region tokens written into their slots."""
+        unused region pairs zeroed, and the embeddings with image/region tokens written into their slots.
+
+        Host reads: one for validating the prompt (before the vision work is queued, while the device is idle), then
+        only those region selection needs (NMS keeps a data-dependent number of boxes)."""
         batch = input_ids.shape[0]
         if pixel_values.shape[0] != batch:
             raise ValueError(f"got {pixel_values.shape[0]} images for {batch} prompts; Groma takes one image per prompt")
         cfg = self.config
-        image_pos = self._slot_positions(input_ids, cfg.image_token_id, cfg.num_image_tokens, "<image>")
-        region_pos = self._slot_positions(input_ids, cfg.region_token_id, cfg.num_proxy_tokens, "<region>")
-        slots = torch.arange(cfg.num_proxy_tokens, device=input_ids.device)
-        if not (input_ids.gather(1, region_pos - 1) == cfg.proxy_token_start_id + slots).all():
-            raise ValueError("every <region> slot j must follow its proxy token <r_j> (pairs <r_j><region>, j=0..)")
-
-        # Validate the referring inputs before the vision work is queued: bad input fails fast, and these host reads
-        # (two in all, not two per sample) happen while the device is idle instead of stalling it mid-prefill.
+        # Validate the referring inputs before the vision work is queued: bad input fails fast.
         refer_boxes = self._check_refer_boxes(refer_boxes, batch, pixel_values.device)
-        refer_box_mask = input_ids == cfg.refer_box_token_id
-        refer_feat_mask = input_ids == cfg.refer_feat_token_id
-        box_counts, feat_counts = refer_box_mask.sum(1).tolist(), refer_feat_mask.sum(1).tolist()
-        for i in range(batch):
-            n_user = len(refer_boxes[i])
-            if box_counts[i] != n_user or feat_counts[i] != n_user:
-                raise ValueError(
-                    f"sample {i}: {n_user} refer_boxes but {box_counts[i]} <refer_box> and {feat_counts[i]} "
-                    "<refer_feat> tokens; they must match one to one"
-                )
-        image_embeds, boxes, scores, region_inputs = self.encode_images(pixel_values)
-        selected = self.select_regions(boxes, scores, refer_boxes)
-        region_tokens = self.region_encoder(region_inputs, selected)
+        region_pos, refer_box_mask = self._check_prompt(input_ids, [len(b) for b in refer_boxes])
 
-        input_ids = input_ids.clone()
-        refer_feats = []
-        for i in range(batch):
-            if len(refer_boxes[i]):
-                match = box_iou(center_to_corners(refer_boxes[i]), center_to_corners(selected[i].float())).argmax(1)
-                input_ids[i, refer_box_mask[i]] = cfg.proxy_token_start_id + match
-                refer_feats.append(region_tokens[i][match])
+        image_embeds, boxes, scores, fused = self.perceive(pixel_values)
+        selected = self.select_regions(boxes, scores, refer_boxes)
+        region_tokens = self.region_encoder.extract(fused, selected)
+        counts = [len(s) for s in selected]
+
+        if any(len(b) for b in refer_boxes):
+            # The k-th <refer_box> of a sample becomes <r_m>, m = the selected box of best IoU with user box k.
+            match = input_ids.new_zeros(batch, max(len(b) for b in refer_boxes))
+            refer_feats = []
+            for i in range(batch):
+                if len(refer_boxes[i]):
+                    best = box_iou(center_to_corners(refer_boxes[i]), center_to_corners(selected[i].float())).argmax(1)
+                    match[i, : len(best)] = best
+                    refer_feats.append(region_tokens[i][best])
+            rank = (refer_box_mask.cumsum(1) - 1).clamp(min=0)
+            input_ids = torch.where(refer_box_mask, cfg.proxy_token_start_id + match.gather(1, rank), input_ids)
+        else:
+            refer_feats = []
 
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        # Both tokens of every pair j >= N_i are masked out (scatter, not boolean indexing: no host sync).
+        slots = torch.arange(cfg.num_proxy_tokens, device=input_ids.device)
+        unused = slots[None, :] >= torch.tensor(counts).to(input_ids.device, non_blocking=True)[:, None]
         attention_mask = attention_mask.clone()
-        counts = torch.tensor([len(s) for s in selected], device=input_ids.device)
-        unused = slots[None, :] >= counts[:, None]  # (B, num_proxy_tokens)
-        rows = torch.arange(batch, device=input_ids.device)[:, None].expand_as(region_pos)
-        attention_mask[rows[unused], region_pos[unused]] = 0
-        attention_mask[rows[unused], region_pos[unused] - 1] = 0
+        for pos in (region_pos, region_pos - 1):
+            attention_mask.scatter_(1, pos, attention_mask.gather(1, pos).masked_fill(unused, 0))
 
         inputs_embeds = self.get_input_embeddings()(input_ids)
         dtype = inputs_embeds.dtype
@@ -339,6 +421,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
             padded[i, : len(tokens)] = tokens.to(dtype)
         inputs_embeds = inputs_embeds.masked_scatter((input_ids == cfg.region_token_id)[..., None], padded)
         if refer_feats:
+            refer_feat_mask = input_ids == cfg.refer_feat_token_id
             inputs_embeds = inputs_embeds.masked_scatter(refer_feat_mask[..., None], torch.cat(refer_feats).to(dtype))
         return GromaPreparedInputs(
             input_ids=input_ids,

@@ -159,7 +159,10 @@ def load_reference_state_dict(src: Path, allow_pickle: bool = False) -> dict[str
     return state
 
 
-REMOTE_CODE_FILES = ("configuration_groma.py", "modeling_groma.py", "groma_proposer.py", "groma_region_encoder.py")
+REMOTE_CODE_FILES = (
+    "configuration_groma.py", "modeling_groma.py", "groma_proposer.py", "groma_region_encoder.py",
+    "groma_cuda_graphs.py",
+)  # fmt: skip
 AUTO_MAP = {
     "AutoConfig": "configuration_groma.GromaConfig",
     "AutoModel": "modeling_groma.GromaForConditionalGeneration",
