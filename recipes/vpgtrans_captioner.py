@@ -193,10 +193,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="default runs/vpgtrans/captioner_<preset>")
     parser.add_argument("--qformer_pretrain", action="store_true")
     parser.add_argument("--frozen_lm", action="store_true")
-    parser.add_argument("--eval_images", type=int, default=200)
+    parser.add_argument("--eval_images", type=int, default=None, help="images for the checks (default 100 cpu, 200 gpu)")
     args, extra = parser.parse_known_args(argv)
     out = args.out or f"runs/vpgtrans/captioner_{args.preset}"
-    build_caption_vlm(out, args.preset, args.qformer_pretrain, args.frozen_lm, extra, args.eval_images)
+    eval_images = args.eval_images or (100 if args.preset == "cpu" else 200)
+    build_caption_vlm(out, args.preset, args.qformer_pretrain, args.frozen_lm, extra, eval_images)
     report = json.loads((Path(out) / "captioner.json").read_text())
     print(json.dumps({k: report[k] for k in ("seconds", "checks", "meets_target")}, indent=2))
     return 0
