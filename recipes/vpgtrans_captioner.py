@@ -104,7 +104,7 @@ def _git_commit() -> str | None:
 
 
 def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain: bool = False, frozen_lm: bool = False,
-                      extra_args: list[str] | None = None, eval_images: int = 200) -> Path:  # fmt: skip
+                      extra_args: list[str] | None = None, eval_images: int | None = None) -> Path:  # fmt: skip
     """Train the caption-only toy VL-LLM into `out_dir/model` and write `out_dir/captioner.json`.
 
     Runs `recipes/vpgtrans.py --stage tfs --config captioner_<preset>` (and first `--stage qformer_pretrain`
@@ -117,6 +117,7 @@ def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain
         raise ValueError(f"unknown preset {preset!r}; expected one of {tuple(CONFIGS)}")
     out_dir = Path(out_dir)
     extra = list(extra_args or [])
+    eval_images = eval_images or (100 if preset == "cpu" else 200)
     start = time.time()
     config, qformer_config, asset_preset = CONFIGS[preset]
     tfs_args = ["--stage", "tfs", "--config", config, "--output_dir", str(out_dir / "tfs"), "--preset", asset_preset]
@@ -196,8 +197,7 @@ def main(argv=None) -> int:
     parser.add_argument("--eval_images", type=int, default=None, help="images for the checks (default 100 cpu, 200 gpu)")
     args, extra = parser.parse_known_args(argv)
     out = args.out or f"runs/vpgtrans/captioner_{args.preset}"
-    eval_images = args.eval_images or (100 if args.preset == "cpu" else 200)
-    build_caption_vlm(out, args.preset, args.qformer_pretrain, args.frozen_lm, extra, eval_images)
+    build_caption_vlm(out, args.preset, args.qformer_pretrain, args.frozen_lm, extra, args.eval_images)
     report = json.loads((Path(out) / "captioner.json").read_text())
     print(json.dumps({k: report[k] for k in ("seconds", "checks", "meets_target")}, indent=2))
     return 0
