@@ -27,33 +27,51 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
             "--out", str(tmp_path)]  # fmt: skip
     report = bench.main(argv)
     assert json.loads((tmp_path / "groma_speed.json").read_text()) == json.loads(json.dumps(report))
-    assert set(report) == {"meta", "results", "groma_batch1_components", "llava_batch1_components", "acceptance"}
+    assert set(report) == {"meta", "results", "groma_batch1_components", "groma_eager_batch1_components",
+                           "llava_batch1_components", "acceptance"}  # fmt: skip
     assert {"device", "torch", "transformers", "date", "git_commit", "dtype", "command"} <= set(report["meta"])
     assert report["meta"]["tiny"] and report["meta"]["command"].endswith(" ".join(argv))
 
-    rows = {(r["model"].split()[0], r["batch_size"]): r for r in report["results"]}
-    assert set(rows) == {("Groma", 1), ("Groma", 2), ("LLaVA", 1), ("LLaVA", 2)}
+    rows = {(r["model"].split()[0], r.get("vision"), r["batch_size"]): r for r in report["results"]}
+    assert len(rows) == len(report["results"]) == 6
+    assert set(rows) == {("Groma", v, b) for v in ("cuda graphs", "eager") for b in (1, 2)} | {
+        ("LLaVA", None, 1), ("LLaVA", None, 2)}  # fmt: skip
     keys = {"visual_tokens", "prompt_tokens", "ttft_ms", "decode_tokens_per_s", "decode_tokens_per_s_total",
             "peak_memory_gib", "regions_selected", "attended_prompt_tokens"}  # fmt: skip
-    for (name, batch), row in rows.items():
+    for (name, _, batch), row in rows.items():
         assert keys <= set(row)
         assert row["ttft_ms"] > 0 and row["decode_tokens_per_s"] > 0
         assert row["decode_tokens_per_s_total"] == pytest.approx(batch * row["decode_tokens_per_s"])
         assert row["peak_memory_gib"] is None  # CPU: no CUDA allocator statistics
         assert len(row["attended_prompt_tokens"]) == batch
     # tiny Groma: 112 px -> 8x8 patches -> 16 image tokens, plus 100 region slots; tiny LLaVA: 112/14 squared = 64
-    assert rows[("Groma", 1)]["visual_tokens"] == 16 + 100 and rows[("LLaVA", 1)]["visual_tokens"] == 64
-    assert len(rows[("Groma", 2)]["regions_selected"]) == 2
+    groma1 = rows[("Groma", "cuda graphs", 1)]
+    assert groma1["visual_tokens"] == 16 + 100 and rows[("LLaVA", None, 1)]["visual_tokens"] == 64
+    assert len(rows[("Groma", "eager", 2)]["regions_selected"]) == 2
     # attended Groma tokens: the prompt minus 2 tokens per unused region pair (no padding at batch 1)
-    n = rows[("Groma", 1)]["regions_selected"][0]
-    assert rows[("Groma", 1)]["attended_prompt_tokens"] == [rows[("Groma", 1)]["prompt_tokens"] - 2 * (100 - n)]
+    n = groma1["regions_selected"][0]
+    assert groma1["attended_prompt_tokens"] == [groma1["prompt_tokens"] - 2 * (100 - n)]
+    # the vision variant changes no result: same regions and attended tokens in both rows
+    for batch in (1, 2):
+        a, b = rows[("Groma", "cuda graphs", batch)], rows[("Groma", "eager", batch)]
+        assert a["regions_selected"] == b["regions_selected"] and a["attended_prompt_tokens"] == b["attended_prompt_tokens"]
 
-    parts = report["groma_batch1_components"]
-    assert {"dinov2_alone_ms", "llm_prefill_alone_ms", "in_ttft_proposer_ms", "in_ttft_region_encoder_ms",
-            "in_ttft_other_ms", "in_ttft_ttft_ms"} <= set(parts)  # fmt: skip
+    top = {"dinov2_alone_ms", "llm_prefill_alone_ms", "in_ttft_vision_ms", "in_ttft_region_select_ms",
+           "in_ttft_region_extract_ms", "in_ttft_llm_prefill_ms", "in_ttft_other_ms", "in_ttft_ttft_ms"}  # fmt: skip
+    assert top <= set(report["groma_batch1_components"])
+    eager = report["groma_eager_batch1_components"]
+    assert top | {"in_ttft_dinov2_ms", "in_ttft_proposer_ms", "in_ttft_region_fuse_ms"} <= set(eager)
+    # the disjoint top-level stages and `other` add up to TTFT; the vision modules fit inside `vision`
+    stages = ("vision", "region_select", "region_extract", "llm_prefill", "other")
+    assert sum(eager[f"in_ttft_{s}_ms"] for s in stages) == pytest.approx(eager["in_ttft_ttft_ms"])
+    inner = sum(eager[f"in_ttft_{s}_ms"] for s in ("dinov2", "projector", "proposer", "region_fuse"))
+    assert inner <= eager["in_ttft_vision_ms"]
     assert {"clip_alone_ms", "llm_prefill_alone_ms"} <= set(report["llava_batch1_components"])
-    assert set(report["acceptance"]) == {"groma_b1_ttft_over_dinov2_plus_llm_prefill", "groma_over_llava_decode_b1",
-                                         "groma_over_llava_decode_b2"}  # fmt: skip
+    assert set(report["acceptance"]) == {
+        "groma_b1_ttft_over_dinov2_plus_llm_prefill", "groma_over_llava_decode_b1", "groma_over_llava_decode_b2",
+        "groma_b1_ttft_over_dinov2_plus_llm_prefill_eager_vision", "groma_over_llava_decode_b1_eager_vision",
+        "groma_over_llava_decode_b2_eager_vision",
+    }  # fmt: skip
     markdown = (tmp_path / "groma_speed.md").read_text()
     assert markdown.rstrip().splitlines()[-1].startswith("| LLaVA (tiny) | 2 |")  # the results table comes last
 
