@@ -9,7 +9,7 @@ so it is captured once per (input shape, dtype, device) into a `torch.cuda.CUDAG
 
 The runner is a no-op (returns None, the caller runs eagerly) unless: the input is on CUDA, autograd is off, autocast
 is off, no capture/compile/trace is in progress, no global forward hooks exist, and every covered module is in eval
-mode, has no forward (pre-)hooks, and holds its parameters/buffers on the input's device. Hooks of covered modules
+mode, has no forward (pre-)hooks (transformers' own output-capturing hooks aside), and holds its parameters/buffers on the input's device. Hooks of covered modules
 would otherwise run only once, at capture.
 
 Validity: a graph reads parameters by address. Weights changed in place (`load_state_dict`'s copy, optimiser steps)
@@ -39,6 +39,23 @@ def _global_forward_hooks_present() -> bool:
     # capture time, so their presence means "run eagerly".
     module = nn.modules.module
     return bool(getattr(module, "_global_forward_hooks", None) or getattr(module, "_global_forward_pre_hooks", None))
+
+
+def _is_output_capturing_hook(hook) -> bool:
+    """transformers (5.x) installs these forward hooks once per model, persistently, to implement
+    `output_hidden_states`/`output_attentions`: they append a layer's output to the collector of the running forward
+    (a no-op otherwise). During capture they collect the very tensors the graph then writes on replay, so they do not
+    prevent capture (DINOv2's `output_hidden_states=True` relies on them)."""
+    return getattr(hook, "__name__", "") == "output_capturing_hook" and getattr(hook, "__module__", "").startswith(
+        "transformers."
+    )
+
+
+def _has_foreign_hooks(module: nn.Module) -> bool:
+    for hooks in (module._forward_hooks, module._forward_pre_hooks):
+        if hooks and not all(_is_output_capturing_hook(hook) for hook in hooks.values()):
+            return True
+    return False
 
 
 class GromaVisionCudaGraphs:
@@ -108,7 +125,7 @@ class GromaVisionCudaGraphs:
         if self._devices != {device}:
             return None
         for m in self._modules:
-            if m.training or m._forward_hooks or m._forward_pre_hooks:
+            if m.training or ((m._forward_hooks or m._forward_pre_hooks) and _has_foreign_hooks(m)):
                 return None
         return [t.data_ptr() for t in self._tensors]
 

@@ -450,6 +450,20 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         whatever their label). Without pixel_values, runs the LLM alone (decoding steps, text-only prompts).
         image_sizes (the processor's original (height, width) per image) is accepted so that `model(**inputs)` works,
         and ignored: boxes are normalised, only `post_process_grounding` needs pixel sizes."""
+        if (
+            past_key_values is not None and pixel_values is None and inputs_embeds is None and labels is None
+            and position_ids is not None
+        ):  # fmt: skip
+            # A decoding step (`generate` passes the cache and, in transformers 5.17-5.23, always position_ids): the LLM
+            # alone, which embeds the ids itself; no checks, no positions to derive.
+            outputs = self.language_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
+            )  # fmt: skip
+            return GromaCausalLMOutputWithPast(
+                logits=outputs.logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
+                attentions=outputs.attentions,
+            )  # fmt: skip
         region_boxes = None
         if pixel_values is not None:
             if input_ids is None:
