@@ -389,13 +389,15 @@ def _ensure(name: str, preset: str, cache_dir, verbose: bool, is_dependency: boo
         folder.mkdir(parents=True)
         if verbose:
             print(f"[toyworld] {name}: building ({preset} preset) into {folder}")
-        start = time.time()
+        start, cpu_start = time.time(), time.process_time()
         metrics = _build(name, preset, folder, {d: f for d, (f, _, _) in deps.items()})
         info = {
             "artefact": name,
             "preset": preset,
             "seed": SEED,
             "seconds": round(time.time() - start, 2),
+            # CPU time of this process: comparable across machines that are busy with other work.
+            "cpu_seconds": round(time.process_time() - cpu_start, 2),
             "metrics": metrics,
             "spec": spec,
             "inputs": inputs,

@@ -6,6 +6,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from groundvlm.recipes.data import ToyWorld, caption
+from groundvlm.recipes.toy_corpus import lm_corpus
 from groundvlm.recipes.toy_lms import LMSize, evaluate_lm, lm_model, parse_box, pretrain_lm, t5_split
 from groundvlm.recipes.toy_tokenizers import paired_token_ids, train_tokenizer
 from groundvlm.recipes.toy_vision import (
@@ -17,19 +19,8 @@ from groundvlm.recipes.toy_vision import (
     vision_model,
 )
 
-# A small hand-written corpus in the toy world's phrasing (the real corpus comes from recipes.data).
-_COLOURS = ["red", "blue", "green", "yellow", "white", "purple", "orange", "pink"]
-_SHAPES = ["star", "ring", "heart", "moon", "square", "triangle", "circle", "diamond", "cross", "hexagon"]
-CORPUS = []
-for i in range(400):
-    c, s = _COLOURS[i % 8], _SHAPES[(i * 3) % 10]
-    a, b = (i * 5) % 9, (i * 7) % 9
-    CORPUS += [
-        f"In the image is a {c} {s} located at [{7 * a},{7 * b},{7 * (a + 8)},{7 * (b + 8)}]",
-        f"Question: what colour is the {s}? Answer: {c}",
-        f"Question: what shape is the {c} object? Short answer: {s}",
-        f"a striped {c} {s} next to a dotted {_COLOURS[(i + 3) % 8]} {_SHAPES[(i + 1) % 10]}.\n",
-    ]
+# The real toy LM corpus of 200 scenes (0.5 s): the tokenizers' vocabularies depend on it.
+CORPUS = lm_corpus(200)
 TEXT = "a red star located at [14,28,70,112]"
 
 
@@ -100,6 +91,12 @@ def test_cross_tokenizer_pairing(tokenizers):
     # Box strings: LLaMA splits digits, so they never pair with OPT; with T5 the lone "▁" is dropped.
     assert paired_token_ids(opt, llama, TEXT) is None
     assert paired_token_ids(opt, t5, TEXT) is not None
+    # Captions: some pair and some do not, for both target families (rarest words split differently).
+    world = ToyWorld(seed=5, split="all")
+    captions = [caption(world.scene(i), world.text_rng(i)) for i in range(60)]
+    for target in (llama, t5):
+        paired = sum(paired_token_ids(opt, target, c) is not None for c in captions)
+        assert 0 < paired < len(captions)
 
 
 def test_bad_family_and_input():
