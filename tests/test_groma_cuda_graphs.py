@@ -4,8 +4,8 @@ benchmarks/groma_graph_check.py): when graphs may be used, what invalidates them
 import copy
 
 import torch
-
 from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
+
 from tests.test_groma_model import static_prompt, tiny_config
 
 
