@@ -44,11 +44,12 @@ class RunArguments:
     `parse_recipe_args` gives those fields their recipe defaults instead.
     """
 
-    preset: Literal["cpu", "gpu"] = field(
+    preset: Literal["cpu", "gpu", "gpu-small"] = field(
         default="cpu",
         metadata={
             "help": "Size preset: 'cpu' keeps models and data small enough for 2 CPU cores; 'gpu' scales them "
-            "up for an accelerator. Each recipe documents what the preset changes."
+            "up for an accelerator; 'gpu-small' trains the cpu sizes with the GPU budget (toy assets small enough "
+            "to commit and to run on a CPU). Each recipe documents what the preset changes."
         },
     )
     resume: bool = field(

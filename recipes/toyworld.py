@@ -110,6 +110,25 @@ PRESETS = {
         vision_eval_images=1024,
         render_workers=min(16, os.cpu_count() or 1),
     ),
+    # The cpu preset's model sizes trained with the GPU budget: small enough to commit (DESIGN §4, <= 10 MB) and
+    # to run on 2 CPU cores, trained long enough to see. The committed caption VL-LLM is built from these.
+    "gpu-small": Preset(
+        device="cuda",
+        bf16=True,
+        data_scenes_per_split=200,
+        corpus_scenes=10000,
+        lm_sizes={"opt-small": LMSize(128, 4, 4), "opt-base": LMSize(256, 4, 4), "llama": LMSize(128, 4, 4), "t5": LMSize(128, 2, 4)},
+        lm_steps=3000,
+        lm_batch=256,
+        lm_lr=2e-3,
+        lm_eval_texts=1024,
+        vision_images=60000,
+        vision_steps=3000,
+        vision_batch=256,
+        vision_lr=2e-3,
+        vision_eval_images=1024,
+        render_workers=min(16, os.cpu_count() or 1),
+    ),
     # Seconds-sized builds for tests: same code paths, tiny models and a handful of steps.
     "test": Preset(
         device="cpu",
@@ -233,6 +252,12 @@ def _corpus(n_scenes: int, seed: int) -> list[str]:
 _CORPUS_MEMO: dict = {}
 
 
+def _curve(losses: list[float], points: int = 20) -> list[list]:
+    """[step, mean loss of the window ending there] at about `points` evenly spaced steps."""
+    every = max(1, len(losses) // points)
+    return [[i + every, round(sum(losses[i : i + every]) / len(losses[i : i + every]), 4)] for i in range(0, len(losses), every)]
+
+
 def _build_data(folder: Path, p: Preset) -> dict:
     """A sample COCO export (json + images) of each split, so a user can look at the toy world."""
     from .data import ToyWorld, export
@@ -295,6 +320,7 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
         "parameters": sum(t.numel() for t in model.parameters()),
         "first_loss": round(train["losses"][0], 4),
         "final_loss": round(train["final_loss"], 4),
+        "loss_curve": _curve(train["losses"]),
         "eval_loss": round(evaluate_lm(lm, model, tok, held[: p.lm_eval_texts], device=p.device)["loss"], 4),
         "vqa_next_token_accuracy": round(evaluate_lm(lm, model, tok, vqa, device=p.device)["next_token_accuracy"], 4),
         "box_syntax_rate": round(box_syntax_rate(lm, model, tok, prompts, grid_ticks(), device=p.device), 4),
@@ -333,7 +359,11 @@ def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
     save_file({"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu()}, str(folder / "probe_head.safetensors"))
     (folder / "probe_labels.json").write_text(json.dumps(labels, indent=1) + "\n")
 
-    metrics = {"parameters": sum(t.numel() for t in model.parameters()), "final_loss": round(train["final_loss"], 4)}
+    metrics = {
+        "parameters": sum(t.numel() for t in model.parameters()),
+        "final_loss": round(train["final_loss"], 4),
+        "loss_curve": _curve(train["losses"]),
+    }
     for split in ("held_out", "validation"):
         # Scenes of a seed the encoder was not trained on.
         eval_world = ToyWorld(seed=SEED + 1, split=split)
@@ -465,11 +495,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {preset:<5} {name:<16} {state}")
         return 0
 
-    if args.preset == "gpu":
+    if PRESETS[args.preset].device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise SystemExit("--preset gpu needs a CUDA device; use --preset cpu here")
+            raise SystemExit(f"--preset {args.preset} needs a CUDA device; use --preset cpu here")
     names = _resolve_only(args.only)
     start = time.time()
     rows = []
