@@ -1,18 +1,25 @@
 """Groma-7B shape vs LLaVA-1.5-7B shape: visual tokens, TTFT, decode tokens/s and peak memory, batch 1 and 8.
 
-Both models are built with random weights directly on the GPU in bf16 (one at a time: build, measure, delete),
-so no checkpoint is needed. Measured with CUDA events after warm-up, median of `--repeats` runs:
+Both models are built with random weights directly on the GPU in bf16 (no checkpoint needed) and stay resident
+together (~29 GB; `--sequential` builds, measures and frees one at a time instead). Each measurement is a unit:
 
-- TTFT: `model.generate(...)` from input tensors on the device to the first token's logits (vision side, Groma's
-  proposer/region selection/region encoder, LLM prefill and generate's own setup all included);
-- decode tokens/s: `--new-tokens` greedy tokens with the KV cache (`min_new_tokens` forces the length); the
-  (new_tokens - 1) decoding steps after the first token, per sequence and for the whole batch;
-- peak memory: `torch.cuda.max_memory_allocated` over those runs (weights included), reset per model and batch;
-- Groma, batch 1, in the same run: its DINOv2 forward alone (eager) and its LLM prefill alone, where TTFT goes (the
-  vision side, region selection, the region encoder's box-dependent part, the LLM prefill, the rest), with the
-  acceptance checks TTFT <= 1.5 x (DINOv2 + LLM prefill) and decode >= 0.97 x LLaVA's;
-- Groma twice, same weights: the default (`vision_cuda_graphs=True`: the vision side replays a CUDA graph) and
-  with `vision_cuda_graphs=False` (everything eager), so the graphs' effect is measured; acceptance for both.
+- per batch size: Groma generating with its vision side as a CUDA graph (the default, `vision_cuda_graphs=True`),
+  the same model with `vision_cuda_graphs=False` (everything eager; the flag is read at every call, so one model
+  serves both), and LLaVA: TTFT = `model.generate(...)` from input tensors on the device to the first token's
+  logits (vision side, Groma's proposer/region selection/region encoder, LLM prefill and generate's own setup);
+  decode tokens/s = the `--new-tokens` - 1 greedy KV-cache steps after it (`min_new_tokens` forces the length; the
+  same inputs every time), per sequence and for the batch;
+- batch 1: where each TTFT goes (stage boundaries on the device timeline, Groma per variant), and DINOv2, Groma's
+  LLM prefill, CLIP and LLaVA's LLM prefill each alone (median of `--component-calls` back-to-back calls).
+
+After `--warmup` untimed rounds over all units, each of `--repeats` rounds runs every unit once, in the base order
+rotated by one per round (ABC, BCA, CAB, ...), so drift of clocks, allocator state or host load hits all units alike
+instead of whichever model ran in a later phase. Reported: the median over the repeats with min-max. The acceptance
+checks (issue 5) are ratios formed within one repeat, PASS/FAIL on their median (min-max shown): Groma batch-1
+TTFT <= 1.5 x (DINOv2 alone + LLM prefill alone), and Groma decode >= 0.97 x LLaVA's per batch size, for both
+vision variants. Peak memory: the model's own parameters and buffers + the largest rise of allocated memory during
+one of its generate runs (warm-ups included, so Groma's graph capture counts; the other model's weights do not).
+CUDA events time the GPU (no host sync inside a timed region).
 
 Prompts: there is no Llama tokenizer offline, so a toy Llama-style tokenizer (groundvlm.recipes.toy_tokenizers,
 `<unk> <s> </s>` = 0 1 2, trained on the prompt text, so about one token per word) gets Groma's 114 tokens with
@@ -21,8 +28,11 @@ Prompts: there is no Llama tokenizer offline, so a toy Llama-style tokenizer (gr
 then remapped onto the 7B vocabulary (toy base vocabulary + k -> 32000 + k); base ids stay (they are valid 7B ids).
 LLaVA gets `USER: <image>\\n{same question without Groma markup} ASSISTANT:` with 576 image tokens (id 32000).
 
-Usage (repo root): `python benchmarks/groma_speed.py` (GPU) or `python benchmarks/groma_speed.py --tiny` (CPU, tiny
-configs, seconds). Writes groma_speed.json and groma_speed.md to $OUT if set, else to `--out` if given.
+Usage (repo root): `python benchmarks/groma_speed.py` (GPU, ~3 min on an H200) or `python benchmarks/groma_speed.py
+--tiny` (CPU, tiny configs, seconds). Writes groma_speed.json and groma_speed.md to $OUT if set, else to `--out` if
+given. The JSON holds the medians in the earlier keys (`results`, `*_batch1_components`, `acceptance[...]["ratio"]`)
+and the spread beside them (`*_range`, `repeats_*`, `batch1_component_ranges`, `acceptance[...]["per_repeat"]`),
+the rotated orders (`rounds`) and every unit's per-repeat values (`samples`).
 """
 
 from __future__ import annotations
@@ -38,8 +48,10 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -241,12 +253,10 @@ class StageMarks:
             handle.remove()
 
 
-def time_call(clock: Clock, fn, repeats: int, warmup: int) -> float:
-    """Median ms of `fn()` over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
+def time_call(clock: Clock, fn, calls: int) -> float:
+    """Median ms of `calls` back-to-back runs of `fn()`: one repeat's sample of a component timed alone."""
     times = []
-    for _ in range(repeats):
+    for _ in range(calls):
         clock.sync()
         start = clock.mark()
         fn()
@@ -256,54 +266,98 @@ def time_call(clock: Clock, fn, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def measure_generate(model, inputs: dict, clock: Clock, new_tokens: int, repeats: int, warmup: int) -> dict:
-    """Median TTFT (ms) and decode speed of greedy generation of exactly `new_tokens` tokens."""
+def generate_once(model, inputs: dict, clock: Clock, new_tokens: int, device: torch.device) -> dict:
+    """One greedy generation of exactly `new_tokens` tokens: TTFT (ms), the decode time of the `new_tokens - 1` steps
+    after the first token (ms, and as tokens/s per sequence), and how far allocated memory rose above its level at
+    the start (bytes; None off CUDA)."""
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True)
-    for _ in range(warmup):
-        model.generate(**inputs, **kwargs)
-    ttft, decode = [], []
-    for _ in range(repeats):
-        marker = FirstLogitsMark(clock)
-        clock.sync()
-        start = clock.mark()
-        out = model.generate(**inputs, logits_processor=LogitsProcessorList([marker]), **kwargs)
-        end = clock.mark()
-        clock.sync()
-        generated = out.shape[1] - inputs["input_ids"].shape[1]
-        if generated != new_tokens:
-            raise RuntimeError(f"generated {generated} tokens instead of {new_tokens}")
-        ttft.append(clock.ms(start, marker.first))
-        decode.append(clock.ms(marker.first, end))
-    batch = inputs["input_ids"].shape[0]
-    per_seq = (new_tokens - 1) / (statistics.median(decode) / 1e3)
-    return {"ttft_ms": statistics.median(ttft), "decode_ms": statistics.median(decode),
-            "decode_tokens_per_s": per_seq, "decode_tokens_per_s_total": per_seq * batch}  # fmt: skip
+    marker = FirstLogitsMark(clock)
+    clock.sync()
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+    reset_peak(device)
+    start = clock.mark()
+    out = model.generate(**inputs, logits_processor=LogitsProcessorList([marker]), **kwargs)
+    end = clock.mark()
+    clock.sync()
+    generated = out.shape[1] - inputs["input_ids"].shape[1]
+    if generated != new_tokens:
+        raise RuntimeError(f"generated {generated} tokens instead of {new_tokens}")
+    decode = clock.ms(marker.first, end)
+    rise = torch.cuda.max_memory_allocated(device) - before if before is not None else None
+    return {"ttft_ms": clock.ms(start, marker.first), "decode_ms": decode,
+            "decode_tokens_per_s": (new_tokens - 1) / (decode / 1e3), "memory_rise_bytes": rise}  # fmt: skip
 
 
-def ttft_breakdown(model, inputs: dict, modules: dict, clock: Clock, repeats: int, warmup: int,
-                   nested: dict | None = None) -> dict:
-    """Median ms of each named stage's first call inside `generate(max_new_tokens=1)`, plus `other` (generate's
-    setup, embeddings, host syncs: TTFT minus the named stages, which must not overlap) and that run's `ttft`.
-    `nested` stages (inside one of `modules`) are reported too, but not subtracted."""
+def ttft_breakdown_once(model, inputs: dict, modules: dict, clock: Clock, nested: dict | None = None) -> dict:
+    """ms of each named stage's first call inside one `generate(max_new_tokens=1)`, plus `other` (generate's setup,
+    embeddings, host syncs: TTFT minus the named stages, which must not overlap) and that run's `ttft`, as
+    `in_ttft_{name}_ms`. `nested` stages (inside one of `modules`) are reported too, but not subtracted."""
     nested = nested or {}
-    kwargs = dict(max_new_tokens=1, do_sample=False, use_cache=True)
-    for _ in range(warmup):
-        model.generate(**inputs, **kwargs)
-    runs = []
-    for _ in range(repeats):
-        stages, marker = StageMarks(clock, {**modules, **nested}), FirstLogitsMark(clock)
-        clock.sync()
-        start = clock.mark()
-        try:
-            model.generate(**inputs, logits_processor=LogitsProcessorList([marker]), **kwargs)
-        finally:
-            stages.remove()
-        clock.sync()
-        run = {name: clock.ms(a, b) for name, (a, b) in stages.marks.items()}
-        run["ttft"] = clock.ms(start, marker.first)
-        run["other"] = run["ttft"] - sum(run[name] for name in modules)
-        runs.append(run)
-    return {f"{name}_ms": statistics.median(r[name] for r in runs) for name in [*modules, *nested, "other", "ttft"]}
+    stages, marker = StageMarks(clock, {**modules, **nested}), FirstLogitsMark(clock)
+    clock.sync()
+    start = clock.mark()
+    try:
+        model.generate(**inputs, logits_processor=LogitsProcessorList([marker]), max_new_tokens=1, do_sample=False,
+                       use_cache=True)  # fmt: skip
+    finally:
+        stages.remove()
+    clock.sync()
+    run = {name: clock.ms(a, b) for name, (a, b) in stages.marks.items()}
+    run["ttft"] = clock.ms(start, marker.first)
+    run["other"] = run["ttft"] - sum(run[name] for name in modules)
+    return {f"in_ttft_{name}_ms": run[name] for name in [*modules, *nested, "other", "ttft"]}
+
+
+# ---------------------------------------------------------------------------------------------------- repeats
+class Unit(NamedTuple):
+    """One timed item of a repeat: `run()` -> {metric: value}. `place` = (group, slot) sets its position in the base
+    order (group: one batch size's generate runs, then the TTFT breakdowns, then the components alone; slot: Groma
+    with graphs, Groma eager, LLaVA), which each repeat rotates by one."""
+
+    name: str
+    place: tuple[int, int]
+    run: Callable[[], dict]
+
+
+def rotated_orders(names: list[str], repeats: int) -> list[list[str]]:
+    """Repeat r runs the base order rotated by r (ABC, BCA, CAB, ...), so slow drift (clocks, allocator state, host
+    load) falls on every unit alike instead of on whichever ran in a later phase."""
+    return [names[r % len(names) :] + names[: r % len(names)] for r in range(repeats)]
+
+
+def run_rounds(units: list[Unit], repeats: int, warmup: int) -> tuple[dict, dict, list[list[str]], float]:
+    """`warmup` untimed rounds in the base order (Groma's graph capture, cuBLAS/SDPA kernel choice and the caching
+    allocator settle there), then `repeats` rounds in rotated orders.
+    The garbage collector never runs inside a unit (a pause inside a host-bound decode would land on a random unit)
+    but between any two, so no unit's garbage (KV caches held by reference cycles) is left to the next; the objects
+    that exist before the rounds (the models) are frozen out of those collections, which keeps them short.
+    Returns (samples: name -> per-repeat dicts, warm: name -> warm-up dicts, orders, wall seconds)."""
+    units = sorted(units, key=lambda u: u.place)
+    by_name = {u.name: u for u in units}
+    samples, warm = {u.name: [] for u in units}, {u.name: [] for u in units}
+    orders = rotated_orders([u.name for u in units], repeats)
+    start = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        for r, order in enumerate([[u.name for u in units]] * warmup + orders):
+            timed = r >= warmup
+            round_start = time.perf_counter()
+            for name in order:
+                gc.collect()
+                (samples if timed else warm)[name].append(by_name[name].run())
+            label = f"repeat {r - warmup + 1}/{repeats}" if timed else f"warm-up {r + 1}/{warmup}"
+            print(f"{label}: {len(order)} units in {time.perf_counter() - round_start:.1f} s, first {order[0]}",
+                  flush=True)  # fmt: skip
+    finally:
+        gc.enable()
+        gc.unfreeze()
+    return samples, warm, orders, time.perf_counter() - start
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -333,8 +387,9 @@ def build(model_cls, config, device, dtype):
     return model, time.perf_counter() - start
 
 
-def peak_gib(device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+def resident_bytes(model) -> int:
+    """Parameters and buffers: the model's own share of allocated memory when several models share the GPU."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
 def reset_peak(device):
@@ -342,120 +397,158 @@ def reset_peak(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def free(model, device):
-    del model
+def release(device):
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
+class Bench(NamedTuple):
+    """A built model's units and, per generate unit, the result row's fixed fields (no tensors: the rows outlive the
+    model)."""
+
+    units: list[Unit]
+    rows: dict[str, dict]
+    resident_bytes: int
+
+
 # Groma rows: the default (vision CUDA graphs on; eager off CUDA) and the same model with an eager vision side.
 GROMA_VARIANTS = (("cuda graphs", True), ("eager", False))
+ALONE_GROUP_OFFSET = 1  # components alone: the group after the TTFT breakdowns
 
 
-@torch.no_grad()
-def run_groma(config, tok, base_vocab, args, device, dtype, clock) -> tuple[list[dict], dict]:
+def groma_bench(config, tok, base_vocab, args, device, dtype, clock) -> Bench:
+    """Groma's units: generate per vision variant and batch size; at batch 1 the TTFT breakdown per variant, DINOv2
+    alone and the LLM prefill alone (both eager, the same for both variants)."""
     model, build_s = build(GromaForConditionalGeneration, config, device, dtype)
     params = sum(p.numel() for p in model.parameters())
     print(f"Groma: {params / 1e9:.3f}B parameters, built in {build_s:.1f} s, attention: "
           f"{model.language_model.config._attn_implementation}", flush=True)  # fmt: skip
-    rows, components = [], {}
-    for vision, graphs in GROMA_VARIANTS:
-        model.config.vision_cuda_graphs = graphs
-        model.reset_cuda_graphs()  # each variant starts without captured graphs (and their memory)
-        for batch in args.batch_sizes:
-            inputs = groma_inputs(tok, base_vocab, config, batch, device)
-            if batch == 1:
-                components[vision] = groma_components(model, inputs, clock, args)
-            reset_peak(device)
-            speed = measure_generate(model, inputs, clock, args.new_tokens, args.repeats, args.warmup)
-            speed["peak_memory_gib"] = peak_gib(device)
-            rows.append(groma_row(model, config, inputs, args, speed, vision, params, build_s))
-            print(json.dumps(rows[-1]), flush=True)
-    model.config.vision_cuda_graphs = True
-    free(model, device)
-    return rows, components
+    default = model.config.vision_cuda_graphs
+
+    def variant(graphs: bool, fn):
+        # `perceive` reads config.vision_cuda_graphs at every call, so flipping it switches one model between graph
+        # replay and eager vision; captured graphs stay cached while it is off (no recapture when it comes back).
+        def run():
+            model.config.vision_cuda_graphs = graphs
+            try:
+                return fn()
+            finally:
+                model.config.vision_cuda_graphs = default
+
+        return run
+
+    units, rows = [], {}
+    inputs = {batch: groma_inputs(tok, base_vocab, config, batch, device) for batch in args.batch_sizes}
+    selected = {}  # batch -> (regions per sample, attended prompt tokens per sample): the same in both variants
+    for batch, inp in inputs.items():
+        # eager, so that the graphs are captured inside the first warm-up generate (its memory rise counts)
+        prepared = variant(False, lambda inp=inp: model.prepare_multimodal_inputs(
+            inp["input_ids"], inp["pixel_values"], inp["attention_mask"]))()  # fmt: skip
+        selected[batch] = ([len(b) for b in prepared.region_boxes], prepared.attention_mask.sum(1).tolist())
+        del prepared
+    for slot, (vision, graphs) in enumerate(GROMA_VARIANTS):
+        for group, batch in enumerate(args.batch_sizes):
+            name = f"groma/{vision}/b{batch}"
+            run = lambda inp=inputs[batch]: generate_once(model, inp, clock, args.new_tokens, device)  # noqa: E731
+            units.append(Unit(name, (group, slot), variant(graphs, run)))
+            rows[name] = {
+                "model": "Groma-7B shape" if not args.tiny else "Groma (tiny)", "vision": vision, "batch_size": batch,
+                "visual_tokens": config.num_image_tokens + config.num_proxy_tokens,
+                "image_tokens": config.num_image_tokens, "region_slots": config.num_proxy_tokens,
+                "regions_selected": selected[batch][0], "prompt_tokens": inputs[batch]["input_ids"].shape[1],
+                "attended_prompt_tokens": selected[batch][1], "parameters": params, "build_s": build_s,
+            }  # fmt: skip
+    if 1 in inputs:
+        units += groma_batch1_units(model, inputs[1], clock, args, len(args.batch_sizes), variant)
+    return Bench(units, rows, resident_bytes(model))
 
 
-def groma_row(model, config, inputs, args, speed, vision, params, build_s) -> dict:
-    prepared = model.prepare_multimodal_inputs(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"])
-    return {
-        "model": "Groma-7B shape" if not args.tiny else "Groma (tiny)", "vision": vision,
-        "batch_size": inputs["input_ids"].shape[0], "visual_tokens": config.num_image_tokens + config.num_proxy_tokens,
-        "image_tokens": config.num_image_tokens, "region_slots": config.num_proxy_tokens,
-        "regions_selected": [len(b) for b in prepared.region_boxes], "prompt_tokens": inputs["input_ids"].shape[1],
-        "attended_prompt_tokens": prepared.attention_mask.sum(1).tolist(), **speed, "parameters": params,
-        "build_s": build_s,
-    }  # fmt: skip
-
-
-def groma_components(model, inputs: dict, clock: Clock, args) -> dict:
+def groma_batch1_units(model, inputs: dict, clock: Clock, args, group: int, variant) -> list[Unit]:
     """Batch 1: DINOv2 forward alone and LLM prefill alone (the acceptance bound), and where TTFT goes."""
     px, ids, mask = inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
     px_model = px.to(model.vision_model.embeddings.patch_embeddings.projection.weight.dtype)
-    prepared = model.prepare_multimodal_inputs(ids, px, mask)
+    prepared = variant(False, lambda: model.prepare_multimodal_inputs(ids, px, mask))()  # eager: see groma_bench
     positions = (prepared.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     def llm_prefill():  # what generate's first step runs: last-position logits, a fresh KV cache
         return model.language_model(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask,
                                     position_ids=positions, use_cache=True, logits_to_keep=1)  # fmt: skip
 
-    alone = {
-        "dinov2_alone_ms": time_call(clock, lambda: model.vision_model(px_model, output_hidden_states=True),
-                                     args.repeats, args.warmup),
-        "llm_prefill_alone_ms": time_call(clock, llm_prefill, args.repeats, args.warmup),
-    }  # fmt: skip
     # Top-level stages (disjoint; `other` is TTFT minus these): the vision side (DINOv2 + projector + proposer +
     # region-encoder fusion: one CUDA-graph replay, or eager), region selection (threshold/NMS, host syncs), the
-    # region encoder's box-dependent part, the LLM prefill. In eager mode also the vision modules inside `vision`
-    # (module hooks, which would make Groma skip its graphs, so only there).
+    # region encoder's box-dependent part, the LLM prefill. In the eager variant also the vision modules inside
+    # `vision` (module hooks, which would make Groma skip its graphs, so only there).
     stages = {"vision": (model, "perceive"), "region_select": (model, "select_regions"),
               "region_extract": (model.region_encoder, "extract"), "llm_prefill": model.language_model}  # fmt: skip
-    nested = {}
-    if not model.config.vision_cuda_graphs:
-        nested = {"dinov2": model.vision_model, "projector": model.multi_modal_projector,
-                  "proposer": model.region_proposer, "region_fuse": (model.region_encoder, "fuse")}  # fmt: skip
-    inside = ttft_breakdown(model, inputs, stages, clock, args.repeats, args.warmup, nested)
-    return {**alone, **{f"in_ttft_{k}": v for k, v in inside.items()}}
+    eager_nested = {"dinov2": model.vision_model, "projector": model.multi_modal_projector,
+                    "proposer": model.region_proposer, "region_fuse": (model.region_encoder, "fuse")}  # fmt: skip
+    units = []
+    for slot, (vision, graphs) in enumerate(GROMA_VARIANTS):
+        nested = {} if graphs else eager_nested
+        run = lambda nested=nested: ttft_breakdown_once(model, inputs, stages, clock, nested)  # noqa: E731
+        units.append(Unit(f"groma/{vision}/breakdown", (group, slot), variant(graphs, run)))
+    calls = args.component_calls
+    dinov2 = lambda: model.vision_model(px_model, output_hidden_states=True)  # noqa: E731
+    units += [
+        Unit("groma/dinov2_alone", (group + ALONE_GROUP_OFFSET, 0),
+             lambda: {"dinov2_alone_ms": time_call(clock, dinov2, calls)}),
+        Unit("groma/llm_prefill_alone", (group + ALONE_GROUP_OFFSET, 1),
+             lambda: {"llm_prefill_alone_ms": time_call(clock, llm_prefill, calls)}),
+    ]  # fmt: skip
+    return units
 
 
-def llava_components(model, inputs: dict, clock: Clock, args) -> dict:
-    """Batch 1: CLIP forward alone, LLM prefill alone, and where TTFT goes."""
-    embeds = model.get_input_embeddings()(inputs["input_ids"])
-    alone = {
-        "clip_alone_ms": time_call(clock, lambda: model.model.vision_tower(inputs["pixel_values"], output_hidden_states=True),
-                                   args.repeats, args.warmup),
-        "llm_prefill_alone_ms": time_call(clock, lambda: model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
-                                                               use_cache=True, logits_to_keep=1), args.repeats, args.warmup),
-    }  # fmt: skip
-    stages = {"clip": model.model.vision_tower, "projector": model.model.multi_modal_projector,
-              "llm_prefill": model.model.language_model}  # fmt: skip
-    inside = ttft_breakdown(model, inputs, stages, clock, args.repeats, args.warmup)
-    return {**alone, **{f"in_ttft_{k}": v for k, v in inside.items()}}
-
-
-@torch.no_grad()
-def run_llava(config, tok, args, device, dtype, clock) -> tuple[list[dict], dict]:
+def llava_bench(config, tok, args, device, dtype, clock) -> Bench:
+    """LLaVA's units: generate per batch size; at batch 1 the TTFT breakdown, CLIP alone and the LLM prefill alone."""
     model, build_s = build(LlavaForConditionalGeneration, config, device, dtype)
     params = sum(p.numel() for p in model.parameters())
     print(f"LLaVA: {params / 1e9:.3f}B parameters, built in {build_s:.1f} s", flush=True)
-    rows, components = [], {}
-    for batch in args.batch_sizes:
-        inputs = llava_inputs(tok, config, batch, device, dtype)
-        if batch == 1:
-            components = llava_components(model, inputs, clock, args)
-        reset_peak(device)
-        speed = measure_generate(model, inputs, clock, args.new_tokens, args.repeats, args.warmup)
-        rows.append({
+    slot = len(GROMA_VARIANTS)
+    units, rows = [], {}
+    inputs = {batch: llava_inputs(tok, config, batch, device, dtype) for batch in args.batch_sizes}
+    for group, batch in enumerate(args.batch_sizes):
+        name = f"llava/b{batch}"
+        units.append(Unit(name, (group, slot),
+                          lambda inp=inputs[batch]: generate_once(model, inp, clock, args.new_tokens, device)))
+        rows[name] = {
             "model": "LLaVA-1.5-7B shape" if not args.tiny else "LLaVA (tiny)", "batch_size": batch,
             "visual_tokens": config.image_seq_length, "image_tokens": config.image_seq_length, "region_slots": 0,
-            "regions_selected": None, "prompt_tokens": inputs["input_ids"].shape[1],
-            "attended_prompt_tokens": inputs["attention_mask"].sum(1).tolist(), **speed,
-            "peak_memory_gib": peak_gib(device), "parameters": params, "build_s": build_s,
-        })  # fmt: skip
-        print(json.dumps(rows[-1]), flush=True)
-    free(model, device)
-    return rows, components
+            "regions_selected": None, "prompt_tokens": inputs[batch]["input_ids"].shape[1],
+            "attended_prompt_tokens": inputs[batch]["attention_mask"].sum(1).tolist(), "parameters": params,
+            "build_s": build_s,
+        }  # fmt: skip
+    if 1 in inputs:
+        one, group, calls = inputs[1], len(args.batch_sizes), args.component_calls
+        embeds = model.get_input_embeddings()(one["input_ids"])
+        clip = lambda: model.model.vision_tower(one["pixel_values"], output_hidden_states=True)  # noqa: E731
+        prefill = lambda: model(inputs_embeds=embeds, attention_mask=one["attention_mask"], use_cache=True,  # noqa: E731
+                                logits_to_keep=1)  # fmt: skip
+        stages = {"clip": model.model.vision_tower, "projector": model.model.multi_modal_projector,
+                  "llm_prefill": model.model.language_model}  # fmt: skip
+        units += [
+            Unit("llava/breakdown", (group, slot), lambda: ttft_breakdown_once(model, one, stages, clock)),
+            # after Groma's two components in the same group
+            Unit("llava/clip_alone", (group + ALONE_GROUP_OFFSET, 2),
+                 lambda: {"clip_alone_ms": time_call(clock, clip, calls)}),
+            Unit("llava/llm_prefill_alone", (group + ALONE_GROUP_OFFSET, 3),
+                 lambda: {"llm_prefill_alone_ms": time_call(clock, prefill, calls)}),
+        ]  # fmt: skip
+    return Bench(units, rows, resident_bytes(model))
+
+
+@torch.no_grad()
+def measure(kinds: list[str], setup: dict, args) -> dict:
+    """Build the models named in `kinds` (all resident at once), run their units in interleaved rounds, and return
+    everything model-free: {"samples", "warm", "rows", "resident_bytes", "round"}. The models die with this call."""
+    benches = {kind: setup[kind]() for kind in kinds}
+    units = [u for bench in benches.values() for u in bench.units]
+    samples, warm, orders, wall = run_rounds(units, args.repeats, args.warmup)
+    rows = {name: row for bench in benches.values() for name, row in bench.rows.items()}
+    owner = {u.name: kind for kind, bench in benches.items() for u in bench.units}
+    return {"samples": samples, "warm": warm, "rows": rows,
+            "resident_bytes": {name: benches[owner[name]].resident_bytes for name in rows},
+            "round": {"models": kinds, "warmup_rounds": args.warmup, "orders": orders, "wall_s": wall}}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -469,63 +562,115 @@ def git_commit() -> str | None:
         return None
 
 
-def acceptance(results: list[dict], groma_parts: dict) -> dict:
-    """Per Groma variant (`groma_parts`: vision -> its batch-1 components): TTFT <= 1.5 x (DINOv2 alone + LLM prefill
-    alone), and decode >= 0.97 x LLaVA's per batch size. The default variant's checks keep the plain names."""
-    llava = {r["batch_size"]: r for r in results if r["model"].startswith("LLaVA")}
+def result_row(row: dict, samples: list[dict], warm: list[dict], resident: int) -> dict:
+    """A results row: medians over the repeats (with [min, max] and the per-repeat values of TTFT and decode speed);
+    peak memory = the model's parameters and buffers + the largest rise of allocated memory during one of its
+    generate runs, warm-ups included (so Groma's graph capture counts; the other model's weights do not)."""
+    ttft = [s["ttft_ms"] for s in samples]
+    decode = [s["decode_tokens_per_s"] for s in samples]
+    rises = [s["memory_rise_bytes"] for s in [*warm, *samples] if s["memory_rise_bytes"] is not None]
+    per_seq = statistics.median(decode)
+    return {
+        **row, "ttft_ms": statistics.median(ttft), "decode_ms": statistics.median(s["decode_ms"] for s in samples),
+        "decode_tokens_per_s": per_seq, "decode_tokens_per_s_total": per_seq * row["batch_size"],
+        "peak_memory_gib": (resident + max(rises)) / 2**30 if rises else None,
+        "ttft_ms_range": [min(ttft), max(ttft)], "decode_tokens_per_s_range": [min(decode), max(decode)],
+        "repeats_ttft_ms": ttft, "repeats_decode_tokens_per_s": decode,
+    }  # fmt: skip
+
+
+# Batch-1 component tables: report key -> the units whose per-repeat dicts are merged (repeat r with repeat r).
+COMPONENTS = {
+    "groma_batch1_components": ("groma/dinov2_alone", "groma/llm_prefill_alone", "groma/cuda graphs/breakdown"),
+    "groma_eager_batch1_components": ("groma/dinov2_alone", "groma/llm_prefill_alone", "groma/eager/breakdown"),
+    "llava_batch1_components": ("llava/clip_alone", "llava/llm_prefill_alone", "llava/breakdown"),
+}
+
+
+def components(samples: dict, units: tuple[str, ...]) -> tuple[dict, dict]:
+    """(medians {metric: ms}, ranges {metric: [min, max]}) over the repeats; empty if the units did not run."""
+    if not all(name in samples for name in units):
+        return {}, {}
+    per_repeat = [{k: v for name in units for k, v in samples[name][r].items()} for r in range(len(samples[units[0]]))]
+    stats = {key: spread([rep[key] for rep in per_repeat]) for key in per_repeat[0]}
+    return {k: s["median"] for k, s in stats.items()}, {k: [s["min"], s["max"]] for k, s in stats.items()}
+
+
+def check(ratios: list[float], limit: float, at_most: bool, paired: bool) -> dict:
+    """PASS/FAIL on the median of the per-repeat ratios; their range says how firmly."""
+    ratio = statistics.median(ratios)
+    return {"ratio": ratio, "limit": limit, "pass": ratio <= limit if at_most else ratio >= limit,
+            "range": [min(ratios), max(ratios)], "per_repeat": ratios, "paired": paired}  # fmt: skip
+
+
+def acceptance(samples: dict, paired: bool) -> dict:
+    """Per Groma variant: batch-1 TTFT <= 1.5 x (DINOv2 alone + LLM prefill alone), and decode >= 0.97 x LLaVA's per
+    batch size, each ratio formed within one repeat (`paired`: the units ran in the same round; with --sequential
+    repeat r of Groma meets repeat r of LLaVA, minutes apart). The default variant's checks keep the plain names."""
     checks = {}
-    for vision, parts in groma_parts.items():
+    for vision, _ in GROMA_VARIANTS:
         suffix = "" if vision == GROMA_VARIANTS[0][0] else f"_{vision.replace(' ', '_')}_vision"
-        groma = {r["batch_size"]: r for r in results if r["model"].startswith("Groma") and r["vision"] == vision}
-        if 1 in groma and parts:
-            ratio = groma[1]["ttft_ms"] / (parts["dinov2_alone_ms"] + parts["llm_prefill_alone_ms"])
-            checks[f"groma_b1_ttft_over_dinov2_plus_llm_prefill{suffix}"] = {
-                "ratio": ratio, "limit": 1.5, "pass": ratio <= 1.5,
-            }  # fmt: skip
-        for batch, row in sorted(groma.items()):
-            if batch in llava:
-                ratio = row["decode_tokens_per_s"] / llava[batch]["decode_tokens_per_s"]
-                checks[f"groma_over_llava_decode_b{batch}{suffix}"] = {"ratio": ratio, "limit": 0.97, "pass": ratio >= 0.97}
+        ttft = samples.get(f"groma/{vision}/b1")
+        if ttft and "groma/dinov2_alone" in samples:
+            bound = [d["dinov2_alone_ms"] + p["llm_prefill_alone_ms"]
+                     for d, p in zip(samples["groma/dinov2_alone"], samples["groma/llm_prefill_alone"])]  # fmt: skip
+            ratios = [s["ttft_ms"] / b for s, b in zip(ttft, bound)]
+            checks[f"groma_b1_ttft_over_dinov2_plus_llm_prefill{suffix}"] = check(ratios, 1.5, True, True)
+        for name in sorted((n for n in samples if n.startswith(f"groma/{vision}/b") and n[-1].isdigit()),
+                           key=lambda n: int(n.rsplit("/b", 1)[1])):  # fmt: skip
+            batch = name.rsplit("/b", 1)[1]
+            if f"llava/b{batch}" in samples:
+                ratios = [g["decode_tokens_per_s"] / l["decode_tokens_per_s"]
+                          for g, l in zip(samples[name], samples[f"llava/b{batch}"])]  # fmt: skip
+                checks[f"groma_over_llava_decode_b{batch}{suffix}"] = check(ratios, 0.97, False, paired)
     return checks
 
 
 def markdown(report: dict) -> str:
     meta = report["meta"]
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    span = lambda r, spec: "n/a" if r is None else f"{r[0]:{spec}}–{r[1]:{spec}}"  # noqa: E731
+    how = ("interleaved: both models resident, each repeat one round over all units in a rotated order"
+           if meta["mode"] == "interleaved" else "sequential: one model at a time")  # fmt: skip
     lines = [
         f"Device: {meta['device']} · torch {meta['torch']} · transformers {meta['transformers']} · "
         f"{meta['dtype']} · {meta['date']} · commit {meta['git_commit']}",
-        f"Command: `{meta['command']}` (median of {meta['repeats']} after {meta['warmup']} warm-up; "
-        f"{meta['new_tokens']} new tokens)",
+        f"Command: `{meta['command']}` (median of {meta['repeats']} repeats after {meta['warmup']} warm-up rounds; "
+        f"{how}; {meta['new_tokens']} new tokens; wall {meta['wall_s']:.0f} s)",
         "",
     ]
-    groma, eager = report["groma_batch1_components"], report["groma_eager_batch1_components"]
-    llava = report["llava_batch1_components"]
-    if groma or eager or llava:
+    parts = [report[key] for key in COMPONENTS]
+    ranges = [report["batch1_component_ranges"][key] for key in COMPONENTS]
+    if any(parts):
         lines += ["Batch 1, ms: each part alone, and inside TTFT (stage boundaries on the device timeline; `vision` = "
                   "DINOv2 + projector + proposer + region-encoder fusion, one CUDA-graph replay by default; the "
-                  "indented parts are inside it, measured in the eager-vision run only).", "",
-                  "| part | Groma | Groma, eager vision | LLaVA |", "|---|---:|---:|---:|"]  # fmt: skip
+                  "indented parts are inside it, measured in the eager-vision units only). Medians, then min–max over "
+                  "the repeats.", "",
+                  "| part | Groma | Groma, eager vision | LLaVA | Groma min–max | eager min–max | LLaVA min–max |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         names = ["dinov2_alone", "clip_alone", "llm_prefill_alone", "in_ttft_vision", "in_ttft_dinov2",
                  "in_ttft_projector", "in_ttft_proposer", "in_ttft_region_fuse", "in_ttft_clip", "in_ttft_region_select",
                  "in_ttft_region_extract", "in_ttft_llm_prefill", "in_ttft_other", "in_ttft_ttft"]  # fmt: skip
         inner = {"in_ttft_dinov2", "in_ttft_projector", "in_ttft_proposer", "in_ttft_region_fuse"}
         for name in names:
-            values = [part.get(f"{name}_ms") for part in (groma, eager, llava)]
+            values = [part.get(f"{name}_ms") for part in parts]
             if any(v is not None for v in values):
                 label = f"· {name}" if name in inner else name
-                lines.append(f"| {label} | " + " | ".join(fmt(v, ".2f") for v in values) + " |")
+                cells = [fmt(v, ".2f") for v in values] + [span(r.get(f"{name}_ms"), ".2f") for r in ranges]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines += [""]
     if meta["tiny"]:
         lines.append("Tiny CPU configs: a smoke run; the acceptance ratios below say nothing about the 7B shapes.")
-    for name, check in report["acceptance"].items():
-        op = "<=" if check["limit"] == 1.5 else ">="
-        lines.append(f"- {name}: {check['ratio']:.3f} {op} {check['limit']} -> {'PASS' if check['pass'] else 'FAIL'}")
+    for name, c in report["acceptance"].items():
+        op = "<=" if c["limit"] == 1.5 else ">="
+        pairing = "paired" if c["paired"] else "unpaired (--sequential)"
+        lines.append(f"- {name}: {c['ratio']:.3f} {op} {c['limit']} -> {'PASS' if c['pass'] else 'FAIL'} (median of "
+                     f"{len(c['per_repeat'])} {pairing} per-repeat ratios, range {c['range'][0]:.3f}–{c['range'][1]:.3f})")  # fmt: skip
     lines += [
         "",
         "| model | batch | visual tokens | prompt tokens | TTFT ms | decode tok/s per seq | decode tok/s total "
-        "| peak mem GiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak mem GiB | TTFT ms min–max | decode tok/s per seq min–max |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         visual = str(r["visual_tokens"])
@@ -535,7 +680,8 @@ def markdown(report: dict) -> str:
         model = f"{r['model']}, {r['vision']} vision" if "vision" in r else r["model"]
         lines.append(
             f"| {model} | {r['batch_size']} | {visual} | {r['prompt_tokens']} | {r['ttft_ms']:.1f} | "
-            f"{r['decode_tokens_per_s']:.1f} | {r['decode_tokens_per_s_total']:.1f} | {fmt(r['peak_memory_gib'], '.2f')} |"
+            f"{r['decode_tokens_per_s']:.1f} | {r['decode_tokens_per_s_total']:.1f} | {fmt(r['peak_memory_gib'], '.2f')} | "
+            f"{span(r['ttft_ms_range'], '.1f')} | {span(r['decode_tokens_per_s_range'], '.1f')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -545,13 +691,21 @@ def parse_args(argv=None):
     parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU in fp32 (a smoke run, seconds)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds; each metric's median and ratio over them")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds over all units first")
+    parser.add_argument("--component-calls", type=int, default=3,
+                        help="calls per repeat of a component timed alone (DINOv2, CLIP, LLM prefill); their median")
+    parser.add_argument("--sequential", action="store_true",
+                        help="one model at a time (build, measure, free): for GPUs that cannot hold both")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT if set, else none)")
     parser.add_argument("--models", nargs="+", choices=("groma", "llava"), default=["groma", "llava"])
     args = parser.parse_args(argv)
-    if args.new_tokens < 2 or args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
-        parser.error("need --new-tokens >= 2, --repeats >= 1, --warmup >= 0 and positive batch sizes")
+    if args.new_tokens < 2 or args.repeats < 1 or args.warmup < 0 or args.component_calls < 1 or min(args.batch_sizes) < 1:
+        parser.error("need --new-tokens >= 2, --repeats >= 1, --warmup >= 0, --component-calls >= 1 and positive "
+                     "batch sizes")  # fmt: skip
+    if len(set(args.batch_sizes)) != len(args.batch_sizes):
+        parser.error(f"--batch-sizes must not repeat a size: {args.batch_sizes}")
+    args.models = [m for m in ("groma", "llava") if m in args.models]  # fixed order, no duplicates
     return args
 
 
@@ -569,14 +723,20 @@ def main(argv=None) -> dict:
         groma_config, llava_config = tiny_configs(base_vocab)
     else:
         groma_config, llava_config = GromaConfig(), llava_7b_config()
+    setup = {"groma": lambda: groma_bench(groma_config, tok, base_vocab, args, device, dtype, clock),
+             "llava": lambda: llava_bench(llava_config, tok, args, device, dtype, clock)}  # fmt: skip
 
-    results, groma_parts, llava_parts = [], {}, {}
-    if "groma" in args.models:
-        rows, groma_parts = run_groma(groma_config, tok, base_vocab, args, device, dtype, clock)
-        results += rows
-    if "llava" in args.models:
-        rows, llava_parts = run_llava(llava_config, tok, args, device, dtype, clock)
-        results += rows
+    start = time.perf_counter()
+    runs = []
+    for kinds in ([[m] for m in args.models] if args.sequential else [args.models]):
+        runs.append(measure(kinds, setup, args))
+        release(device)  # the models of this call are gone: give their memory back before the next build
+    samples = {name: s for run in runs for name, s in run["samples"].items()}
+    results = [result_row(row, run["samples"][name], run["warm"][name], run["resident_bytes"][name])
+               for run in runs for name, row in run["rows"].items()]  # fmt: skip
+    for row in results:
+        print(json.dumps({k: v for k, v in row.items() if not k.startswith("repeats_")}), flush=True)
+    parts = {key: components(samples, units) for key, units in COMPONENTS.items()}
 
     report = {
         "meta": {
@@ -585,15 +745,19 @@ def main(argv=None) -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "git_commit": git_commit(), "command": " ".join(["python benchmarks/groma_speed.py", *(argv if argv is not None else sys.argv[1:])]),
             "batch_sizes": args.batch_sizes, "new_tokens": args.new_tokens, "repeats": args.repeats,
-            "warmup": args.warmup, "tiny": args.tiny,
+            "warmup": args.warmup, "component_calls": args.component_calls, "tiny": args.tiny,
+            "mode": "sequential" if args.sequential else "interleaved", "wall_s": time.perf_counter() - start,
             "prompt_note": "toy Llama-style tokenizer on the Groma template (about one token per word); Groma's "
                            "added tokens remapped to ids 32000+k; LLaVA: 'USER: <image>\\n{question} ASSISTANT:'",
+            "memory_note": "peak_memory_gib = the model's parameters and buffers + the largest rise of allocated "
+                           "memory during one of its generate runs (warm-ups included)",
         },  # fmt: skip
         "results": results,
-        "groma_batch1_components": groma_parts.get(GROMA_VARIANTS[0][0], {}),
-        "groma_eager_batch1_components": groma_parts.get(GROMA_VARIANTS[1][0], {}),
-        "llava_batch1_components": llava_parts,
-        "acceptance": acceptance(results, groma_parts),
+        **{key: medians for key, (medians, _) in parts.items()},
+        "batch1_component_ranges": {key: ranges for key, (_, ranges) in parts.items()},
+        "acceptance": acceptance(samples, paired=not args.sequential),
+        "rounds": [run["round"] for run in runs],
+        "samples": samples,
     }
     text = markdown(report)
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else args.out

@@ -1,5 +1,6 @@
-"""benchmarks/groma_speed.py: the `--tiny` CPU run produces the report's keys; the 7B-shape inputs and configs have
-the layout the GPU run measures (checked without building the 7B models)."""
+"""benchmarks/groma_speed.py: the `--tiny` CPU run produces the report's keys, interleaves the units in rotated
+orders and pairs the acceptance ratios within a repeat; the 7B-shape inputs and configs have the layout the GPU run
+measures (checked without building the 7B models)."""
 
 import importlib.util
 import json
@@ -12,6 +13,14 @@ from groundvlm.modeling import GromaConfig
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "groma_speed.py"
 
+# the base order of one round at batch sizes (1, 2): per batch size Groma with graphs, Groma eager, LLaVA; then the
+# three batch-1 TTFT breakdowns; then the four components alone
+BASE_ORDER = [
+    "groma/cuda graphs/b1", "groma/eager/b1", "llava/b1", "groma/cuda graphs/b2", "groma/eager/b2", "llava/b2",
+    "groma/cuda graphs/breakdown", "groma/eager/breakdown", "llava/breakdown",
+    "groma/dinov2_alone", "groma/llm_prefill_alone", "llava/clip_alone", "llava/llm_prefill_alone",
+]  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def bench():
@@ -21,26 +30,48 @@ def bench():
     return module
 
 
+def test_rotated_orders(bench):
+    assert bench.rotated_orders(["A", "B", "C"], 4) == [["A", "B", "C"], ["B", "C", "A"], ["C", "A", "B"],
+                                                        ["A", "B", "C"]]  # fmt: skip
+
+
 def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
     monkeypatch.delenv("OUT", raising=False)
-    argv = ["--tiny", "--batch-sizes", "1", "2", "--new-tokens", "3", "--repeats", "1", "--warmup", "0",
+    # two repeats: their median is their mean, so sums of medians still add up like the per-repeat values
+    argv = ["--tiny", "--batch-sizes", "1", "2", "--new-tokens", "3", "--repeats", "2", "--warmup", "1",
             "--out", str(tmp_path)]  # fmt: skip
     report = bench.main(argv)
     assert json.loads((tmp_path / "groma_speed.json").read_text()) == json.loads(json.dumps(report))
     assert set(report) == {"meta", "results", "groma_batch1_components", "groma_eager_batch1_components",
-                           "llava_batch1_components", "acceptance"}  # fmt: skip
+                           "llava_batch1_components", "batch1_component_ranges", "acceptance", "rounds", "samples"}  # fmt: skip
     assert {"device", "torch", "transformers", "date", "git_commit", "dtype", "command"} <= set(report["meta"])
     assert report["meta"]["tiny"] and report["meta"]["command"].endswith(" ".join(argv))
+    assert report["meta"]["mode"] == "interleaved" and report["meta"]["repeats"] == 2
 
-    rows = {(r["model"].split()[0], r.get("vision"), r["batch_size"]): r for r in report["results"]}
-    assert len(rows) == len(report["results"]) == 6
-    assert set(rows) == {("Groma", v, b) for v in ("cuda graphs", "eager") for b in (1, 2)} | {
-        ("LLaVA", None, 1), ("LLaVA", None, 2)}  # fmt: skip
+    # one round set over both models; repeat 2 runs the base order rotated by one
+    (rounds,) = report["rounds"]
+    assert rounds["models"] == ["groma", "llava"] and rounds["warmup_rounds"] == 1
+    assert rounds["orders"] == [BASE_ORDER, BASE_ORDER[1:] + BASE_ORDER[:1]]
+    samples = report["samples"]
+    assert set(samples) == set(BASE_ORDER) and all(len(v) == 2 for v in samples.values())
+
+    results = report["results"]
+    assert [(r["model"].split()[0], r.get("vision"), r["batch_size"]) for r in results] == [
+        ("Groma", "cuda graphs", 1), ("Groma", "cuda graphs", 2), ("Groma", "eager", 1), ("Groma", "eager", 2),
+        ("LLaVA", None, 1), ("LLaVA", None, 2)]  # fmt: skip
+    rows = {(r["model"].split()[0], r.get("vision"), r["batch_size"]): r for r in results}
     keys = {"visual_tokens", "prompt_tokens", "ttft_ms", "decode_tokens_per_s", "decode_tokens_per_s_total",
-            "peak_memory_gib", "regions_selected", "attended_prompt_tokens"}  # fmt: skip
-    for (name, _, batch), row in rows.items():
+            "peak_memory_gib", "regions_selected", "attended_prompt_tokens", "ttft_ms_range",
+            "decode_tokens_per_s_range", "repeats_ttft_ms", "repeats_decode_tokens_per_s"}  # fmt: skip
+    for (name, vision, batch), row in rows.items():
         assert keys <= set(row)
-        assert row["ttft_ms"] > 0 and row["decode_tokens_per_s"] > 0
+        unit = f"llava/b{batch}" if name == "LLaVA" else f"groma/{vision}/b{batch}"
+        ttft = [s["ttft_ms"] for s in samples[unit]]
+        assert row["repeats_ttft_ms"] == ttft and row["ttft_ms"] == pytest.approx((ttft[0] + ttft[1]) / 2)
+        assert row["ttft_ms_range"] == [min(ttft), max(ttft)]
+        decode = row["repeats_decode_tokens_per_s"]
+        assert decode == [2 / (s["decode_ms"] / 1e3) for s in samples[unit]]  # 3 new tokens: 2 steps after the first
+        assert row["decode_tokens_per_s"] == pytest.approx(sum(decode) / 2) and min(decode) > 0
         assert row["decode_tokens_per_s_total"] == pytest.approx(batch * row["decode_tokens_per_s"])
         assert row["peak_memory_gib"] is None  # CPU: no CUDA allocator statistics
         assert len(row["attended_prompt_tokens"]) == batch
@@ -58,22 +89,55 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
 
     top = {"dinov2_alone_ms", "llm_prefill_alone_ms", "in_ttft_vision_ms", "in_ttft_region_select_ms",
            "in_ttft_region_extract_ms", "in_ttft_llm_prefill_ms", "in_ttft_other_ms", "in_ttft_ttft_ms"}  # fmt: skip
-    assert top <= set(report["groma_batch1_components"])
-    eager = report["groma_eager_batch1_components"]
+    graphs, eager = report["groma_batch1_components"], report["groma_eager_batch1_components"]
+    assert top <= set(graphs)
     assert top | {"in_ttft_dinov2_ms", "in_ttft_proposer_ms", "in_ttft_region_fuse_ms"} <= set(eager)
+    # DINOv2 and the LLM prefill alone are one measurement shared by both variants
+    dinov2 = [s["dinov2_alone_ms"] for s in samples["groma/dinov2_alone"]]
+    assert graphs["dinov2_alone_ms"] == eager["dinov2_alone_ms"] == pytest.approx(sum(dinov2) / 2)
+    assert report["batch1_component_ranges"]["groma_batch1_components"]["dinov2_alone_ms"] == [min(dinov2), max(dinov2)]
     # the disjoint top-level stages and `other` add up to TTFT; the vision modules fit inside `vision`
     stages = ("vision", "region_select", "region_extract", "llm_prefill", "other")
     assert sum(eager[f"in_ttft_{s}_ms"] for s in stages) == pytest.approx(eager["in_ttft_ttft_ms"])
     inner = sum(eager[f"in_ttft_{s}_ms"] for s in ("dinov2", "projector", "proposer", "region_fuse"))
     assert inner <= eager["in_ttft_vision_ms"]
     assert {"clip_alone_ms", "llm_prefill_alone_ms"} <= set(report["llava_batch1_components"])
-    assert set(report["acceptance"]) == {
+
+    checks = report["acceptance"]
+    assert set(checks) == {
         "groma_b1_ttft_over_dinov2_plus_llm_prefill", "groma_over_llava_decode_b1", "groma_over_llava_decode_b2",
         "groma_b1_ttft_over_dinov2_plus_llm_prefill_eager_vision", "groma_over_llava_decode_b1_eager_vision",
         "groma_over_llava_decode_b2_eager_vision",
     }  # fmt: skip
+    # ratios are formed within each repeat from that repeat's samples, then their median decides
+    prefill = [s["llm_prefill_alone_ms"] for s in samples["groma/llm_prefill_alone"]]
+    ttft_ratios = [s["ttft_ms"] / (d + p) for s, d, p in zip(samples["groma/eager/b1"], dinov2, prefill)]
+    # the same token count for both: Groma's tok/s over LLaVA's = LLaVA's decode time over Groma's
+    decode_ratios = [l["decode_ms"] / g["decode_ms"] for g, l in zip(samples["groma/cuda graphs/b2"], samples["llava/b2"])]
+    for name, expected, limit in (("groma_b1_ttft_over_dinov2_plus_llm_prefill_eager_vision", ttft_ratios, 1.5),
+                                  ("groma_over_llava_decode_b2", decode_ratios, 0.97)):  # fmt: skip
+        c = checks[name]
+        assert c["per_repeat"] == pytest.approx(expected) and c["paired"] and c["limit"] == limit
+        assert c["ratio"] == pytest.approx(sum(expected) / 2) and c["range"] == pytest.approx([min(expected), max(expected)])
+        assert c["pass"] == (c["ratio"] <= 1.5 if limit == 1.5 else c["ratio"] >= 0.97)
     markdown = (tmp_path / "groma_speed.md").read_text()
+    line = f"- groma_over_llava_decode_b2: {checks['groma_over_llava_decode_b2']['ratio']:.3f} >= 0.97 -> "
+    assert any(row.startswith(line) for row in markdown.splitlines())
     assert markdown.rstrip().splitlines()[-1].startswith("| LLaVA (tiny) | 2 |")  # the results table comes last
+
+
+def test_sequential_run_does_not_pair_across_models(bench, monkeypatch):
+    monkeypatch.delenv("OUT", raising=False)
+    report = bench.main(["--tiny", "--sequential", "--batch-sizes", "1", "--new-tokens", "2", "--repeats", "1",
+                         "--warmup", "0", "--component-calls", "1"])  # fmt: skip
+    assert report["meta"]["mode"] == "sequential"
+    assert [r["models"] for r in report["rounds"]] == [["groma"], ["llava"]]
+    checks = report["acceptance"]
+    assert checks["groma_b1_ttft_over_dinov2_plus_llm_prefill"]["paired"]  # both parts of Groma's own round
+    assert not checks["groma_over_llava_decode_b1"]["paired"]
+    decode = checks["groma_over_llava_decode_b1"]
+    groma, llava = report["samples"]["groma/cuda graphs/b1"][0], report["samples"]["llava/b1"][0]
+    assert decode["per_repeat"] == pytest.approx([llava["decode_ms"] / groma["decode_ms"]]) == [decode["ratio"]]
 
 
 def test_7b_inputs_and_configs_have_the_measured_layout(bench):
