@@ -45,6 +45,9 @@ ARTEFACTS = (
     + tuple(f"tokenizer-{f}" for f in FAMILIES)
     + tuple(f"lm-{n}" for n in LM_NAMES)
     + tuple(f"vision-{k}" for k in VISION_KINDS)
+    # The caption-only VL-LLM (VPGTrans trained from scratch on position-free captions) that PIN runs on. The cpu
+    # preset copies the committed GPU-built checkpoint (recipes/toy_checkpoints/vlm-caption, DESIGN §4).
+    + ("vlm-caption",)
 )
 # What the main job (PIN on a BLIP-2-style OPT VLM) needs; the default of `build`.
 MAIN_ARTEFACTS = ("data", "tokenizer-opt", "lm-opt-small", "vision-blip2")
@@ -179,6 +182,11 @@ def _spec(name: str, preset: str) -> dict:
         spec["scenes_per_split"] = p.data_scenes_per_split
     elif name.startswith("tokenizer-"):
         spec["corpus_scenes"] = p.corpus_scenes
+    elif name == "vlm-caption":
+        from .vpgtrans_captioner import COMMITTED_CHECKPOINT
+
+        committed = COMMITTED_CHECKPOINT / "captioner.json"
+        spec["committed"] = hashlib.sha256(committed.read_bytes()).hexdigest()[:16] if committed.is_file() else None
     elif name.startswith("lm-"):
         lm = name[3:]
         spec.update(
@@ -383,6 +391,10 @@ def _build(name: str, preset: str, folder: Path, deps: dict[str, Path]) -> dict:
         return _build_tokenizer(folder, name.split("-", 1)[1], p)
     if name.startswith("lm-"):
         return _build_lm(folder, name[3:], deps[dependencies(name)[0]], p)
+    if name == "vlm-caption":
+        from .vpgtrans_captioner import build_caption_asset
+
+        return build_caption_asset(folder, preset)
     return _build_vision(folder, name.split("-", 1)[1], p)
 
 
