@@ -59,13 +59,8 @@ import transformers
 from PIL import Image
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import groundvlm.modeling  # noqa: F401
-except ImportError:  # a bare checkout (e.g. the GPU machine): map the namespace onto it, as pyproject's package-dir
-    _pkg = types.ModuleType("groundvlm")
-    _pkg.__path__ = [str(ROOT)]
-    sys.modules["groundvlm"] = _pkg
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _checkout import ROOT  # noqa: E402  (makes groundvlm importable from a bare checkout)
 
 from groundvlm.modeling import GromaConfig, GromaForConditionalGeneration  # noqa: E402
 from groundvlm.processing import GromaImageProcessor, GromaProcessor, add_groma_tokens, build_groma_prompt  # noqa: E402

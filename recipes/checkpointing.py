@@ -73,10 +73,21 @@ def save_safetensors_atomic(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().contiguous() for key, value in state_dict.items()}
+    replace_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    _fsync_dir(path.parent)
+    return path
+
+
+def replace_atomically(path: Path, write) -> None:
+    """Call `write(tmp_path)` on a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    A reader sees either the old file or the whole new one, never a part; on any error the temporary file is
+    removed and the old file is left as it was.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -84,8 +95,6 @@ def save_safetensors_atomic(
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def _overlapping_entries(state_dict: dict[str, torch.Tensor]) -> list[tuple[str, str]]:

@@ -22,13 +22,14 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 from accelerate import PartialState
+
+from groundvlm.recipes.checkpointing import replace_atomically
 
 logger = logging.getLogger("groundvlm")
 
@@ -125,17 +126,7 @@ def environment_facts() -> dict[str, Any]:
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` so that a reader sees either the old file or the whole new one, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def attach_log_file(run_dir: str | os.PathLike) -> Path:

@@ -31,7 +31,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .toy_lms import LM_FAMILY, LM_NAMES, LMSize
@@ -113,25 +113,6 @@ PRESETS = {
         vision_eval_images=1024,
         render_workers=min(16, os.cpu_count() or 1),
     ),
-    # The cpu preset's model sizes trained with the GPU budget: small enough to commit (DESIGN §4, <= 10 MB) and
-    # to run on 2 CPU cores, trained long enough to see. The committed caption VL-LLM is built from these.
-    "gpu-small": Preset(
-        device="cuda",
-        bf16=True,
-        data_scenes_per_split=200,
-        corpus_scenes=10000,
-        lm_sizes={"opt-small": LMSize(128, 4, 4), "opt-base": LMSize(256, 4, 4), "llama": LMSize(128, 4, 4), "t5": LMSize(128, 2, 4)},
-        lm_steps=3000,
-        lm_batch=256,
-        lm_lr=2e-3,
-        lm_eval_texts=1024,
-        vision_images=60000,
-        vision_steps=3000,
-        vision_batch=256,
-        vision_lr=2e-3,
-        vision_eval_images=1024,
-        render_workers=min(16, os.cpu_count() or 1),
-    ),
     # Seconds-sized builds for tests: same code paths, tiny models and a handful of steps.
     "test": Preset(
         device="cpu",
@@ -151,6 +132,25 @@ PRESETS = {
         vision_eval_images=8,
     ),
 }
+
+
+# The cpu preset's model sizes trained with the GPU budget: small enough to commit (DESIGN §4, <= 10 MB) and to run
+# on 2 CPU cores, trained long enough to see. The committed caption VL-LLM is built from these.
+PRESETS["gpu-small"] = replace(
+    PRESETS["cpu"],
+    device="cuda",
+    bf16=True,
+    corpus_scenes=PRESETS["gpu"].corpus_scenes,
+    lm_steps=PRESETS["gpu"].lm_steps,
+    lm_batch=PRESETS["gpu"].lm_batch,
+    lm_eval_texts=PRESETS["gpu"].lm_eval_texts,
+    vision_images=PRESETS["gpu"].vision_images,
+    vision_steps=PRESETS["gpu"].vision_steps,
+    vision_batch=PRESETS["gpu"].vision_batch,
+    vision_lr=PRESETS["gpu"].vision_lr,
+    vision_eval_images=PRESETS["gpu"].vision_eval_images,
+    render_workers=PRESETS["gpu"].render_workers,
+)
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
