@@ -23,7 +23,8 @@ QUESTIONS = ("Describe the image briefly.", "What is this?", "Where is the red s
 def groma_tokenizer():
     """Toy Llama tokenizer (`<unk>`, `<s>`, `</s>` = 0, 1, 2) trained on Groma's prompt text, + Groma's tokens."""
     corpus = [SYSTEM_PROMPT, FIRST_USER_TURN, FIRST_ASSISTANT_TURN, *QUESTIONS, " ".join(WORDS)] * 4
-    tokenizer = train_tokenizer("llama", corpus)
+    # vocab_size above the saturated size: keep every word whole (the default trims the LLaMA-style vocabulary)
+    tokenizer = train_tokenizer("llama", corpus, vocab_size=1_000_000)
     add_groma_tokens(tokenizer)
     return tokenizer
 

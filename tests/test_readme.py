@@ -348,15 +348,21 @@ def test_run_folders_chain(parsed_commands):
     assert mentioned <= written, f"README mentions runs/ paths no command writes: {sorted(mentioned - written)}"
 
 
-@pytest.mark.xfail(strict=True, reason="groundvlm.recipes.toyworld cannot build the 'vlm-caption' asset yet, so the "
-                   "toy default of recipes/pin.py fails; remove this mark once it can")  # fmt: skip
-def test_pin_default_base_asset_is_buildable(parsed_commands):
+def test_pin_default_base_asset_is_buildable(parsed_commands, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
     from groundvlm.recipes import pin, toyworld
 
     (command,) = [c for c, _ in parsed_commands if "toy asset" in c.comment]
     (asset,) = re.findall(r'toy asset "([\w-]+)"', command.comment)
     assert pin.DEFAULT_BASE_ASSET == asset
     assert asset in toyworld.ARTEFACTS
+    # The cpu preset copies the committed GPU-built checkpoint (no training on the CPU), which loads as a VL-LLM.
+    folder = toyworld.toy_asset(asset, "cpu", cache_dir=tmp_path, verbose=False)
+    assert toyworld.read_build_info(folder)["metrics"]["source"] == "committed"
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    assert type(model).__name__ == "VPGTransModel" and type(processor).__name__ == "VPGTransProcessor"
 
 
 # ------------------------------------------------------------------------------------------- the Python snippets

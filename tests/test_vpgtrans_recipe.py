@@ -356,7 +356,7 @@ def test_every_shipped_config_parses(config, tmp_path):
         (RunArguments, VPGTransArguments, TA), ["--config", config, "--output_dir", str(tmp_path), "--bf16", "false", "--fp16", "false"],  # no GPU here
         recipe="vpgtrans",
     )
-    assert args.stage in STAGES and run.preset in ("cpu", "gpu")
+    assert args.stage in STAGES and run.preset in ("cpu", "gpu", "gpu-small")
     if args.stage == "stage1":
         assert training.num_train_epochs == 1 and training.warmup_steps == 0 and args.stage1_lr_multiplier == 5.0
     if config.startswith("paper_") and args.stage != "converter":
