@@ -25,12 +25,15 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-HUB_CARDS_DIR = Path(__file__).resolve().parents[2] / "hub_cards"
+# hub_cards/ is installed as the data package `groundvlm.hub_cards` (pyproject), so the templates are found from a
+# checkout, an editable install and a wheel alike.
+HUB_CARDS_DIR = Path(next(iter(importlib.util.find_spec("groundvlm.hub_cards").submodule_search_locations)))
 TOY_WORLD_DATASET = "groundvlm-toyworld"  # dataset id used when results do not name their dataset
 
 
