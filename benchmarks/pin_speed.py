@@ -322,7 +322,7 @@ def parse_args(argv=None):
                         help=f"default: bfloat16 for {SHAPE}, the checkpoint's own dtype otherwise")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="generate batch sizes")
     parser.add_argument("--new-tokens", type=int, default=12, help="tokens generated per call (PIN's eval: 12)")
-    parser.add_argument("--calls", type=int, default=3, help="generate calls per inference unit and repeat (median)")
+    parser.add_argument("--calls", type=int, default=5, help="generate calls per inference unit and repeat (median)")
     parser.add_argument("--train-batch-size", type=int, default=8)
     parser.add_argument("--train-steps", type=int, default=5, help="optimizer steps per training unit and repeat")
     parser.add_argument("--repeats", type=int, default=7)
