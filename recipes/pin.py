@@ -92,10 +92,10 @@ class PinArguments:
         default=None, metadata={"help": "With objects_dir: categories kept out of training (evaluated zero-shot)."}
     )
     scene_seed: int = field(default=0, metadata={"help": "Seed of the scene composition."})
-    train_images: int = field(default=1500, metadata={"help": "Images per training pool (curriculum and main)."})
+    train_images: int = field(default=2000, metadata={"help": "Images per training pool (curriculum and main)."})
     val_images: int = field(default=60, metadata={"help": "Validation images (training categories, new images)."})
     test_images: int = field(default=100, metadata={"help": "Test images of the held-out categories."})
-    epochs: int = field(default=4, metadata={"help": "Passes over the training pool (the reference: 160 x 60k)."})
+    epochs: int = field(default=30, metadata={"help": "Passes over the training pool (the reference: 160 x 60k)."})
     name_reconstruction_fraction: float = field(
         default=0.25, metadata={"help": "Fraction of the passes with exactly curriculum_num_objects objects and "
                                 "the loss also on the name (the reference: the first quarter)."},

@@ -187,3 +187,26 @@ def test_main_end_to_end_writes_table_and_png(tok, tmp_path, monkeypatch):
     assert "| PIN (ours) |" in table and "| full-image box |" in table
     assert Image.open(out / "predictions.png").size[0] > 0
     assert results["full_image"]["held_out"]["parse_ok"] == 1.0
+
+
+def test_toy_cpu_yaml_spells_out_the_no_argument_defaults():
+    """`accelerate launch recipes/pin.py` with no arguments runs the dataclass defaults; recipes/pin/toy_cpu.yaml
+    documents them. They must not drift apart."""
+    import dataclasses
+
+    import yaml
+
+    from groundvlm.recipes.arguments import resolve_config_path
+    from groundvlm.recipes.pin import PinArguments, PinTrainingArguments
+
+    spelled = yaml.safe_load(resolve_config_path("pin", "toy_cpu").read_text())
+    def default(f):
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+    defaults = {f.name: default(f) for f in dataclasses.fields(PinArguments)}
+    training = {f.name: default(f) for f in dataclasses.fields(PinTrainingArguments)}
+    for key, value in spelled.items():
+        if key in defaults:
+            assert defaults[key] == value, key
+        elif key in training and key not in ("use_cpu",):
+            assert training[key] == value, key
