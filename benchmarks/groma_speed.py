@@ -754,14 +754,18 @@ def main(argv=None) -> dict:
         "rounds": [run["round"] for run in runs],
         "samples": samples,
     }
-    text = markdown(report)
-    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else args.out
+    write_report("groma_speed", report, markdown(report), args.out)
+    return report
+
+
+def write_report(name: str, report: dict, text: str, out: Path | None) -> None:
+    """Print the markdown and write `<name>.json` + `<name>.md` to $OUT (the device tool's folder) or `out`."""
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else out
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "groma_speed.json").write_text(json.dumps(report, indent=2))
-        (out_dir / "groma_speed.md").write_text(text)
+        (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
+        (out_dir / f"{name}.md").write_text(text)
     print(text, end="")
-    return report
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -60,7 +59,9 @@ from transformers import Blip2Config, Blip2ForConditionalGeneration, BlipImagePr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _checkout import ROOT  # noqa: E402  (makes groundvlm importable from a bare checkout)
-from groma_speed import Clock, Unit, build_context, check, git_commit, release, run_rounds, spread  # noqa: E402
+from groma_speed import (  # noqa: E402
+    Clock, Unit, build_context, check, git_commit, release, run_rounds, spread, write_report,
+)
 
 from groundvlm.modeling import PinForLocalization  # noqa: E402
 from groundvlm.processing import PinProcessor  # noqa: E402
@@ -381,13 +382,7 @@ def main(argv=None) -> dict:
         "rounds": {"orders": orders, "warmup_rounds": args.warmup, "wall_s": wall},
         "samples": samples,
     }
-    text = markdown(report)
-    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else args.out
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "pin_speed.json").write_text(json.dumps(report, indent=2))
-        (out_dir / "pin_speed.md").write_text(text)
-    print(text, end="")
+    write_report("pin_speed", report, markdown(report), args.out)
     return report
 
 
