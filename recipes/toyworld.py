@@ -92,7 +92,7 @@ PRESETS = {
         vision_steps=300,
         vision_batch=32,
     ),
-    # One accelerator (sizes of the H200 probe, specs/toy_world_notes.md): bigger models, more steps, bf16.
+    # One accelerator (sizes of the H200 probe, a feasibility probe run before this project): bigger models, more steps, bf16.
     "gpu": Preset(
         device="cuda",
         bf16=True,

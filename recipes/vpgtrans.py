@@ -198,7 +198,7 @@ def build_from_scratch(args: VPGTransArguments, vision_path: str, lm_path: str):
     """The `tfs` VL-LLM: pretrained ViT + pretrained LLM, a new (or BLIP-like pretrained) Q-Former and projector.
 
     The Q-Former gets a real initialisation (std 0.02, queries N(0, 0.02)); BLIP-2's vision config default of
-    1e-10 is for loading weights only (specs/toy_world_notes.md)."""
+    1e-10 is for loading weights only (a feasibility probe run before this project; its notes live outside this repo)."""
     vision = Blip2VisionModel.from_pretrained(vision_path)
     lm, tokenizer = load_language_model(lm_path)
     processor = VPGTransProcessor(

@@ -7,7 +7,7 @@ Frozen toy BLIP-2 ViT (`vision-blip2`), toy OPT LM (`lm-opt-small`), Q-Former + 
 captions that never mention positions. PIN uses it as its frozen base VLM: it must *see* (name the objects of
 held-out images) but has never been taught to localise.
 
-A probe found (specs/toy_world_notes.md) that with the tiny toy LM frozen, generative-only caption training
+A probe found (a feasibility probe run before this project; its notes live outside this repo) that with the tiny toy LM frozen, generative-only caption training
 learns shapes but collapses colours (name recall 0.12). Two remedies are available here:
 - `unfreeze_lm` + `text_replay_weight` (the default of the captioner configs): the toy LM adapts while replaying
   its own pretraining text, so it keeps the box/number language PIN relies on (probe: recall 0.96, box parse 87%);
