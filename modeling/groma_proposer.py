@@ -21,13 +21,8 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
     DeformableDetrDecoderLayer,
     DeformableDetrEncoderLayer,
     DeformableDetrMLPPredictionHead,
+    inverse_sigmoid,  # logit with the reference's clamping (eps 1e-5)
 )
-
-
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """logit(x) with the reference's clamping (x in [0, 1], both x and 1 - x floored at `eps`)."""
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 class GromaChannelLayerNorm(nn.Module):

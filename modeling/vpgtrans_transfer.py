@@ -171,8 +171,9 @@ def input_word_embeddings(language_model: PreTrainedModel) -> torch.Tensor:
     decoder = getattr(getattr(language_model, "model", None), "decoder", None)
     project_in = getattr(decoder, "project_in", None)
     if project_in is not None:
-        with torch.no_grad():
-            weight = project_in.float()(weight)
+        # F.linear on fp32 copies: `project_in.float()` would convert the caller's module in place.
+        bias = None if project_in.bias is None else project_in.bias.detach().float()
+        weight = F.linear(weight, project_in.weight.detach().float(), bias)
     return weight
 
 

@@ -459,7 +459,7 @@ def run_converter(args: VPGTransArguments, training_args: TrainingArguments, run
     target_lm, target_tokenizer = load_language_model(lm_path)
     data = train_data(args, training_args.seed)
     n = min(args.converter_captions, len(data))
-    captions = [data[i]["text"] for i in range(n)] if args.dataset != "toy" else _toy_caption_texts(n, training_args.seed)
+    captions = [data[i]["text"] for i in range(n)]
     pairs = pair_caption_tokens(captions, source_tokenizer, target_tokenizer)
     losses = []
     converter = train_word_converter(
@@ -480,16 +480,6 @@ def run_converter(args: VPGTransArguments, training_args: TrainingArguments, run
         "same_tokenizer": pairs.same_tokenizer, "first_loss": losses[0], "final_loss": losses[-1],
     })  # fmt: skip
     return run_dir / MODEL_DIR
-
-
-def _toy_caption_texts(n: int, seed: int) -> list[str]:
-    """Caption text only (no image rendering needed): the toy captions of scenes 0..n-1."""
-    import numpy as np
-    from groundvlm.modeling.vpgtrans_transfer import pre_caption
-    from groundvlm.recipes.data import ToyWorld, texts
-
-    world = ToyWorld(seed=seed, split="all")
-    return [pre_caption(texts.caption(world.scene(i), np.random.default_rng((seed, i)))) for i in range(n)]
 
 
 class _PretrainCollator:
