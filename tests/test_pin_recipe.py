@@ -210,3 +210,15 @@ def test_toy_cpu_yaml_spells_out_the_no_argument_defaults():
             assert defaults[key] == value, key
         elif key in training and key not in ("use_cpu",):
             assert training[key] == value, key
+
+
+def test_center_correlation_separates_localising_from_constant_boxes():
+    from groundvlm.recipes.pin_eval import center_correlation
+
+    refs = [[0, 0, 20, 20], [40, 10, 60, 30], [80, 50, 100, 90]]  # centres x 10, 50, 90; y 10, 20, 70
+    # x centres 20, 50, 80 (r = 1 with 10/50/90); y centres 10, 40, 40: r(y) = 700 / sqrt(2066.67 * 600) = 0.628619 (by hand)
+    preds = [[10, 0, 30, 20], [40, 30, 60, 50], [70, 30, 90, 50]]
+    assert center_correlation(preds, refs) == pytest.approx((1.0 + 0.6286186) / 2, abs=1e-6)
+    assert np.isnan(center_correlation([[0, 0, 112, 112]] * 3, refs))  # the full-image box carries no signal
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        center_correlation([[0, 0, 1]], [[0, 0, 1]])
