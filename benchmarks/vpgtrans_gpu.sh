@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The toy VPGTrans experiment (issue 3; benchmarks/vpgtrans_transfer.py) in ONE device call on one H200 (<= 600 s
+# wall, a fresh machine): transfer across size (OPT-small -> OPT-base) and across type (OPT-small -> T5), each with
+# TFS, VPGInherit and VPGTrans, all six as parallel processes (the tiny models leave the GPU launch-bound; the CPU
+# cores render the toy images), then the report (Table 3 form + Fig. 7).
+#
+# Source: the committed caption VL-LLM recipes/toy_checkpoints/vlm-caption (built on gpu-small toy assets). Targets:
+# the gpu-small toy LMs lm-opt-base (256x4, same tokenizer as the source) and lm-t5 (128, 2+2 layers, T5 tokenizer),
+# built here by the first run process of each transfer (the others wait on the build lock). tokenizer-opt comes with
+# the carried cache (built from the same corpus as the source's); tokenizer-t5 is built here (~10 s).
+#
+#   device call, repo root, carry [".whl", "runs/cache/toyworld/gpu-small"]:
+#     GIT_COMMIT=<sha> bash benchmarks/vpgtrans_gpu.sh
+#   results -> $OUT (else runs/vpgtrans/gpu_results): results.json results.md fig7_size.png fig7_type.png logs.tar.gz
+#
+# Plan of one call (estimates, not measurements: gpu-small opt-small LM build 82 s, ViT 177 s on an H200):
+#   0-20 s pip install of .whl, imports | 20-150 s lm-opt-base (~100 s) and tokenizer-t5 + lm-t5 (~130 s) in
+#   parallel, runs of a transfer waiting on its LM | then per process 6 epochs x 16000 images (~96k, CPU-bound at
+#   ~2.5 ms/image over 2 loader workers per run, 12 workers + 6 mains on 16 cores) + 6 evaluations (128 captions +
+#   128 questions, beam 5): ~200 s | report ~15 s. Expected ~400 s. At VPG_DEADLINE (480 s after start) unfinished
+#   runs are stopped; their evaluated epochs are still reported (marked partial).
+#
+# Knobs (env): VPG_EPOCHS (6), VPG_TRAIN_SIZE (16000 toy images per epoch), VPG_WORKERS (2 loader workers per run),
+# VPG_DEADLINE (480), VPG_PRESET (gpu; `tiny` with VPG_TRAIN_SIZE=32 VPG_WORKERS=0 is a CPU dry run of this script).
+set -uo pipefail
+start=$SECONDS
+export GROUNDVLM_CACHE=$PWD/runs/cache HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 \
+  TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 GIT_COMMIT=${GIT_COMMIT:-}
+WORK=runs/vpgtrans/benchmark_gpu
+DEST=${OUT:-runs/vpgtrans/gpu_results}
+mkdir -p "$WORK/logs" "$DEST"
+stamp() { echo "[vpgtrans_gpu $((SECONDS - start)) s] $*"; }
+
+if ! python3 -c "import trl, evaluate" 2>/dev/null; then  # the device image lacks them: shared/device/fetch_wheels.sh
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+stamp "packages ready"
+
+# The converter's SGD steps: the reference pairs ~1M captions in batches of 4096 (~1200 steps over its 5 epochs);
+# the toy's 20000 captions at 4096 would give 25 steps, so batches of 256 (~395 steps).
+args=(--preset "${VPG_PRESET:-gpu}" --assets gpu-small --source recipes/toy_checkpoints/vlm-caption --out "$WORK"
+      --epochs "${VPG_EPOCHS:-6}" --train_size "${VPG_TRAIN_SIZE:-16000}" --workers "${VPG_WORKERS:-2}"
+      --eval_batch_size 64)
+deadline=${VPG_DEADLINE:-480}
+pids=() names=()
+for part in size type; do
+  for method in tfs inherit vpgtrans; do
+    timeout -k 15 $((deadline - (SECONDS - start))) python3 benchmarks/vpgtrans_transfer.py "${args[@]}" \
+      --part "$part" --method "$method" -- --converter_captions_per_batch 256 > "$WORK/logs/$part-$method.log" 2>&1 &
+    pids+=($!) names+=("$part-$method")
+  done
+done
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}"; rc=$?
+  stamp "${names[$i]} exit $rc$([ $rc -eq 124 ] && echo ' (stopped at the deadline)')"
+  [ $rc -ne 0 ] && [ $rc -ne 124 ] && tail -15 "$WORK/logs/${names[$i]}.log"
+done
+
+python3 benchmarks/vpgtrans_transfer.py "${args[@]}" --part report > "$WORK/logs/report.log" 2>&1 || tail -20 "$WORK/logs/report.log"
+stamp "report written"
+cat "$WORK/results.md"
+cp "$WORK"/results.json "$WORK"/results.md "$WORK"/fig7_*.png "$DEST"/
+logs=$(cd "$WORK" && ls -d logs */*/train.log */*/metrics.json */*/config.yaml 2>/dev/null)
+builds=$(cd "$GROUNDVLM_CACHE" && ls toyworld/gpu-small/*/build_info.json 2>/dev/null)
+tar czf "$DEST/logs.tar.gz" -C "$WORK" $logs -C "$GROUNDVLM_CACHE" $builds
+stamp "done: $(ls "$DEST" | tr '\n' ' ')"

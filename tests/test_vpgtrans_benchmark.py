@@ -1,0 +1,89 @@
+"""benchmarks/vpgtrans_transfer.py: the report built from run folders (Table 3 rates, the epochs behind them, stage 1
+as VPGTrans's epoch 1, partial runs marked, Fig. 7 files) on hand-written curves, and the tokenizer check that
+keeps a size transfer on the source's tokenizer. The training runs themselves: `--preset tiny` (minutes)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from transformers import BlipImageProcessor
+
+from groundvlm.processing import VPGTransProcessor
+from tests._vpgtrans_toys import add_image_token, opt_tokenizer, t5_tokenizer
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "vpgtrans_transfer.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("vpgtrans_transfer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_dir(root: Path, name: str, epochs: list[int], cider: list[float], vqa: list[float], wall: float = 1.0):
+    folder = root / name
+    folder.mkdir(parents=True)
+    curve = {"epoch": epochs, "step": [5 * e for e in epochs], "cider": cider, "vqa_accuracy": vqa, "bleu_4": cider}
+    (folder / "metrics.json").write_text(json.dumps({"eval_curve": curve, "benchmark": {"wall_seconds": wall}}))
+
+
+def test_report_from_run_folders(bench, tmp_path):
+    # size: TFS cider best 0.5 first at epoch 3; VPGTrans = stage 1 (0.55) + stage 2 -> above 0.5 at epoch 1: 3/1.
+    #       TFS vqa best 0.4 at epoch 2; VPGTrans reaches 0.4 but never exceeds it: "-".
+    _run_dir(tmp_path, "size/tfs", [1, 2, 3, 4], [0.1, 0.3, 0.5, 0.5], [0.2, 0.4, 0.3, 0.4])
+    _run_dir(tmp_path, "size/inherit", [1, 2, 3, 4], [0.2, 0.3, 0.4, 0.45], [0.1, 0.1, 0.2, 0.2])
+    _run_dir(tmp_path, "size/stage1", [1], [0.55], [0.1])
+    _run_dir(tmp_path, "size/stage2", [1, 2, 3], [0.6, 0.7, 0.8], [0.3, 0.4, 0.35])
+    # type, cut short: TFS 2 of 4 epochs (cider best 0.2 at epoch 1, never exceeded: "-"; vqa best 0.05 at epoch 2,
+    # exceeded by stage 1: 2/1), VPGTrans stage 1 only, no VPGInherit yet.
+    _run_dir(tmp_path, "type/tfs", [1, 2], [0.2, 0.1], [0.0, 0.05])
+    _run_dir(tmp_path, "type/stage1", [1], [0.15], [0.1])
+    (tmp_path / "type" / "stage2").mkdir()  # started, no epoch evaluated yet
+    (tmp_path / "size" / "inherit" / "config.yaml").write_text("source_model: src/vlm\npreset: gpu-small\n")
+
+    assert bench.main(["--part", "report", "--preset", "cpu", "--epochs", "4", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["speedup"] == {"OPT-small -> OPT-base": {"cider": "3.0", "vqa_accuracy": "-"},
+                                  "OPT-small -> T5": {"cider": "-", "vqa_accuracy": "2.0"}}  # fmt: skip
+    assert results["epochs_behind"]["size"] == {"cider": {"tfs_best": 0.5, "e_tfs": 3, "e_vt": 1},
+                                                "vqa_accuracy": {"tfs_best": 0.4, "e_tfs": 2, "e_vt": None}}  # fmt: skip
+    assert results["curves"]["size"]["VPGTrans"] == {"epoch": [1, 2, 3, 4], "cider": [0.55, 0.6, 0.7, 0.8],
+                                                     "vqa_accuracy": [0.1, 0.3, 0.4, 0.35]}  # fmt: skip
+    assert set(results["curves"]["size"]["TFS"]) == {"epoch", "cider", "vqa_accuracy"}
+    assert "size" not in results["partial"]
+    assert results["partial"]["type"] == {"epochs": {"TFS": 2, "VPGTrans": 1}, "missing": ["VPGInherit"]}
+    assert results["wall_seconds"]["size/stage2"] == 1.0 and results["planned_epochs"] == 4
+    assert results["runs"] == {"size": {"source": "src/vlm", "assets": "gpu-small"}}  # as the runs recorded them
+
+    md = (tmp_path / "results.md").read_text()
+    assert "| OPT-small -> OPT-base | 3.0 | - |" in md and "| OPT-small -> T5 | - | 2.0 |" in md
+    assert "| OPT-small -> OPT-base | cider | 0.500 | 3 | 1 | 3.0 |" in md
+    assert "| VPGTrans | cider | 0.550 | 0.600 | 0.700 | 0.800 |" in md
+    assert "| VPGTrans | cider | 0.150 |  |" in md  # the partial type curve, padded to the longest one
+    assert "**Partial**" in md
+    for part in ("size", "type"):
+        assert (tmp_path / f"fig7_{part}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _source(folder: Path) -> Path:
+    tok = opt_tokenizer()
+    add_image_token(tok)
+    VPGTransProcessor(BlipImageProcessor(size={"height": 16, "width": 16}), tok, num_query_tokens=4).save_pretrained(folder)
+    return folder
+
+
+def test_tokenizer_check(bench, tmp_path):
+    source = _source(tmp_path / "source")
+    same, other, larger = tmp_path / "same", tmp_path / "t5", tmp_path / "larger"
+    opt_tokenizer().save_pretrained(same)
+    t5_tokenizer().save_pretrained(other)
+    opt_tokenizer(extra_words=("hexagon",)).save_pretrained(larger)
+    bench.check_tokenizers("size", source, same)  # identical but for the source's <image>
+    bench.check_tokenizers("type", source, other)
+    with pytest.raises(SystemExit, match="needs the source's tokenizer"):
+        bench.check_tokenizers("size", source, larger)
+    with pytest.raises(SystemExit, match="expects another tokenizer"):
+        bench.check_tokenizers("type", source, same)
