@@ -38,7 +38,8 @@ fi
 stamp "packages ready"
 
 # The converter's SGD steps: the reference pairs ~1M captions in batches of 4096 (~1200 steps over its 5 epochs);
-# the toy's 20000 captions at 4096 would give 25 steps, so batches of 256 (~395 steps).
+# the toy's 16000 captions (the training images' captions) at 4096 would give 20 steps, so batches of 256 (315 steps;
+# on the committed captioner, OPT self-transfer on 4000 captions: CIDEr 0.84 after 5 steps, 2.03 after 80).
 args=(--preset "${VPG_PRESET:-gpu}" --assets gpu-small --source recipes/toy_checkpoints/vlm-caption --out "$WORK"
       --epochs "${VPG_EPOCHS:-6}" --train_size "${VPG_TRAIN_SIZE:-16000}" --workers "${VPG_WORKERS:-2}"
       --eval_batch_size 64)
