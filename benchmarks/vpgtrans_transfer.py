@@ -319,6 +319,8 @@ def report(out: Path, preset: str, epochs: int) -> str:
     results["speedup"] = rows
     text = "#### Speed-up rate (Table 3 form: e_tfs / e_vt, '-' = VPGTrans never better than TFS's best)\n\n"
     text += markdown_table(rows, METRICS) + "\n"
+    if not results["curves"]:
+        text += "\nNo run has evaluated an epoch yet (see the runs' train.log).\n"
     if details:
         text += "\n| transfer | metric | TFS best p | e_tfs | e_vt | speed-up |\n|---|---|---|---|---|---|\n" + "\n".join(details) + "\n"
     if results["partial"]:
