@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _checkout import ROOT  # noqa: E402  (makes groundvlm importable from a bare checkout)
+from _checkout import ROOT
 
 METRICS = ("cider", "vqa_accuracy")
 # part -> (title, toy LM artefact of the target)
@@ -98,7 +98,10 @@ def _detach_log_file(run_dir: Path) -> None:
 
 def source_model(preset: str, source: str | None) -> Path:
     """The source VL-LLM folder: `--source`, else the committed captioner (tiny) or the preset's (built when missing)."""
-    from groundvlm.recipes.vpgtrans_captioner import COMMITTED_CHECKPOINT, build_caption_vlm
+    from groundvlm.recipes.vpgtrans_captioner import (
+        COMMITTED_CHECKPOINT,
+        build_caption_vlm,
+    )
 
     if source is not None:
         if not (Path(source) / "config.json").is_file():
@@ -279,7 +282,11 @@ def _run_settings(out: Path) -> dict:
 
 def report(out: Path, preset: str, epochs: int) -> str:
     """results.json, results.md and fig7_<part>.png from the curves in the run folders; returns the markdown."""
-    from groundvlm.recipes.vpgtrans_speedup import markdown_table, plot_curves, speedup_table
+    from groundvlm.recipes.vpgtrans_speedup import (
+        markdown_table,
+        plot_curves,
+        speedup_table,
+    )
 
     results = {"preset": preset, "planned_epochs": epochs, "runs": _run_settings(out), **_provenance(), "curves": {},
                "speedup": {}, "epochs_behind": {}, "partial": {}, "wall_seconds": {}}  # fmt: skip

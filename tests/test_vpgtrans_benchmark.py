@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from groundvlm.processing import VPGTransProcessor
 from transformers import BlipImageProcessor
 
-from groundvlm.processing import VPGTransProcessor
 from tests._vpgtrans_toys import add_image_token, opt_tokenizer, t5_tokenizer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "vpgtrans_transfer.py"
