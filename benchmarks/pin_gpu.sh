@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# PIN's toy Table-1 analogue and the position probes in ONE device call (<= 10 min) on one GPU:
+# every method / PIN variant is its own `recipes/pin.py --preset gpu` process (benchmarks/pin_table.py), all
+# concurrent with benchmarks/pin_probe.py; the tiny toy models leave the GPU launch-bound, so they share it well.
+#
+#   GIT_COMMIT=<sha> bash benchmarks/pin_gpu.sh [OUT_DIR]      # from the repo root on a CUDA machine
+#
+# Environment knobs: BASE (default: the committed caption VL-LLM), IMAGES x EPOCHS (training budget per method),
+# BUDGET_S (wall seconds before unfinished runs are left out of the merge).
+set -uo pipefail
+export GROUNDVLM_CACHE=${GROUNDVLM_CACHE:-$PWD/runs/cache}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+OUT=${1:-runs/pin/gpu}
+BASE=${BASE:-recipes/toy_checkpoints/vlm-caption}
+IMAGES=${IMAGES:-10000}
+EPOCHS=${EPOCHS:-48}
+BUDGET_S=${BUDGET_S:-500}
+mkdir -p "$OUT"
+COMMON="--train_images $IMAGES --epochs $EPOCHS --dataloader_num_workers 1 --save_steps 100000"
+
+timeout "$BUDGET_S" python benchmarks/pin_probe.py --base_model "$BASE" --out "$OUT/probe" > "$OUT/probe.log" 2>&1 &
+probe=$!
+timeout "$BUDGET_S" python benchmarks/pin_table.py --out "$OUT/table" --base_model "$BASE" --common "$COMMON" --variants \
+  main:"--methods raw random full_image pin" \
+  pin_lr3e-4:"--method pin --learning_rate 3e-4" \
+  pin_constant:"--method pin --lr_scheduler_type constant --warmup_steps 0" \
+  pin_names50:"--method pin --name_reconstruction_fraction 0.5" \
+  coop:"--method coop" vpt_f:"--method vpt_f" vpt_phi:"--method vpt_phi" lora_phi:"--method lora_phi" \
+  > "$OUT/table.log" 2>&1
+wait $probe
+# Runs cut by the budget are listed as "did not finish"; the merge reads whatever comparison.json files exist.
+python benchmarks/pin_table.py --out "$OUT/table" --merge-only \
+  --variants main:"" pin_lr3e-4:"" pin_constant:"" pin_names50:"" coop:"" vpt_f:"" vpt_phi:"" lora_phi:"" >> "$OUT/table.log" 2>&1
+cat "$OUT/table/table.md" "$OUT/probe/probe.json" 2>/dev/null
