@@ -74,6 +74,14 @@ class GromaVisionCudaGraphs:
         self._tensors: list[torch.Tensor] | None = None
         self._devices: set[torch.device] = set()
         self._pointers: list[int] | None = None
+        self._side_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+    def side_stream(self, device: torch.device) -> "torch.cuda.Stream":
+        """A second stream on `device` for work `fn` may run concurrently inside a capture (created on first use,
+        which is the first warm-up call: stream creation is not an operation to issue while a stream captures)."""
+        if device not in self._side_streams:
+            self._side_streams[device] = torch.cuda.Stream(device)
+        return self._side_streams[device]
 
     def __len__(self) -> int:
         return len(self._graphs)

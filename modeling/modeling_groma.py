@@ -219,8 +219,13 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
 
     def _encode(self, pixel_values: torch.Tensor):
         hidden_states = self.vision_model(pixel_values, output_hidden_states=True).hidden_states
+        image_embeds, boxes, scores = self._project_and_propose(hidden_states)
+        return image_embeds, boxes, scores, self._region_inputs(hidden_states)
+
+    def _project_and_propose(self, hidden_states: tuple[torch.Tensor, ...]):
+        """DINOv2 block outputs -> (image_embeds (B, T, D), proposal boxes (B, Q, 4) cxcywh, scores (B, Q))."""
         grid = self.config.patch_grid
-        batch = pixel_values.shape[0]
+        batch = hidden_states[-1].shape[0]
         # Image tokens: last block output (no final LayerNorm), CLS dropped, 2x2 merge in the reference's channel
         # order (even row, even col), (odd row, even col), (even row, odd col), (odd row, odd col).
         last = hidden_states[-1][:, 1:].reshape(batch, grid, grid, -1)
@@ -231,16 +236,34 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         proposer_input = torch.stack(hidden_states[-self.config.proposer_feature_layers :]).mean(0)[:, 1:]
         proposer_input = proposer_input.transpose(1, 2).reshape(batch, -1, grid, grid)
         boxes, scores = self.region_proposer(proposer_input)
-        region_inputs = [h[:, 1:] for h in hidden_states[-self.config.region_feature_layers :]]
-        return image_embeds, boxes, scores, region_inputs
+        return image_embeds, boxes, scores
+
+    def _region_inputs(self, hidden_states: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        return [h[:, 1:] for h in hidden_states[-self.config.region_feature_layers :]]
 
     def _vision_side(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Everything before region selection, flat: (image_embeds, boxes, scores, *fused region-encoder maps).
 
         Static shapes and no host syncs, so it can be captured in a CUDA graph. The region encoder's fusion does not
-        depend on the boxes and runs here, before the proposer's output is read on the host."""
-        image_embeds, boxes, scores, region_inputs = self._encode(pixel_values)
-        return (image_embeds, boxes, scores, *self.region_encoder.fuse(region_inputs))
+        depend on the boxes and runs here, before the proposer's output is read on the host. Inside a capture, the
+        fusion (large convolutions) and the proposer (many small deformable-attention launches) both only need the
+        DINOv2 outputs, so the fusion goes on a side stream and the graph runs the two branches concurrently; the
+        values are the same as run one after the other."""
+        hidden_states = self.vision_model(pixel_values, output_hidden_states=True).hidden_states
+        region_inputs = self._region_inputs(hidden_states)
+        if pixel_values.is_cuda:
+            side = self._vision_graphs.side_stream(pixel_values.device)  # created in the (non-capturing) warm-up
+        if pixel_values.is_cuda and torch.cuda.is_current_stream_capturing():
+            main = torch.cuda.current_stream(pixel_values.device)
+            side.wait_stream(main)  # fork: the side branch starts after DINOv2
+            with torch.cuda.stream(side):
+                fused = self.region_encoder.fuse(region_inputs)
+            image_embeds, boxes, scores = self._project_and_propose(hidden_states)
+            main.wait_stream(side)  # join before the capture ends
+        else:
+            image_embeds, boxes, scores = self._project_and_propose(hidden_states)
+            fused = self.region_encoder.fuse(region_inputs)
+        return (image_embeds, boxes, scores, *fused)
 
     def perceive(self, pixel_values: torch.Tensor, region_maps: bool = True):
         """pixel_values (B, 3, S, S) -> (image_embeds (B, T, D), boxes (B, Q, 4) cxcywh, scores (B, Q), fused maps
