@@ -1,6 +1,6 @@
 """Train PIN (and its Table-1 baselines) on synthetic pasted-object scenes; evaluate zero-shot on held-out categories.
 
-    accelerate launch recipes/pin.py                                  # toy default: 2 CPU cores, ~9 min
+    accelerate launch recipes/pin.py                                  # toy default: 2 CPU cores, ~8 min
     accelerate launch recipes/pin.py --preset gpu                     # = --config toy_gpu: every baseline, larger
     accelerate launch recipes/pin.py --method coop                    # one method
     accelerate launch recipes/pin.py --base_model PATH --objects_dir XPASTE --backgrounds_dir BG20K \
