@@ -1,0 +1,86 @@
+"""benchmarks/pin_table.py (merging concurrent recipe runs, selection on validation) and the pure pieces of
+benchmarks/pin_probe.py (held-out ridge R², the slot prefix writer). No training, no timing."""
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def table():
+    return load("pin_table")
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return load("pin_probe")
+
+
+def test_variant_parsing(table):
+    # What argv holds after the shell took the quotes off `lr3e-4:"--method pin --learning_rate 3e-4"`:
+    assert table.parse_variant("lr3e-4:--method pin --learning_rate 3e-4") == (
+        "lr3e-4", ["--method", "pin", "--learning_rate", "3e-4"]
+    )
+    assert table.parse_variant("main:") == ("main", [])
+    for bad in ("no-colon", ":--method pin", "bad name:--method pin"):
+        with pytest.raises(ValueError, match="must look like"):
+            table.parse_variant(bad)
+
+
+def _write(run_dir: Path, results: dict) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "comparison.json").write_text(json.dumps(results))
+
+
+def test_merge_orders_methods_selects_pin_on_validation_and_flags_missing_runs(table, tmp_path):
+    def entry(test_miou, val_miou):
+        return {"held_out": {"miou": test_miou, "center_corr": 0.1}, "val": {"miou": val_miou}, "train_samples": 10}
+
+    # The better *test* score belongs to the variant with the worse validation score: selection must not peek.
+    _write(tmp_path / "a", {"pin": entry(0.40, 0.20), "full_image": entry(0.29, 0.30), "raw": entry(0.0, 0.0)})
+    _write(tmp_path / "b", {"pin": entry(0.25, 0.35)})
+    merged = table.merge(tmp_path, ["a", "b", "never_ran"])
+    rows = merged["rows"]
+    assert [(r["variant"], r["method"]) for r in rows] == [
+        ("a", "raw"), ("a", "full_image"), ("a", "pin"), ("b", "pin"), ("never_ran", "?")
+    ]  # fmt: skip
+    selected = [r for r in rows if r.get("selected")]
+    assert [(r["variant"], r["method"]) for r in selected] == [("b", "pin")]
+    md = table.table_markdown(merged, "t")
+    assert "| b | pin ← selected on val | 0.250 |" in md
+    assert "| never_ran | (did not finish) |" in md
+
+
+def test_ridge_r2_recovers_a_linear_map_and_not_noise(probe):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 50))
+    w = rng.normal(size=(50, 4))
+    assert probe.ridge_r2(x, x @ w) > 0.9
+    assert probe.ridge_r2(x, rng.normal(size=(400, 4))) < 0.1
+
+
+def test_slot_prefix_places_each_object_in_its_own_slot(probe):
+    torch.manual_seed(0)
+    writer = probe.SlotPrefix(["red", "blue"], ["star", "moon"], grid=16, dim=8, slots=4, per_slot=2, with_identity=True)
+    obj = NS(grid_box=(1, 2, 5, 9), colour="blue", shape="moon")
+    code = writer.encode(obj)
+    assert code.shape == (4 * 16 + 4,)
+    assert code.nonzero().flatten().tolist() == [1, 16 + 2, 32 + 5, 48 + 9, 64 + 1, 64 + 2 + 1]
+    out = writer([[obj], [obj, obj]], np.random.default_rng(0))
+    assert out.shape == (2, 8, 8)
+    filled = (out.abs().sum(-1) > 0).view(2, 4, 2).all(-1)  # per sample and slot: written?
+    assert filled.sum(1).tolist() == [1, 2]  # one slot per object, the others stay zero
