@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoConfig, AutoProcessor, Trainer, TrainingArguments
+from transformers import AutoConfig, AutoProcessor, Trainer, TrainingArguments, set_seed
 
 from groundvlm.modeling import PinForLocalization
 from groundvlm.modeling.modeling_pin import supported_base_classes
@@ -264,8 +264,13 @@ def method_processor(method: str, pin_processor: PinProcessor, pin_args: PinArgu
     return proc
 
 
-def build_model(method: str, base, pin_args: PinArguments, processor: PinProcessor, base_path: str):
-    """The trainable model of `method` around `base` (which it may change: LoRA injects into the ViT)."""
+def build_model(method: str, base, pin_args: PinArguments, processor: PinProcessor, base_path: str, seed: int = 0):
+    """The trainable model of `method` around `base` (which it may change: LoRA injects into the ViT).
+
+    The new parameters (ψ, prompts, LoRA) are drawn after `set_seed(seed)`: the `Trainer` seeds only when it is
+    created, after the model exists, and torch's default generator starts from a random seed in every process, so
+    without this two runs of one command would start from different inserts (measured: 0.234 vs 0.297 mIoU)."""
+    set_seed(seed)
     localizer = PinForLocalization.from_base(base, base_model_name_or_path=base_path,
                                              grid_size=processor.grid_size, image_size=processor.image_size)  # fmt: skip
     if method == "pin" or method == "raw":
@@ -368,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
             results[method] = entry
             continue
         model_base = base if method in ("raw", "pin") else load_base(base_path, device)[0]
-        model = build_model(method, model_base, pin_args, proc, base_path)
+        model = build_model(method, model_base, pin_args, proc, base_path, seed=training_args.seed)
         if method in TRAINED_METHODS:
             model.train()
             entry["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)

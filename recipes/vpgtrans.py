@@ -80,6 +80,7 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    set_seed,
 )
 
 logger = logging.getLogger("groundvlm")
@@ -576,6 +577,10 @@ def main(argv=None):
         raise ValueError(f"Unknown or missing --stage {args.stage!r}; expected one of {STAGES}.")
     training_args.remove_unused_columns = False  # examples are dicts with PIL images; the collator reads them
     run_dir = prepare_run_dir(training_args.output_dir, run_args, args, training_args)
+    # Every stage's new parameters (converter, random projector of `inherit`, Q-Former heads) come from the seed:
+    # torch's default generator starts from a random seed per process, and the Trainer seeds only after the model
+    # exists.
+    set_seed(training_args.seed)
     if args.stage == "converter":
         return run_converter(args, training_args, run_dir, run_args.preset)
     if args.stage == "qformer_pretrain":

@@ -222,3 +222,22 @@ def test_center_correlation_separates_localising_from_constant_boxes():
     assert np.isnan(center_correlation([[0, 0, 112, 112]] * 3, refs))  # the full-image box carries no signal
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
         center_correlation([[0, 0, 1]], [[0, 0, 1]])
+
+
+@pytest.mark.parametrize("method", ["pin", "vpt_f"])
+def test_new_parameters_come_from_the_seed_not_the_global_generator(tok, method):
+    """The Trainer seeds only after the model exists and torch's default generator starts from a random seed per
+    process: `build_model` must draw ψ / prompts from `seed` whatever state the global generator is in."""
+    args = pin_recipe.PinArguments()
+    proc = processor(tok)
+
+    def trainable(global_seed, seed):
+        base = tiny_base(tok)
+        torch.manual_seed(global_seed)  # stands in for a fresh process's random start
+        model = pin_recipe.build_model(method, base, args, proc, "tiny", seed=seed)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    first, second, other_seed = trainable(1, 0), trainable(2, 0), trainable(1, 5)
+    assert first.keys() == second.keys() and first
+    assert all(torch.equal(first[n], second[n]) for n in first)
+    assert not all(torch.equal(first[n], other_seed[n]) for n in first)
