@@ -2,16 +2,13 @@
 orders and pairs the acceptance ratios within a repeat; the 7B-shape inputs and configs have the layout the GPU run
 measures (checked without building the 7B models)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
 from groundvlm.modeling import GromaConfig
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "groma_speed.py"
+from tests._benchmarks import load_benchmark
 
 # the base order of one round at batch sizes (1, 2): per batch size Groma with graphs, Groma eager, LLaVA; then the
 # three batch-1 TTFT breakdowns; then the four components alone
@@ -24,10 +21,7 @@ BASE_ORDER = [
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("groma_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("groma_speed")
 
 
 def test_rotated_orders(bench):

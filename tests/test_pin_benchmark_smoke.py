@@ -2,27 +2,22 @@
 units in rotated orders and forms every ratio within a repeat from the stored samples; the paper-scale shape has
 PIN's reference size (checked on the meta device, nothing is allocated). No timing assertions."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
 from groundvlm.modeling import PinForLocalization
 from groundvlm.recipes.pin_baselines import PeftBaseline
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pin_speed.py"
+from tests._benchmarks import load_benchmark
+
 BASE_ORDER = ["infer/base/b1", "infer/pin/b1", "infer/base/b2", "infer/pin/b2",
               "train/pin_cached", "train/pin_uncached", "train/lora_phi"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("pin_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pin_speed")
 
 
 def psi_parameters(n: int, d: int, s: int = 64, hidden=(512, 768)) -> int:

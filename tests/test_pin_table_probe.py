@@ -1,7 +1,6 @@
 """benchmarks/pin_table.py (merging concurrent recipe runs, selection on validation) and the pure pieces of
 benchmarks/pin_probe.py (held-out ridge R², the slot prefix writer). No training, no timing."""
 
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace as NS
@@ -10,24 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests._benchmarks import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def table():
-    return load("pin_table")
+    return load_benchmark("pin_table")
 
 
 @pytest.fixture(scope="module")
 def probe():
-    return load("pin_probe")
+    return load_benchmark("pin_probe")
 
 
 def test_variant_parsing(table):

@@ -2,7 +2,6 @@
 as VPGTrans's epoch 1, partial runs marked, Fig. 7 files) on hand-written curves, and the tokenizer check that
 keeps a size transfer on the source's tokenizer. The training runs themselves: `--preset tiny` (minutes)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,17 +9,13 @@ import pytest
 from groundvlm.processing import VPGTransProcessor
 from transformers import BlipImageProcessor
 
+from tests._benchmarks import load_benchmark
 from tests._vpgtrans_toys import add_image_token, opt_tokenizer, t5_tokenizer
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "vpgtrans_transfer.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("vpgtrans_transfer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("vpgtrans_transfer")
 
 
 def _run_dir(root: Path, name: str, epochs: list[int], cider: list[float], vqa: list[float], wall: float = 1.0):
