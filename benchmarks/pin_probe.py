@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torchvision.ops import box_iou
 
 
 def render(seed: int, n: int, split: str = "train"):
@@ -171,17 +172,10 @@ def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, step
                     refs.append(list(s.objects[j].box))
     finally:
         vlm.language_projection.forward = original
-    ious = [_iou(p, r) for p, r in zip(preds, refs)]
+    ious = box_iou(torch.tensor(preds, dtype=torch.float64), torch.tensor(refs, dtype=torch.float64)).diagonal()
     return {"mode": mode, "steps": steps, "batch": batch, "lr": lr, "seconds": round(time.time() - start, 1),
             "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:])),
-            "miou": float(np.mean(ious)), "center_corr": center_correlation(preds, refs), "prompts": len(preds)}  # fmt: skip
-
-
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    return ix * iy / union if union > 0 else 0.0
+            "miou": float(ious.mean()), "center_corr": center_correlation(preds, refs), "prompts": len(preds)}  # fmt: skip
 
 
 def main(argv=None) -> int:
