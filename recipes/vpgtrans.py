@@ -515,7 +515,7 @@ def run_qformer_pretrain(args, training_args, run_args, run_dir: Path) -> Path:
     return path
 
 
-def build_stage_model(args, run_args, seed: int):
+def build_stage_model(args, run_args):
     """The VL-LLM a training stage starts from, and its processor."""
     preset = run_args.preset
     if args.stage in ("stage1", "stage2", "eval"):
@@ -525,7 +525,6 @@ def build_stage_model(args, run_args, seed: int):
             args, resolve_path(args.source_model, preset, "source_model"),
             resolve_path(args.language_model, preset, "language_model"),
         )  # fmt: skip
-    torch.manual_seed(seed)
     return build_from_scratch(
         args, resolve_path(args.vision_model, preset, "vision_model"),
         resolve_path(args.language_model, preset, "language_model"),
@@ -533,7 +532,7 @@ def build_stage_model(args, run_args, seed: int):
 
 
 def run_training(args, training_args, run_args, run_dir: Path):
-    model, processor = build_stage_model(args, run_args, training_args.seed)
+    model, processor = build_stage_model(args, run_args)
     caption_eval, vqa_eval = eval_data(args, training_args.seed)
     settings = generation_settings(args)
     if args.stage == "eval":
