@@ -251,9 +251,9 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         values are the same as run one after the other."""
         hidden_states = self.vision_model(pixel_values, output_hidden_states=True).hidden_states
         region_inputs = self._region_inputs(hidden_states)
-        if pixel_values.is_cuda:
-            side = self._vision_graphs.side_stream(pixel_values.device)  # created in the (non-capturing) warm-up
-        if pixel_values.is_cuda and torch.cuda.is_current_stream_capturing():
+        # The side stream is created in the capture's (non-capturing) warm-up calls, used in the capture itself.
+        side = self._vision_graphs.side_stream(pixel_values.device) if pixel_values.is_cuda else None
+        if side is not None and torch.cuda.is_current_stream_capturing():
             main = torch.cuda.current_stream(pixel_values.device)
             side.wait_stream(main)  # fork: the side branch starts after DINOv2
             with torch.cuda.stream(side):
