@@ -253,18 +253,6 @@ def _provenance() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
 
 
-def _epochs_behind(tfs: list[float], vt: list[float]) -> dict:
-    """TFS's best p, the first epoch with it (e_tfs), and VPGTrans's first epoch above p (e_vt, None = never)."""
-    best = max(tfs)
-    return {"tfs_best": best, "e_tfs": tfs.index(best) + 1, "e_vt": next((i + 1 for i, v in enumerate(vt) if v > best), None)}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _run_settings(out: Path) -> dict:
     """Source VL-LLM and target toy-asset preset as the runs recorded them (their config.yaml), per part."""
     import yaml
@@ -282,11 +270,8 @@ def _run_settings(out: Path) -> dict:
 
 def report(out: Path, preset: str, epochs: int) -> str:
     """results.json, results.md and fig7_<part>.png from the curves in the run folders; returns the markdown."""
-    from groundvlm.recipes.vpgtrans_speedup import (
-        markdown_table,
-        plot_curves,
-        speedup_table,
-    )
+    from groundvlm.recipes.checkpointing import replace_atomically
+    from groundvlm.recipes.vpgtrans_speedup import epochs_behind, markdown_table, plot_curves, speedup_table
 
     results = {"preset": preset, "planned_epochs": epochs, "runs": _run_settings(out), **_provenance(), "curves": {},
                "speedup": {}, "epochs_behind": {}, "partial": {}, "wall_seconds": {}}  # fmt: skip
@@ -308,7 +293,7 @@ def report(out: Path, preset: str, epochs: int) -> str:
         if "TFS" in curves and "VPGTrans" in curves:
             rows[title] = speedup_table(curves["TFS"], curves["VPGTrans"], METRICS)
             results["epochs_behind"][part] = {
-                m: _epochs_behind(curves["TFS"][m], curves["VPGTrans"][m]) for m in METRICS if m in curves["TFS"]
+                m: epochs_behind(curves["TFS"][m], curves["VPGTrans"][m]) for m in METRICS if m in curves["TFS"]
             }
             for m, e in results["epochs_behind"][part].items():
                 details.append(f"| {title} | {m} | {e['tfs_best']:.3f} | {e['e_tfs']} | {e['e_vt'] or '-'} | {rows[title][m]} |")
@@ -336,8 +321,8 @@ def report(out: Path, preset: str, epochs: int) -> str:
     runs = "; ".join(f"{p}: source {r['source']}, target assets {r['assets']}" for p, r in results["runs"].items())
     header = (f"preset {preset}, {epochs} epochs per method ({runs}); {results['device']}, torch {results['torch']}, "
               f"transformers {results['transformers']}, commit {results['commit']}, {results['date']}\n\n")  # fmt: skip
-    _write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
-    _write_atomic(out / "results.md", header + text)
+    for path, content in ((out / "results.json", json.dumps(results, indent=2) + "\n"), (out / "results.md", header + text)):
+        replace_atomically(path, lambda tmp, content=content: Path(tmp).write_text(content))
     return header + text
 
 

@@ -21,14 +21,20 @@ from pathlib import Path
 CURVE_NAME = "eval_curve"
 
 
-def speedup_rate(tfs: Sequence[float], vpgtrans: Sequence[float]) -> float | None:
-    """e_tfs / e_vt for per-epoch scores (index 0 = epoch 1); None when VPGTrans never exceeds TFS's best."""
+def epochs_behind(tfs: Sequence[float], vpgtrans: Sequence[float]) -> dict:
+    """For per-epoch scores (index 0 = epoch 1): TFS's best p (`tfs_best`), the first epoch it is reached (`e_tfs`)
+    and VPGTrans's first epoch above p (`e_vt`, None when never)."""
     if not tfs or not vpgtrans:
         raise ValueError("speedup_rate needs non-empty TFS and VPGTrans curves.")
     best = max(tfs)
-    e_tfs = list(tfs).index(best) + 1
     e_vt = next((i + 1 for i, score in enumerate(vpgtrans) if score > best), None)
-    return None if e_vt is None else e_tfs / e_vt
+    return {"tfs_best": best, "e_tfs": list(tfs).index(best) + 1, "e_vt": e_vt}
+
+
+def speedup_rate(tfs: Sequence[float], vpgtrans: Sequence[float]) -> float | None:
+    """e_tfs / e_vt for per-epoch scores (index 0 = epoch 1); None when VPGTrans never exceeds TFS's best."""
+    epochs = epochs_behind(tfs, vpgtrans)
+    return None if epochs["e_vt"] is None else epochs["e_tfs"] / epochs["e_vt"]
 
 
 def format_rate(rate: float | None) -> str:
