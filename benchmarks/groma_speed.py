@@ -44,7 +44,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -65,6 +64,7 @@ from _checkout import ROOT  # noqa: E402  (makes groundvlm importable from a bar
 from groundvlm.modeling import GromaConfig, GromaForConditionalGeneration  # noqa: E402
 from groundvlm.processing import GromaImageProcessor, GromaProcessor, add_groma_tokens, build_groma_prompt  # noqa: E402
 from groundvlm.processing.processing_groma import FIRST_ASSISTANT_TURN, FIRST_USER_TURN, SYSTEM_PROMPT  # noqa: E402
+from groundvlm.recipes.common.provenance import git_commit  # noqa: E402
 from groundvlm.recipes.toy_tokenizers import train_tokenizer  # noqa: E402
 
 # Grounding questions in Groma's formats (REC with <p>..</p>, [grounding] captions), of different lengths so that
@@ -547,16 +547,6 @@ def measure(kinds: list[str], setup: dict, args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- report
-def git_commit() -> str | None:
-    if os.environ.get("GIT_COMMIT"):
-        return os.environ["GIT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def result_row(row: dict, samples: list[dict], warm: list[dict], resident: int) -> dict:
     """A results row: medians over the repeats (with [min, max] and the per-repeat values of TTFT and decode speed);
     peak memory = the model's parameters and buffers + the largest rise of allocated memory during one of its

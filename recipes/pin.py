@@ -35,8 +35,8 @@ from transformers import AutoConfig, AutoProcessor, Trainer, TrainingArguments, 
 from groundvlm.modeling import PinForLocalization
 from groundvlm.modeling.modeling_pin import supported_base_classes
 from groundvlm.processing import PinProcessor
-from groundvlm.recipes.arguments import RunArguments, parse_recipe_args
-from groundvlm.recipes.checkpointing import save_safetensors_atomic, train_resuming
+from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args
+from groundvlm.recipes.common.checkpointing import save_safetensors_atomic, train_resuming
 from groundvlm.recipes.data.pin_loaders import (
     REAL_FORMATS,
     load_eval_samples,
@@ -62,7 +62,7 @@ from groundvlm.recipes.pin_eval import (
     score,
     write_comparison,
 )
-from groundvlm.recipes.run_dir import prepare_run_dir, write_metrics
+from groundvlm.recipes.common.run_dir import prepare_run_dir, write_metrics
 
 logger = logging.getLogger("groundvlm")
 

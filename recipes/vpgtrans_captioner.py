@@ -24,12 +24,13 @@ import argparse
 import json
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 import yaml
+
+from groundvlm.recipes.common.provenance import git_commit
 
 # captioner preset -> (caption-stage config, Q-Former-pretraining config, toy-asset preset). "gpu-small" trains the
 # cpu-preset model sizes with the GPU budget, on toy assets of the "gpu-small" preset (same sizes, GPU-trained):
@@ -96,14 +97,6 @@ def caption_checks(model, processor, n_images: int = 200, seed: int = 10_000, sp
     }
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain: bool = False, frozen_lm: bool = False,
                       extra_args: list[str] | None = None, eval_images: int | None = None) -> Path:  # fmt: skip
     """Train the caption-only toy VL-LLM into `out_dir/model` and write `out_dir/captioner.json`.
@@ -141,7 +134,7 @@ def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain
     report = {
         "command": f"python -m groundvlm.recipes.vpgtrans_captioner --preset {preset}"
         + (" --qformer_pretrain" if qformer_pretrain else "") + (" --frozen_lm" if frozen_lm else ""),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "seed": yaml.safe_load((out_dir / "tfs" / "config.yaml").read_text(encoding="utf-8"))["seed"],
         "seconds": round(seconds, 1),

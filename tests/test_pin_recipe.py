@@ -196,7 +196,7 @@ def test_toy_cpu_yaml_spells_out_the_no_argument_defaults():
 
     import yaml
 
-    from groundvlm.recipes.arguments import resolve_config_path
+    from groundvlm.recipes.common.arguments import resolve_config_path
     from groundvlm.recipes.pin import PinArguments, PinTrainingArguments
 
     spelled = yaml.safe_load(resolve_config_path("pin", "toy_cpu").read_text())

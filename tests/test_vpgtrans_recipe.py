@@ -348,7 +348,7 @@ def test_vqa_accuracy_fallback_without_evaluate(monkeypatch):
 
 @pytest.mark.parametrize("config", sorted(p.stem for p in (Path(__file__).parents[1] / "recipes" / "vpgtrans").glob("*.yaml")))
 def test_every_shipped_config_parses(config, tmp_path):
-    from groundvlm.recipes.arguments import RunArguments, parse_recipe_args
+    from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args
     from groundvlm.recipes.vpgtrans import STAGES
     from transformers import TrainingArguments as TA
 
