@@ -21,7 +21,7 @@ vision variants. Peak memory: the model's own parameters and buffers + the large
 one of its generate runs (warm-ups included, so Groma's graph capture counts; the other model's weights do not).
 CUDA events time the GPU (no host sync inside a timed region).
 
-Prompts: there is no Llama tokenizer offline, so a toy Llama-style tokenizer (groundvlm.recipes.toy_tokenizers,
+Prompts: there is no Llama tokenizer offline, so a toy Llama-style tokenizer (groundvlm.recipes.toyworld.tokenizers,
 `<unk> <s> </s>` = 0 1 2, trained on the prompt text, so about one token per word) gets Groma's 114 tokens with
 `add_groma_tokens`, and `GromaProcessor` builds the real Groma template (system prompt, fixed first turn with 256
 `<image>` slots and 100 `<r_j><region>` pairs, a grounding question) on images of common sizes. The added tokens are
@@ -65,7 +65,7 @@ from groundvlm.modeling import GromaConfig, GromaForConditionalGeneration  # noq
 from groundvlm.processing import GromaImageProcessor, GromaProcessor, add_groma_tokens, build_groma_prompt  # noqa: E402
 from groundvlm.processing.processing_groma import FIRST_ASSISTANT_TURN, FIRST_USER_TURN, SYSTEM_PROMPT  # noqa: E402
 from groundvlm.recipes.common.provenance import git_commit  # noqa: E402
-from groundvlm.recipes.toy_tokenizers import train_tokenizer  # noqa: E402
+from groundvlm.recipes.toyworld.tokenizers import train_tokenizer  # noqa: E402
 
 # Grounding questions in Groma's formats (REC with <p>..</p>, [grounding] captions), of different lengths so that
 # batches are left-padded. Batch b takes the first b (cycled) with the image sizes below (height, width).

@@ -33,7 +33,7 @@ from torchvision.ops import box_iou
 
 
 def render(seed: int, n: int, split: str = "train"):
-    from groundvlm.recipes.data import ToyWorld
+    from groundvlm.recipes.toyworld import ToyWorld
 
     world = ToyWorld(seed, split=split)
     return [world.scene(i) for i in range(n)]
@@ -121,8 +121,8 @@ class SlotPrefix(nn.Module):
 
 def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, steps: int, batch: int, lr: float) -> dict:
     from groundvlm.recipes.pin_eval import center_correlation
-    from groundvlm.recipes.toy_corpus import grid_ticks
-    from groundvlm.recipes.toy_lms import parse_box
+    from groundvlm.recipes.toyworld.corpus import grid_ticks
+    from groundvlm.recipes.toyworld.lms import parse_box
 
     colours = sorted({o.colour for s in scenes for o in s.objects})
     shapes = sorted({o.shape for s in scenes + test_scenes for o in s.objects})

@@ -99,17 +99,15 @@ def _detach_log_file(run_dir: Path) -> None:
 
 def source_model(preset: str, source: str | None) -> Path:
     """The source VL-LLM folder: `--source`, else the committed captioner (tiny) or the preset's (built when missing)."""
-    from groundvlm.recipes.vpgtrans_captioner import (
-        COMMITTED_CHECKPOINT,
-        build_caption_vlm,
-    )
+    from groundvlm.recipes.toyworld import COMMITTED_CAPTION_VLM
+    from groundvlm.recipes.vpgtrans_captioner import build_caption_vlm
 
     if source is not None:
         if not (Path(source) / "config.json").is_file():
             raise SystemExit(f"--source {source} is not a VL-LLM folder (no config.json)")
         return Path(source)
     if preset == "tiny":
-        return COMMITTED_CHECKPOINT
+        return COMMITTED_CAPTION_VLM
     folder = Path(f"runs/vpgtrans/captioner_{preset}/model")
     if not folder.is_dir():
         build_caption_vlm(folder.parent, preset)
@@ -147,7 +145,7 @@ def target_lm(part: str, preset: str, assets: str, out: Path) -> Path:
     if preset != "tiny":
         return toy_asset(name, assets)
     import torch
-    from groundvlm.recipes.toy_lms import LM_FAMILY, lm_model
+    from groundvlm.recipes.toyworld.lms import LM_FAMILY, lm_model
     from groundvlm.recipes.toyworld import PRESETS as ASSET_PRESETS
     from transformers import AutoTokenizer
 

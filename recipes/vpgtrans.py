@@ -359,7 +359,7 @@ class TextReplay:
     """Batches of the LLM's own pretraining text (toy corpus), drawn with replacement from a seeded generator."""
 
     def __init__(self, family: str, tokenizer, corpus: list[str], batch_size: int, seed: int = 0):
-        from groundvlm.recipes.toy_lms import collate, encode_examples
+        from groundvlm.recipes.toyworld.lms import collate, encode_examples
 
         if not corpus:
             raise ValueError("Text replay needs a non-empty corpus.")
