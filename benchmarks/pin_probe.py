@@ -120,7 +120,7 @@ class SlotPrefix(nn.Module):
 
 
 def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, steps: int, batch: int, lr: float) -> dict:
-    from groundvlm.recipes.pin_eval import center_correlation
+    from groundvlm.recipes.systems.pin.evaluation import center_correlation
     from groundvlm.recipes.toyworld.corpus import grid_ticks
     from groundvlm.recipes.toyworld.lms import parse_box
 

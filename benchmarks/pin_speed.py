@@ -14,7 +14,7 @@ Units, each timed once per repeat:
   its cached π stay untouched) with the frozen vision encoder's outputs precomputed once (`encode_images`: the
   recipe's feature cache, so a step costs the fusion network and the LLM) and, to separate the cache's effect from
   the method's, from pixels (the ViT then runs forward only: nothing before π needs a gradient). LoRA-φ (r=16, α=16
-  on the ViT's attention via peft, `recipes/pin_baselines.PeftBaseline`) changes what the ViT computes, so it runs
+  on the ViT's attention via peft, `groundvlm.recipes.systems.pin.baselines.PeftBaseline`) changes what the ViT computes, so it runs
   on pixels and back-propagates through the whole ViT. It lives on its own copy of the base (peft injects into the
   ViT in place), loaded or built the same way.
   Data loading and collation are outside the timed steps for every method (inputs sit on the device).
@@ -65,8 +65,8 @@ from groma_speed import (  # noqa: E402
 
 from groundvlm.modeling import PinForLocalization  # noqa: E402
 from groundvlm.processing import PinProcessor  # noqa: E402
-from groundvlm.recipes.pin import load_base  # noqa: E402
-from groundvlm.recipes.pin_baselines import PeftBaseline  # noqa: E402
+from groundvlm.recipes.systems.pin.models import load_base  # noqa: E402
+from groundvlm.recipes.systems.pin.baselines import PeftBaseline  # noqa: E402
 from groundvlm.recipes.toyworld.tokenizers import train_tokenizer  # noqa: E402
 
 DEFAULT_BASE_MODEL = ROOT / "recipes" / "toy_checkpoints" / "vlm-caption"

@@ -32,7 +32,7 @@ for stage in "${stages[@]}"; do
       run_stage assets python -m groundvlm.recipes.toyworld build --preset gpu-small \
         --only tokenizer-opt lm-opt-small vision-blip2 || exit 1 ;;
     captioner)
-      run_stage captioner python -m groundvlm.recipes.vpgtrans_captioner --preset gpu-small --out "$CAPTIONER" || exit 1 ;;
+      run_stage captioner python -m groundvlm.recipes.systems.vpgtrans.captioner --preset gpu-small --out "$CAPTIONER" || exit 1 ;;
     pin)
       run_stage pin accelerate launch --config_file recipes/accelerate_configs/single_gpu.yaml recipes/pin.py \
         --preset gpu --base_model "$CAPTIONER/model" --output_dir runs/pin/toy_gpu ${PIN_ARGS:-} || exit 1 ;;

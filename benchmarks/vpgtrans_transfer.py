@@ -8,7 +8,7 @@
     bash benchmarks/vpgtrans_gpu.sh                                      # the one-call GPU run (see that script)
 
 Source VL-LLM: `--source <folder>`; by default the committed caption VL-LLM `recipes/toy_checkpoints/vlm-caption`
-for `tiny`, else the preset's caption VL-LLM (`recipes/vpgtrans_captioner.py`, built first if missing).
+for `tiny`, else the preset's caption VL-LLM (`recipes/systems/vpgtrans/captioner.py`, built first if missing).
 Targets (frozen, as the paper) are toy LMs of the `--assets` preset (default: cpu for cpu, gpu for gpu, gpu-small
 for tiny). The source's tokenizer must be that preset's: the committed captioner was built on gpu-small assets,
 whose tokenizers equal the gpu preset's (same corpus), not the cpu/test presets'. Checked before training:
@@ -100,7 +100,7 @@ def _detach_log_file(run_dir: Path) -> None:
 def source_model(preset: str, source: str | None) -> Path:
     """The source VL-LLM folder: `--source`, else the committed captioner (tiny) or the preset's (built when missing)."""
     from groundvlm.recipes.toyworld import COMMITTED_CAPTION_VLM
-    from groundvlm.recipes.vpgtrans_captioner import build_caption_vlm
+    from groundvlm.recipes.systems.vpgtrans.captioner import build_caption_vlm
 
     if source is not None:
         if not (Path(source) / "config.json").is_file():
@@ -222,7 +222,7 @@ def _curve(run_dir: Path) -> dict | None:
 def collect_curves(out: Path, part: str) -> dict[str, dict]:
     """{method label: curve} of the runs of `part` that evaluated at least one epoch; VPGTrans = stage 1 as epoch 1,
     then the stage-2 epochs (only stage 1 while stage 2 has no epoch yet)."""
-    from groundvlm.recipes.vpgtrans_speedup import vpgtrans_curve
+    from groundvlm.recipes.systems.vpgtrans.speedup import vpgtrans_curve
 
     curves = {}
     for method in ("tfs", "inherit"):
@@ -264,7 +264,7 @@ def _run_settings(out: Path) -> dict:
 def report(out: Path, preset: str, epochs: int) -> str:
     """results.json, results.md and fig7_<part>.png from the curves in the run folders; returns the markdown."""
     from groundvlm.recipes.common.checkpointing import replace_atomically
-    from groundvlm.recipes.vpgtrans_speedup import epochs_behind, markdown_table, plot_curves, speedup_table
+    from groundvlm.recipes.systems.vpgtrans.speedup import epochs_behind, markdown_table, plot_curves, speedup_table
 
     results = {"preset": preset, "planned_epochs": epochs, "runs": _run_settings(out), **_provenance(), "curves": {},
                "speedup": {}, "epochs_behind": {}, "partial": {}, "wall_seconds": {}}  # fmt: skip

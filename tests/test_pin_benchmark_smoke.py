@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from groundvlm.modeling import PinForLocalization
-from groundvlm.recipes.pin_baselines import PeftBaseline
+from groundvlm.recipes.systems.pin.baselines import PeftBaseline
 
 from tests._benchmarks import load_benchmark
 

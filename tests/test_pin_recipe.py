@@ -13,8 +13,10 @@ from groundvlm.modeling.configuration_vpgtrans import VPGTransConfig
 from groundvlm.modeling.modeling_vpgtrans import VPGTransModel
 from groundvlm.processing import PinProcessor
 from groundvlm.recipes import pin as pin_recipe
-from groundvlm.recipes.pin_baselines import PeftBaseline, check_method, trainable_parameter_names
-from groundvlm.recipes.pin_data import EpochBlockSampler, PinCollator, PinTrainingSet, build_pool
+from groundvlm.recipes.systems.pin import models as pin_models
+from groundvlm.recipes.systems.pin.arguments import PinArguments, PinTrainingArguments
+from groundvlm.recipes.systems.pin.baselines import PeftBaseline, check_method, trainable_parameter_names
+from groundvlm.recipes.systems.pin.data import EpochBlockSampler, PinCollator, PinTrainingSet, build_pool
 from tests._pin_tiny import make_tokenizer
 
 S = 112
@@ -141,7 +143,7 @@ def test_baselines_change_outputs_and_reach_gradients(tok):
     proc = processor(tok)
     pool = build_pool(SquareWorld(0, TRAIN), 2, TRAIN)
     for method in ("coop", "vpt_f", "vpt_phi"):
-        p = proc if method != "coop" else pin_recipe.method_processor("coop", proc, pin_recipe.PinArguments())
+        p = proc if method != "coop" else pin_models.method_processor("coop", proc, PinArguments())
         batch = PinCollator(p)([PinTrainingSet(pool, epochs=1)[i] for i in range(2)])
         model = PeftBaseline(PinForLocalization.from_base(tiny_base(tok)), method, num_tokens=16,
                              coop_slot_id=tok.unk_token_id)  # fmt: skip
@@ -158,9 +160,9 @@ def test_clear_errors(tok, tmp_path, monkeypatch):
 
     monkeypatch.setattr(toyworld, "ARTEFACTS", tuple(a for a in toyworld.ARTEFACTS if a != "vlm-caption"))
     with pytest.raises(FileNotFoundError, match="toy asset 'vlm-caption'"):
-        pin_recipe.resolve_base_model(pin_recipe.PinArguments(), "cpu")
+        pin_models.resolve_base_model(PinArguments(), "cpu")
     with pytest.raises(FileNotFoundError, match="neither a folder nor a Hub id"):
-        pin_recipe.load_base(str(tmp_path / "missing"), torch.device("cpu"))
+        pin_models.load_base(str(tmp_path / "missing"), torch.device("cpu"))
 
 
 def test_main_end_to_end_writes_table_and_png(tok, tmp_path, monkeypatch):
@@ -197,7 +199,6 @@ def test_toy_cpu_yaml_spells_out_the_no_argument_defaults():
     import yaml
 
     from groundvlm.recipes.common.arguments import resolve_config_path
-    from groundvlm.recipes.pin import PinArguments, PinTrainingArguments
 
     spelled = yaml.safe_load(resolve_config_path("pin", "toy_cpu").read_text())
     def default(f):
@@ -213,7 +214,7 @@ def test_toy_cpu_yaml_spells_out_the_no_argument_defaults():
 
 
 def test_center_correlation_separates_localising_from_constant_boxes():
-    from groundvlm.recipes.pin_eval import center_correlation
+    from groundvlm.recipes.systems.pin.evaluation import center_correlation
 
     refs = [[0, 0, 20, 20], [40, 10, 60, 30], [80, 50, 100, 90]]  # centres x 10, 50, 90; y 10, 20, 70
     # x centres 20, 50, 80 (r = 1 with 10/50/90); y centres 10, 40, 40: r(y) = 700 / sqrt(2066.67 * 600) = 0.628619 (by hand)
@@ -228,13 +229,13 @@ def test_center_correlation_separates_localising_from_constant_boxes():
 def test_new_parameters_come_from_the_seed_not_the_global_generator(tok, method):
     """The Trainer seeds only after the model exists and torch's default generator starts from a random seed per
     process: `build_model` must draw ψ / prompts from `seed` whatever state the global generator is in."""
-    args = pin_recipe.PinArguments()
+    args = PinArguments()
     proc = processor(tok)
 
     def trainable(global_seed, seed):
         base = tiny_base(tok)
         torch.manual_seed(global_seed)  # stands in for a fresh process's random start
-        model = pin_recipe.build_model(method, base, args, proc, "tiny", seed=seed)
+        model = pin_models.build_model(method, base, args, proc, "tiny", seed=seed)
         return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     first, second, other_seed = trainable(1, 0), trainable(2, 0), trainable(1, 5)

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from groundvlm.recipes.systems.vpgtrans.stages import MODEL_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SECTIONS = ("Quickstart", "Using the models", "Recipes")
@@ -178,7 +180,7 @@ def _parse_command(argv: list[str], stop_after_parse: bool) -> Parsed:
 
             patch.setattr(module, "prepare_run_dir", stop_at_run_dir)
             kind = "recipe"
-        elif name == "vpgtrans_captioner":
+        elif name == "systems.vpgtrans.captioner":
 
             def stop_at_build(*a, **k):
                 raise Stop((a, k))
@@ -202,19 +204,20 @@ def _parse_command(argv: list[str], stop_after_parse: bool) -> Parsed:
 
 def _describe(parsed: Parsed, module, name: str) -> Parsed:
     if parsed.kind == "recipe":
-        output_dir, _, recipe_args, _ = parsed.values
+        output_dir, _, *recipe_args, _ = parsed.values
+        recipe_args = {k: v for args in recipe_args for k, v in vars(args).items()}
         if output_dir is not None:
             parsed.writes.append(str(output_dir))
         if name == "vpgtrans":
             if output_dir is not None:
-                parsed.writes.append(f"{output_dir}/{module.MODEL_DIR}")
-            inputs = (recipe_args.init_model, recipe_args.source_model)
+                parsed.writes.append(f"{output_dir}/{MODEL_DIR}")
+            inputs = (recipe_args["init_model"], recipe_args["source_model"])
             parsed.reads += [p for p in inputs if p and p.startswith("runs/")]
         if name == "pin":
             if output_dir is not None:
                 parsed.writes.append(f"{output_dir}/pin/final")  # pin.main saves the trained PIN + processor there
-            if (recipe_args.base_model or "").startswith("runs/"):
-                parsed.reads.append(recipe_args.base_model)
+            if (recipe_args["base_model"] or "").startswith("runs/"):
+                parsed.reads.append(recipe_args["base_model"])
     elif parsed.kind == "captioner":
         (out, *rest), kwargs = parsed.values
         extra = rest[3] if len(rest) > 3 else kwargs.get("extra_args")
@@ -237,7 +240,7 @@ def parsed_commands() -> list[tuple[Command, Parsed]]:
 def test_every_command_parses(parsed_commands):
     kinds = {p.target for _, p in parsed_commands}
     # the README documents every entry point the project has
-    for target in ("recipes/pin.py", "recipes/vpgtrans.py", "groundvlm.recipes.vpgtrans_captioner",
+    for target in ("recipes/pin.py", "recipes/vpgtrans.py", "groundvlm.recipes.systems.vpgtrans.captioner",
                    "groundvlm.recipes.convert.groma", "groundvlm.recipes.convert.lavis_blip2",
                    "groundvlm.recipes.push.push_to_hub", "groundvlm.recipes.toyworld",
                    "benchmarks/vpgtrans_transfer.py"):  # fmt: skip
@@ -249,7 +252,7 @@ def test_parsing_rejects_what_the_code_does_not_take():
     for argv in (["accelerate", "launch", "recipes/pin.py", "--output", "x"],
                  ["accelerate", "launch", "recipes/vpgtrans.py", "--stage", "stage1", "--config", "no_such_config"],
                  ["python", "-m", "groundvlm.recipes.convert.groma", "--src", "a", "--out", "b"],
-                 ["python", "-m", "groundvlm.recipes.vpgtrans_captioner", "--init_model", "x"]):  # fmt: skip
+                 ["python", "-m", "groundvlm.recipes.systems.vpgtrans.captioner", "--init_model", "x"]):  # fmt: skip
         with pytest.raises((SystemExit, ValueError, FileNotFoundError, AssertionError)):
             parse_command(argv)
 
@@ -266,7 +269,7 @@ def test_config_names_resolve(parsed_commands):
         name = argv[argv.index("--config") + 1]
         path = resolve_config_path(recipe, name)
         assert path.parent == RECIPES_DIR / recipe and path.stem == name
-        assert parsed.values[3].run_name == name  # the run directory is named after the config
+        assert parsed.values[-1].run_name == name  # the run directory is named after the config
         checked += 1
     assert checked >= 5
 
@@ -286,7 +289,7 @@ def test_config_globs_and_paths_in_prose_exist():
         for path in matches:
             recipe = path.parent.name
             parsed = parse_command(["accelerate", "launch", f"recipes/{recipe}.py", "--config", path.stem])
-            assert parsed.values[3].run_name == path.stem
+            assert parsed.values[-1].run_name == path.stem
     paths = [p for s in spans + comments for p in re.findall(r"(?:recipes|hub_cards|benchmarks)/[^\s`()]*", s)]
     assert len(paths) >= 6
     for path in paths:
@@ -319,7 +322,7 @@ def test_flag_fragments_are_accepted(parsed_commands):
 
 
 def test_pin_methods_and_gpu_preset_match_the_code(parsed_commands):
-    from groundvlm.recipes.pin_baselines import METHODS
+    from groundvlm.recipes.systems.pin.baselines import METHODS
 
     (listed,) = [s for s in inline_spans(section("Recipes")) if s.startswith("--methods ")]
     _, _, pin_args, _ = parse_command(["accelerate", "launch", "recipes/pin.py", *shlex.split(listed)]).values
@@ -329,7 +332,7 @@ def test_pin_methods_and_gpu_preset_match_the_code(parsed_commands):
     for command, parsed in parsed_commands:
         named = re.search(r"recipes/\w+/(\w+)\.yaml", command.comment)
         if named:  # "... (recipes/pin/toy_gpu.yaml)": that config is what the command runs
-            assert parsed.values[3].run_name == named.group(1), command.text
+            assert parsed.values[-1].run_name == named.group(1), command.text
         if "every baseline" in command.comment:
             assert sorted(parsed.values[2].methods) == sorted(METHODS), command.text
 
@@ -351,11 +354,12 @@ def test_run_folders_chain(parsed_commands):
 def test_pin_default_base_asset_is_buildable(parsed_commands, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from groundvlm.recipes import pin, toyworld
+    from groundvlm.recipes import toyworld
+    from groundvlm.recipes.systems.pin.models import DEFAULT_BASE_ASSET
 
     (command,) = [c for c, _ in parsed_commands if "toy asset" in c.comment]
     (asset,) = re.findall(r'toy asset "([\w-]+)"', command.comment)
-    assert pin.DEFAULT_BASE_ASSET == asset
+    assert DEFAULT_BASE_ASSET == asset
     assert asset in toyworld.ARTEFACTS
     # The cpu preset copies the committed GPU-built checkpoint (no training on the CPU), which loads as a VL-LLM.
     folder = toyworld.toy_asset(asset, "cpu", cache_dir=tmp_path, verbose=False)

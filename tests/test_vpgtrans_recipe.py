@@ -8,23 +8,27 @@ from pathlib import Path
 import pytest
 import torch
 from groundvlm.modeling import VPGTransConfig, VPGTransModel
-from groundvlm.recipes.vpgtrans import (
-    VPGTransArguments,
+from groundvlm.recipes.systems.vpgtrans.arguments import (
+    VPGTRANS_ARGUMENTS,
+    STAGES,
+    VPGTransModelArguments,
+    VPGTransTrainingArguments,
+)
+from groundvlm.recipes.systems.vpgtrans.models import freeze_for_stage, qformer_config, trainable_prefixes
+from groundvlm.recipes.systems.vpgtrans.training import (
+    TextReplay,
     VPGTransTrainer,
-    freeze_for_stage,
     inner_epoch_cosine_lr,
     lavis_param_groups,
-    qformer_config,
-    trainable_prefixes,
 )
-from groundvlm.recipes.vpgtrans_captioner import object_name_recall
-from groundvlm.recipes.vpgtrans_data import load_coco_karpathy, load_gqa, load_vqa
-from groundvlm.recipes.vpgtrans_qformer import (
+from groundvlm.recipes.systems.vpgtrans.captioner import object_name_recall
+from groundvlm.recipes.systems.vpgtrans.data import load_coco_karpathy, load_gqa, load_vqa
+from groundvlm.recipes.systems.vpgtrans.qformer import (
     QFormerPretrainer,
     load_pretrained_qformer,
     multimodal_causal_mask,
 )
-from groundvlm.recipes.vpgtrans_speedup import (
+from groundvlm.recipes.systems.vpgtrans.speedup import (
     format_rate,
     markdown_table,
     plot_curves,
@@ -32,7 +36,7 @@ from groundvlm.recipes.vpgtrans_speedup import (
     speedup_table,
     vpgtrans_curve,
 )
-from transformers import Blip2QFormerConfig, TrainingArguments
+from transformers import Blip2QFormerConfig
 
 from tests._vpgtrans_toys import (
     add_image_token,
@@ -122,9 +126,11 @@ def test_lavis_param_groups_no_decay_for_bias_norm_and_1d():
 def _trainer(stage, tmp_path, **kwargs):
     model, _ = tiny_model()
     freeze_for_stage(model, "stage1" if stage == "stage1" else "stage2")
-    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, num_train_epochs=kwargs.pop("epochs", 1),
-                             warmup_steps=kwargs.pop("warmup_steps", 0), report_to="none", use_cpu=True)  # fmt: skip
-    trainer = VPGTransTrainer(model=model, args=args, vpg_args=VPGTransArguments(stage=stage, **kwargs))
+    args = VPGTransTrainingArguments(
+        output_dir=str(tmp_path), learning_rate=1e-4, num_train_epochs=kwargs.pop("epochs", 1),
+        warmup_steps=kwargs.pop("warmup_steps", 0), report_to="none", use_cpu=True, **kwargs,
+    )  # fmt: skip
+    trainer = VPGTransTrainer(model=model, args=args, stage=stage)
     trainer.create_optimizer_and_scheduler(num_training_steps=kwargs.get("iters_per_inner_epoch", 10) * 10)
     return trainer
 
@@ -286,7 +292,7 @@ def _save(state):
 
 def test_qformer_checkpoint_with_other_hidden_size_is_refused():
     model, _ = tiny_model()
-    args = VPGTransArguments(qformer_hidden_size=16, qformer_layers=2, qformer_heads=4, num_query_tokens=4)
+    args = VPGTransModelArguments(qformer_hidden_size=16, qformer_layers=2, qformer_heads=4, num_query_tokens=4)
     pre = QFormerPretrainer(model.vision_model, qformer_config(args, 32, text_input=True, vocab_size=20), 4)
     with pytest.raises(ValueError, match="shape mismatch"):
         load_pretrained_qformer(tiny_model()[0], _save(pre.vpgtrans_state_dict()))
@@ -302,8 +308,6 @@ def test_object_name_recall_hand_case():
 
 
 def test_text_replay_adds_weighted_lm_loss(tmp_path):
-    from groundvlm.recipes.vpgtrans import TextReplay
-
     model, image_id = tiny_model()
     freeze_for_stage(model, "tfs", unfreeze_lm=True)
     tok = opt_tokenizer()
@@ -311,9 +315,10 @@ def test_text_replay_adds_weighted_lm_loss(tmp_path):
     twin = TextReplay("opt", tok, ["a red star", "two blue rings on the left", "the green circle"], batch_size=2, seed=0)
     expected_batch = twin.next_batch()
     assert expected_batch["input_ids"][0, 0].item() == 2  # OPT BOS </s> in front, EOS appended (toy LM pretraining)
-    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    vpg_args = VPGTransArguments(stage="tfs", unfreeze_lm=True, text_replay_weight=0.5)
-    trainer = VPGTransTrainer(model=model, args=args, vpg_args=vpg_args, replay=replay)
+    args = VPGTransTrainingArguments(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True, unfreeze_lm=True, text_replay_weight=0.5
+    )
+    trainer = VPGTransTrainer(model=model, args=args, stage="tfs", replay=replay)
     model.eval()  # no dropout: the two computations must agree
     batch = _batch(model, image_id)
     with torch.no_grad():
@@ -324,7 +329,7 @@ def test_text_replay_adds_weighted_lm_loss(tmp_path):
 
 
 def test_cider_d_without_java_equals_pycocoevalcap():
-    from groundvlm.recipes.vpgtrans_eval import cider_d
+    from groundvlm.recipes.systems.vpgtrans.evaluation import cider_d
     from pycocoevalcap.cider.cider import Cider
 
     preds = ["a red star and a blue ring", "a green circle", "two striped stars", "a white cross on a red square"]
@@ -338,7 +343,7 @@ def test_cider_d_without_java_equals_pycocoevalcap():
 def test_vqa_accuracy_fallback_without_evaluate(monkeypatch):
     import sys
 
-    from groundvlm.recipes.vpgtrans_eval import vqa_scores
+    from groundvlm.recipes.systems.vpgtrans.evaluation import vqa_scores
 
     monkeypatch.setitem(sys.modules, "evaluate", None)  # import evaluate -> ImportError, as on a bare GPU machine
     # 10 human answers: "red" x2 -> each leave-one-out subset has 2 or 1 matches -> (8 * 2/3 + 2 * 1/3) / 10 = 0.6.
@@ -348,18 +353,16 @@ def test_vqa_accuracy_fallback_without_evaluate(monkeypatch):
 
 @pytest.mark.parametrize("config", sorted(p.stem for p in (Path(__file__).parents[1] / "recipes" / "vpgtrans").glob("*.yaml")))
 def test_every_shipped_config_parses(config, tmp_path):
-    from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args
-    from groundvlm.recipes.vpgtrans import STAGES
-    from transformers import TrainingArguments as TA
+    from groundvlm.recipes.common.arguments import parse_recipe_args
 
-    run, args, training = parse_recipe_args(
-        (RunArguments, VPGTransArguments, TA), ["--config", config, "--output_dir", str(tmp_path), "--bf16", "false", "--fp16", "false"],  # no GPU here
+    run, script, _, _, training = parse_recipe_args(
+        VPGTRANS_ARGUMENTS, ["--config", config, "--output_dir", str(tmp_path), "--bf16", "false", "--fp16", "false"],  # no GPU here
         recipe="vpgtrans",
     )
-    assert args.stage in STAGES and run.preset in ("cpu", "gpu", "gpu-small")
-    if args.stage == "stage1":
-        assert training.num_train_epochs == 1 and training.warmup_steps == 0 and args.stage1_lr_multiplier == 5.0
-    if config.startswith("paper_") and args.stage != "converter":
+    assert script.stage in STAGES and run.preset in ("cpu", "gpu", "gpu-small")
+    if script.stage == "stage1":
+        assert training.num_train_epochs == 1 and training.warmup_steps == 0 and training.stage1_lr_multiplier == 5.0
+    if config.startswith("paper_") and script.stage != "converter":
         assert training.learning_rate == 1e-4 and training.weight_decay == 0.05 and training.max_grad_norm == 0.0
 
 
@@ -369,9 +372,9 @@ def _toy_world_available():
     return hasattr(data, "ToyWorld") and hasattr(data, "texts")
 
 
-@pytest.mark.skipif(not _toy_world_available(), reason="recipes.data.ToyWorld not available")
+@pytest.mark.skipif(not _toy_world_available(), reason="toyworld.ToyWorld not available")
 def test_toy_datasets_are_deterministic_per_index():
-    from groundvlm.recipes.vpgtrans_data import ToyCaptions, ToyVQA
+    from groundvlm.recipes.systems.vpgtrans.data import ToyCaptions, ToyVQA
 
     a, b = ToyCaptions(3, split="all", seed=5), ToyCaptions(3, split="all", seed=5)
     assert [a[i]["text"] for i in range(3)] == [b[i]["text"] for i in range(3)]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from groundvlm.modeling import VPGTransModel
-from groundvlm.recipes import vpgtrans, vpgtrans_eval
+from groundvlm.recipes import vpgtrans
+from groundvlm.recipes.systems.vpgtrans import evaluation as vpgtrans_eval
 from safetensors.torch import load_file
 from transformers import (
     Blip2VisionConfig,

@@ -5,7 +5,7 @@ able to write "[x1,y1,x2,y2]" after "located at", and VPGTrans's VQA evaluation 
 Answer:" (OPT/LLaMA) and "Question: {q} Short answer:" (Flan-T5, reference §A7). So the corpus mixes, per
 toy scene of every category (base models see all categories, DESIGN §4):
 
-- position-free captions, region captions, grounded captions and referring expressions (recipes.data.texts);
+- position-free captions, region captions, grounded captions and referring expressions (toyworld.texts);
 - VQA in both prompt formats with the scene's true answers;
 - PIN-style box sentences ("In the image is a red star located at [14,28,70,112]") with the scene's true
   grid box and, as often, a uniformly random grid box, so the LM's box prior is broad;
@@ -28,7 +28,7 @@ from .world import ToyWorld
 VQA_FORMATS = ("Question: {q} Answer: {a}", "Question: {q} Short answer: {a}")
 PIN_PROMPT = "In the image is {article} {name} located at"
 
-# The toy world's default geometry (recipes.data.ToyWorld): 112 px, 16 x 16 grid of 7-px cells.
+# The toy world's default geometry (toyworld.ToyWorld): 112 px, 16 x 16 grid of 7-px cells.
 IMAGE_SIZE = 112
 GRID_SIZE = 16
 

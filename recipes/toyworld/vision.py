@@ -189,7 +189,7 @@ def probe_predictions(
 def label_names(categories: list[str]) -> list[str]:
     """The multi-label vocabulary: every category, every colour and every shape ("category:red star", ...).
 
-    Categories are "<colour> <shape>" (recipes.data); labelling the category as well as its parts asks
+    Categories are "<colour> <shape>" (recipes.toyworld); labelling the category as well as its parts asks
     the encoder to bind colour to shape, which a caption ("a red star and a blue ring") needs.
     """
     if not categories:

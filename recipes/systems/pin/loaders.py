@@ -45,7 +45,7 @@ from pathlib import Path
 from PIL import Image
 
 from groundvlm.recipes.metrics import load_metric
-from groundvlm.recipes.pin_eval import EvalSample
+from groundvlm.recipes.systems.pin.evaluation import EvalSample
 
 logger = logging.getLogger("groundvlm")
 

@@ -5,7 +5,7 @@ score); VPGTrans first achieves a *better* score than p at epoch e_vt. The speed
 with one decimal; "-" when VPGTrans never beats p. The whole of stage 1 counts as VPGTrans's first epoch (the
 converter, minutes long, is not counted): the VPGTrans curve is [stage-1 result] + [stage-2 epoch results].
 
-    python recipes/vpgtrans_speedup.py --tfs runs/vpgtrans/tfs --stage1 runs/vpgtrans/stage1 \
+    python recipes/systems/vpgtrans/speedup.py --tfs runs/vpgtrans/tfs --stage1 runs/vpgtrans/stage1 \
         --stage2 runs/vpgtrans/stage2 [--inherit runs/vpgtrans/inherit] --plot fig7.png
 
 Curves are read from each run directory's `metrics.json["eval_curve"]` (written by recipes/vpgtrans.py).

@@ -1,21 +1,23 @@
-"""The toy world's caption-only VL-LLM (DESIGN §4): VPGTrans trained from scratch (`tfs`) on position-free captions.
+"""The toy world's caption-only VL-LLM: VPGTrans trained from scratch (`tfs`) on position-free captions.
 
-    python -m groundvlm.recipes.vpgtrans_captioner --preset cpu|gpu|gpu-small [--out DIR] [--qformer_pretrain] [--frozen_lm]
-        [any recipes/vpgtrans.py flag, e.g. --max_steps 3000]
+    python -m groundvlm.recipes.systems.vpgtrans.captioner --preset cpu|gpu|gpu-small [--out DIR] [--qformer_pretrain]
+        [--frozen_lm] [any recipes/vpgtrans.py flag, e.g. --max_steps 3000]
 
 Frozen toy BLIP-2 ViT (`vision-blip2`), toy OPT LM (`lm-opt-small`), Q-Former + projector trained on toy
 captions that never mention positions. PIN uses it as its frozen base VLM: it must *see* (name the objects of
 held-out images) but has never been taught to localise.
 
-A probe found (a feasibility probe run before this project; its notes live outside this repo) that with the tiny toy LM frozen, generative-only caption training
-learns shapes but collapses colours (name recall 0.12). Two remedies are available here:
+With the tiny toy LM frozen, generative-only caption training learns shapes but collapses colours (name recall
+0.12). Two remedies are available here:
 - `unfreeze_lm` + `text_replay_weight` (the default of the captioner configs): the toy LM adapts while replaying
-  its own pretraining text, so it keeps the box/number language PIN relies on (probe: recall 0.96, box parse 87%);
+  its own pretraining text, so it keeps the box/number language PIN relies on (recall 0.96, box parse 87%);
 - `--qformer_pretrain`: BLIP-2's first stage (ITC + ITM + ITG) before the caption stage, which is how real
   BLIP-2 (and VPGTrans's starting point) is built; combine with `--frozen_lm` to keep the frozen-LM premise.
 
-`build_caption_vlm` writes the model + processor to `<out>/model` and `<out>/captioner.json` with the metrics
-(caption name recall on held-out images, target >= 0.8; raw box-parse rate) and the provenance.
+`build_caption_vlm` runs the stages (`groundvlm.recipes.systems.vpgtrans.stages.run_stage`) and writes the model +
+processor to `<out>/model` and `<out>/captioner.json` with the metrics (caption name recall on held-out images,
+target >= 0.8; raw box-parse rate) and the provenance. `build_caption_asset` is the builder of the toy asset
+"vlm-caption" (`toy_asset("vlm-caption", preset, builder=build_caption_asset)`).
 """
 
 from __future__ import annotations
@@ -30,12 +32,17 @@ from pathlib import Path
 import torch
 import yaml
 
+from groundvlm.recipes.common.arguments import parse_recipe_args
 from groundvlm.recipes.common.provenance import git_commit
+from groundvlm.recipes.common.run_dir import prepare_run_dir
+from groundvlm.recipes.systems.vpgtrans.arguments import VPGTRANS_ARGUMENTS, check_stage
+from groundvlm.recipes.systems.vpgtrans.qformer import QFORMER_WEIGHTS_NAME
+from groundvlm.recipes.systems.vpgtrans.stages import run_stage
 from groundvlm.recipes.toyworld import caption_asset_metrics
 
 # captioner preset -> (caption-stage config, Q-Former-pretraining config, toy-asset preset). "gpu-small" trains the
 # cpu-preset model sizes with the GPU budget, on toy assets of the "gpu-small" preset (same sizes, GPU-trained):
-# the size that can be committed (DESIGN §4: <= 10 MB) and run on 2 CPU cores.
+# the size that can be committed (<= 10 MB of safetensors) and run on 2 CPU cores.
 CONFIGS = {
     "cpu": ("captioner_cpu", "qformer_pretrain_cpu", "cpu"),
     "gpu": ("captioner_gpu", "qformer_pretrain_gpu", "gpu"),
@@ -98,16 +105,24 @@ def caption_checks(model, processor, n_images: int = 200, seed: int = 10_000, sp
     }
 
 
+def _run_stage(args: list[str]):
+    """One VPGTrans stage from a shipped config plus overrides (the same arguments as recipes/vpgtrans.py), in its
+    own run directory."""
+    run_args, script_args, model_args, eval_args, training_args = parse_recipe_args(
+        VPGTRANS_ARGUMENTS, args, recipe="vpgtrans"
+    )
+    check_stage(script_args, training_args)
+    run_dir = prepare_run_dir(training_args.output_dir, run_args, script_args, model_args, eval_args, training_args)
+    return run_stage(run_args, script_args, model_args, eval_args, training_args, run_dir)
+
+
 def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain: bool = False, frozen_lm: bool = False,
                       extra_args: list[str] | None = None, eval_images: int | None = None) -> Path:  # fmt: skip
     """Train the caption-only toy VL-LLM into `out_dir/model` and write `out_dir/captioner.json`.
 
-    Runs `recipes/vpgtrans.py --stage tfs --config captioner_<preset>` (and first `--stage qformer_pretrain`
-    when asked). `frozen_lm` keeps the LLM frozen (the VPGTrans premise; expect colours to collapse without the
+    Runs the `tfs` stage with config `captioner_<preset>` (and first `qformer_pretrain` when asked). `frozen_lm` keeps the LLM frozen (the VPGTrans premise; expect colours to collapse without the
     Q-Former pretraining). Returns the model folder.
     """
-    from groundvlm.recipes import vpgtrans
-
     if preset not in CONFIGS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {tuple(CONFIGS)}")
     out_dir = Path(out_dir)
@@ -121,11 +136,11 @@ def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain
         qf_args = ["--stage", "qformer_pretrain", "--config", qformer_config, "--output_dir", str(qf_dir), "--preset", asset_preset]
         if preset == "gpu-small":
             qf_args += ["--qformer_hidden_size", "128"]
-        vpgtrans.main(qf_args + extra)
-        tfs_args += ["--qformer_init", str(qf_dir / vpgtrans.QFORMER_WEIGHTS_NAME)]
+        _run_stage(qf_args + extra)
+        tfs_args += ["--qformer_init", str(qf_dir / QFORMER_WEIGHTS_NAME)]
     if frozen_lm:
         tfs_args += ["--unfreeze_lm", "false", "--text_replay_weight", "0"]
-    model, processor, train_metrics = vpgtrans.main(tfs_args + extra)
+    model, processor, train_metrics = _run_stage(tfs_args + extra)
     model_dir = out_dir / "model"
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
@@ -133,7 +148,7 @@ def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain
     checks = {"held_out_images": caption_checks(model, processor, eval_images, split="all"),
               "held_out_categories": caption_checks(model, processor, max(eval_images // 2, 1), split="held_out")}  # fmt: skip
     report = {
-        "command": f"python -m groundvlm.recipes.vpgtrans_captioner --preset {preset}"
+        "command": f"python -m groundvlm.recipes.systems.vpgtrans.captioner --preset {preset}"
         + (" --qformer_pretrain" if qformer_pretrain else "") + (" --frozen_lm" if frozen_lm else ""),
         "commit": git_commit(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",

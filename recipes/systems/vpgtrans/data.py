@@ -16,7 +16,7 @@ Real formats (paths given by the user; images are opened lazily):
 | `load_gqa`               | GQA `*_balanced_questions.json` (`{qid: {...}}`)                | `image_root / <imageId>.jpg`        |
 
 Toy data (`ToyCaptions`, `ToyVQA`) render scenes of `groundvlm.recipes.toyworld.ToyWorld` on demand, with the
-position-free captions and colour/shape/count questions of `recipes.data.texts`; the per-example text is drawn
+position-free captions and colour/shape/count questions of `groundvlm.recipes.toyworld.texts`; the per-example text is drawn
 from a generator seeded by (seed, index), so an example is the same in every epoch, process and run.
 """
 
@@ -28,9 +28,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from groundvlm.modeling.vpgtrans_transfer import pre_caption
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from groundvlm.modeling.vpgtrans_transfer import pre_caption
+from groundvlm.recipes.systems.vpgtrans.arguments import VPGTransScriptArguments
 
 
 def _open_rgb(path: Path) -> Image.Image:
@@ -229,3 +232,32 @@ class CaptionCollator:
 
 
 __all__ = ["CaptionCollator", "ToyCaptions", "ToyVQA", "load_coco_karpathy", "load_gqa", "load_vqa"]
+
+
+def train_data(args: VPGTransScriptArguments, seed: int):
+    if args.dataset == "toy":
+        return ToyCaptions(args.toy_train_size, split="all", seed=seed)
+    if not (args.train_file and args.image_root):
+        raise ValueError("--dataset coco needs --train_file and --image_root.")
+    return load_coco_karpathy(args.train_file, args.image_root, split="train", train=True)
+
+
+def _subset(data, n):
+    if data is None or n is None or n >= len(data):
+        return data
+    return torch.utils.data.Subset(data, range(n))
+
+
+def eval_data(args: VPGTransScriptArguments, seed: int):
+    """(caption eval data, VQA eval data); toy eval scenes use another seed than training."""
+    if args.dataset == "toy":
+        n = args.toy_eval_size
+        return (ToyCaptions(n, split="all", seed=seed + 1000, references=args.toy_references),
+                ToyVQA(n, split="all", seed=seed + 2000))  # fmt: skip
+    captions = load_coco_karpathy(args.eval_caption_file, args.image_root, split="val", train=False) if args.eval_caption_file else None
+    vqa = None
+    if args.eval_vqa_questions:
+        vqa = load_vqa(args.eval_vqa_questions, args.eval_vqa_annotations, args.eval_vqa_image_root)
+    elif args.eval_gqa_file:
+        vqa = load_gqa(args.eval_gqa_file, args.eval_vqa_image_root)
+    return _subset(captions, args.eval_max_examples), _subset(vqa, args.eval_max_examples)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .metrics import load_metric
-from .pin_baselines import TABLE_NAMES, full_image_box, random_training_boxes
+from groundvlm.recipes.metrics import load_metric
+from groundvlm.recipes.systems.pin.baselines import TABLE_NAMES, full_image_box, random_training_boxes
 
 
 @dataclass

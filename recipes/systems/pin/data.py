@@ -23,10 +23,13 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from groundvlm.recipes import toyworld
 
 logger = logging.getLogger("groundvlm")
 
@@ -324,3 +327,27 @@ def build_feature_cache(
         pixels = image_processor(batch, return_tensors="pt")["pixel_values"].to(device=device, dtype=model_dtype)
         chunks.append(model.encode_images(pixels).to("cpu", dtype))
     return torch.cat(chunks)
+
+
+def scene_sources(pin_args, image_size: int, grid_size: int):
+    """(train source, val source, held-out source, train categories, held-out categories)."""
+    seed = pin_args.scene_seed
+    kwargs = {"image_size": image_size, "grid_size": grid_size}
+    if pin_args.objects_dir or pin_args.backgrounds_dir:
+        for name in ("objects_dir", "backgrounds_dir"):
+            value = getattr(pin_args, name)
+            if not value or not Path(value).is_dir() and not Path(value).is_file():
+                raise FileNotFoundError(f"--{name} {value!r} does not exist (give both objects_dir and backgrounds_dir)")
+        objects = toyworld.FolderObjects(pin_args.objects_dir, seed=seed)
+        held = list(pin_args.held_out_categories or [])
+        unknown = sorted(set(held) - set(objects.categories))
+        if unknown:
+            raise ValueError(f"held_out_categories {unknown} are not categories of {pin_args.objects_dir}")
+        train = [c for c in objects.categories if c not in held]
+        split = toyworld.CategorySplit(train=train, held_out=held)
+        kwargs.update(objects=objects, backgrounds=toyworld.FolderBackgrounds(pin_args.backgrounds_dir), category_split=split)
+    else:
+        split = toyworld.DEFAULT_SPLIT
+    make = lambda s, which: toyworld.ToyWorld(s, split=which, **kwargs)  # noqa: E731
+    # Distinct seeds: validation images are new images of the training categories.
+    return make(seed, "train"), make(seed + 1, "train"), make(seed + 2, "held_out"), split.train, split.held_out

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from groundvlm.recipes.systems.vpgtrans.arguments import VPGTransEvalArguments
+
 
 @dataclass
 class GenerationSettings:
@@ -206,3 +208,12 @@ def evaluate_vl_llm(model, processor, caption_data=None, vqa_data=None, settings
 
 
 __all__ = ["GenerationSettings", "caption_scores", "cider_d", "evaluate_vl_llm", "generate_answers", "generate_captions", "vqa_scores"]
+
+
+def generation_settings(args: VPGTransEvalArguments) -> GenerationSettings:
+    return GenerationSettings(
+        caption_num_beams=args.caption_num_beams, caption_min_length=args.caption_min_length,
+        caption_max_length=args.caption_max_length, vqa_num_beams=args.vqa_num_beams,
+        vqa_max_length=args.vqa_max_length, vqa_length_penalty=args.vqa_length_penalty,
+        batch_size=args.eval_batch_size,
+    )  # fmt: skip

@@ -1,0 +1,116 @@
+"""VPGTrans's arguments, split by concern as trl splits `ScriptArguments` / `ModelConfig` / `SFTConfig`.
+
+- `VPGTransScriptArguments`: which stage runs, on which data;
+- `VPGTransModelArguments`: the models it starts from and the shape of a new VPG;
+- `VPGTransEvalArguments`: zero-shot evaluation and its decoding;
+- `VPGTransTrainingArguments`: `TrainingArguments` plus the LAVIS schedule, the word converter and the toy
+  captioner's LLM options.
+
+    run_args, script_args, model_args, eval_args, training_args = parse_recipe_args(VPGTRANS_ARGUMENTS, argv)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import TrainingArguments
+
+from groundvlm.recipes.common.arguments import RunArguments
+from groundvlm.recipes.systems.vpgtrans.qformer import QFORMER_WEIGHTS_NAME
+
+STAGES = ("converter", "qformer_pretrain", "stage1", "stage2", "tfs", "inherit", "eval")
+
+
+@dataclass
+class VPGTransScriptArguments:
+    """Which stage runs, and the data it trains and evaluates on."""
+
+    stage: str | None = field(default=None, metadata={"help": f"One of {STAGES}."})
+    dataset: Literal["toy", "coco"] = "toy"
+    toy_train_size: int = 2000
+    toy_eval_size: int = 64
+    toy_references: int = 5
+    train_file: str | None = None
+    image_root: str | None = None
+    eval_caption_file: str | None = None
+    eval_vqa_questions: str | None = None
+    eval_vqa_annotations: str | None = None
+    eval_gqa_file: str | None = None
+    eval_vqa_image_root: str | None = None
+    eval_max_examples: int | None = None
+
+
+@dataclass
+class VPGTransModelArguments:
+    """The models a stage starts from (folders; "toy:<artefact>" names a toy base model of the preset, e.g.
+    toy:lm-opt-base) and the shape of a new VPG (tfs / qformer_pretrain)."""
+
+    source_model: str | None = field(default=None, metadata={"help": "Source VL-LLM folder (converter, inherit)."})
+    language_model: str | None = field(default=None, metadata={"help": "Target LLM folder (converter, inherit, tfs)."})
+    vision_model: str | None = field(
+        default=None, metadata={"help": "ViT folder (Blip2VisionModel + image processor) for tfs / qformer_pretrain."}
+    )
+    init_model: str | None = field(default=None, metadata={"help": "VL-LLM folder to start from (stage1, stage2, eval)."})
+    qformer_init: str | None = field(
+        default=None, metadata={"help": f"{QFORMER_WEIGHTS_NAME} (qformer_pretrain output) for tfs."}
+    )
+    num_query_tokens: int = 32
+    qformer_hidden_size: int = 128
+    qformer_layers: int = 2
+    qformer_heads: int = 4
+    qformer_cross_attention_frequency: int = 1
+    max_txt_len: int = 32
+
+
+@dataclass
+class VPGTransEvalArguments:
+    """Zero-shot evaluation after every (inner) epoch; decoding defaults of the LAVIS caption / VQA configs."""
+
+    eval_each_epoch: bool = True
+    caption_num_beams: int = 5
+    caption_min_length: int = 8
+    caption_max_length: int = 30
+    vqa_num_beams: int = 5
+    vqa_max_length: int = 10
+    vqa_length_penalty: float = -1.0
+    eval_batch_size: int = 16
+
+
+@dataclass
+class VPGTransTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the LAVIS `linear_warmup_cosine_lr` schedule per inner epoch (`learning_rate` is its
+    init_lr), the word converter's optimisation, and the toy captioner's LLM options (keep their defaults for
+    VPGTrans experiments: the frozen-LLM premise)."""
+
+    min_lr: float = 1e-5
+    warmup_lr: float | None = field(default=None, metadata={"help": "LR at step 0 of the warm-up (default: no warm-up)."})
+    stage1_lr_multiplier: float = field(default=5.0, metadata={"help": "Stage 1 runs at this x learning_rate, constant."})
+    iters_per_inner_epoch: int | None = field(
+        default=None, metadata={"help": "Optimizer steps per inner epoch (default: one pass over the data)."}
+    )
+    unfreeze_lm: bool = False
+    text_replay_weight: float = 0.0
+    text_replay_batch_size: int = 32
+    converter_epochs: int | None = None
+    converter_lr: float = 5.0
+    converter_captions_per_batch: int = 4096
+    converter_captions: int = 20000
+
+
+VPGTRANS_ARGUMENTS = (
+    RunArguments,
+    VPGTransScriptArguments,
+    VPGTransModelArguments,
+    VPGTransEvalArguments,
+    VPGTransTrainingArguments,
+)
+"""The dataclasses `parse_recipe_args` fills for the VPGTrans recipe, in the order it returns them."""
+
+
+def check_stage(script_args: VPGTransScriptArguments, training_args: VPGTransTrainingArguments) -> None:
+    """Fail on an unknown stage before anything is written; keep the examples' columns (dicts with PIL images,
+    which the collators read)."""
+    if script_args.stage not in STAGES:
+        raise ValueError(f"Unknown or missing --stage {script_args.stage!r}; expected one of {STAGES}.")
+    training_args.remove_unused_columns = False
