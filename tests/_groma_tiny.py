@@ -2,7 +2,7 @@
 `GromaConfig` whose token ids are that tokenizer's, and the matching `GromaProcessor`.
 
 Shared by the Groma tests that run the processor and the model together (the tiny shapes follow
-tests/test_groma_model.py: DINOv2 with 4 blocks fed 112 px -> an 8x8 patch grid -> 16 image tokens).
+tests/groma/test_groma_model.py: DINOv2 with 4 blocks fed 112 px -> an 8x8 patch grid -> 16 image tokens).
 """
 
 from __future__ import annotations

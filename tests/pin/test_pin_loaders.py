@@ -23,7 +23,7 @@ from groundvlm.recipes.systems.pin.loaders import (
     squash_box,
 )
 from tests._pin_tiny import make_tokenizer
-from tests.test_pin_recipe import HELD, S, TRAIN, SquareWorld, tiny_base
+from tests.pin.test_pin_recipe import HELD, S, TRAIN, SquareWorld, tiny_base
 
 
 def _jpeg(path, width, height, colour=(120, 60, 30)):

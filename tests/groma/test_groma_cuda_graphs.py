@@ -6,7 +6,7 @@ import copy
 import torch
 from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
 
-from tests.test_groma_model import static_prompt, tiny_config
+from tests.groma.test_groma_model import static_prompt, tiny_config
 
 
 def covered(model):

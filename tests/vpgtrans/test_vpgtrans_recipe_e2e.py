@@ -21,7 +21,7 @@ from transformers import (
 
 from tests._vpgtrans_toys import VISION, llama_tokenizer, opt_text_config, opt_tokenizer
 
-COCO = Path(__file__).parent / "fixtures" / "vpgtrans" / "coco"
+COCO = Path(__file__).parents[1] / "fixtures" / "vpgtrans" / "coco"
 DATA = [
     "--dataset", "coco", "--train_file", str(COCO / "coco_karpathy_train.json"), "--image_root", str(COCO),
     "--eval_caption_file", str(COCO / "coco_karpathy_val.json"),

@@ -45,7 +45,7 @@ from tests._vpgtrans_toys import (
     opt_tokenizer,
 )
 
-FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "vpgtrans"
+FIXTURES = __import__("pathlib").Path(__file__).parents[1] / "fixtures" / "vpgtrans"
 COCO = FIXTURES / "coco"
 
 
@@ -351,7 +351,7 @@ def test_vqa_accuracy_fallback_without_evaluate(monkeypatch):
     assert vqa_scores(["red.", "two", "the yes"], answers) == pytest.approx((0.6 + 1 + 1) / 3)
 
 
-@pytest.mark.parametrize("config", sorted(p.stem for p in (Path(__file__).parents[1] / "recipes" / "vpgtrans").glob("*.yaml")))
+@pytest.mark.parametrize("config", sorted(p.stem for p in (Path(__file__).parents[2] / "recipes" / "vpgtrans").glob("*.yaml")))
 def test_every_shipped_config_parses(config, tmp_path):
     from groundvlm.recipes.common.arguments import parse_recipe_args
 

@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaModel
 from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
 from groundvlm.recipes.convert.groma import convert_checkpoint, convert_config, convert_state_dict
 from tests import groma_reference_math as ref
-from tests.test_groma_model import BASE_VOCAB, IMAGE, PROXY, REFER_BOX, REFER_FEAT, REGION, static_prompt, tiny_config
+from tests.groma.test_groma_model import BASE_VOCAB, IMAGE, PROXY, REFER_BOX, REFER_FEAT, REGION, static_prompt, tiny_config
 
 V, VL, VH, MLP = 32, 4, 4, 128  # DINOv2 hidden, layers, heads, mlp
 D, DL, DH, FFN, PTS, Q = 32, 2, 4, 64, 4, 20  # proposer

@@ -7,7 +7,7 @@ from pathlib import Path
 import evaluate
 import pytest
 
-METRICS_DIR = Path(__file__).resolve().parents[1] / "recipes" / "metrics"
+METRICS_DIR = Path(__file__).resolve().parents[2] / "recipes" / "metrics"
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's tokenizer and METEOR need Java")
 

@@ -6,7 +6,7 @@ import torch
 from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
 from groundvlm.recipes.convert.groma import AUTO_MAP, REMOTE_CODE_FILES
 from tests._isolated import run_isolated
-from tests.test_groma_model import static_prompt, tiny_config
+from tests.groma.test_groma_model import static_prompt, tiny_config
 
 
 @pytest.mark.remote_code

@@ -23,7 +23,7 @@ from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args, 
 from groundvlm.recipes.common.checkpointing import last_checkpoint, save_safetensors_atomic, train_resuming
 from groundvlm.recipes.common.run_dir import prepare_run_dir, resolved_config, write_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_RECIPE = REPO / "tests" / "fixtures" / "tiny_recipe.py"
 ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate_configs"
 

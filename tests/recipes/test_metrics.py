@@ -15,7 +15,7 @@ from torchvision.ops import box_iou
 
 from groundvlm.recipes.metrics import METRIC_NAMES, load_metric, metric_path
 
-METRICS_DIR = Path(__file__).resolve().parents[1] / "recipes" / "metrics"
+METRICS_DIR = Path(__file__).resolve().parents[2] / "recipes" / "metrics"
 
 
 @pytest.fixture(scope="module")

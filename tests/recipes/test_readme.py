@@ -25,7 +25,7 @@ import torch
 
 from groundvlm.recipes.systems.vpgtrans.stages import MODEL_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SECTIONS = ("Quickstart", "Using the models", "Recipes")
 RECIPES = ("pin", "vpgtrans")  # recipe scripts recipes/<name>.py driven by parse_recipe_args

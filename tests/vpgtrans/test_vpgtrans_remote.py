@@ -5,7 +5,7 @@ import torch
 
 from groundvlm.modeling import VPGTransModel
 from tests._isolated import run_isolated
-from tests.test_vpgtrans_model import Q, _hf_blip2, _images
+from tests.vpgtrans.test_vpgtrans_model import Q, _hf_blip2, _images
 
 
 @pytest.mark.remote_code

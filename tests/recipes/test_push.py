@@ -22,7 +22,7 @@ from groundvlm.recipes.push.cards import build_model_card, eval_results_from_met
 from groundvlm.recipes.push.push_to_hub import NotSelfContainedError, check_self_contained, main, push_to_hub
 from tests._pin_tiny import blip_image_processor, make_tokenizer, tiny_blip2
 from tests._vpgtrans_toys import add_image_token, blip2_config, opt_text_config, opt_tokenizer
-from tests.test_groma_model import tiny_config as tiny_groma_config
+from tests.groma.test_groma_model import tiny_config as tiny_groma_config
 
 PIN_BASE_ID = "org/tiny-blip2"
 

@@ -21,7 +21,7 @@ So the honest criterion for SDPA is: same tokens, same regions, logits within 2 
 the measured worst case), compared after an exact upcast to fp32. Deeper models add noise per layer. The bound still
 catches real bugs: attending the pads moves logits by 0.57 (~145 ulps); positions counting pads and masked pairs
 (arange instead of cumsum of the mask) move them by 0.0039 here, which the eager 1e-4 test below catches.
-The fp32 counterpart (1e-4) is tests/test_groma_model.py / tests/test_groma_end_to_end.py.
+The fp32 counterpart (1e-4) is tests/groma/test_groma_model.py / tests/groma/test_groma_end_to_end.py.
 """
 
 import pytest
