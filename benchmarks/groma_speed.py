@@ -15,7 +15,7 @@ together (~29 GB; `--sequential` builds, measures and frees one at a time instea
 After `--warmup` untimed rounds over all units, each of `--repeats` rounds runs every unit once, in the base order
 rotated by one per round (ABC, BCA, CAB, ...), so drift of clocks, allocator state or host load hits all units alike
 instead of whichever model ran in a later phase. Reported: the median over the repeats with min-max. The acceptance
-checks (issue 5) are ratios formed within one repeat, PASS/FAIL on their median (min-max shown): Groma batch-1
+checks are ratios formed within one repeat, PASS/FAIL on their median (min-max shown): Groma batch-1
 TTFT <= 1.5 x (DINOv2 alone + LLM prefill alone), and Groma decode >= 0.97 x LLaVA's per batch size, for both
 vision variants. Peak memory: the model's own parameters and buffers + the largest rise of allocated memory during
 one of its generate runs (warm-ups included, so Groma's graph capture counts; the other model's weights do not).

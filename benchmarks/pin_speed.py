@@ -1,4 +1,4 @@
-"""PIN's cost, as paired ratios of one run (issue 4): inference latency of PIN vs its base VLM, and training samples/s
+"""PIN's cost, as paired ratios of one run: inference latency of PIN vs its base VLM, and training samples/s
 of PIN vs LoRA-φ.
 
 Units, each timed once per repeat:

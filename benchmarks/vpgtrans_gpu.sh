@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The toy VPGTrans experiment (issue 3; benchmarks/vpgtrans_transfer.py) in ONE device call on one H200 (<= 600 s
+# The toy VPGTrans experiment (benchmarks/vpgtrans_transfer.py) in ONE device call on one H200 (<= 600 s
 # wall, a fresh machine): transfer across size (OPT-small -> OPT-base) and across type (OPT-small -> T5), each with
 # TFS, VPGInherit and VPGTrans, all six as parallel processes (the tiny models leave the GPU launch-bound; the CPU
 # cores render the toy images), then the report (Table 3 form + Fig. 7).

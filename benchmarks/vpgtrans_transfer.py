@@ -1,4 +1,4 @@
-"""Toy VPGTrans experiment (issue 3 acceptance; paper §4-5, Table 3, Fig. 7): TFS vs VPGInherit vs VPGTrans.
+"""Toy VPGTrans experiment (VPGTrans paper, Sec. 4-5, Table 3, Fig. 7): TFS vs VPGInherit vs VPGTrans.
 
     python benchmarks/vpgtrans_transfer.py --preset tiny                 # CPU smoke run, a few minutes
     python benchmarks/vpgtrans_transfer.py --preset cpu                  # everything (resumes finished runs)
@@ -13,13 +13,13 @@ Targets (frozen, as the paper) are toy LMs of the `--assets` preset (default: cp
 for tiny). The source's tokenizer must be that preset's: the committed captioner was built on gpu-small assets,
 whose tokenizers equal the gpu preset's (same corpus), not the cpu/test presets'. Checked before training:
 - across size: OPT-small -> OPT-base (`lm-opt-base`), the same tokenizer (identity word pairs);
-- across type: OPT-small -> T5 (`lm-t5`), another tokenizer (same-length pairing, spec A2).
+- across type: OPT-small -> T5 (`lm-t5`), another tokenizer (the reference's same-length pairing).
 `tiny` uses untrained LMs of the `test` preset's sizes on the `--assets` tokenizers, a handful of steps, 8 eval
 images and 2 beams: it checks the plumbing (runs, curves, report), not the science.
 
 For each target: TFS (the source's frozen ViT, new Q-Former + projector, E epochs), VPGInherit (source VPG + random
 projector, E epochs) and VPGTrans (converter; stage 1 = 1 epoch projector warm-up at 5x lr, counted as epoch 1;
-stage 2 = E - 1 epochs). Every epoch is evaluated zero-shot (caption CIDEr, VQA accuracy; decoding per spec A7
+stage 2 = E - 1 epochs). Every epoch is evaluated zero-shot (caption CIDEr, VQA accuracy; decoding as the LAVIS eval configs
 except the toy caption min length). Output under `--out` (default runs/vpgtrans/benchmark_<preset>): the run
 folders `<part>/{tfs,inherit,converter,stage1,stage2}`, and from `--part report` (also run after every part):
 `results.json` (curves, speed-up table, the epochs behind each rate, run times, provenance), `results.md`

@@ -1,6 +1,6 @@
 """Tiny tokenizers and BLIP-2 configs for the VPGTrans tests, built in code (no downloads).
 
-Tokenizers follow each LLM family's special-token convention (DESIGN §4):
+Tokenizers follow each LLM family's special-token convention (OPT: </s> as BOS/EOS; LLaMA: <s>/</s>; T5: EOS only):
 - OPT-style: word-level (like OPT's whole-word BPE pieces), `</s>` is both BOS and EOS, only BOS is added,
   `<pad>` = 1.
 - LLaMA-style: sentencepiece-like Unigram with "▁" word prefixes, `<s>` BOS added, `</s>` EOS not added, no pad.

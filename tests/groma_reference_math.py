@@ -1,6 +1,6 @@
 """Test-only, independent statement of the reference Groma's inference math (FoundationVision/Groma @ d3a95b6).
 
-Written from the spec (groma_reference.md §1-2, §5), on the *reference's* state-dict names, with plain torch ops and
+Written from the reference's math (FoundationVision/groma), on the *reference's* state-dict names, with plain torch ops and
 none of our modeling code. Where the reference ran a library op that cannot run here, it is restated:
 - transformers 4.32 DINOv2 position-embedding interpolation: bicubic (Keys, a = -0.75) written out by hand, with
   4.32's `scale_factor = (n + 0.1) / sqrt(N)` coordinate mapping;

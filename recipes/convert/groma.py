@@ -2,7 +2,7 @@
 
     python -m groundvlm.recipes.convert.groma --src path/to/groma-7b-finetune --dst out/groma-7b [--allow-pickle]
 
-Reference layout (spec §5) -> ours:
+Reference layout (FoundationVision/groma checkpoints) -> ours:
 - `perceiver.vis_encoder.*` -> `vision_model.*` (unchanged DINOv2 names);
 - `perceiver.input_proj.0.{0,1}.*` -> `region_proposer.input_proj.{0,1}.*`;
 - `perceiver.ddetr_transformer.*` -> `region_proposer.*`, with `encoder.layers` -> `encoder_layers`,

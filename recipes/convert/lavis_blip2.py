@@ -6,7 +6,7 @@ converted checkpoint is merged onto a full *base* model (an HF BLIP-2 or VPGTran
 LLM). Several checkpoints apply in order, as the reference's loading order (stage-1 `blip2_pretrained.pth`, then
 the Q-Former of a BLIP-2 OPT checkpoint, then a projector from the word converter or stage 1).
 
-Key map (spec A6, as transformers' BLIP-2 conversion script):
+Key map (as transformers' BLIP-2 conversion script, models/blip_2/convert_blip_2_original_to_pytorch.py):
     ln_vision.*                            -> vision_model.post_layernorm.*
     visual_encoder.cls_token / pos_embed   -> vision_model.embeddings.class_embedding / position_embedding
     visual_encoder.patch_embed.proj.*      -> vision_model.embeddings.patch_embedding.*

@@ -1,6 +1,6 @@
 """Background sources for the toy world: procedural scenes at any resolution, or a folder of images.
 
-Stand-in for BG-20k (PIN spec §B6: backgrounds are resized -- squashed -- to the model's input size).
+Stand-in for BG-20k (PIN's reference resizes backgrounds -- squashed -- to the model's input size).
 Both sources return RGB PIL images of exactly the requested ``size=(W, H)``.
 """
 
@@ -118,7 +118,7 @@ class ProceduralBackgrounds:
 class FolderBackgrounds:
     """Backgrounds from a folder of images (BG-20k style), searched recursively, squashed to ``size``.
 
-    Squashing (not cropping) follows PIN's reference (spec §B6). Errors name the folder or the file.
+    Squashing (not cropping) follows PIN's reference. Errors name the folder or the file.
     """
 
     def __init__(self, root: str | Path, seed: int = 0):

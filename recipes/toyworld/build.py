@@ -1,4 +1,4 @@
-"""Build and cache the toy world's base models (DESIGN §4): the embedded default every recipe runs on.
+"""Build and cache the toy world's base models: the embedded default every recipe runs on.
 
     python -m groundvlm.recipes.toyworld build                 # what the main job needs (CPU preset)
     python -m groundvlm.recipes.toyworld build --preset gpu --only all
@@ -47,7 +47,7 @@ ARTEFACTS = (
     + tuple(f"lm-{n}" for n in LM_NAMES)
     + tuple(f"vision-{k}" for k in VISION_KINDS)
     # The caption-only VL-LLM (VPGTrans trained from scratch on position-free captions) that PIN runs on. The cpu
-    # preset copies the committed GPU-built checkpoint (recipes/toy_checkpoints/vlm-caption, DESIGN §4).
+    # preset copies the committed GPU-built checkpoint (recipes/toy_checkpoints/vlm-caption).
     + ("vlm-caption",)
 )
 COMMITTED_CAPTION_VLM = Path(__file__).resolve().parent.parent / "toy_checkpoints" / "vlm-caption"
@@ -100,7 +100,7 @@ PRESETS = {
         vision_steps=300,
         vision_batch=32,
     ),
-    # One accelerator (sizes of the H200 probe, a feasibility probe run before this project): bigger models, more steps, bf16.
+    # One accelerator (sizes tried on an H200): bigger models, more steps, bf16.
     "gpu": Preset(
         device="cuda",
         bf16=True,
@@ -142,7 +142,7 @@ PRESETS = {
 }
 
 
-# The cpu preset's model sizes trained with the GPU budget: small enough to commit (DESIGN §4, <= 10 MB) and to run
+# The cpu preset's model sizes trained with the GPU budget: small enough to commit (<= 10 MB of safetensors) and to run
 # on 2 CPU cores, trained long enough to see. The committed caption VL-LLM is built from these.
 PRESETS["gpu-small"] = replace(
     PRESETS["cpu"],
@@ -326,7 +326,7 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
 
-    # Held-out text: scenes of another seed. VQA in this family's prompt format (reference §A7).
+    # Held-out text: scenes of another seed. VQA in this family's prompt format (the VPGTrans reference's VQA prompts).
     held = _corpus(max(1, p.lm_eval_texts // 8), SEED + 1)
     marker = VQA_FORMATS[1 if LM_FAMILY[lm] == "t5" else 0].split("{a}")[0].split("{q}")[1]
     vqa = [t for t in held if t.startswith("Question:") and marker in t][: p.lm_eval_texts]

@@ -1,4 +1,4 @@
-"""The composition function C(I_b, r, a_max, s_min, s_max, o_max) of PIN's reference (spec §B6).
+"""The composition function C(I_b, r, a_max, s_min, s_max, o_max) of PIN's reference (its ``XPaste`` dataset).
 
 Pastes up to ``a_max`` RGBA objects onto a background on a grid of ``grid_size`` x ``grid_size`` cells,
 following the reference ``XPaste`` dataset (``sample_size``, ``possible_locations``,

@@ -2,8 +2,8 @@
 
 Real LLMs arrive knowing English, numbers and answer formats; PIN relies on the frozen LM already being
 able to write "[x1,y1,x2,y2]" after "located at", and VPGTrans's VQA evaluation on "Question: {q}
-Answer:" (OPT/LLaMA) and "Question: {q} Short answer:" (Flan-T5, reference §A7). So the corpus mixes, per
-toy scene of every category (base models see all categories, DESIGN §4):
+Answer:" (OPT/LLaMA) and "Question: {q} Short answer:" (Flan-T5; the VPGTrans reference's VQA prompts). So the corpus mixes, per
+toy scene of every category (base models see all categories):
 
 - position-free captions, region captions, grounded captions and referring expressions (toyworld.texts);
 - VQA in both prompt formats with the scene's true answers;
@@ -11,7 +11,7 @@ toy scene of every category (base models see all categories, DESIGN §4):
   grid box and, as often, a uniformly random grid box, so the LM's box prior is broad;
 - counting sentences, and number lists (grid ticks, counting sequences) for number fluency.
 
-Boxes use PIN's grid encoding (reference §B4): grid cells (inclusive) [gx1,gy1,gx2,gy2] are written as
+Boxes use PIN's grid encoding (the reference's grid codec): grid cells (inclusive) [gx1,gy1,gx2,gy2] are written as
 "[{c*gx1},{c*gy1},{c*(gx2+1)},{c*(gy2+1)}]" with c the cell size in pixels and no spaces.
 """
 

@@ -1,6 +1,6 @@
 """Object sources for the toy world: procedurally rendered RGBA objects and folder pools of real cut-outs.
 
-Stand-in for PIN's X-Paste instance pool (spec §B6/§B8): every object is an RGBA image cropped tight to
+Stand-in for PIN's X-Paste instance pool: every object is an RGBA image cropped tight to
 the object, alpha = mask, and its own width/height is the aspect ratio r that the composer C uses.
 
 Categories are "<colour> <shape>" (e.g. "red star"): ``len(COLOURS) * len(SHAPES)`` = 8 x 10 = 80.
@@ -9,9 +9,9 @@ Texture (plain / striped / dotted / checkered) varies per instance and is *not* 
 Category split (``DEFAULT_SPLIT``) -- what each split stands for:
 
 * ``held_out`` (16): every colour of two whole shapes, **heart** and **moon**. They play the COCO/VOC
-  classes that PIN training never sees (spec §B6: the reference removes all COCO and VOC classes from
+  classes that PIN training never sees (the PIN reference removes all COCO and VOC classes from
   its X-Paste training pool). Only PIN (and its baselines) are trained without them; base models (LMs,
-  vision encoders, the caption VL-LLM) see every category (DESIGN §4). Use them for final tables only.
+  vision encoders, the caption VL-LLM) see every category, as a pretrained VLM has seen everything. Use them for final tables only.
 * ``validation`` (8): fixed (colour, shape) combinations of the remaining 8 shapes, one per shape and
   one per colour (the "diagonal": red circle, orange square, yellow triangle, green star, blue ring,
   purple diamond, pink hexagon, white cross). Every colour and shape of these is seen in training, only

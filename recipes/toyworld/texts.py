@@ -8,7 +8,7 @@
 * ``grounded_caption``: a caption with character spans of each object phrase and its boxes;
 * ``detection``: COCO-style (category, bbox_xywh) annotations;
 * ``pin_queries``: names and boxes of every object -- PIN's prompt/target *text* is built by
-  ``PinProcessor`` (spec §B4), never here, so there is one place that formats it.
+  ``PinProcessor`` (the PIN reference's grid codec), never here, so there is one place that formats it.
 
 Texture words are used only where the texture is known and not plain; category names stay contiguous
 ("striped blue ring" contains "blue ring"), so a name-recall check can look for the category name.
@@ -46,7 +46,7 @@ AREA_MARGIN = 1.25
 
 
 def article(name: str) -> str:
-    """ "an" when ``name`` starts with a vowel letter, else "a" (PIN's TextConstructor rule, spec §B4)."""
+    """ "an" when ``name`` starts with a vowel letter, else "a" (the PIN reference's TextConstructor rule)."""
     if not name:
         raise ValueError("article() needs a non-empty name")
     return "an" if name[0].lower() in "aeiou" else "a"

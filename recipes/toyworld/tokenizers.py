@@ -2,7 +2,7 @@
 
 They stand in for the OPT, LLaMA and Flan-T5 tokenizers so that everything that depends on tokenizer
 conventions is exercised for real: VPGTrans's word-embedding converter pairs two tokenizations of one
-caption position by position and keeps it only when both have the same length (reference §A2), after
+caption position by position and keeps it only when both have the same length (the VPGTrans reference's pairing rule), after
 dropping the OPT BOS and the T5 EOS and the lone T5 "▁" piece (id 3). The three tokenizers therefore
 differ the way the real ones do:
 
@@ -150,7 +150,7 @@ def train_tokenizer(family: str, texts: Iterable[str], vocab_size: int | None = 
 
 
 def paired_token_ids(src, tgt, text: str) -> list[tuple[int, int]] | None:
-    """VPGTrans's cross-tokenizer pairing of one text (reference §A2), or None when it does not pair.
+    """VPGTrans's cross-tokenizer pairing of one text (the VPGTrans reference's rule), or None when it does not pair.
 
     Both tokenizations keep their special tokens, except that a T5 target drops its EOS and its lone "▁"
     (id 3) and an OPT source then drops its BOS; the text pairs only if the two id lists are equally long.

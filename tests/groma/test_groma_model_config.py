@@ -1,4 +1,4 @@
-"""GromaConfig defaults build the released 7B shape: per-module parameter counts, stated from the spec's shapes."""
+"""GromaConfig defaults build the released 7B shape: per-module parameter counts, stated from the released checkpoint's shapes."""
 
 import torch
 
@@ -61,7 +61,7 @@ def test_default_config_is_the_released_7b_shape_on_meta():
     assert counts["vision_model"] == _dinov2_large()
     assert counts["region_proposer"] == _proposer()
     assert counts["region_encoder"] == _region_encoder()
-    assert 0.285e9 < counts["region_encoder"] < 0.295e9  # the spec's "about 0.29 B"
+    assert 0.285e9 < counts["region_encoder"] < 0.295e9  # the released region encoder: about 0.29 B
     assert counts["multi_modal_projector"] == _linear(4 * 1024, 4096) + _linear(4096, 4096)  # 2x2-merged input
     assert counts["language_model"] == _llama_7b()
     assert model.get_input_embeddings().weight.shape == (32114, 4096)

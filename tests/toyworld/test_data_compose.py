@@ -1,4 +1,4 @@
-"""PIN's composition function C (spec §B6): constraints on thousands of draws, hand-computed cases, errors."""
+"""PIN's composition function C (PIN reference): constraints on thousands of draws, hand-computed cases, errors."""
 
 import numpy as np
 import pytest
@@ -29,7 +29,7 @@ def _expected_other_side(longer, ratio):
 
 
 def test_pin_size_ranges_match_reference_defaults():
-    # round(16 * [0.3, 0.2, 0.1]) = (5, 3, 2); round(16 * 1.0) = 16 -- spec §B6.
+    # round(16 * [0.3, 0.2, 0.1]) = (5, 3, 2); round(16 * 1.0) = 16 -- the PIN reference's factors.
     assert pin_size_ranges(16) == ((5, 3, 2), (16, 16, 16))
     assert pin_size_ranges(32) == ((10, 6, 3), (32, 32, 32))
 

@@ -150,7 +150,7 @@ def test_stage1_lr_is_5x_base_and_constant(tmp_path):
 
 
 def test_stage2_cosine_per_inner_epoch_matches_formula(tmp_path):
-    # init 1e-4, min 5e-5, 10 inner epochs of 3 steps, no warm-up (spec A4 stage 2).
+    # init 1e-4, min 5e-5, 10 inner epochs of 3 steps, no warm-up (VPGTrans stage 2).
     trainer = _trainer("stage2", tmp_path, iters_per_inner_epoch=3, min_lr=5e-5, epochs=10)
     lrs = _lrs(trainer, 30)
     # Hand values: epoch 1: 5e-5 + 5e-5 * 0.5 * (1 + cos(pi/10)) = 5e-5 + 5e-5 * 0.975528 = 9.87764e-5;

@@ -1,6 +1,6 @@
 """PIN's synthetic training data: pasted-object scenes, the reference curriculum, a collator, a feature cache.
 
-The reference (spec B5/B6) draws a fresh composition for every sample of every epoch (160 epochs × 60k) and
+The PIN reference draws a fresh composition for every sample of every epoch (160 epochs × 60k) and
 supervises one random pasted object per sample; the first quarter of the epochs uses exactly 3 objects and
 also supervises the object's name ("name reconstruction"), the rest 1–3 objects and the box only.
 

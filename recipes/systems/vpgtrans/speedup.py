@@ -1,4 +1,4 @@
-"""VPGTrans speed-up rate (paper Table 3, spec A8) and the Fig. 7-style convergence plot, from logged eval curves.
+"""VPGTrans speed-up rate (VPGTrans paper, Table 3) and the Fig. 7-style convergence plot, from logged eval curves.
 
 For a dataset D, training from scratch (TFS) reaches its best score p at epoch e_tfs (the first epoch with that
 score); VPGTrans first achieves a *better* score than p at epoch e_vt. The speed-up rate is e_tfs / e_vt, shown
@@ -54,7 +54,7 @@ def read_curve(run_dir: str | Path) -> dict[str, list]:
 
 
 def vpgtrans_curve(stage1: dict[str, list], stage2: dict[str, list]) -> dict[str, list]:
-    """Stage 1's final result as epoch 1, then stage 2's epochs as 2, 3, ... (paper §4.1)."""
+    """Stage 1's final result as epoch 1, then stage 2's epochs as 2, 3, ... (VPGTrans paper, Sec. 4.1)."""
     keys = [k for k in stage2 if k not in ("epoch", "step") and k in stage1]
     out = {k: [stage1[k][-1]] + list(stage2[k]) for k in keys}
     out["epoch"] = list(range(1, len(stage2["epoch"]) + 2))
