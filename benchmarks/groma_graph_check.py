@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _checkout import ROOT  # noqa: E402  (makes groundvlm importable from a bare checkout)
 
 from groundvlm.modeling import GromaConfig, GromaForConditionalGeneration  # noqa: E402
 
@@ -39,15 +37,36 @@ def tiny_config() -> GromaConfig:
     base = 1000
     return GromaConfig(
         vision_config=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, image_size=518, patch_size=14),
-        text_config=dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, vocab_size=base + 114, pad_token_id=base,
-                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False),
-        image_size=112, proposer_d_model=32, proposer_encoder_layers=2, proposer_decoder_layers=2,
-        proposer_attention_heads=4, proposer_ffn_dim=64, proposer_num_queries=40, region_gn_groups=4,
-        region_pos_embed_dim=16, pad_token_id=base, image_token_id=base + 8, region_token_id=base + 9,
-        refer_box_token_id=base + 10, ground_box_token_id=base + 11, refer_feat_token_id=base + 12,
+        text_config=dict(
+            model_type="llama",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=base + 114,
+            pad_token_id=base,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
+        ),
+        image_size=112,
+        proposer_d_model=32,
+        proposer_encoder_layers=2,
+        proposer_decoder_layers=2,
+        proposer_attention_heads=4,
+        proposer_ffn_dim=64,
+        proposer_num_queries=40,
+        region_gn_groups=4,
+        region_pos_embed_dim=16,
+        pad_token_id=base,
+        image_token_id=base + 8,
+        region_token_id=base + 9,
+        refer_box_token_id=base + 10,
+        ground_box_token_id=base + 11,
+        refer_feat_token_id=base + 12,
         proxy_token_start_id=base + 14,
-    )  # fmt: skip
+    )
 
 
 def lite_7b_config() -> GromaConfig:
@@ -79,7 +98,9 @@ def static_prompts(config: GromaConfig, batch: int) -> tuple[torch.Tensor, torch
     rows = []
     for i in range(batch):
         ids = [1, 5, 6 + i] + [config.image_token_id] * config.num_image_tokens + [11]
-        ids += [t for j in range(config.num_proxy_tokens) for t in (config.proxy_token_start_id + j, config.region_token_id)]
+        ids += [
+            t for j in range(config.num_proxy_tokens) for t in (config.proxy_token_start_id + j, config.region_token_id)
+        ]
         rows.append(ids + [12] + list(range(30, 30 + 2 * i)) + [8, 9])
     width = max(map(len, rows))
     ids = torch.tensor([[config.pad_token_id] * (width - len(r)) + r for r in rows], device="cuda")
@@ -92,9 +113,16 @@ def run(model, ids, mask, px) -> dict:
     prepared = model.prepare_multimodal_inputs(ids, px, mask)
     logits = model(input_ids=ids, pixel_values=px, attention_mask=mask).logits
     image_embeds, boxes, scores, fused = perceived
-    return {"image_embeds": image_embeds, "boxes": boxes, "scores": scores,
-            **{f"fused_{k}": f for k, f in enumerate(fused)}, "region_boxes": prepared.region_boxes,
-            "inputs_embeds": prepared.inputs_embeds, "attention_mask": prepared.attention_mask, "logits": logits}  # fmt: skip
+    return {
+        "image_embeds": image_embeds,
+        "boxes": boxes,
+        "scores": scores,
+        **{f"fused_{k}": f for k, f in enumerate(fused)},
+        "region_boxes": prepared.region_boxes,
+        "inputs_embeds": prepared.inputs_embeds,
+        "attention_mask": prepared.attention_mask,
+        "logits": logits,
+    }
 
 
 def compare(name: str, graph: dict, eager: dict, atol: float) -> None:
@@ -153,8 +181,11 @@ def check_config(label: str, config: GromaConfig, dtype: torch.dtype, batch_size
         captured_before = len(model._vision_graphs)
         first = run(model, *inputs[batch])  # captures (warm-up + capture), then replays
         second = run(model, *inputs[batch])  # replays
-        report(f"{label} b{batch} graphs used", len(model._vision_graphs) == captured_before + 1,
-               f"{len(model._vision_graphs)} graph(s) captured")  # fmt: skip
+        report(
+            f"{label} b{batch} graphs used",
+            len(model._vision_graphs) == captured_before + 1,
+            f"{len(model._vision_graphs)} graph(s) captured",
+        )
         compare(f"{label} b{batch} capture call == eager", first, reference, atol)
         compare(f"{label} b{batch} replay == eager", second, reference, atol)
 
@@ -188,8 +219,11 @@ def check_config(label: str, config: GromaConfig, dtype: torch.dtype, batch_size
         run(model, *inputs[batch])
     finally:
         handle.remove()
-    report(f"{label} hooked module runs eagerly", len(calls) == 3 and len(model._vision_graphs) == count,
-           f"hook fired {len(calls)} of 3 times (perceive, prepare, forward)")  # fmt: skip
+    report(
+        f"{label} hooked module runs eagerly",
+        len(calls) == 3 and len(model._vision_graphs) == count,
+        f"hook fired {len(calls)} of 3 times (perceive, prepare, forward)",
+    )
     with torch.enable_grad():
         model.perceive(inputs[batch][2])
     report(f"{label} autograd on runs eagerly", len(model._vision_graphs) == count, f"{count} graph(s)")
@@ -206,8 +240,11 @@ def main() -> int:
     torch.cuda.empty_cache()
     check_config("7b-lite bf16", lite_7b_config(), torch.bfloat16)
     failed = [name for name, ok in RESULTS if not ok]
-    print(f"{'FAIL' if failed else 'PASS'} groma_graph_check: {len(RESULTS) - len(failed)}/{len(RESULTS)} checks passed "
-          f"in {time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
+    print(
+        f"{'FAIL' if failed else 'PASS'} groma_graph_check: {len(RESULTS) - len(failed)}/{len(RESULTS)} checks passed "
+        f"in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
     return 1 if failed else 0
 
 

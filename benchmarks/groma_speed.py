@@ -59,7 +59,6 @@ from PIL import Image
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _checkout import ROOT  # noqa: E402  (makes groundvlm importable from a bare checkout)
 
 from groundvlm.modeling import GromaConfig, GromaForConditionalGeneration  # noqa: E402
 from groundvlm.processing import GromaImageProcessor, GromaProcessor, add_groma_tokens, build_groma_prompt  # noqa: E402
@@ -83,39 +82,91 @@ def llava_7b_config() -> LlavaConfig:
     """llava-hf/llava-1.5-7b-hf: CLIP ViT-L/14-336 (576 tokens from layer -2), mlp2x_gelu, Vicuna-7B (32064 rows)."""
     return LlavaConfig(
         vision_config=dict(
-            model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-            num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+            model_type="clip_vision_model",
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+            projection_dim=768,
+            hidden_act="quick_gelu",
         ),
         text_config=dict(
-            model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-            num_attention_heads=32, num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096,
-            rms_norm_eps=1e-5, pad_token_id=32001, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+            model_type="llama",
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=32064,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            pad_token_id=32001,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
         ),
-        image_token_index=32000, image_seq_length=576, projector_hidden_act="gelu", vision_feature_layer=-2,
-        vision_feature_select_strategy="default", tie_word_embeddings=False,
-    )  # fmt: skip
+        image_token_index=32000,
+        image_seq_length=576,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
 
 
 def tiny_configs(base_vocab: int) -> tuple[GromaConfig, LlavaConfig]:
     """CPU-sized stand-ins with the same structure (112 px, 16 image tokens; LLaVA: 64 image tokens)."""
-    text = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=4, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)  # fmt: skip
+    text = dict(
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
     groma = GromaConfig(
         vision_config=dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=518, patch_size=14),
         text_config=dict(text, vocab_size=base_vocab + 114, pad_token_id=base_vocab),
-        image_size=112, proposer_d_model=32, proposer_encoder_layers=2, proposer_decoder_layers=2,
-        proposer_attention_heads=4, proposer_ffn_dim=64, proposer_num_queries=20, region_gn_groups=4,
-        region_pos_embed_dim=16, pad_token_id=base_vocab, image_token_id=base_vocab + 8,
-        region_token_id=base_vocab + 9, refer_box_token_id=base_vocab + 10, ground_box_token_id=base_vocab + 11,
-        refer_feat_token_id=base_vocab + 12, proxy_token_start_id=base_vocab + 14,
-    )  # fmt: skip
+        image_size=112,
+        proposer_d_model=32,
+        proposer_encoder_layers=2,
+        proposer_decoder_layers=2,
+        proposer_attention_heads=4,
+        proposer_ffn_dim=64,
+        proposer_num_queries=20,
+        region_gn_groups=4,
+        region_pos_embed_dim=16,
+        pad_token_id=base_vocab,
+        image_token_id=base_vocab + 8,
+        region_token_id=base_vocab + 9,
+        refer_box_token_id=base_vocab + 10,
+        ground_box_token_id=base_vocab + 11,
+        refer_feat_token_id=base_vocab + 12,
+        proxy_token_start_id=base_vocab + 14,
+    )
     llava = LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, image_size=112, patch_size=14, projection_dim=32),
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=112,
+            patch_size=14,
+            projection_dim=32,
+        ),
         text_config=dict(text, vocab_size=base_vocab + 64, pad_token_id=base_vocab + 1),
-        image_token_index=base_vocab, image_seq_length=64, vision_feature_layer=-2,
-        vision_feature_select_strategy="default", tie_word_embeddings=False,
-    )  # fmt: skip
+        image_token_index=base_vocab,
+        image_seq_length=64,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
     return groma, llava
 
 
@@ -143,27 +194,41 @@ def noise_image(height: int, width: int, seed: int) -> Image.Image:
 def groma_inputs(tok, base_vocab: int, config: GromaConfig, batch: int, device) -> dict:
     """Processor output for `batch` prompts, added-token ids moved to `config`'s (toy base + k -> [PAD] id + k)."""
     size = config.image_size
-    processor = GromaProcessor(GromaImageProcessor(size={"height": size, "width": size}), tok,
-                               num_image_tokens=config.num_image_tokens, num_proxy_tokens=config.num_proxy_tokens)
+    processor = GromaProcessor(
+        GromaImageProcessor(size={"height": size, "width": size}),
+        tok,
+        num_image_tokens=config.num_image_tokens,
+        num_proxy_tokens=config.num_proxy_tokens,
+    )
     texts = [build_groma_prompt(QUESTIONS[i % len(QUESTIONS)]) for i in range(batch)]
     images = [noise_image(*IMAGE_SIZES[i % len(IMAGE_SIZES)], seed=i) for i in range(batch)]
     out = processor(images=images, text=texts)
     ids = out["input_ids"]
     ids = torch.where(ids >= base_vocab, ids - base_vocab + config.pad_token_id, ids)
-    if not (((ids == config.image_token_id).sum(1) == config.num_image_tokens).all()
-            and ((ids == config.region_token_id).sum(1) == config.num_proxy_tokens).all()):  # fmt: skip
+    if not (
+        ((ids == config.image_token_id).sum(1) == config.num_image_tokens).all()
+        and ((ids == config.region_token_id).sum(1) == config.num_proxy_tokens).all()
+    ):
         raise RuntimeError("the remapped prompt does not hold the config's <image>/<region> slots; check the token ids")
-    return {"input_ids": ids.to(device), "attention_mask": out["attention_mask"].to(device),
-            "pixel_values": out["pixel_values"].to(device)}  # fmt: skip
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": out["attention_mask"].to(device),
+        "pixel_values": out["pixel_values"].to(device),
+    }
 
 
 def llava_inputs(tok, config: LlavaConfig, batch: int, device, dtype) -> dict:
     """`USER: <image>\\n{question} ASSISTANT:` with `image_seq_length` image tokens, left-padded."""
     rows = []
     for i in range(batch):
-        before, after = LLAVA_TEMPLATE.format(question=strip_groma_markup(QUESTIONS[i % len(QUESTIONS)])).split("<image>")
-        rows.append(tok(before)["input_ids"] + [config.image_token_index] * config.image_seq_length
-                    + tok(after, add_special_tokens=False)["input_ids"])  # fmt: skip
+        before, after = LLAVA_TEMPLATE.format(question=strip_groma_markup(QUESTIONS[i % len(QUESTIONS)])).split(
+            "<image>"
+        )
+        rows.append(
+            tok(before)["input_ids"]
+            + [config.image_token_index] * config.image_seq_length
+            + tok(after, add_special_tokens=False)["input_ids"]
+        )
     width = max(map(len, rows))
     pad = config.text_config.pad_token_id
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
@@ -279,8 +344,12 @@ def generate_once(model, inputs: dict, clock: Clock, new_tokens: int, device: to
         raise RuntimeError(f"generated {generated} tokens instead of {new_tokens}")
     decode = clock.ms(marker.first, end)
     rise = torch.cuda.max_memory_allocated(device) - before if before is not None else None
-    return {"ttft_ms": clock.ms(start, marker.first), "decode_ms": decode,
-            "decode_tokens_per_s": (new_tokens - 1) / (decode / 1e3), "memory_rise_bytes": rise}  # fmt: skip
+    return {
+        "ttft_ms": clock.ms(start, marker.first),
+        "decode_ms": decode,
+        "decode_tokens_per_s": (new_tokens - 1) / (decode / 1e3),
+        "memory_rise_bytes": rise,
+    }
 
 
 def ttft_breakdown_once(model, inputs: dict, modules: dict, clock: Clock, nested: dict | None = None) -> dict:
@@ -292,8 +361,9 @@ def ttft_breakdown_once(model, inputs: dict, modules: dict, clock: Clock, nested
     clock.sync()
     start = clock.mark()
     try:
-        model.generate(**inputs, logits_processor=LogitsProcessorList([marker]), max_new_tokens=1, do_sample=False,
-                       use_cache=True)  # fmt: skip
+        model.generate(
+            **inputs, logits_processor=LogitsProcessorList([marker]), max_new_tokens=1, do_sample=False, use_cache=True
+        )
     finally:
         stages.remove()
     clock.sync()
@@ -343,8 +413,10 @@ def run_rounds(units: list[Unit], repeats: int, warmup: int) -> tuple[dict, dict
                 gc.collect()
                 (samples if timed else warm)[name].append(by_name[name].run())
             label = f"repeat {r - warmup + 1}/{repeats}" if timed else f"warm-up {r + 1}/{warmup}"
-            print(f"{label}: {len(order)} units in {time.perf_counter() - round_start:.1f} s, first {order[0]}",
-                  flush=True)  # fmt: skip
+            print(
+                f"{label}: {len(order)} units in {time.perf_counter() - round_start:.1f} s, first {order[0]}",
+                flush=True,
+            )
     finally:
         gc.enable()
         gc.unfreeze()
@@ -417,8 +489,11 @@ def groma_bench(config, tok, base_vocab, args, device, dtype, clock) -> Bench:
     alone and the LLM prefill alone (both eager, the same for both variants)."""
     model, build_s = build(GromaForConditionalGeneration, config, device, dtype)
     params = sum(p.numel() for p in model.parameters())
-    print(f"Groma: {params / 1e9:.3f}B parameters, built in {build_s:.1f} s, attention: "
-          f"{model.language_model.config._attn_implementation}", flush=True)  # fmt: skip
+    print(
+        f"Groma: {params / 1e9:.3f}B parameters, built in {build_s:.1f} s, attention: "
+        f"{model.language_model.config._attn_implementation}",
+        flush=True,
+    )
     default = model.config.vision_cuda_graphs
 
     def variant(graphs: bool, fn):
@@ -438,22 +513,32 @@ def groma_bench(config, tok, base_vocab, args, device, dtype, clock) -> Bench:
     selected = {}  # batch -> (regions per sample, attended prompt tokens per sample): the same in both variants
     for batch, inp in inputs.items():
         # eager, so that the graphs are captured inside the first warm-up generate (its memory rise counts)
-        prepared = variant(False, lambda inp=inp: model.prepare_multimodal_inputs(
-            inp["input_ids"], inp["pixel_values"], inp["attention_mask"]))()  # fmt: skip
+        prepared = variant(
+            False,
+            lambda inp=inp: model.prepare_multimodal_inputs(
+                inp["input_ids"], inp["pixel_values"], inp["attention_mask"]
+            ),
+        )()
         selected[batch] = ([len(b) for b in prepared.region_boxes], prepared.attention_mask.sum(1).tolist())
         del prepared
     for slot, (vision, graphs) in enumerate(GROMA_VARIANTS):
         for group, batch in enumerate(args.batch_sizes):
             name = f"groma/{vision}/b{batch}"
-            run = lambda inp=inputs[batch]: generate_once(model, inp, clock, args.new_tokens, device)  # noqa: E731
+            run = lambda inp=inputs[batch]: generate_once(model, inp, clock, args.new_tokens, device)
             units.append(Unit(name, (group, slot), variant(graphs, run)))
             rows[name] = {
-                "model": "Groma-7B shape" if not args.tiny else "Groma (tiny)", "vision": vision, "batch_size": batch,
+                "model": "Groma-7B shape" if not args.tiny else "Groma (tiny)",
+                "vision": vision,
+                "batch_size": batch,
                 "visual_tokens": config.num_image_tokens + config.num_proxy_tokens,
-                "image_tokens": config.num_image_tokens, "region_slots": config.num_proxy_tokens,
-                "regions_selected": selected[batch][0], "prompt_tokens": inputs[batch]["input_ids"].shape[1],
-                "attended_prompt_tokens": selected[batch][1], "parameters": params, "build_s": build_s,
-            }  # fmt: skip
+                "image_tokens": config.num_image_tokens,
+                "region_slots": config.num_proxy_tokens,
+                "regions_selected": selected[batch][0],
+                "prompt_tokens": inputs[batch]["input_ids"].shape[1],
+                "attended_prompt_tokens": selected[batch][1],
+                "parameters": params,
+                "build_s": build_s,
+            }
     if 1 in inputs:
         units += groma_batch1_units(model, inputs[1], clock, args, len(args.batch_sizes), variant)
     return Bench(units, rows, resident_bytes(model))
@@ -467,30 +552,49 @@ def groma_batch1_units(model, inputs: dict, clock: Clock, args, group: int, vari
     positions = (prepared.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     def llm_prefill():  # what generate's first step runs: last-position logits, a fresh KV cache
-        return model.language_model(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask,
-                                    position_ids=positions, use_cache=True, logits_to_keep=1)  # fmt: skip
+        return model.language_model(
+            inputs_embeds=prepared.inputs_embeds,
+            attention_mask=prepared.attention_mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
 
     # Top-level stages (disjoint; `other` is TTFT minus these): the vision side (DINOv2 + projector + proposer +
     # region-encoder fusion: one CUDA-graph replay, or eager), region selection (threshold/NMS, host syncs), the
     # region encoder's box-dependent part, the LLM prefill. In the eager variant also the vision modules inside
     # `vision` (module hooks, which would make Groma skip its graphs, so only there).
-    stages = {"vision": (model, "perceive"), "region_select": (model, "select_regions"),
-              "region_extract": (model.region_encoder, "extract"), "llm_prefill": model.language_model}  # fmt: skip
-    eager_nested = {"dinov2": model.vision_model, "projector": model.multi_modal_projector,
-                    "proposer": model.region_proposer, "region_fuse": (model.region_encoder, "fuse")}  # fmt: skip
+    stages = {
+        "vision": (model, "perceive"),
+        "region_select": (model, "select_regions"),
+        "region_extract": (model.region_encoder, "extract"),
+        "llm_prefill": model.language_model,
+    }
+    eager_nested = {
+        "dinov2": model.vision_model,
+        "projector": model.multi_modal_projector,
+        "proposer": model.region_proposer,
+        "region_fuse": (model.region_encoder, "fuse"),
+    }
     units = []
     for slot, (vision, graphs) in enumerate(GROMA_VARIANTS):
         nested = {} if graphs else eager_nested
-        run = lambda nested=nested: ttft_breakdown_once(model, inputs, stages, clock, nested)  # noqa: E731
+        run = lambda nested=nested: ttft_breakdown_once(model, inputs, stages, clock, nested)
         units.append(Unit(f"groma/{vision}/breakdown", (group, slot), variant(graphs, run)))
     calls = args.component_calls
-    dinov2 = lambda: model.vision_model(px_model, output_hidden_states=True)  # noqa: E731
+    dinov2 = lambda: model.vision_model(px_model, output_hidden_states=True)
     units += [
-        Unit("groma/dinov2_alone", (group + ALONE_GROUP_OFFSET, 0),
-             lambda: {"dinov2_alone_ms": time_call(clock, dinov2, calls)}),
-        Unit("groma/llm_prefill_alone", (group + ALONE_GROUP_OFFSET, 1),
-             lambda: {"llm_prefill_alone_ms": time_call(clock, llm_prefill, calls)}),
-    ]  # fmt: skip
+        Unit(
+            "groma/dinov2_alone",
+            (group + ALONE_GROUP_OFFSET, 0),
+            lambda: {"dinov2_alone_ms": time_call(clock, dinov2, calls)},
+        ),
+        Unit(
+            "groma/llm_prefill_alone",
+            (group + ALONE_GROUP_OFFSET, 1),
+            lambda: {"llm_prefill_alone_ms": time_call(clock, llm_prefill, calls)},
+        ),
+    ]
     return units
 
 
@@ -504,31 +608,52 @@ def llava_bench(config, tok, args, device, dtype, clock) -> Bench:
     inputs = {batch: llava_inputs(tok, config, batch, device, dtype) for batch in args.batch_sizes}
     for group, batch in enumerate(args.batch_sizes):
         name = f"llava/b{batch}"
-        units.append(Unit(name, (group, slot),
-                          lambda inp=inputs[batch]: generate_once(model, inp, clock, args.new_tokens, device)))
+        units.append(
+            Unit(
+                name, (group, slot), lambda inp=inputs[batch]: generate_once(model, inp, clock, args.new_tokens, device)
+            )
+        )
         rows[name] = {
-            "model": "LLaVA-1.5-7B shape" if not args.tiny else "LLaVA (tiny)", "batch_size": batch,
-            "visual_tokens": config.image_seq_length, "image_tokens": config.image_seq_length, "region_slots": 0,
-            "regions_selected": None, "prompt_tokens": inputs[batch]["input_ids"].shape[1],
-            "attended_prompt_tokens": inputs[batch]["attention_mask"].sum(1).tolist(), "parameters": params,
+            "model": "LLaVA-1.5-7B shape" if not args.tiny else "LLaVA (tiny)",
+            "batch_size": batch,
+            "visual_tokens": config.image_seq_length,
+            "image_tokens": config.image_seq_length,
+            "region_slots": 0,
+            "regions_selected": None,
+            "prompt_tokens": inputs[batch]["input_ids"].shape[1],
+            "attended_prompt_tokens": inputs[batch]["attention_mask"].sum(1).tolist(),
+            "parameters": params,
             "build_s": build_s,
-        }  # fmt: skip
+        }
     if 1 in inputs:
         one, group, calls = inputs[1], len(args.batch_sizes), args.component_calls
         embeds = model.get_input_embeddings()(one["input_ids"])
-        clip = lambda: model.model.vision_tower(one["pixel_values"], output_hidden_states=True)  # noqa: E731
-        prefill = lambda: model(inputs_embeds=embeds, attention_mask=one["attention_mask"], use_cache=True,  # noqa: E731
-                                logits_to_keep=1)  # fmt: skip
-        stages = {"clip": model.model.vision_tower, "projector": model.model.multi_modal_projector,
-                  "llm_prefill": model.model.language_model}  # fmt: skip
+        clip = lambda: model.model.vision_tower(one["pixel_values"], output_hidden_states=True)
+        prefill = lambda: model(
+            inputs_embeds=embeds,
+            attention_mask=one["attention_mask"],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        stages = {
+            "clip": model.model.vision_tower,
+            "projector": model.model.multi_modal_projector,
+            "llm_prefill": model.model.language_model,
+        }
         units += [
             Unit("llava/breakdown", (group, slot), lambda: ttft_breakdown_once(model, one, stages, clock)),
             # after Groma's two components in the same group
-            Unit("llava/clip_alone", (group + ALONE_GROUP_OFFSET, 2),
-                 lambda: {"clip_alone_ms": time_call(clock, clip, calls)}),
-            Unit("llava/llm_prefill_alone", (group + ALONE_GROUP_OFFSET, 3),
-                 lambda: {"llm_prefill_alone_ms": time_call(clock, prefill, calls)}),
-        ]  # fmt: skip
+            Unit(
+                "llava/clip_alone",
+                (group + ALONE_GROUP_OFFSET, 2),
+                lambda: {"clip_alone_ms": time_call(clock, clip, calls)},
+            ),
+            Unit(
+                "llava/llm_prefill_alone",
+                (group + ALONE_GROUP_OFFSET, 3),
+                lambda: {"llm_prefill_alone_ms": time_call(clock, prefill, calls)},
+            ),
+        ]
     return Bench(units, rows, resident_bytes(model))
 
 
@@ -541,9 +666,13 @@ def measure(kinds: list[str], setup: dict, args) -> dict:
     samples, warm, orders, wall = run_rounds(units, args.repeats, args.warmup)
     rows = {name: row for bench in benches.values() for name, row in bench.rows.items()}
     owner = {u.name: kind for kind, bench in benches.items() for u in bench.units}
-    return {"samples": samples, "warm": warm, "rows": rows,
-            "resident_bytes": {name: benches[owner[name]].resident_bytes for name in rows},
-            "round": {"models": kinds, "warmup_rounds": args.warmup, "orders": orders, "wall_s": wall}}  # fmt: skip
+    return {
+        "samples": samples,
+        "warm": warm,
+        "rows": rows,
+        "resident_bytes": {name: benches[owner[name]].resident_bytes for name in rows},
+        "round": {"models": kinds, "warmup_rounds": args.warmup, "orders": orders, "wall_s": wall},
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -556,12 +685,17 @@ def result_row(row: dict, samples: list[dict], warm: list[dict], resident: int) 
     rises = [s["memory_rise_bytes"] for s in [*warm, *samples] if s["memory_rise_bytes"] is not None]
     per_seq = statistics.median(decode)
     return {
-        **row, "ttft_ms": statistics.median(ttft), "decode_ms": statistics.median(s["decode_ms"] for s in samples),
-        "decode_tokens_per_s": per_seq, "decode_tokens_per_s_total": per_seq * row["batch_size"],
+        **row,
+        "ttft_ms": statistics.median(ttft),
+        "decode_ms": statistics.median(s["decode_ms"] for s in samples),
+        "decode_tokens_per_s": per_seq,
+        "decode_tokens_per_s_total": per_seq * row["batch_size"],
         "peak_memory_gib": (resident + max(rises)) / 2**30 if rises else None,
-        "ttft_ms_range": [min(ttft), max(ttft)], "decode_tokens_per_s_range": [min(decode), max(decode)],
-        "repeats_ttft_ms": ttft, "repeats_decode_tokens_per_s": decode,
-    }  # fmt: skip
+        "ttft_ms_range": [min(ttft), max(ttft)],
+        "decode_tokens_per_s_range": [min(decode), max(decode)],
+        "repeats_ttft_ms": ttft,
+        "repeats_decode_tokens_per_s": decode,
+    }
 
 
 # Batch-1 component tables: report key -> the units whose per-repeat dicts are merged (repeat r with repeat r).
@@ -584,8 +718,14 @@ def components(samples: dict, units: tuple[str, ...]) -> tuple[dict, dict]:
 def check(ratios: list[float], limit: float, at_most: bool, paired: bool) -> dict:
     """PASS/FAIL on the median of the per-repeat ratios; their range says how firmly."""
     ratio = statistics.median(ratios)
-    return {"ratio": ratio, "limit": limit, "pass": ratio <= limit if at_most else ratio >= limit,
-            "range": [min(ratios), max(ratios)], "per_repeat": ratios, "paired": paired}  # fmt: skip
+    return {
+        "ratio": ratio,
+        "limit": limit,
+        "pass": ratio <= limit if at_most else ratio >= limit,
+        "range": [min(ratios), max(ratios)],
+        "per_repeat": ratios,
+        "paired": paired,
+    }
 
 
 def acceptance(samples: dict, paired: bool) -> dict:
@@ -597,26 +737,35 @@ def acceptance(samples: dict, paired: bool) -> dict:
         suffix = "" if vision == GROMA_VARIANTS[0][0] else f"_{vision.replace(' ', '_')}_vision"
         ttft = samples.get(f"groma/{vision}/b1")
         if ttft and "groma/dinov2_alone" in samples:
-            bound = [d["dinov2_alone_ms"] + p["llm_prefill_alone_ms"]
-                     for d, p in zip(samples["groma/dinov2_alone"], samples["groma/llm_prefill_alone"])]  # fmt: skip
+            bound = [
+                d["dinov2_alone_ms"] + p["llm_prefill_alone_ms"]
+                for d, p in zip(samples["groma/dinov2_alone"], samples["groma/llm_prefill_alone"])
+            ]
             ratios = [s["ttft_ms"] / b for s, b in zip(ttft, bound)]
             checks[f"groma_b1_ttft_over_dinov2_plus_llm_prefill{suffix}"] = check(ratios, 1.5, True, True)
-        for name in sorted((n for n in samples if n.startswith(f"groma/{vision}/b") and n[-1].isdigit()),
-                           key=lambda n: int(n.rsplit("/b", 1)[1])):  # fmt: skip
+        for name in sorted(
+            (n for n in samples if n.startswith(f"groma/{vision}/b") and n[-1].isdigit()),
+            key=lambda n: int(n.rsplit("/b", 1)[1]),
+        ):
             batch = name.rsplit("/b", 1)[1]
             if f"llava/b{batch}" in samples:
-                ratios = [g["decode_tokens_per_s"] / l["decode_tokens_per_s"]
-                          for g, l in zip(samples[name], samples[f"llava/b{batch}"])]  # fmt: skip
+                ratios = [
+                    g["decode_tokens_per_s"] / l["decode_tokens_per_s"]
+                    for g, l in zip(samples[name], samples[f"llava/b{batch}"])
+                ]
                 checks[f"groma_over_llava_decode_b{batch}{suffix}"] = check(ratios, 0.97, False, paired)
     return checks
 
 
 def markdown(report: dict) -> str:
     meta = report["meta"]
-    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-    span = lambda r, spec: "n/a" if r is None else f"{r[0]:{spec}}–{r[1]:{spec}}"  # noqa: E731
-    how = ("interleaved: both models resident, each repeat one round over all units in a rotated order"
-           if meta["mode"] == "interleaved" else "sequential: one model at a time")  # fmt: skip
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+    span = lambda r, spec: "n/a" if r is None else f"{r[0]:{spec}}–{r[1]:{spec}}"
+    how = (
+        "interleaved: both models resident, each repeat one round over all units in a rotated order"
+        if meta["mode"] == "interleaved"
+        else "sequential: one model at a time"
+    )
     lines = [
         f"Device: {meta['device']} · torch {meta['torch']} · transformers {meta['transformers']} · "
         f"{meta['dtype']} · {meta['date']} · commit {meta['git_commit']}",
@@ -627,15 +776,31 @@ def markdown(report: dict) -> str:
     parts = [report[key] for key in COMPONENTS]
     ranges = [report["batch1_component_ranges"][key] for key in COMPONENTS]
     if any(parts):
-        lines += ["Batch 1, ms: each part alone, and inside TTFT (stage boundaries on the device timeline; `vision` = "
-                  "DINOv2 + projector + proposer + region-encoder fusion, one CUDA-graph replay by default; the "
-                  "indented parts are inside it, measured in the eager-vision units only). Medians, then min–max over "
-                  "the repeats.", "",
-                  "| part | Groma | Groma, eager vision | LLaVA | Groma min–max | eager min–max | LLaVA min–max |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-        names = ["dinov2_alone", "clip_alone", "llm_prefill_alone", "in_ttft_vision", "in_ttft_dinov2",
-                 "in_ttft_projector", "in_ttft_proposer", "in_ttft_region_fuse", "in_ttft_clip", "in_ttft_region_select",
-                 "in_ttft_region_extract", "in_ttft_llm_prefill", "in_ttft_other", "in_ttft_ttft"]  # fmt: skip
+        lines += [
+            "Batch 1, ms: each part alone, and inside TTFT (stage boundaries on the device timeline; `vision` = "
+            "DINOv2 + projector + proposer + region-encoder fusion, one CUDA-graph replay by default; the "
+            "indented parts are inside it, measured in the eager-vision units only). Medians, then min–max over "
+            "the repeats.",
+            "",
+            "| part | Groma | Groma, eager vision | LLaVA | Groma min–max | eager min–max | LLaVA min–max |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        names = [
+            "dinov2_alone",
+            "clip_alone",
+            "llm_prefill_alone",
+            "in_ttft_vision",
+            "in_ttft_dinov2",
+            "in_ttft_projector",
+            "in_ttft_proposer",
+            "in_ttft_region_fuse",
+            "in_ttft_clip",
+            "in_ttft_region_select",
+            "in_ttft_region_extract",
+            "in_ttft_llm_prefill",
+            "in_ttft_other",
+            "in_ttft_ttft",
+        ]
         inner = {"in_ttft_dinov2", "in_ttft_projector", "in_ttft_proposer", "in_ttft_region_fuse"}
         for name in names:
             values = [part.get(f"{name}_ms") for part in parts]
@@ -649,8 +814,10 @@ def markdown(report: dict) -> str:
     for name, c in report["acceptance"].items():
         op = "<=" if c["limit"] == 1.5 else ">="
         pairing = "paired" if c["paired"] else "unpaired (--sequential)"
-        lines.append(f"- {name}: {c['ratio']:.3f} {op} {c['limit']} -> {'PASS' if c['pass'] else 'FAIL'} (median of "
-                     f"{len(c['per_repeat'])} {pairing} per-repeat ratios, range {c['range'][0]:.3f}–{c['range'][1]:.3f})")  # fmt: skip
+        lines.append(
+            f"- {name}: {c['ratio']:.3f} {op} {c['limit']} -> {'PASS' if c['pass'] else 'FAIL'} (median of "
+            f"{len(c['per_repeat'])} {pairing} per-repeat ratios, range {c['range'][0]:.3f}–{c['range'][1]:.3f})"
+        )
     lines += [
         "",
         "| model | batch | visual tokens | prompt tokens | TTFT ms | decode tok/s per seq | decode tok/s total "
@@ -678,16 +845,30 @@ def parse_args(argv=None):
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds; each metric's median and ratio over them")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds over all units first")
-    parser.add_argument("--component-calls", type=int, default=3,
-                        help="calls per repeat of a component timed alone (DINOv2, CLIP, LLM prefill); their median")
-    parser.add_argument("--sequential", action="store_true",
-                        help="one model at a time (build, measure, free): for GPUs that cannot hold both")
+    parser.add_argument(
+        "--component-calls",
+        type=int,
+        default=3,
+        help="calls per repeat of a component timed alone (DINOv2, CLIP, LLM prefill); their median",
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="one model at a time (build, measure, free): for GPUs that cannot hold both",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT if set, else none)")
     parser.add_argument("--models", nargs="+", choices=("groma", "llava"), default=["groma", "llava"])
     args = parser.parse_args(argv)
-    if args.new_tokens < 2 or args.repeats < 1 or args.warmup < 0 or args.component_calls < 1 or min(args.batch_sizes) < 1:
-        parser.error("need --new-tokens >= 2, --repeats >= 1, --warmup >= 0, --component-calls >= 1 and positive "
-                     "batch sizes")  # fmt: skip
+    if (
+        args.new_tokens < 2
+        or args.repeats < 1
+        or args.warmup < 0
+        or args.component_calls < 1
+        or min(args.batch_sizes) < 1
+    ):
+        parser.error(
+            "need --new-tokens >= 2, --repeats >= 1, --warmup >= 0, --component-calls >= 1 and positive batch sizes"
+        )
     if len(set(args.batch_sizes)) != len(args.batch_sizes):
         parser.error(f"--batch-sizes must not repeat a size: {args.batch_sizes}")
     args.models = [m for m in ("groma", "llava") if m in args.models]  # fixed order, no duplicates
@@ -708,17 +889,22 @@ def main(argv=None) -> dict:
         groma_config, llava_config = tiny_configs(base_vocab)
     else:
         groma_config, llava_config = GromaConfig(), llava_7b_config()
-    setup = {"groma": lambda: groma_bench(groma_config, tok, base_vocab, args, device, dtype, clock),
-             "llava": lambda: llava_bench(llava_config, tok, args, device, dtype, clock)}  # fmt: skip
+    setup = {
+        "groma": lambda: groma_bench(groma_config, tok, base_vocab, args, device, dtype, clock),
+        "llava": lambda: llava_bench(llava_config, tok, args, device, dtype, clock),
+    }
 
     start = time.perf_counter()
     runs = []
-    for kinds in ([[m] for m in args.models] if args.sequential else [args.models]):
+    for kinds in [[m] for m in args.models] if args.sequential else [args.models]:
         runs.append(measure(kinds, setup, args))
         release(device)  # the models of this call are gone: give their memory back before the next build
     samples = {name: s for run in runs for name, s in run["samples"].items()}
-    results = [result_row(row, run["samples"][name], run["warm"][name], run["resident_bytes"][name])
-               for run in runs for name, row in run["rows"].items()]  # fmt: skip
+    results = [
+        result_row(row, run["samples"][name], run["warm"][name], run["resident_bytes"][name])
+        for run in runs
+        for name, row in run["rows"].items()
+    ]
     for row in results:
         print(json.dumps({k: v for k, v in row.items() if not k.startswith("repeats_")}), flush=True)
     parts = {key: components(samples, units) for key, units in COMPONENTS.items()}
@@ -726,17 +912,25 @@ def main(argv=None) -> dict:
     report = {
         "meta": {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
-            "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype).removeprefix("torch."),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "dtype": str(dtype).removeprefix("torch."),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "git_commit": git_commit(), "command": " ".join(["python benchmarks/groma_speed.py", *(argv if argv is not None else sys.argv[1:])]),
-            "batch_sizes": args.batch_sizes, "new_tokens": args.new_tokens, "repeats": args.repeats,
-            "warmup": args.warmup, "component_calls": args.component_calls, "tiny": args.tiny,
-            "mode": "sequential" if args.sequential else "interleaved", "wall_s": time.perf_counter() - start,
+            "git_commit": git_commit(),
+            "command": " ".join(["python benchmarks/groma_speed.py", *(argv if argv is not None else sys.argv[1:])]),
+            "batch_sizes": args.batch_sizes,
+            "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "component_calls": args.component_calls,
+            "tiny": args.tiny,
+            "mode": "sequential" if args.sequential else "interleaved",
+            "wall_s": time.perf_counter() - start,
             "prompt_note": "toy Llama-style tokenizer on the Groma template (about one token per word); Groma's "
-                           "added tokens remapped to ids 32000+k; LLaVA: 'USER: <image>\\n{question} ASSISTANT:'",
+            "added tokens remapped to ids 32000+k; LLaVA: 'USER: <image>\\n{question} ASSISTANT:'",
             "memory_note": "peak_memory_gib = the model's parameters and buffers + the largest rise of allocated "
-                           "memory during one of its generate runs (warm-ups included)",
-        },  # fmt: skip
+            "memory during one of its generate runs (warm-ups included)",
+        },
         "results": results,
         **{key: medians for key, (medians, _) in parts.items()},
         "batch1_component_ranges": {key: ranges for key, (_, ranges) in parts.items()},

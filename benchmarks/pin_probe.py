@@ -146,8 +146,11 @@ def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, step
     try:
         for _ in range(steps):
             chosen, idx, sets = pick(scenes, batch)
-            enc = processor(images=[s.image.convert("RGB") for s in chosen], objects=[s.objects[i].name for s, i in zip(chosen, idx)],
-                            boxes=[s.objects[i].box for s, i in zip(chosen, idx)]).to(device)  # fmt: skip
+            enc = processor(
+                images=[s.image.convert("RGB") for s in chosen],
+                objects=[s.objects[i].name for s, i in zip(chosen, idx)],
+                boxes=[s.objects[i].box for s, i in zip(chosen, idx)],
+            ).to(device)
             current["prefix"] = writer(sets, rng)
             loss = vlm(**enc).loss
             optimizer.zero_grad()
@@ -161,10 +164,13 @@ def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, step
                 part = test_scenes[i : i + 128]
                 idx = [int(rng.integers(len(s.objects))) for s in part]
                 sets = [[s.objects[j]] if mode == "oracle" else s.objects for s, j in zip(part, idx)]
-                enc = processor(images=[s.image.convert("RGB") for s in part], objects=[s.objects[j].name for s, j in zip(part, idx)]).to(device)
+                enc = processor(
+                    images=[s.image.convert("RGB") for s in part],
+                    objects=[s.objects[j].name for s, j in zip(part, idx)],
+                ).to(device)
                 current["prefix"] = writer(sets, rng)
                 ids = vlm.generate(**enc, max_new_tokens=12, do_sample=False)
-                texts = processor.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                texts = processor.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
                 for text, s, j in zip(texts, part, idx):
                     box = parse_box(text, grid_ticks())
                     preds.append(list(box) if box is not None else [0, 0, 7, 7])
@@ -172,9 +178,18 @@ def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, step
     finally:
         vlm.language_projection.forward = original
     ious = box_iou(torch.tensor(preds, dtype=torch.float64), torch.tensor(refs, dtype=torch.float64)).diagonal()
-    return {"mode": mode, "steps": steps, "batch": batch, "lr": lr, "seconds": round(time.time() - start, 1),
-            "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:])),
-            "miou": float(ious.mean()), "center_corr": center_correlation(preds, refs), "prompts": len(preds)}  # fmt: skip
+    return {
+        "mode": mode,
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "seconds": round(time.time() - start, 1),
+        "loss_first_50": float(np.mean(losses[:50])),
+        "loss_last_50": float(np.mean(losses[-50:])),
+        "miou": float(ious.mean()),
+        "center_corr": center_correlation(preds, refs),
+        "prompts": len(preds),
+    }
 
 
 def main(argv=None) -> int:
@@ -203,15 +218,21 @@ def main(argv=None) -> int:
     base_processor = AutoProcessor.from_pretrained(args.base_model)
     processor = PinProcessor.from_base_processor(base_processor)
     scenes, test_scenes = render(5, args.images), render(6, args.test_images, split="held_out")
-    report = {"base_model": args.base_model, "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-              "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+    report = {
+        "base_model": args.base_model,
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for probe in args.probes:
         if probe == "qformer_linear":
             report[probe] = qformer_linear(vlm, base_processor.image_processor, scenes, device)
         elif probe in ("lm_oracle", "lm_bind"):
-            report[probe] = lm_prefix_probe(vlm, processor, scenes, test_scenes, device, probe[3:], args.steps, args.batch, args.lr)
+            report[probe] = lm_prefix_probe(
+                vlm, processor, scenes, test_scenes, device, probe[3:], args.steps, args.batch, args.lr
+            )
         else:
             raise SystemExit(f"unknown probe {probe!r}")
         print(probe, json.dumps(report[probe]), flush=True)

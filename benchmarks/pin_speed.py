@@ -60,13 +60,21 @@ from transformers import Blip2Config, Blip2ForConditionalGeneration, BlipImagePr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _checkout import ROOT  # noqa: E402  (makes groundvlm importable from a bare checkout)
 from groma_speed import (  # noqa: E402
-    Clock, Unit, build_context, check, git_commit, release, run_rounds, spread, write_report,
+    Clock,
+    Unit,
+    build_context,
+    check,
+    git_commit,
+    release,
+    run_rounds,
+    spread,
+    write_report,
 )
 
 from groundvlm.modeling import PinForLocalization  # noqa: E402
 from groundvlm.processing import PinProcessor  # noqa: E402
-from groundvlm.recipes.systems.pin.models import load_base  # noqa: E402
 from groundvlm.recipes.systems.pin.baselines import PeftBaseline  # noqa: E402
+from groundvlm.recipes.systems.pin.models import load_base  # noqa: E402
 from groundvlm.recipes.toyworld.tokenizers import train_tokenizer  # noqa: E402
 
 DEFAULT_BASE_MODEL = ROOT / "recipes" / "toy_checkpoints" / "vlm-caption"
@@ -86,13 +94,31 @@ def blip2_opt_2_7b_shape_config(image_token_id: int) -> Blip2Config:
     """Salesforce/blip2-opt-2.7b's shape: EVA ViT-g (the Blip2VisionConfig defaults, spelled out), default Q-Former
     with 32 queries, OPT-2.7B. `image_token_id`: the prompt's `<image>` id (any id below the vocabulary size)."""
     return Blip2Config(
-        vision_config=dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
-                           image_size=224, patch_size=14),
-        text_config=dict(model_type="opt", hidden_size=2560, num_hidden_layers=32, num_attention_heads=32,
-                         ffn_dim=10240, vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=2560,
-                         do_layer_norm_before=True, bos_token_id=2, eos_token_id=2, pad_token_id=1),
-        num_query_tokens=32, image_token_index=image_token_id,
-    )  # fmt: skip
+        vision_config=dict(
+            hidden_size=1408,
+            intermediate_size=6144,
+            num_hidden_layers=39,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+        ),
+        text_config=dict(
+            model_type="opt",
+            hidden_size=2560,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            ffn_dim=10240,
+            vocab_size=50272,
+            max_position_embeddings=2048,
+            word_embed_proj_dim=2560,
+            do_layer_norm_before=True,
+            bos_token_id=2,
+            eos_token_id=2,
+            pad_token_id=1,
+        ),
+        num_query_tokens=32,
+        image_token_index=image_token_id,
+    )
 
 
 def shape_processor() -> PinProcessor:
@@ -140,8 +166,10 @@ def pin_inputs(processor: PinProcessor, batch: int, device, dtype, targets: bool
     objects = [OBJECTS[i % len(OBJECTS)] for i in range(batch)]
     boxes = None
     if targets:  # boxes inside the image, different per sample
-        boxes = [[size * (0.05 + 0.02 * (i % 8)), size * 0.1, size * (0.55 + 0.05 * (i % 8)), size * 0.9]
-                 for i in range(batch)]  # fmt: skip
+        boxes = [
+            [size * (0.05 + 0.02 * (i % 8)), size * 0.1, size * (0.55 + 0.05 * (i % 8)), size * 0.9]
+            for i in range(batch)
+        ]
     out = processor(images=images, objects=objects, boxes=boxes)
     return {k: v.to(device, dtype) if k == "pixel_values" else v.to(device) for k, v in out.items()}
 
@@ -149,8 +177,9 @@ def pin_inputs(processor: PinProcessor, batch: int, device, dtype, targets: bool
 # ---------------------------------------------------------------------------------------------------- units
 def generate_unit(model, inputs: dict, clock: Clock, args, **extra):
     """One inference unit: median ms of `--calls` greedy generations of exactly `--new-tokens` tokens."""
-    kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, num_beams=1,
-                  use_cache=True)  # fmt: skip
+    kwargs = dict(
+        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, num_beams=1, use_cache=True
+    )
     length = inputs["input_ids"].shape[1]
 
     def run() -> dict:
@@ -191,8 +220,12 @@ def train_unit(model, inputs: dict, clock: Clock, args, device: torch.device):
         clock.sync()
         seconds = clock.ms(start, end) / 1e3
         rise = torch.cuda.max_memory_allocated(device) - before if before is not None else None
-        return {"seconds": seconds, "samples_per_s": args.train_steps * batch / seconds, "loss": float(loss.detach()),
-                "memory_rise_bytes": rise}  # fmt: skip
+        return {
+            "seconds": seconds,
+            "samples_per_s": args.train_steps * batch / seconds,
+            "loss": float(loss.detach()),
+            "memory_rise_bytes": rise,
+        }
 
     return run
 
@@ -213,21 +246,31 @@ def build_units(base, lora_base, processor: PinProcessor, args, device: torch.de
     train = pin_inputs(processor, args.train_batch_size, device, dtype, targets=True)
     pixels = {k: train[k] for k in ("pixel_values", "input_ids", "attention_mask", "labels")}
     # The recipe's feature cache: the frozen ViT's outputs, computed once, outside the timed steps.
-    cached = {**{k: v for k, v in pixels.items() if k != "pixel_values"}, "vision_embeds": pin.encode_images(train["pixel_values"])}
+    cached = {
+        **{k: v for k, v in pixels.items() if k != "pixel_values"},
+        "vision_embeds": pin.encode_images(train["pixel_values"]),
+    }
     group = len(args.batch_sizes)
-    for slot, (model, inputs, (name, _)) in enumerate(zip((pin_train, pin_train, lora), (cached, pixels, pixels),
-                                                          TRAIN_METHODS)):  # fmt: skip
+    for slot, (model, inputs, (name, _)) in enumerate(
+        zip((pin_train, pin_train, lora), (cached, pixels, pixels), TRAIN_METHODS)
+    ):
         units.append(Unit(f"train/{name}", (group, slot), train_unit(model, inputs, clock, args, device)))
-    trainable = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    trainable = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)
     facts = {
-        "vision_tokens": pin.config.num_positions, "vision_hidden_size": pin.config.vision_hidden_size,
+        "vision_tokens": pin.config.num_positions,
+        "vision_hidden_size": pin.config.vision_hidden_size,
         "pin_parameters": trainable(pin_train),
-        "trainable_parameters": {"pin_cached": trainable(pin_train), "pin_uncached": trainable(pin_train),
-                                 "lora_phi": trainable(lora)},
-        "base_parameters": sum(p.numel() for p in base.parameters()), "base_class": type(base).__name__,
-        "dtype": str(dtype).removeprefix("torch."), "prompt_tokens": prompt_tokens,
+        "trainable_parameters": {
+            "pin_cached": trainable(pin_train),
+            "pin_uncached": trainable(pin_train),
+            "lora_phi": trainable(lora),
+        },
+        "base_parameters": sum(p.numel() for p in base.parameters()),
+        "base_class": type(base).__name__,
+        "dtype": str(dtype).removeprefix("torch."),
+        "prompt_tokens": prompt_tokens,
         "train_tokens": train["input_ids"].shape[1],
-    }  # fmt: skip
+    }
     return units, facts
 
 
@@ -245,35 +288,52 @@ def summarize(samples: dict, args, facts: dict) -> tuple[list, list, dict, dict]
         ratios = [p["ms"] / b["ms"] for p, b in zip(pin, base)]
         acceptance[f"pin_over_base_latency_b{batch}"] = check(ratios, LATENCY_LIMIT, at_most=True, paired=True)
         b_ms, p_ms = [s["ms"] for s in base], [s["ms"] for s in pin]
-        inference.append({
-            "batch_size": batch, "prompt_tokens": facts["prompt_tokens"][str(batch)], "new_tokens": args.new_tokens,
-            "base_ms": statistics.median(b_ms), "pin_ms": statistics.median(p_ms),
-            "pin_over_base": acceptance[f"pin_over_base_latency_b{batch}"]["ratio"],
-            "base_ms_range": [min(b_ms), max(b_ms)], "pin_ms_range": [min(p_ms), max(p_ms)],
-            "repeats_base_ms": b_ms, "repeats_pin_ms": p_ms,
-        })  # fmt: skip
+        inference.append(
+            {
+                "batch_size": batch,
+                "prompt_tokens": facts["prompt_tokens"][str(batch)],
+                "new_tokens": args.new_tokens,
+                "base_ms": statistics.median(b_ms),
+                "pin_ms": statistics.median(p_ms),
+                "pin_over_base": acceptance[f"pin_over_base_latency_b{batch}"]["ratio"],
+                "base_ms_range": [min(b_ms), max(b_ms)],
+                "pin_ms_range": [min(p_ms), max(p_ms)],
+                "repeats_base_ms": b_ms,
+                "repeats_pin_ms": p_ms,
+            }
+        )
     training = []
     for name, label in TRAIN_METHODS:
         runs = samples[f"train/{name}"]
         rate = [s["samples_per_s"] for s in runs]
         rises = [s["memory_rise_bytes"] for s in runs if s["memory_rise_bytes"] is not None]
-        training.append({
-            "method": name, "label": label, "batch_size": args.train_batch_size, "steps": args.train_steps,
-            "trainable_parameters": facts["trainable_parameters"][name], "samples_per_s": statistics.median(rate),
-            "samples_per_s_range": [min(rate), max(rate)], "repeats_samples_per_s": rate,
-            "step_memory_gib": max(rises) / 2**30 if rises else None, "last_loss": runs[-1]["loss"],
-        })  # fmt: skip
+        training.append(
+            {
+                "method": name,
+                "label": label,
+                "batch_size": args.train_batch_size,
+                "steps": args.train_steps,
+                "trainable_parameters": facts["trainable_parameters"][name],
+                "samples_per_s": statistics.median(rate),
+                "samples_per_s_range": [min(rate), max(rate)],
+                "repeats_samples_per_s": rate,
+                "step_memory_gib": max(rises) / 2**30 if rises else None,
+                "last_loss": runs[-1]["loss"],
+            }
+        )
     rate = {name: [s["samples_per_s"] for s in samples[f"train/{name}"]] for name, _ in TRAIN_METHODS}
-    pairs = (("pin_cached_over_lora_phi", "pin_cached", "lora_phi"),
-             ("pin_uncached_over_lora_phi", "pin_uncached", "lora_phi"),
-             ("pin_cached_over_pin_uncached", "pin_cached", "pin_uncached"))  # fmt: skip
+    pairs = (
+        ("pin_cached_over_lora_phi", "pin_cached", "lora_phi"),
+        ("pin_uncached_over_lora_phi", "pin_uncached", "lora_phi"),
+        ("pin_cached_over_pin_uncached", "pin_cached", "pin_uncached"),
+    )
     ratios = {key: ratio_stats([x / y for x, y in zip(rate[a], rate[b])]) for key, a, b in pairs}
     return inference, training, acceptance, ratios
 
 
 def markdown(report: dict) -> str:
     meta, facts = report["meta"], report["models"]
-    span = lambda r, spec: f"{r[0]:{spec}}–{r[1]:{spec}}"  # noqa: E731
+    span = lambda r, spec: f"{r[0]:{spec}}–{r[1]:{spec}}"
     lines = [
         f"Device: {meta['device']} · torch {meta['torch']} · transformers {meta['transformers']} · {facts['dtype']} · "
         f"{meta['date']} · commit {meta['git_commit']}",
@@ -285,11 +345,14 @@ def markdown(report: dict) -> str:
         "",
     ]
     for name, c in report["acceptance"].items():
-        lines.append(f"- {name}: {c['ratio']:.3f} <= {c['limit']} -> {'PASS' if c['pass'] else 'FAIL'} (median of "
-                     f"{len(c['per_repeat'])} paired per-repeat ratios, range {span(c['range'], '.3f')})")  # fmt: skip
+        lines.append(
+            f"- {name}: {c['ratio']:.3f} <= {c['limit']} -> {'PASS' if c['pass'] else 'FAIL'} (median of "
+            f"{len(c['per_repeat'])} paired per-repeat ratios, range {span(c['range'], '.3f')})"
+        )
     for name, c in report["training_ratios"].items():
-        lines.append(f"- {name}_train_samples_per_s: {c['ratio']:.2f}x (informational, no bar; range "
-                     f"{span(c['range'], '.2f')})")  # fmt: skip
+        lines.append(
+            f"- {name}_train_samples_per_s: {c['ratio']:.2f}x (informational, no bar; range {span(c['range'], '.2f')})"
+        )
     lines += [
         "",
         f"| generate ({meta['new_tokens']} new tokens, greedy, median of {meta['calls']} calls per unit) | batch | "
@@ -297,8 +360,10 @@ def markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["inference"]:
-        lines.append(f"| PIN vs base | {r['batch_size']} | {r['prompt_tokens']} | {r['base_ms']:.2f} | {r['pin_ms']:.2f} "
-                     f"| {r['pin_over_base']:.3f} | {span(r['base_ms_range'], '.2f')} | {span(r['pin_ms_range'], '.2f')} |")  # fmt: skip
+        lines.append(
+            f"| PIN vs base | {r['batch_size']} | {r['prompt_tokens']} | {r['base_ms']:.2f} | {r['pin_ms']:.2f} "
+            f"| {r['pin_over_base']:.3f} | {span(r['base_ms_range'], '.2f')} | {span(r['pin_ms_range'], '.2f')} |"
+        )
     lines += [
         "",
         f"| training ({meta['train_steps']} AdamW steps per unit, {facts['train_tokens']} tokens per sequence) | batch | "
@@ -307,20 +372,30 @@ def markdown(report: dict) -> str:
     ]
     for r in report["training"]:
         memory = "n/a" if r["step_memory_gib"] is None else f"{r['step_memory_gib']:.2f}"
-        lines.append(f"| {r['label']} | {r['batch_size']} | {r['trainable_parameters']:,} | {r['samples_per_s']:.1f} | "
-                     f"{span(r['samples_per_s_range'], '.1f')} | {memory} |")  # fmt: skip
+        lines.append(
+            f"| {r['label']} | {r['batch_size']} | {r['trainable_parameters']:,} | {r['samples_per_s']:.1f} | "
+            f"{span(r['samples_per_s_range'], '.1f')} | {memory} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--base_model", type=Path, default=None,
-                       help=f"BLIP-2/VPGTrans checkpoint folder with its processor (default: {DEFAULT_BASE_MODEL})")
+    which.add_argument(
+        "--base_model",
+        type=Path,
+        default=None,
+        help=f"BLIP-2/VPGTrans checkpoint folder with its processor (default: {DEFAULT_BASE_MODEL})",
+    )
     which.add_argument("--base", choices=(SHAPE,), default=None, help="random-weight paper-scale shape (CUDA)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                        help=f"default: bfloat16 for {SHAPE}, the checkpoint's own dtype otherwise")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help=f"default: bfloat16 for {SHAPE}, the checkpoint's own dtype otherwise",
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="generate batch sizes")
     parser.add_argument("--new-tokens", type=int, default=12, help="tokens generated per call (PIN's eval: 12)")
     parser.add_argument("--calls", type=int, default=5, help="generate calls per inference unit and repeat (median)")
@@ -330,10 +405,14 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds over all units first")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT if set, else none)")
     args = parser.parse_args(argv)
-    if min(args.new_tokens, args.calls, args.train_batch_size, args.train_steps, args.repeats, *args.batch_sizes) < 1 \
-            or args.warmup < 0:  # fmt: skip
-        parser.error("need positive --new-tokens, --calls, --train-batch-size, --train-steps, --repeats and batch "
-                     "sizes, and --warmup >= 0")  # fmt: skip
+    if (
+        min(args.new_tokens, args.calls, args.train_batch_size, args.train_steps, args.repeats, *args.batch_sizes) < 1
+        or args.warmup < 0
+    ):
+        parser.error(
+            "need positive --new-tokens, --calls, --train-batch-size, --train-steps, --repeats and batch "
+            "sizes, and --warmup >= 0"
+        )
     if len(set(args.batch_sizes)) != len(args.batch_sizes):
         parser.error(f"--batch-sizes must not repeat a size: {args.batch_sizes}")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -356,24 +435,35 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     base, lora_base, processor, base_name = load_bases(args, device)
     units, facts = build_units(base, lora_base, processor, args, device, clock)
-    print(f"base {base_name}: {facts['base_parameters'] / 1e6:.1f}M parameters ({facts['dtype']}); PIN ψ "
-          f"{facts['pin_parameters']:,}; LoRA-φ {facts['trainable_parameters']['lora_phi']:,}", flush=True)  # fmt: skip
+    print(
+        f"base {base_name}: {facts['base_parameters'] / 1e6:.1f}M parameters ({facts['dtype']}); PIN ψ "
+        f"{facts['pin_parameters']:,}; LoRA-φ {facts['trainable_parameters']['lora_phi']:,}",
+        flush=True,
+    )
     samples, _, orders, wall = run_rounds(units, args.repeats, args.warmup)
     del units, base, lora_base
     release(device)
     inference, training, acceptance, ratios = summarize(samples, args, facts)
     report = {
         "meta": {
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, "
-                      f"{torch.get_num_threads()} torch threads)",
-            "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "git_commit": git_commit(),
             "command": " ".join(["python benchmarks/pin_speed.py", *(argv if argv is not None else sys.argv[1:])]),
-            "base": base_name, "batch_sizes": args.batch_sizes, "new_tokens": args.new_tokens, "calls": args.calls,
-            "train_batch_size": args.train_batch_size, "train_steps": args.train_steps, "repeats": args.repeats,
-            "warmup": args.warmup, "wall_s": time.perf_counter() - start,
-        },  # fmt: skip
+            "base": base_name,
+            "batch_sizes": args.batch_sizes,
+            "new_tokens": args.new_tokens,
+            "calls": args.calls,
+            "train_batch_size": args.train_batch_size,
+            "train_steps": args.train_steps,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "wall_s": time.perf_counter() - start,
+        },
         "models": facts,
         "inference": inference,
         "training": training,

@@ -35,11 +35,13 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     """`name:"--flag value ..."` → (name, argv)."""
     name, sep, args = text.partition(":")
     if not sep or not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
-        raise ValueError(f"variant {text!r} must look like name:\"--method pin --learning_rate 3e-4\"")
+        raise ValueError(f'variant {text!r} must look like name:"--method pin --learning_rate 3e-4"')
     return name, shlex.split(args)
 
 
-def launch(name: str, extra: list[str], out: Path, base_model: str | None, common: list[str], preset: str) -> subprocess.Popen:
+def launch(
+    name: str, extra: list[str], out: Path, base_model: str | None, common: list[str], preset: str
+) -> subprocess.Popen:
     run_dir = out / name
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(REPO / "recipes" / "pin.py"), "--preset", preset, "--output_dir", str(run_dir), *common]
@@ -62,11 +64,17 @@ def merge(out: Path, names: list[str]) -> dict:
         results = json.loads(path.read_text())
         for method in sorted(results, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
             r = results[method]
-            rows.append({
-                "variant": name, "method": method, "held_out": r.get("held_out", {}), "val": r.get("val", {}),
-                "train_samples": r.get("train_samples"), "train_seconds": r.get("train_seconds"),
-                "trainable_parameters": r.get("trainable_parameters"),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "variant": name,
+                    "method": method,
+                    "held_out": r.get("held_out", {}),
+                    "val": r.get("val", {}),
+                    "train_samples": r.get("train_samples"),
+                    "train_seconds": r.get("train_seconds"),
+                    "trainable_parameters": r.get("trainable_parameters"),
+                }
+            )
     pins = [r for r in rows if r.get("method") == "pin" and r.get("val")]
     if pins:
         max(pins, key=lambda r: r["val"].get("miou", -1))["selected"] = True
@@ -80,9 +88,12 @@ def _f(value) -> str:
 
 
 def table_markdown(merged: dict, title: str) -> str:
-    lines = [f"### {title}", "",
-             "| variant | method | mIoU | mIoU_M | mIoU_L | parsed | centre r | val mIoU | train samples | params |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"### {title}",
+        "",
+        "| variant | method | mIoU | mIoU_M | mIoU_L | parsed | centre r | val mIoU | train samples | params |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in merged["rows"]:
         if r.get("missing"):
             lines.append(f"| {r['variant']} | (did not finish) | | | | | | | | |")
@@ -103,7 +114,9 @@ def main(argv=None) -> int:
     parser.add_argument("--base_model", default=None)
     parser.add_argument("--variants", nargs="*", default=[], help='name:"extra recipe args" (one process each)')
     parser.add_argument("--common", default="", help="arguments given to every variant, e.g. '--train_images 12000'")
-    parser.add_argument("--preset", default="gpu", help="the recipe preset of every run (gpu: recipes/pin/toy_gpu.yaml)")
+    parser.add_argument(
+        "--preset", default="gpu", help="the recipe preset of every run (gpu: recipes/pin/toy_gpu.yaml)"
+    )
     parser.add_argument("--stagger", type=float, default=5.0, help="seconds between launches")
     parser.add_argument("--merge-only", action="store_true")
     parser.add_argument("--title", default="PIN toy Table-1 analogue (held-out categories)")

@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _checkout import ROOT
 
 from groundvlm.recipes.common.provenance import git_commit
 
@@ -54,10 +53,31 @@ LABELS = {"tfs": "TFS", "inherit": "VPGInherit", "vpgtrans": "VPGTrans"}
 PRESETS = {"tiny": ("", "gpu-small", 3), "cpu": ("", "cpu", 3), "gpu": ("_gpu", "gpu", 6)}
 # The tiny preset's overrides of the cpu configs: 4 steps per epoch, 8 eval images, short decoding, on the CPU.
 TINY_ARGS = [
-    "--toy_train_size", "32", "--per_device_train_batch_size", "8", "--toy_eval_size", "8", "--eval_batch_size", "8",
-    "--caption_num_beams", "2", "--vqa_num_beams", "2", "--caption_max_length", "12", "--vqa_max_length", "4",
-    "--converter_captions", "256", "--use_cpu", "true", "--dataloader_num_workers", "0", "--logging_steps", "1",
-]  # fmt: skip
+    "--toy_train_size",
+    "32",
+    "--per_device_train_batch_size",
+    "8",
+    "--toy_eval_size",
+    "8",
+    "--eval_batch_size",
+    "8",
+    "--caption_num_beams",
+    "2",
+    "--vqa_num_beams",
+    "2",
+    "--caption_max_length",
+    "12",
+    "--vqa_max_length",
+    "4",
+    "--converter_captions",
+    "256",
+    "--use_cpu",
+    "true",
+    "--dataloader_num_workers",
+    "0",
+    "--logging_steps",
+    "1",
+]
 
 
 def _run(name: str, argv: list[str], out: Path) -> Path:
@@ -99,8 +119,8 @@ def _detach_log_file(run_dir: Path) -> None:
 
 def source_model(preset: str, source: str | None) -> Path:
     """The source VL-LLM folder: `--source`, else the committed captioner (tiny) or the preset's (built when missing)."""
-    from groundvlm.recipes.toyworld import COMMITTED_CAPTION_VLM
     from groundvlm.recipes.systems.vpgtrans.captioner import build_caption_vlm
+    from groundvlm.recipes.toyworld import COMMITTED_CAPTION_VLM
 
     if source is not None:
         if not (Path(source) / "config.json").is_file():
@@ -120,6 +140,7 @@ def source_vision(source: Path, out: Path) -> Path:
     LayerNorm, as BLIP-2 adds a new `ln_vision` on top of the pretrained ViT. Written to a temporary folder and
     renamed, so parallel runs of the benchmark never read a half-written one."""
     import torch
+
     from groundvlm.modeling import VPGTransModel
     from groundvlm.processing import VPGTransProcessor
 
@@ -145,9 +166,10 @@ def target_lm(part: str, preset: str, assets: str, out: Path) -> Path:
     if preset != "tiny":
         return toy_asset(name, assets)
     import torch
-    from groundvlm.recipes.toyworld.lms import LM_FAMILY, lm_model
-    from groundvlm.recipes.toyworld import PRESETS as ASSET_PRESETS
     from transformers import AutoTokenizer
+
+    from groundvlm.recipes.toyworld import PRESETS as ASSET_PRESETS
+    from groundvlm.recipes.toyworld.lms import LM_FAMILY, lm_model
 
     folder = out / "targets" / name
     if not (folder / "config.json").is_file():
@@ -171,8 +193,9 @@ def _rename_or_drop(tmp: Path, folder: Path) -> None:
 def check_tokenizers(part: str, source: Path, lm: Path) -> None:
     """Across size the target must share the source's tokenizer (the VL-LLM's own `<image>` aside); across type it
     must not. A target of another toy-asset preset than the source's has a differently trained tokenizer."""
-    from groundvlm.processing import VPGTransProcessor
     from transformers import AutoTokenizer
+
+    from groundvlm.processing import VPGTransProcessor
 
     processor = VPGTransProcessor.from_pretrained(source)
     src = {t: i for t, i in processor.tokenizer.get_vocab().items() if i != processor.image_token_id}
@@ -183,11 +206,14 @@ def check_tokenizers(part: str, source: Path, lm: Path) -> None:
             f"toy-asset preset the source was built on (--assets; the committed captioner: gpu-small or gpu)."
         )
     if part == "type" and same:
-        raise SystemExit(f"Transfer across type expects another tokenizer than the source's, but {lm} has the same one.")
+        raise SystemExit(
+            f"Transfer across type expects another tokenizer than the source's, but {lm} has the same one."
+        )
 
 
-def run_transfer(part: str, preset: str, assets: str, out: Path, epochs: int, source: Path, methods=METHODS,
-                 extra: list[str] = ()) -> None:  # fmt: skip
+def run_transfer(
+    part: str, preset: str, assets: str, out: Path, epochs: int, source: Path, methods=METHODS, extra: list[str] = ()
+) -> None:
     """The chosen methods for one target LLM; each run writes its per-epoch curve into its folder."""
     sfx = PRESETS[preset][0]
     lm = str(target_lm(part, preset, assets, out))
@@ -196,18 +222,45 @@ def run_transfer(part: str, preset: str, assets: str, out: Path, epochs: int, so
     common = ["--preset", assets] + (TINY_ARGS if preset == "tiny" else []) + list(extra)
     if "tfs" in methods:
         vit = str(source_vision(source, out))
-        _run(f"{part}/tfs", ["--config", f"tfs{sfx}", "--vision_model", vit, "--language_model", lm,
-                             "--num_train_epochs", str(epochs)] + common, out)  # fmt: skip
+        _run(
+            f"{part}/tfs",
+            ["--config", f"tfs{sfx}", "--vision_model", vit, "--language_model", lm, "--num_train_epochs", str(epochs)]
+            + common,
+            out,
+        )
     if "inherit" in methods:
-        _run(f"{part}/inherit", ["--config", f"inherit{sfx}", "--source_model", str(source), "--language_model", lm,
-                                 "--num_train_epochs", str(epochs)] + common, out)  # fmt: skip
+        _run(
+            f"{part}/inherit",
+            [
+                "--config",
+                f"inherit{sfx}",
+                "--source_model",
+                str(source),
+                "--language_model",
+                lm,
+                "--num_train_epochs",
+                str(epochs),
+            ]
+            + common,
+            out,
+        )
     if "vpgtrans" in methods:
-        conv = _run(f"{part}/converter", ["--config", f"converter{sfx}", "--source_model", str(source),
-                                          "--language_model", lm] + common, out)  # fmt: skip
-        s1 = _run(f"{part}/stage1", ["--config", f"stage1{sfx}", "--init_model", str(conv / "model"),
-                                     "--num_train_epochs", "1"] + common, out)  # fmt: skip
-        _run(f"{part}/stage2", ["--config", f"stage2{sfx}", "--init_model", str(s1 / "model"),
-                                "--num_train_epochs", str(epochs - 1)] + common, out)  # fmt: skip
+        conv = _run(
+            f"{part}/converter",
+            ["--config", f"converter{sfx}", "--source_model", str(source), "--language_model", lm] + common,
+            out,
+        )
+        s1 = _run(
+            f"{part}/stage1",
+            ["--config", f"stage1{sfx}", "--init_model", str(conv / "model"), "--num_train_epochs", "1"] + common,
+            out,
+        )
+        _run(
+            f"{part}/stage2",
+            ["--config", f"stage2{sfx}", "--init_model", str(s1 / "model"), "--num_train_epochs", str(epochs - 1)]
+            + common,
+            out,
+        )
 
 
 def _curve(run_dir: Path) -> dict | None:
@@ -231,7 +284,9 @@ def collect_curves(out: Path, part: str) -> dict[str, dict]:
             curves[LABELS[method]] = {k: curve[k] for k in ("epoch", *METRICS) if k in curve}
     s1, s2 = _curve(out / part / "stage1"), _curve(out / part / "stage2")
     if s1 is not None:
-        curve = vpgtrans_curve(s1, s2) if s2 is not None else {"epoch": [1], **{m: [s1[m][-1]] for m in METRICS if m in s1}}
+        curve = (
+            vpgtrans_curve(s1, s2) if s2 is not None else {"epoch": [1], **{m: [s1[m][-1]] for m in METRICS if m in s1}}
+        )
         curves["VPGTrans"] = {k: curve[k] for k in ("epoch", *METRICS) if k in curve}
     return curves
 
@@ -241,9 +296,18 @@ def _provenance() -> dict:
     import transformers
 
     commit = git_commit()
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
-    return {"commit": commit, "device": device, "torch": torch.__version__, "transformers": transformers.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()})"
+    )
+    return {
+        "commit": commit,
+        "device": device,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def _run_settings(out: Path) -> dict:
@@ -266,8 +330,17 @@ def report(out: Path, preset: str, epochs: int) -> str:
     from groundvlm.recipes.common.checkpointing import replace_atomically
     from groundvlm.recipes.systems.vpgtrans.speedup import epochs_behind, markdown_table, plot_curves, speedup_table
 
-    results = {"preset": preset, "planned_epochs": epochs, "runs": _run_settings(out), **_provenance(), "curves": {},
-               "speedup": {}, "epochs_behind": {}, "partial": {}, "wall_seconds": {}}  # fmt: skip
+    results = {
+        "preset": preset,
+        "planned_epochs": epochs,
+        "runs": _run_settings(out),
+        **_provenance(),
+        "curves": {},
+        "speedup": {},
+        "epochs_behind": {},
+        "partial": {},
+        "wall_seconds": {},
+    }
     rows, details, lines = {}, [], []
     for part, (title, _) in TRANSFERS.items():
         curves = collect_curves(out, part)
@@ -289,14 +362,19 @@ def report(out: Path, preset: str, epochs: int) -> str:
                 m: epochs_behind(curves["TFS"][m], curves["VPGTrans"][m]) for m in METRICS if m in curves["TFS"]
             }
             for m, e in results["epochs_behind"][part].items():
-                details.append(f"| {title} | {m} | {e['tfs_best']:.3f} | {e['e_tfs']} | {e['e_vt'] or '-'} | {rows[title][m]} |")
+                details.append(
+                    f"| {title} | {m} | {e['tfs_best']:.3f} | {e['e_tfs']} | {e['e_vt'] or '-'} | {rows[title][m]} |"
+                )
         try:
             plot_curves(curves, METRICS, out / f"fig7_{part}.png", title)
         except ImportError:  # no matplotlib: re-run `--part report` where it exists
             print(f"[vpgtrans benchmark] matplotlib missing: no fig7_{part}.png")
         n = max(len(c["epoch"]) for c in curves.values())
-        lines += [f"\n#### {title}: per-epoch zero-shot scores (VPGTrans epoch 1 = stage 1)\n",
-                  "| method | metric | " + " | ".join(f"ep {e}" for e in range(1, n + 1)) + " |", "|---|---|" + "---|" * n]  # fmt: skip
+        lines += [
+            f"\n#### {title}: per-epoch zero-shot scores (VPGTrans epoch 1 = stage 1)\n",
+            "| method | metric | " + " | ".join(f"ep {e}" for e in range(1, n + 1)) + " |",
+            "|---|---|" + "---|" * n,
+        ]
         for label, curve in curves.items():
             for m in METRICS:
                 values = [f"{v:.3f}" for v in curve.get(m, [])]
@@ -307,14 +385,23 @@ def report(out: Path, preset: str, epochs: int) -> str:
     if not results["curves"]:
         text += "\nNo run has evaluated an epoch yet (see the runs' train.log).\n"
     if details:
-        text += "\n| transfer | metric | TFS best p | e_tfs | e_vt | speed-up |\n|---|---|---|---|---|---|\n" + "\n".join(details) + "\n"
+        text += (
+            "\n| transfer | metric | TFS best p | e_tfs | e_vt | speed-up |\n|---|---|---|---|---|---|\n"
+            + "\n".join(details)
+            + "\n"
+        )
     if results["partial"]:
         text += f"\n**Partial** (planned {epochs} epochs per method): {json.dumps(results['partial'])}\n"
     text += "\n".join(lines) + "\n"
     runs = "; ".join(f"{p}: source {r['source']}, target assets {r['assets']}" for p, r in results["runs"].items())
-    header = (f"preset {preset}, {epochs} epochs per method ({runs}); {results['device']}, torch {results['torch']}, "
-              f"transformers {results['transformers']}, commit {results['commit']}, {results['date']}\n\n")  # fmt: skip
-    for path, content in ((out / "results.json", json.dumps(results, indent=2) + "\n"), (out / "results.md", header + text)):
+    header = (
+        f"preset {preset}, {epochs} epochs per method ({runs}); {results['device']}, torch {results['torch']}, "
+        f"transformers {results['transformers']}, commit {results['commit']}, {results['date']}\n\n"
+    )
+    for path, content in (
+        (out / "results.json", json.dumps(results, indent=2) + "\n"),
+        (out / "results.md", header + text),
+    ):
         replace_atomically(path, lambda tmp, content=content: Path(tmp).write_text(content))
     return header + text
 
@@ -323,13 +410,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu")
     parser.add_argument("--part", choices=("all", "source", "size", "type", "report"), default="all")
-    parser.add_argument("--method", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run (default all)")
+    parser.add_argument(
+        "--method", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run (default all)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="epochs per method (default: 3 tiny/cpu, 6 gpu)")
-    parser.add_argument("--assets", choices=("cpu", "gpu", "gpu-small"), default=None,
-                        help="toy-asset preset of the target LMs (default: cpu for cpu, gpu for gpu, gpu-small for tiny)")  # fmt: skip
+    parser.add_argument(
+        "--assets",
+        choices=("cpu", "gpu", "gpu-small"),
+        default=None,
+        help="toy-asset preset of the target LMs (default: cpu for cpu, gpu for gpu, gpu-small for tiny)",
+    )
     parser.add_argument("--out", default=None)
     parser.add_argument("--source", default=None, help="source VL-LLM folder (default: see the docstring)")
-    parser.add_argument("--train_size", type=int, default=None, help="toy caption training images per epoch (default: the config's)")
+    parser.add_argument(
+        "--train_size", type=int, default=None, help="toy caption training images per epoch (default: the config's)"
+    )
     parser.add_argument("--eval_batch_size", type=int, default=None, help="evaluation batch (default: the config's)")
     parser.add_argument("--workers", type=int, default=None, help="data-loader workers per run (default: the config's)")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -347,8 +442,11 @@ def main(argv=None) -> int:
         raise SystemExit("--epochs must be >= 2 (VPGTrans = stage 1 + at least one stage-2 epoch)")
     assets = args.assets or PRESETS[args.preset][1]
     extra = list(recipe_args)  # flags after "--" go to every recipe run (the recipe rejects unknown ones)
-    for flag, value in (("--toy_train_size", args.train_size), ("--eval_batch_size", args.eval_batch_size),
-                        ("--dataloader_num_workers", args.workers)):  # fmt: skip
+    for flag, value in (
+        ("--toy_train_size", args.train_size),
+        ("--eval_batch_size", args.eval_batch_size),
+        ("--dataloader_num_workers", args.workers),
+    ):
         if value is not None:
             extra += [flag, str(value)]
     source = args.source

@@ -38,9 +38,7 @@ def make_tokenizer(style: str = "opt") -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
     bos = "</s>" if style == "opt" else "<s>"
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))]
-    )
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=bos, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
@@ -50,34 +48,79 @@ def make_tokenizer(style: str = "opt") -> PreTrainedTokenizerFast:
 
 def tiny_blip2(tokenizer, cls=Blip2ForConditionalGeneration, config_cls=Blip2Config):
     """A BLIP-2 (or VPGTrans, via `cls`/`config_cls`) with a 2-layer OPT; vision tokens (17, 32)."""
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=IMAGE_SIZE, patch_size=PATCH, initializer_range=0.02)  # fmt: skip
-    qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                   encoder_hidden_size=32, vocab_size=VOCAB)  # fmt: skip
-    text = dict(model_type="opt", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
-                num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=128,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+        initializer_range=0.02,
+    )
+    qformer = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        encoder_hidden_size=32,
+        vocab_size=VOCAB,
+    )
+    text = dict(
+        model_type="opt",
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        ffn_dim=64,
+        num_attention_heads=4,
+        word_embed_proj_dim=32,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     config = config_cls(
-        vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=4,
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=text,
+        num_query_tokens=4,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     return cls(config).eval()
 
 
 def tiny_llava(tokenizer):
     """A LLaVA with a 2-layer CLIP vision tower and a 2-layer Llama; projector input (16, 32)."""
-    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=32)  # fmt: skip
-    text = dict(model_type="llama", vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    vision = dict(
+        model_type="clip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+        projection_dim=32,
+    )
+    text = dict(
+        model_type="llama",
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2, vision_feature_select_strategy="default",
-    )  # fmt: skip
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
     torch.manual_seed(0)
     return LlavaForConditionalGeneration(config).eval()
 
@@ -90,6 +133,9 @@ def llava_processor(tokenizer) -> LlavaProcessor:
     """A LLaVA processor as released (shortest-edge resize + center crop), for `PinProcessor.from_base_processor`."""
     image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=IMAGE_SIZE)
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
-    )  # fmt: skip
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )

@@ -64,7 +64,12 @@ def add_image_token(tokenizer):
 
 
 VISION = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=4,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=16,
+    patch_size=4,
     initializer_range=0.02,
 )
 QFORMER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
@@ -72,22 +77,41 @@ QFORMER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_at
 
 def opt_text_config(vocab_size, hidden=24):
     return OPTConfig(
-        vocab_size=vocab_size, hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=128, word_embed_proj_dim=hidden, bos_token_id=2, eos_token_id=2, pad_token_id=1,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        ffn_dim=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        word_embed_proj_dim=hidden,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=1,
     )
 
 
 def t5_text_config(vocab_size, hidden=24):
     return T5Config(
-        vocab_size=vocab_size, d_model=hidden, d_ff=2 * hidden, d_kv=hidden // 4, num_layers=2, num_heads=4,
-        decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
+        vocab_size=vocab_size,
+        d_model=hidden,
+        d_ff=2 * hidden,
+        d_kv=hidden // 4,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        eos_token_id=1,
+        pad_token_id=0,
     )
 
 
 def blip2_config(text_config, image_token_index, num_query_tokens=4, config_cls=Blip2Config, **kwargs):
     return config_cls(
-        vision_config=dict(VISION), qformer_config=dict(QFORMER), text_config=text_config.to_dict(),
-        num_query_tokens=num_query_tokens, image_token_index=image_token_index, **kwargs,
+        vision_config=dict(VISION),
+        qformer_config=dict(QFORMER),
+        text_config=text_config.to_dict(),
+        num_query_tokens=num_query_tokens,
+        image_token_index=image_token_index,
+        **kwargs,
     )
 
 

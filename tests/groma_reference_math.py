@@ -123,8 +123,11 @@ def proposer(sd, vision_states, d_model, heads, points, num_queries, enc_layers,
     x = torch.stack(vision_states[-4:]).mean(0)[:, 1:]
     batch, hw, channels = x.shape
     n = int(math.isqrt(hw))
-    src = F.conv2d(x.transpose(1, 2).reshape(batch, channels, n, n), sd[prefix + "input_proj.0.0.weight"],
-                   sd[prefix + "input_proj.0.0.bias"])  # fmt: skip
+    src = F.conv2d(
+        x.transpose(1, 2).reshape(batch, channels, n, n),
+        sd[prefix + "input_proj.0.0.weight"],
+        sd[prefix + "input_proj.0.0.bias"],
+    )
     mean = src.mean(1, keepdim=True)
     var = (src - mean).pow(2).mean(1, keepdim=True)
     src = (src - mean) / torch.sqrt(var + 1e-6)
@@ -133,7 +136,9 @@ def proposer(sd, vision_states, d_model, heads, points, num_queries, enc_layers,
     ii = torch.arange(n, dtype=torch.float32) + 0.5
     ys, xs = torch.meshgrid(ii, ii, indexing="ij")
     scale = 2 * math.pi
-    pos = torch.cat((_sine_embed(ys / (n + 1e-6) * scale, d_model // 2), _sine_embed(xs / (n + 1e-6) * scale, d_model // 2)), -1)
+    pos = torch.cat(
+        (_sine_embed(ys / (n + 1e-6) * scale, d_model // 2), _sine_embed(xs / (n + 1e-6) * scale, d_model // 2)), -1
+    )
     pos = pos.reshape(1, hw, d_model) + sd[t + "level_embed"][0]
     memory = src.flatten(2).transpose(1, 2)
     ref = torch.stack((xs / n, ys / n), -1).reshape(1, hw, 2).expand(batch, -1, -1)
@@ -143,7 +148,9 @@ def proposer(sd, vision_states, d_model, heads, points, num_queries, enc_layers,
         memory = _ln(sd, p + "self_attn_layer_norm", memory + att)
         memory = _ln(sd, p + "final_layer_norm", memory + _lin(sd, p + "fc2", F.relu(_lin(sd, p + "fc1", memory))))
 
-    proposals = torch.stack((xs / n, ys / n, torch.full_like(xs, 0.05), torch.full_like(xs, 0.05)), -1).reshape(1, hw, 4)
+    proposals = torch.stack((xs / n, ys / n, torch.full_like(xs, 0.05), torch.full_like(xs, 0.05)), -1).reshape(
+        1, hw, 4
+    )
     valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
     proposals = torch.log(proposals / (1 - proposals)).masked_fill(~valid, float("inf"))
     query = _ln(sd, t + "enc_output_norm", _lin(sd, t + "enc_output", memory.masked_fill(~valid, 0.0)))
@@ -157,14 +164,22 @@ def proposer(sd, vision_states, d_model, heads, points, num_queries, enc_layers,
     top = enc_class.topk(num_queries, dim=1).indices
     anchor_logits = torch.gather(coord_logits, 1, top[..., None].expand(-1, -1, 4))
     anchors = anchor_logits.sigmoid()
-    query_pos = _ln(sd, t + "pos_trans_norm", _lin(sd, t + "pos_trans", _sine_embed(anchor_logits.sigmoid() * scale, d_model // 2).flatten(2)))
+    query_pos = _ln(
+        sd,
+        t + "pos_trans_norm",
+        _lin(sd, t + "pos_trans", _sine_embed(anchor_logits.sigmoid() * scale, d_model // 2).flatten(2)),
+    )
     query_pos = query_pos[..., :d_model]
     h = sd[t + "query_position_embeddings.weight"][None].expand(batch, -1, -1)
     states = []
     for i in range(dec_layers):
         p = f"{t}decoder.layers.{i}."
         qk = h + query_pos
-        q, k, v = _lin(sd, p + "self_attn.q_proj", qk), _lin(sd, p + "self_attn.k_proj", qk), _lin(sd, p + "self_attn.v_proj", h)
+        q, k, v = (
+            _lin(sd, p + "self_attn.q_proj", qk),
+            _lin(sd, p + "self_attn.k_proj", qk),
+            _lin(sd, p + "self_attn.v_proj", h),
+        )
         q, k, v = (z.reshape(batch, -1, heads, d_model // heads).transpose(1, 2) for z in (q, k, v))
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d_model // heads), -1) @ v
         att = _lin(sd, p + "self_attn.out_proj", att.transpose(1, 2).reshape(batch, -1, d_model))
@@ -241,8 +256,12 @@ def _bilinear_mmcv(feature, y, x):
         x_high = x_low + 1
     ly, lx = y - y_low, x - x_low
     hy, hx = 1 - ly, 1 - lx
-    return (hy * hx * feature[:, y_low, x_low] + hy * lx * feature[:, y_low, x_high]
-            + ly * hx * feature[:, y_high, x_low] + ly * lx * feature[:, y_high, x_high])  # fmt: skip
+    return (
+        hy * hx * feature[:, y_low, x_low]
+        + hy * lx * feature[:, y_low, x_high]
+        + ly * hx * feature[:, y_high, x_low]
+        + ly * lx * feature[:, y_high, x_high]
+    )
 
 
 def mmcv_roi_align(feature, roi, out_size, spatial_scale, sampling_ratio):
@@ -269,7 +288,9 @@ def region_encoder(sd, vision_states, boxes_per_image, gn_groups, roi_size=14, i
     batch, hw, channels = feats[0].shape
     n = int(math.isqrt(hw))
     feats = [f.transpose(1, 2).reshape(batch, channels, n, n) for f in feats]
-    feats = [F.interpolate(f, size=(n * s, n * s), mode="bilinear", align_corners=True) for f, s in zip(feats, (4, 2, 1))]
+    feats = [
+        F.interpolate(f, size=(n * s, n * s), mode="bilinear", align_corners=True) for f, s in zip(feats, (4, 2, 1))
+    ]
     p = "region_encoder.mlvl_fuse."
     levels = []
     for lvl, f in enumerate(feats):
@@ -303,7 +324,9 @@ def region_encoder(sd, vision_states, boxes_per_image, gn_groups, roi_size=14, i
             fused = 0
             for lvl in range(3):
                 pooled = mmcv_roi_align(levels[lvl][img], roi, roi_size, 1 / strides[lvl], 2)
-                fused = fused + F.conv2d(pooled[None], sd[f"{q}pconvs.{lvl}.weight"], sd[f"{q}pconvs.{lvl}.bias"], padding=1)
+                fused = fused + F.conv2d(
+                    pooled[None], sd[f"{q}pconvs.{lvl}.weight"], sd[f"{q}pconvs.{lvl}.bias"], padding=1
+                )
             feat = _lin(sd, q + "flatten_linear", F.relu(fused).flatten(1))[0]
             pe = _ln(sd, q + "pos_embedd.2", F.relu(_lin(sd, q + "pos_embedd.0", box)))
             pe = _ln(sd, q + "pos_embedd.5", F.relu(_lin(sd, q + "pos_embedd.3", pe)))
@@ -321,7 +344,9 @@ def merge_2x2(last_state):
     batch, hw, channels = x.shape
     n = int(math.isqrt(hw))
     x = x.reshape(batch, n, n, channels)
-    return torch.cat((x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]), -1).reshape(batch, -1, 4 * channels)
+    return torch.cat((x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]), -1).reshape(
+        batch, -1, 4 * channels
+    )
 
 
 def expand_prompt(ids, num_image_tokens, num_regions, image_id, region_id, proxy_start):
@@ -336,14 +361,23 @@ def llm_logits(sd, llama, ids, image_tokens, region_tokens, refer_boxes, selecte
     ids = torch.tensor(ids)
     refer_feats = None
     if len(refer_boxes):
-        match = torch.tensor([max(range(len(selected)), key=lambda j: _iou(_corners(rb[None])[0].tolist(),
-                              _corners(selected[j][None])[0].tolist())) for rb in refer_boxes])  # fmt: skip
+        match = torch.tensor(
+            [
+                max(
+                    range(len(selected)),
+                    key=lambda j: _iou(_corners(rb[None])[0].tolist(), _corners(selected[j][None])[0].tolist()),
+                )
+                for rb in refer_boxes
+            ]
+        )
         ids = ids.clone()
         ids[ids == token_ids["refer_box"]] = token_ids["proxy_start"] + match
         refer_feats = region_tokens[match]
     base = sd["llm.model.embed_tokens.weight"]
     new = sd["new_input_embs.weight"]
-    emb = torch.where((ids >= len(base))[:, None], new[(ids - len(base)).clamp(min=0)], base[ids.clamp(max=len(base) - 1)])
+    emb = torch.where(
+        (ids >= len(base))[:, None], new[(ids - len(base)).clamp(min=0)], base[ids.clamp(max=len(base) - 1)]
+    )
     emb = emb.clone()
     bridge = _lin(sd, "img_txt_bridge.2", F.gelu(_lin(sd, "img_txt_bridge.0", image_tokens)))
     emb[ids == token_ids["image"]] = bridge

@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import yaml
 from trl import TrlParser

@@ -39,9 +39,18 @@ LOG_NAME = "train.log"
 METRICS_NAME = "metrics.json"
 
 _VERSIONED_PACKAGES = (
-    "groundvlm", "torch", "torchvision", "transformers", "accelerate", "peft", "trl", "datasets", "evaluate",
-    "safetensors", "tokenizers",
-)  # fmt: skip
+    "groundvlm",
+    "torch",
+    "torchvision",
+    "transformers",
+    "accelerate",
+    "peft",
+    "trl",
+    "datasets",
+    "evaluate",
+    "safetensors",
+    "tokenizers",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -143,8 +152,9 @@ def _warn_on_changed_config(path: Path, config: dict[str, Any]) -> None:
     if changed:
         logger.warning(
             "Arguments differ from the previous launch in %s: %s; config.yaml now records this launch.",
-            path.parent, ", ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed),
-        )  # fmt: skip
+            path.parent,
+            ", ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed),
+        )
 
 
 def prepare_run_dir(output_dir: str | os.PathLike, *arg_dataclasses: Any) -> Path:

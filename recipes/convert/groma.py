@@ -26,7 +26,9 @@ import torch
 
 from groundvlm.modeling.configuration_groma import GROMA_ADDED_TOKENS, GromaConfig
 
-_DDETR_ALIASES = re.compile(r"^perceiver\.ddetr_transformer\.decoder\.(bbox_embed|class_embed_enc|class_embed_coco|class_embed_sa1b)")
+_DDETR_ALIASES = re.compile(
+    r"^perceiver\.ddetr_transformer\.decoder\.(bbox_embed|class_embed_enc|class_embed_coco|class_embed_sa1b)"
+)
 
 
 def _proposer_key(rest: str) -> str:
@@ -69,14 +71,21 @@ def convert_state_dict(reference: dict[str, torch.Tensor], detector_only: bool =
             converted[f"multi_modal_projector.{layer}.{name}"] = value
         elif key.startswith("region_encoder."):
             converted[key] = value
-        elif key in ("llm.model.embed_tokens.weight", "new_input_embs.weight", "llm.lm_head.weight", "extra_lm_head.weight"):
+        elif key in (
+            "llm.model.embed_tokens.weight",
+            "new_input_embs.weight",
+            "llm.lm_head.weight",
+            "extra_lm_head.weight",
+        ):
             continue  # concatenated below
         elif key.startswith("llm."):
             converted["language_model." + key[len("llm.") :]] = value
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"unknown keys in the reference checkpoint: {unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
+        raise ValueError(
+            f"unknown keys in the reference checkpoint: {unknown[:10]}{' ...' if len(unknown) > 10 else ''}"
+        )
     if not detector_only:
         for ours, (base, extra) in {
             "language_model.model.embed_tokens.weight": ("llm.model.embed_tokens.weight", "new_input_embs.weight"),
@@ -104,10 +113,20 @@ def convert_config(reference: dict) -> GromaConfig:
     ids = {tok: base_vocab + i for i, tok in enumerate(GROMA_ADDED_TOKENS)}
     llm = {k: v for k, v in llm.items() if k not in ("model_type", "architectures", "_name_or_path")}
     llm.update(vocab_size=base_vocab + num_new, pad_token_id=ids["[PAD]"], tie_word_embeddings=False)
-    llama_defaults = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                          max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    llama_defaults = dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     text_config = {"model_type": "llama", **llama_defaults, **llm}
-    vision_defaults = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, patch_size=14, image_size=518)
+    vision_defaults = dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, patch_size=14, image_size=518
+    )
     return GromaConfig(
         vision_config={**vision_defaults, **vision},
         text_config=text_config,
@@ -160,9 +179,12 @@ def load_reference_state_dict(src: Path, allow_pickle: bool = False) -> dict[str
 
 
 REMOTE_CODE_FILES = (
-    "configuration_groma.py", "modeling_groma.py", "groma_proposer.py", "groma_region_encoder.py",
+    "configuration_groma.py",
+    "modeling_groma.py",
+    "groma_proposer.py",
+    "groma_region_encoder.py",
     "groma_cuda_graphs.py",
-)  # fmt: skip
+)
 AUTO_MAP = {
     "AutoConfig": "configuration_groma.GromaConfig",
     "AutoModel": "modeling_groma.GromaForConditionalGeneration",
@@ -197,8 +219,9 @@ def write_pretrained(state: dict[str, torch.Tensor], config: GromaConfig, dst, m
         (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def convert_checkpoint(src, dst, allow_pickle: bool = False, dtype: str = "float32", config: GromaConfig | None = None,
-                       verify: bool = True):  # fmt: skip
+def convert_checkpoint(
+    src, dst, allow_pickle: bool = False, dtype: str = "float32", config: GromaConfig | None = None, verify: bool = True
+):
     """Convert a full reference checkpoint folder into a safetensors `from_pretrained` folder.
 
     With `verify`, the result is loaded back and must have no missing or unexpected keys (returns that model).
@@ -215,7 +238,9 @@ def convert_checkpoint(src, dst, allow_pickle: bool = False, dtype: str = "float
         return None
     from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
 
-    model, info = GromaForConditionalGeneration.from_pretrained(dst, output_loading_info=True, dtype=getattr(torch, dtype))
+    model, info = GromaForConditionalGeneration.from_pretrained(
+        dst, output_loading_info=True, dtype=getattr(torch, dtype)
+    )
     if info["missing_keys"] or info["unexpected_keys"] or info.get("mismatched_keys"):
         raise ValueError(f"converted checkpoint does not match the model: {info}")
     return model.eval()

@@ -139,11 +139,15 @@ def convert_lavis_state_dict(
         converted[new_key] = value
     for block, biases in qv_bias.items():
         if set(biases) != {"q_bias", "v_bias"}:
-            raise ValueError(f"visual_encoder.blocks.{block}.attn has {sorted(biases)} but needs both q_bias and v_bias.")
+            raise ValueError(
+                f"visual_encoder.blocks.{block}.attn has {sorted(biases)} but needs both q_bias and v_bias."
+            )
         q, v = biases["q_bias"], biases["v_bias"]
         converted[f"vision_model.encoder.layers.{block}.self_attn.qkv.bias"] = torch.cat((q, torch.zeros_like(v), v))
     if unknown:
-        raise ValueError(f"Unknown LAVIS keys (not converted): {sorted(unknown)[:20]}{' ...' if len(unknown) > 20 else ''}")
+        raise ValueError(
+            f"Unknown LAVIS keys (not converted): {sorted(unknown)[:20]}{' ...' if len(unknown) > 20 else ''}"
+        )
     return converted, dropped
 
 
@@ -154,7 +158,9 @@ def _rename(key: str) -> str | None:
         return key
     if key.startswith("ln_vision."):
         return "vision_model.post_layernorm." + key[len("ln_vision.") :]
-    match = re.match(r"^visual_encoder\.blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$", key)
+    match = re.match(
+        r"^visual_encoder\.blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$", key
+    )
     if match:
         block, part, param = match.groups()
         if part == "attn.qkv" and param == "bias":
@@ -193,7 +199,9 @@ def convert_lavis_checkpoint(
         raise ValueError("Give at least one LAVIS checkpoint.")
     expected = model.state_dict()
     for path in paths:
-        converted, dropped = convert_lavis_state_dict(load_lavis_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle))
+        converted, dropped = convert_lavis_state_dict(
+            load_lavis_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle)
+        )
         missing_in_model = sorted(k for k in converted if k not in expected)
         if missing_in_model:
             raise ValueError(f"{path}: keys with no place in the model: {missing_in_model[:20]}")

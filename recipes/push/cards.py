@@ -21,11 +21,11 @@ dataset with string keys `dataset_name` / `dataset_type`; otherwise `eval_datase
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 from dataclasses import dataclass, field
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,14 @@ def _metrics(task_type: str, task_name: str, names: dict[str, str]) -> dict[str,
 _LOCALISATION = _metrics(
     "object-detection",
     "Object localisation",
-    {"miou": "mIoU", "miou_s": "mIoU (small)", "miou_m": "mIoU (medium)", "miou_l": "mIoU (large)",
-     "parse_ok": "parsed outputs (fraction)"},
-)  # fmt: skip
+    {
+        "miou": "mIoU",
+        "miou_s": "mIoU (small)",
+        "miou_m": "mIoU (medium)",
+        "miou_l": "mIoU (large)",
+        "parse_ok": "parsed outputs (fraction)",
+    },
+)
 _CAPTIONING = _metrics(
     "image-to-text",
     "Image captioning",
@@ -71,8 +76,14 @@ _REC = _metrics(
 _PROPOSALS = _metrics(
     "object-detection",
     "Class-agnostic region proposal",
-    {"ar": "AR", "ar50": "AR@0.5", "ar75": "AR@0.75", "ar_s": "AR (small)", "ar_m": "AR (medium)",
-     "ar_l": "AR (large)"},
+    {
+        "ar": "AR",
+        "ar50": "AR@0.5",
+        "ar75": "AR@0.75",
+        "ar_s": "AR (small)",
+        "ar_m": "AR (medium)",
+        "ar_l": "AR (large)",
+    },
 )
 
 
@@ -90,21 +101,30 @@ class SystemSpec:
 
 SYSTEMS: dict[str, SystemSpec] = {
     "pin": SystemSpec(
-        model_type="pin", template="pin.md", pipeline_tag="image-text-to-text",
+        model_type="pin",
+        template="pin.md",
+        pipeline_tag="image-text-to-text",
         tags=("custom_code", "pin", "object-localization", "vision-language", "positional-insert"),
-        eval_sections=("pin",), metrics=_LOCALISATION,
+        eval_sections=("pin",),
+        metrics=_LOCALISATION,
     ),
     "vpgtrans": SystemSpec(
-        model_type="vpgtrans", template="vpgtrans.md", pipeline_tag="image-text-to-text",
+        model_type="vpgtrans",
+        template="vpgtrans.md",
+        pipeline_tag="image-text-to-text",
         tags=("custom_code", "vpgtrans", "blip-2", "vision-language", "image-captioning"),
-        eval_sections=("eval",), metrics={**_CAPTIONING, **_VQA},
+        eval_sections=("eval",),
+        metrics={**_CAPTIONING, **_VQA},
     ),
     "groma": SystemSpec(
-        model_type="groma", template="groma.md", pipeline_tag="image-text-to-text",
+        model_type="groma",
+        template="groma.md",
+        pipeline_tag="image-text-to-text",
         tags=("custom_code", "groma", "visual-grounding", "region-captioning", "vision-language"),
-        eval_sections=None, metrics={**_REC, **_PROPOSALS, **_CAPTIONING, **_VQA},
+        eval_sections=None,
+        metrics={**_REC, **_PROPOSALS, **_CAPTIONING, **_VQA},
     ),
-}  # fmt: skip
+}
 
 _SKIPPED_SECTIONS = ("train",)
 
@@ -210,11 +230,16 @@ def eval_results_from_metrics(
                 metric = spec.metrics[key]
                 results.append(
                     EvalResult(
-                        task_type=metric.task_type, task_name=metric.task_name, dataset_type=str(dataset_type),
-                        dataset_name=str(name), dataset_split="/".join(split) or None, metric_type=key,
-                        metric_name=metric.metric_name, metric_value=round(float(value), 6),
+                        task_type=metric.task_type,
+                        task_name=metric.task_name,
+                        dataset_type=str(dataset_type),
+                        dataset_name=str(name),
+                        dataset_split="/".join(split) or None,
+                        metric_type=key,
+                        metric_name=metric.metric_name,
+                        metric_value=round(float(value), 6),
                     )
-                )  # fmt: skip
+                )
 
     for section_name, section in sections.items():
         if not isinstance(section, dict):
@@ -346,10 +371,15 @@ def build_model_card(
         eval_results=results or None,
     )
     rows = [
-        {"task": r.task_name, "dataset": r.dataset_name, "split": r.dataset_split or "–", "metric": r.metric_name,
-         "value": f"{r.metric_value:.4g}"}
+        {
+            "task": r.task_name,
+            "dataset": r.dataset_name,
+            "split": r.dataset_split or "–",
+            "metric": r.metric_name,
+            "value": f"{r.metric_value:.4g}",
+        }
         for r in results
-    ]  # fmt: skip
+    ]
     template = HUB_CARDS_DIR / spec.template
     if not template.is_file():
         raise FileNotFoundError(f"model-card template {template} is missing (hub_cards/ of the groundvlm checkout)")

@@ -35,9 +35,12 @@ ALLOWED_IMPORTS = frozenset({"torch", "torchvision", "transformers", "numpy", "_
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Files that may carry an `auto_map` (transformers looks for processor auto_maps in this order, then config.json).
 AUTO_MAP_FILES = (
-    "config.json", "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+    "config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
     "tokenizer_config.json",
-)  # fmt: skip
+)
 REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModel")
 # Never uploaded: caches and hidden files (upload_folder also skips .git/ and .cache/huggingface/ itself).
 IGNORE_PATTERNS = ["__pycache__/*", "*/__pycache__/*", "*.pyc", ".*", "*/.*"]
@@ -198,16 +201,20 @@ def _pin_base_problems(config: dict, folder: Path) -> list[str]:
         return []
     ref = config.get("base_model_name_or_path")
     if not ref:
-        return [(
-            "config.json of this PIN names no base model (base_model_name_or_path is empty): save it with "
-            "include_base=True or with base_model_name_or_path set to the base's Hub id"
-        )]
+        return [
+            (
+                "config.json of this PIN names no base model (base_model_name_or_path is empty): save it with "
+                "include_base=True or with base_model_name_or_path set to the base's Hub id"
+            )
+        ]
     if is_local_path(ref):
-        return [(
-            f"config.json of this PIN references its base at the local path {ref!r}, which nobody else can load: "
-            "push the base first and save PIN with base_model_name_or_path='<org>/<base>', or save with "
-            "include_base=True"
-        )]
+        return [
+            (
+                f"config.json of this PIN references its base at the local path {ref!r}, which nobody else can load: "
+                "push the base first and save PIN with base_model_name_or_path='<org>/<base>', or save with "
+                "include_base=True"
+            )
+        ]
     return []
 
 
@@ -250,8 +257,11 @@ def check_self_contained(model_dir: str | Path) -> None:
         except json.JSONDecodeError as err:
             shards = []
             problems.append(f"model.safetensors.index.json is not valid JSON: {err}")
-        problems += [f"model.safetensors.index.json names {s}, which is not in the folder" for s in shards
-                     if not (folder / s).is_file()]  # fmt: skip
+        problems += [
+            f"model.safetensors.index.json names {s}, which is not in the folder"
+            for s in shards
+            if not (folder / s).is_file()
+        ]
     if config.get("model_type") == "pin":
         problems += _pin_base_problems(config, folder)
     if problems:
@@ -288,9 +298,15 @@ def push_to_hub(
     check_self_contained(folder)
     system = system_of(folder)
     card = build_model_card(
-        system, folder, eval_results=eval_results, base_model=base_model, datasets=datasets, model_id=repo_id,
-        eval_dataset=eval_dataset, license=license,
-    )  # fmt: skip
+        system,
+        folder,
+        eval_results=eval_results,
+        base_model=base_model,
+        datasets=datasets,
+        model_id=repo_id,
+        eval_dataset=eval_dataset,
+        license=license,
+    )
     card.save(folder / "README.md")
     files = upload_plan(folder)
     if dry_run:
@@ -304,9 +320,12 @@ def push_to_hub(
     api = HfApi()
     api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
     info = api.upload_folder(
-        repo_id=repo_id, repo_type="model", folder_path=str(folder), ignore_patterns=IGNORE_PATTERNS,
+        repo_id=repo_id,
+        repo_type="model",
+        folder_path=str(folder),
+        ignore_patterns=IGNORE_PATTERNS,
         commit_message=commit_message or f"Upload {system} model with groundvlm",
-    )  # fmt: skip
+    )
     print(f"pushed {len(files)} files to https://huggingface.co/{repo_id}")
     return info
 
@@ -328,10 +347,17 @@ def main(argv: list[str] | None = None):
     args = parser.parse_args(argv)
     try:
         push_to_hub(
-            args.model_dir, args.repo_id, private=args.private, eval_results=args.eval_results,
-            base_model=args.base_model, datasets=args.datasets, eval_dataset=args.eval_dataset, license=args.license,
-            commit_message=args.commit_message, dry_run=args.dry_run,
-        )  # fmt: skip
+            args.model_dir,
+            args.repo_id,
+            private=args.private,
+            eval_results=args.eval_results,
+            base_model=args.base_model,
+            datasets=args.datasets,
+            eval_dataset=args.eval_dataset,
+            license=args.license,
+            commit_message=args.commit_message,
+            dry_run=args.dry_run,
+        )
     except (NotSelfContainedError, FileNotFoundError, ValueError, TypeError) as err:
         parser.exit(2, f"error: {err}\n")
 

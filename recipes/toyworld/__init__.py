@@ -9,6 +9,18 @@ build|list``). This package knows no system: the caption VL-LLM asset is trained
 """
 
 from .backgrounds import BACKGROUND_KINDS, FolderBackgrounds, ProceduralBackgrounds
+from .build import (  # noqa: E402  (after the scene API: build's helpers import it)
+    ARTEFACTS,
+    COMMITTED_CAPTION_VLM,
+    MAIN_ARTEFACTS,
+    PRESETS,
+    SEED,
+    cache_root,
+    caption_asset_metrics,
+    main,
+    read_build_info,
+    toy_asset,
+)
 from .compose import PlacedObject, compose, pin_size_ranges
 from .export import TASKS, to_coco, to_hf_dataset
 from .objects import (
@@ -34,19 +46,6 @@ from .texts import (
     vqa,
 )
 from .world import Scene, SceneObject, ToyWorld
-
-from .build import (  # noqa: E402  (after the scene API: build's helpers import it)
-    ARTEFACTS,
-    COMMITTED_CAPTION_VLM,
-    MAIN_ARTEFACTS,
-    PRESETS,
-    SEED,
-    cache_root,
-    caption_asset_metrics,
-    main,
-    read_build_info,
-    toy_asset,
-)
 
 __all__ = [
     "ARTEFACTS",

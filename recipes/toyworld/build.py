@@ -31,8 +31,8 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .lms import LM_FAMILY, LM_NAMES, LMSize
@@ -92,7 +92,12 @@ PRESETS = {
         bf16=False,
         data_scenes_per_split=200,
         corpus_scenes=1000,
-        lm_sizes={"opt-small": LMSize(128, 4, 4), "opt-base": LMSize(256, 4, 4), "llama": LMSize(128, 4, 4), "t5": LMSize(128, 2, 4)},
+        lm_sizes={
+            "opt-small": LMSize(128, 4, 4),
+            "opt-base": LMSize(256, 4, 4),
+            "llama": LMSize(128, 4, 4),
+            "t5": LMSize(128, 2, 4),
+        },
         lm_steps=300,
         lm_batch=64,
         lm_lr=2e-3,
@@ -106,7 +111,12 @@ PRESETS = {
         bf16=True,
         data_scenes_per_split=500,
         corpus_scenes=10000,
-        lm_sizes={"opt-small": LMSize(256, 4, 4), "opt-base": LMSize(512, 6, 8), "llama": LMSize(256, 4, 4), "t5": LMSize(256, 4, 4)},
+        lm_sizes={
+            "opt-small": LMSize(256, 4, 4),
+            "opt-base": LMSize(512, 6, 8),
+            "llama": LMSize(256, 4, 4),
+            "t5": LMSize(256, 4, 4),
+        },
         lm_steps=3000,
         lm_batch=256,
         lm_lr=1e-3,
@@ -196,13 +206,23 @@ def _spec(name: str, preset: str) -> dict:
     elif name.startswith("lm-"):
         lm = name[3:]
         spec.update(
-            corpus_scenes=p.corpus_scenes, size=asdict(p.lm_sizes[lm]), steps=p.lm_steps,
-            batch=p.lm_batch, lr=p.lm_lr, bf16=p.bf16,
+            corpus_scenes=p.corpus_scenes,
+            size=asdict(p.lm_sizes[lm]),
+            steps=p.lm_steps,
+            batch=p.lm_batch,
+            lr=p.lm_lr,
+            bf16=p.bf16,
         )
     else:
         spec.update(
-            hidden=p.vision_hidden, layers=p.vision_layers, heads=p.vision_heads, images=p.vision_images,
-            steps=p.vision_steps, batch=p.vision_batch, lr=p.vision_lr, bf16=p.bf16,
+            hidden=p.vision_hidden,
+            layers=p.vision_layers,
+            heads=p.vision_heads,
+            images=p.vision_images,
+            steps=p.vision_steps,
+            batch=p.vision_batch,
+            lr=p.vision_lr,
+            bf16=p.bf16,
         )
     return spec
 
@@ -269,15 +289,18 @@ _CORPUS_MEMO: dict = {}
 def _curve(losses: list[float], points: int = 20) -> list[list]:
     """[step, mean loss of the window ending there] at about `points` evenly spaced steps."""
     every = max(1, len(losses) // points)
-    return [[i + every, round(sum(losses[i : i + every]) / len(losses[i : i + every]), 4)] for i in range(0, len(losses), every)]
+    return [
+        [i + every, round(sum(losses[i : i + every]) / len(losses[i : i + every]), 4)]
+        for i in range(0, len(losses), every)
+    ]
 
 
 def _build_data(folder: Path, p: Preset) -> dict:
     """A sample COCO export (json + images) of each split, so a user can look at the toy world."""
+    from tqdm.auto import tqdm
+
     from . import export
     from .world import ToyWorld
-
-    from tqdm.auto import tqdm
 
     metrics = {}
     for split in tqdm(("train", "validation", "held_out"), desc="data export", unit="split"):
@@ -302,7 +325,11 @@ def _build_tokenizer(folder: Path, family: str, p: Preset) -> dict:
         "corpus_texts": len(corpus),
         "ticks_as_one_token": f"{whole}/{len(ticks)}",
         "mean_tokens_per_text": round(sum(lengths) / len(lengths), 2),
-        "example": " ".join(tok.convert_ids_to_tokens(tok(PIN_PROMPT.format(article="a", name="red star") + " [14,28,70,112]").input_ids)),
+        "example": " ".join(
+            tok.convert_ids_to_tokens(
+                tok(PIN_PROMPT.format(article="a", name="red star") + " [14,28,70,112]").input_ids
+            )
+        ),
     }
 
 
@@ -311,17 +338,25 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
     from transformers import AutoTokenizer
 
     from . import texts
-    from .world import ToyWorld
     from .corpus import PIN_PROMPT, VQA_FORMATS, grid_ticks
     from .lms import LM_FAMILY, box_syntax_rate, evaluate_lm, lm_model, pretrain_lm
+    from .world import ToyWorld
 
     torch.manual_seed(SEED)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     corpus = _corpus(p.corpus_scenes, SEED)
     model = lm_model(lm, tok, p.lm_sizes[lm])
     train = pretrain_lm(
-        lm, model, tok, corpus, steps=p.lm_steps, batch_size=p.lm_batch, lr=p.lm_lr, seed=SEED,
-        device=p.device, bf16=p.bf16,
+        lm,
+        model,
+        tok,
+        corpus,
+        steps=p.lm_steps,
+        batch_size=p.lm_batch,
+        lr=p.lm_lr,
+        seed=SEED,
+        device=p.device,
+        bf16=p.bf16,
     )
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -347,7 +382,6 @@ def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from .world import ToyWorld
     from .vision import (
         image_processor,
         label_names,
@@ -358,6 +392,7 @@ def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
         scene_labels,
         vision_model,
     )
+    from .world import ToyWorld
 
     torch.manual_seed(SEED)
     world = ToyWorld(seed=SEED, split="all")
@@ -366,13 +401,23 @@ def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
     targets = scene_labels(objects, labels)
     model = vision_model(kind, p.vision_hidden, p.vision_layers, p.vision_heads)
     head, train = pretrain_vision(
-        kind, model, images, targets, steps=p.vision_steps, batch_size=p.vision_batch, lr=p.vision_lr,
-        seed=SEED, device=p.device, bf16=p.bf16,
+        kind,
+        model,
+        images,
+        targets,
+        steps=p.vision_steps,
+        batch_size=p.vision_batch,
+        lr=p.vision_lr,
+        seed=SEED,
+        device=p.device,
+        bf16=p.bf16,
     )
     model.save_pretrained(folder)
     image_processor(kind).save_pretrained(folder)
     # The probe head is kept beside the encoder (not part of it) to check "does it see" later.
-    save_file({"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu()}, str(folder / "probe_head.safetensors"))
+    save_file(
+        {"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu()}, str(folder / "probe_head.safetensors")
+    )
     (folder / "probe_labels.json").write_text(json.dumps(labels, indent=1) + "\n")
 
     metrics = {
@@ -414,7 +459,9 @@ def _build(name: str, preset: str, folder: Path, deps: dict[str, Path], builder:
     if name == "vlm-caption":
         if preset == "cpu" and (COMMITTED_CAPTION_VLM / "captioner.json").is_file():
             shutil.copytree(COMMITTED_CAPTION_VLM, folder, dirs_exist_ok=True)
-            return caption_asset_metrics(json.loads((COMMITTED_CAPTION_VLM / "captioner.json").read_text()), "committed")
+            return caption_asset_metrics(
+                json.loads((COMMITTED_CAPTION_VLM / "captioner.json").read_text()), "committed"
+            )
         if builder is None:
             raise FileNotFoundError(
                 f"toy asset 'vlm-caption' of the {preset} preset is not committed; the VPGTrans captioner builds it "

@@ -75,7 +75,9 @@ def scene_texts(scene, rng: np.random.Generator, image_size: int = IMAGE_SIZE, g
         out.append(pin_sentence(obj.name, box(random_grid_box(rng, grid_size))))
     n = len(scene.objects)
     noun = "object" if n == 1 else "objects"
-    out.append(f"There {'is' if n == 1 else 'are'} {_NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else n} {noun} in the image.")
+    out.append(
+        f"There {'is' if n == 1 else 'are'} {_NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else n} {noun} in the image."
+    )
     return out
 
 

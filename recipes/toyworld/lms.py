@@ -190,7 +190,7 @@ def pretrain_lm(
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     model.eval()
-    return {"final_loss": float(np.mean(losses[-max(1, steps // 10):])), "losses": losses}
+    return {"final_loss": float(np.mean(losses[-max(1, steps // 10) :])), "losses": losses}
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import string
-from typing import Iterable
+from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -47,7 +47,10 @@ _ASCII_ALPHABET = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
 
 _SPECIALS = {
     # token strings in id order, then the special-token roles of the wrapped tokenizer
-    "opt": (["<s>", "<pad>", "</s>", "<unk>"], dict(bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")),
+    "opt": (
+        ["<s>", "<pad>", "</s>", "<unk>"],
+        dict(bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"),
+    ),
     "llama": (["<unk>", "<s>", "</s>"], dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>")),
     "t5": (["<pad>", "</s>", "<unk>"], dict(eos_token="</s>", pad_token="<pad>", unk_token="<unk>")),
 }

@@ -128,7 +128,9 @@ def pretrain_vision(
     from a seeded generator (a fixed number of steps, not epochs, so budgets scale by steps).
     """
     if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or images.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], got {tuple(images.shape)} {images.dtype}")
+        raise ValueError(
+            f"images must be uint8 [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], got {tuple(images.shape)} {images.dtype}"
+        )
     if labels.ndim != 2 or labels.shape[0] != images.shape[0]:
         raise ValueError(f"labels must be [N, L] with N={images.shape[0]}, got {tuple(labels.shape)}")
     if steps < 1 or batch_size < 1:
@@ -167,13 +169,18 @@ def pretrain_vision(
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-    tail = losses[-max(1, steps // 10):]
+    tail = losses[-max(1, steps // 10) :]
     return head, {"final_loss": float(np.mean(tail)), "losses": losses}
 
 
 @torch.no_grad()
 def probe_predictions(
-    kind: str, model: torch.nn.Module, head: torch.nn.Linear, images: torch.Tensor, batch_size: int = 64, device: str = "cpu"
+    kind: str,
+    model: torch.nn.Module,
+    head: torch.nn.Linear,
+    images: torch.Tensor,
+    batch_size: int = 64,
+    device: str = "cpu",
 ) -> torch.Tensor:
     """Sigmoid probabilities [N, L] of the probe head on uint8 images [N, 112, 112, 3]."""
     model.to(device).eval()

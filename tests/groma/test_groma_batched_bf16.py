@@ -35,13 +35,15 @@ SIZES = [(90, 160), (200, 120), (64, 64), (150, 300)]  # (height, width), one im
 PROMPTS = [
     build_groma_prompt("Describe the image briefly.", grounding=True),
     build_groma_prompt("What is <refer>?"),
-    build_groma_prompt([
-        {"role": "user", "content": "Where is the red star on the left?"},
-        {"role": "assistant", "content": "On the grass."},
-        {"role": "user", "content": "And the blue ring of the green square?"},
-    ]),  # the longest prompt: its batch row has no padding
+    build_groma_prompt(
+        [
+            {"role": "user", "content": "Where is the red star on the left?"},
+            {"role": "assistant", "content": "On the grass."},
+            {"role": "user", "content": "And the blue ring of the green square?"},
+        ]
+    ),  # the longest prompt: its batch row has no padding
     build_groma_prompt("What is this?"),
-]  # fmt: skip
+]
 REFER = [None, [[10.0, 50.0, 90.0, 180.0]], None, None]  # pixel xyxy on image 1
 MAX_NEW = 8
 GEN = {"max_new_tokens": MAX_NEW, "do_sample": False, "return_dict_in_generate": True, "output_logits": True}
@@ -69,8 +71,9 @@ def setup():
     proc = tiny_groma_processor(tok, config)
     images = [random_image(h, w, seed=10 + i) for i, (h, w) in enumerate(SIZES)]
     batch = proc(images=images, text=PROMPTS, refer_boxes=REFER)
-    singles = [proc(images=images[i], text=PROMPTS[i], refer_boxes=None if REFER[i] is None else [REFER[i]])
-               for i in range(4)]  # fmt: skip
+    singles = [
+        proc(images=images[i], text=PROMPTS[i], refer_boxes=None if REFER[i] is None else [REFER[i]]) for i in range(4)
+    ]
     lengths = [s["input_ids"].shape[1] for s in singles]
     assert len(set(lengths)) == 3 and batch["input_ids"].shape[1] == max(lengths)  # mixed lengths, left padded
     return tok, model, batch, singles

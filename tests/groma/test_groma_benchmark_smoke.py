@@ -6,17 +6,27 @@ import json
 
 import pytest
 import torch
-from groundvlm.modeling import GromaConfig
 
+from groundvlm.modeling import GromaConfig
 from tests._benchmarks import load_benchmark
 
 # the base order of one round at batch sizes (1, 2): per batch size Groma with graphs, Groma eager, LLaVA; then the
 # three batch-1 TTFT breakdowns; then the four components alone
 BASE_ORDER = [
-    "groma/cuda graphs/b1", "groma/eager/b1", "llava/b1", "groma/cuda graphs/b2", "groma/eager/b2", "llava/b2",
-    "groma/cuda graphs/breakdown", "groma/eager/breakdown", "llava/breakdown",
-    "groma/dinov2_alone", "groma/llm_prefill_alone", "llava/clip_alone", "llava/llm_prefill_alone",
-]  # fmt: skip
+    "groma/cuda graphs/b1",
+    "groma/eager/b1",
+    "llava/b1",
+    "groma/cuda graphs/b2",
+    "groma/eager/b2",
+    "llava/b2",
+    "groma/cuda graphs/breakdown",
+    "groma/eager/breakdown",
+    "llava/breakdown",
+    "groma/dinov2_alone",
+    "groma/llm_prefill_alone",
+    "llava/clip_alone",
+    "llava/llm_prefill_alone",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +35,44 @@ def bench():
 
 
 def test_rotated_orders(bench):
-    assert bench.rotated_orders(["A", "B", "C"], 4) == [["A", "B", "C"], ["B", "C", "A"], ["C", "A", "B"],
-                                                        ["A", "B", "C"]]  # fmt: skip
+    assert bench.rotated_orders(["A", "B", "C"], 4) == [
+        ["A", "B", "C"],
+        ["B", "C", "A"],
+        ["C", "A", "B"],
+        ["A", "B", "C"],
+    ]
 
 
 def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
     monkeypatch.delenv("OUT", raising=False)
     # two repeats: their median is their mean, so sums of medians still add up like the per-repeat values
-    argv = ["--tiny", "--batch-sizes", "1", "2", "--new-tokens", "3", "--repeats", "2", "--warmup", "1",
-            "--out", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--tiny",
+        "--batch-sizes",
+        "1",
+        "2",
+        "--new-tokens",
+        "3",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     report = bench.main(argv)
     assert json.loads((tmp_path / "groma_speed.json").read_text()) == json.loads(json.dumps(report))
-    assert set(report) == {"meta", "results", "groma_batch1_components", "groma_eager_batch1_components",
-                           "llava_batch1_components", "batch1_component_ranges", "acceptance", "rounds", "samples"}  # fmt: skip
+    assert set(report) == {
+        "meta",
+        "results",
+        "groma_batch1_components",
+        "groma_eager_batch1_components",
+        "llava_batch1_components",
+        "batch1_component_ranges",
+        "acceptance",
+        "rounds",
+        "samples",
+    }
     assert {"device", "torch", "transformers", "date", "git_commit", "dtype", "command"} <= set(report["meta"])
     assert report["meta"]["tiny"] and report["meta"]["command"].endswith(" ".join(argv))
     assert report["meta"]["mode"] == "interleaved" and report["meta"]["repeats"] == 2
@@ -51,12 +86,28 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
 
     results = report["results"]
     assert [(r["model"].split()[0], r.get("vision"), r["batch_size"]) for r in results] == [
-        ("Groma", "cuda graphs", 1), ("Groma", "cuda graphs", 2), ("Groma", "eager", 1), ("Groma", "eager", 2),
-        ("LLaVA", None, 1), ("LLaVA", None, 2)]  # fmt: skip
+        ("Groma", "cuda graphs", 1),
+        ("Groma", "cuda graphs", 2),
+        ("Groma", "eager", 1),
+        ("Groma", "eager", 2),
+        ("LLaVA", None, 1),
+        ("LLaVA", None, 2),
+    ]
     rows = {(r["model"].split()[0], r.get("vision"), r["batch_size"]): r for r in results}
-    keys = {"visual_tokens", "prompt_tokens", "ttft_ms", "decode_tokens_per_s", "decode_tokens_per_s_total",
-            "peak_memory_gib", "regions_selected", "attended_prompt_tokens", "ttft_ms_range",
-            "decode_tokens_per_s_range", "repeats_ttft_ms", "repeats_decode_tokens_per_s"}  # fmt: skip
+    keys = {
+        "visual_tokens",
+        "prompt_tokens",
+        "ttft_ms",
+        "decode_tokens_per_s",
+        "decode_tokens_per_s_total",
+        "peak_memory_gib",
+        "regions_selected",
+        "attended_prompt_tokens",
+        "ttft_ms_range",
+        "decode_tokens_per_s_range",
+        "repeats_ttft_ms",
+        "repeats_decode_tokens_per_s",
+    }
     for (name, vision, batch), row in rows.items():
         assert keys <= set(row)
         unit = f"llava/b{batch}" if name == "LLaVA" else f"groma/{vision}/b{batch}"
@@ -79,10 +130,21 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
     # the vision variant changes no result: same regions and attended tokens in both rows
     for batch in (1, 2):
         a, b = rows[("Groma", "cuda graphs", batch)], rows[("Groma", "eager", batch)]
-        assert a["regions_selected"] == b["regions_selected"] and a["attended_prompt_tokens"] == b["attended_prompt_tokens"]
+        assert (
+            a["regions_selected"] == b["regions_selected"]
+            and a["attended_prompt_tokens"] == b["attended_prompt_tokens"]
+        )
 
-    top = {"dinov2_alone_ms", "llm_prefill_alone_ms", "in_ttft_vision_ms", "in_ttft_region_select_ms",
-           "in_ttft_region_extract_ms", "in_ttft_llm_prefill_ms", "in_ttft_other_ms", "in_ttft_ttft_ms"}  # fmt: skip
+    top = {
+        "dinov2_alone_ms",
+        "llm_prefill_alone_ms",
+        "in_ttft_vision_ms",
+        "in_ttft_region_select_ms",
+        "in_ttft_region_extract_ms",
+        "in_ttft_llm_prefill_ms",
+        "in_ttft_other_ms",
+        "in_ttft_ttft_ms",
+    }
     graphs, eager = report["groma_batch1_components"], report["groma_eager_batch1_components"]
     assert top <= set(graphs)
     assert top | {"in_ttft_dinov2_ms", "in_ttft_proposer_ms", "in_ttft_region_fuse_ms"} <= set(eager)
@@ -99,20 +161,29 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
 
     checks = report["acceptance"]
     assert set(checks) == {
-        "groma_b1_ttft_over_dinov2_plus_llm_prefill", "groma_over_llava_decode_b1", "groma_over_llava_decode_b2",
-        "groma_b1_ttft_over_dinov2_plus_llm_prefill_eager_vision", "groma_over_llava_decode_b1_eager_vision",
+        "groma_b1_ttft_over_dinov2_plus_llm_prefill",
+        "groma_over_llava_decode_b1",
+        "groma_over_llava_decode_b2",
+        "groma_b1_ttft_over_dinov2_plus_llm_prefill_eager_vision",
+        "groma_over_llava_decode_b1_eager_vision",
         "groma_over_llava_decode_b2_eager_vision",
-    }  # fmt: skip
+    }
     # ratios are formed within each repeat from that repeat's samples, then their median decides
     prefill = [s["llm_prefill_alone_ms"] for s in samples["groma/llm_prefill_alone"]]
     ttft_ratios = [s["ttft_ms"] / (d + p) for s, d, p in zip(samples["groma/eager/b1"], dinov2, prefill)]
     # the same token count for both: Groma's tok/s over LLaVA's = LLaVA's decode time over Groma's
-    decode_ratios = [l["decode_ms"] / g["decode_ms"] for g, l in zip(samples["groma/cuda graphs/b2"], samples["llava/b2"])]
-    for name, expected, limit in (("groma_b1_ttft_over_dinov2_plus_llm_prefill_eager_vision", ttft_ratios, 1.5),
-                                  ("groma_over_llava_decode_b2", decode_ratios, 0.97)):  # fmt: skip
+    decode_ratios = [
+        l["decode_ms"] / g["decode_ms"] for g, l in zip(samples["groma/cuda graphs/b2"], samples["llava/b2"])
+    ]
+    for name, expected, limit in (
+        ("groma_b1_ttft_over_dinov2_plus_llm_prefill_eager_vision", ttft_ratios, 1.5),
+        ("groma_over_llava_decode_b2", decode_ratios, 0.97),
+    ):
         c = checks[name]
         assert c["per_repeat"] == pytest.approx(expected) and c["paired"] and c["limit"] == limit
-        assert c["ratio"] == pytest.approx(sum(expected) / 2) and c["range"] == pytest.approx([min(expected), max(expected)])
+        assert c["ratio"] == pytest.approx(sum(expected) / 2) and c["range"] == pytest.approx(
+            [min(expected), max(expected)]
+        )
         assert c["pass"] == (c["ratio"] <= 1.5 if limit == 1.5 else c["ratio"] >= 0.97)
     markdown = (tmp_path / "groma_speed.md").read_text()
     line = f"- groma_over_llava_decode_b2: {checks['groma_over_llava_decode_b2']['ratio']:.3f} >= 0.97 -> "
@@ -122,8 +193,22 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
 
 def test_sequential_run_does_not_pair_across_models(bench, monkeypatch):
     monkeypatch.delenv("OUT", raising=False)
-    report = bench.main(["--tiny", "--sequential", "--batch-sizes", "1", "--new-tokens", "2", "--repeats", "1",
-                         "--warmup", "0", "--component-calls", "1"])  # fmt: skip
+    report = bench.main(
+        [
+            "--tiny",
+            "--sequential",
+            "--batch-sizes",
+            "1",
+            "--new-tokens",
+            "2",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--component-calls",
+            "1",
+        ]
+    )
     assert report["meta"]["mode"] == "sequential"
     assert [r["models"] for r in report["rounds"]] == [["groma"], ["llava"]]
     checks = report["acceptance"]

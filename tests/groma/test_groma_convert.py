@@ -9,7 +9,16 @@ from transformers import LlamaConfig, LlamaModel
 from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
 from groundvlm.recipes.convert.groma import convert_checkpoint, convert_config, convert_state_dict
 from tests import groma_reference_math as ref
-from tests.groma.test_groma_model import BASE_VOCAB, IMAGE, PROXY, REFER_BOX, REFER_FEAT, REGION, static_prompt, tiny_config
+from tests.groma.test_groma_model import (
+    BASE_VOCAB,
+    IMAGE,
+    PROXY,
+    REFER_BOX,
+    REFER_FEAT,
+    REGION,
+    static_prompt,
+    tiny_config,
+)
 
 V, VL, VH, MLP = 32, 4, 4, 128  # DINOv2 hidden, layers, heads, mlp
 D, DL, DH, FFN, PTS, Q = 32, 2, 4, 64, 4, 20  # proposer
@@ -180,10 +189,20 @@ def test_proposer_regions_and_logits_match_reference_math(reference_sd, converte
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
     # logits: static layout (batch 2, left padded) vs the reference's dynamically expanded sequences (batch 1 each)
-    llama = LlamaModel(LlamaConfig(hidden_size=T, intermediate_size=TI, num_hidden_layers=TL, num_attention_heads=4,
-                                   num_key_value_heads=4, vocab_size=BASE_VOCAB, rms_norm_eps=1e-6)).eval()  # fmt: skip
-    llama.load_state_dict({k[len("llm.model."):]: v for k, v in sd.items()
-                           if k.startswith("llm.model.") and "rotary" not in k})  # fmt: skip
+    llama = LlamaModel(
+        LlamaConfig(
+            hidden_size=T,
+            intermediate_size=TI,
+            num_hidden_layers=TL,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=BASE_VOCAB,
+            rms_norm_eps=1e-6,
+        )
+    ).eval()
+    llama.load_state_dict(
+        {k[len("llm.model.") :]: v for k, v in sd.items() if k.startswith("llm.model.") and "rotary" not in k}
+    )
     cfg = model.config
     assert cfg.text_config.rms_norm_eps == 1e-6
     prompts = [static_prompt(cfg, n_refer=1, after=(40, 41, 42)), static_prompt(cfg, before=(1, 7))]
@@ -192,7 +211,13 @@ def test_proposer_regions_and_logits_match_reference_math(reference_sd, converte
     mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
     out = model(input_ids=ids, attention_mask=mask, pixel_values=px, refer_boxes=refer)
     merged = ref.merge_2x2(states[-1])
-    token_ids = {"image": IMAGE, "region": REGION, "refer_box": REFER_BOX, "refer_feat": REFER_FEAT, "proxy_start": PROXY}
+    token_ids = {
+        "image": IMAGE,
+        "region": REGION,
+        "refer_box": REFER_BOX,
+        "refer_feat": REFER_FEAT,
+        "proxy_start": PROXY,
+    }
     for i, prompt in enumerate(prompts):
         short = [t for t in prompt if t != IMAGE]
         short.insert(prompt.index(IMAGE), IMAGE)
@@ -235,7 +260,7 @@ def test_converter_rejects_unknown_keys_and_broken_aliases(reference_sd):
 
 
 def test_detector_only_layout(reference_sd, converted_model):
-    det = {k[len("perceiver."):]: v for k, v in reference_sd.items() if k.startswith("perceiver.")}
+    det = {k[len("perceiver.") :]: v for k, v in reference_sd.items() if k.startswith("perceiver.")}
     converted = convert_state_dict(det, detector_only=True)
     full = convert_state_dict(reference_sd)
     assert set(converted) == {k for k in full if k.startswith(("vision_model.", "region_proposer."))}
@@ -243,19 +268,31 @@ def test_detector_only_layout(reference_sd, converted_model):
     assert all(torch.equal(converted[k], full[k]) for k in converted)
     # loads into the perceiver part of the model (LLM etc. come from elsewhere)
     fresh = GromaForConditionalGeneration(tiny_config())
-    fresh.load_state_dict({k: v for k, v in converted_model.state_dict().items()
-                           if k.startswith(("vision_model.", "region_proposer."))}, strict=False)  # fmt: skip
+    fresh.load_state_dict(
+        {k: v for k, v in converted_model.state_dict().items() if k.startswith(("vision_model.", "region_proposer."))},
+        strict=False,
+    )
 
 
 def test_convert_config_of_the_released_7b():
     released = {
-        "model_type": "groma", "num_new_token": 114, "nms_thres": 0.6, "box_score_thres": 0.15, "max_region_num": 100,
+        "model_type": "groma",
+        "num_new_token": 114,
+        "nms_thres": 0.6,
+        "box_score_thres": 0.15,
+        "max_region_num": 100,
         "llm_cfg": {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 32000, "pad_token_id": 0},
-        "perceiver_cfg": {"vis_encoder_cfg": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-                                              "image_size": 518, "patch_size": 14},
-                          "ddetr_cfg": {"num_labels": 1, "num_feature_levels": 1, "two_stage": True,
-                                        "with_box_refine": True}},
-    }  # fmt: skip
+        "perceiver_cfg": {
+            "vis_encoder_cfg": {
+                "hidden_size": 1024,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 16,
+                "image_size": 518,
+                "patch_size": 14,
+            },
+            "ddetr_cfg": {"num_labels": 1, "num_feature_levels": 1, "two_stage": True, "with_box_refine": True},
+        },
+    }
     cfg = convert_config(released)
     assert cfg.text_config.vocab_size == 32114 and cfg.pad_token_id == 32000
     assert (cfg.image_token_id, cfg.region_token_id, cfg.refer_box_token_id) == (32008, 32009, 32010)

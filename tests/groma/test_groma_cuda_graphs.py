@@ -4,8 +4,8 @@ benchmarks/groma_graph_check.py): when graphs may be used, what invalidates them
 import copy
 
 import torch
-from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
 
+from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
 from tests.groma.test_groma_model import static_prompt, tiny_config
 
 
@@ -41,7 +41,8 @@ def test_module_state_decides_graph_use():
     assert any(m._forward_hooks for m in model.vision_model.modules())
     pointers = graphs._covered_pointers(covered(model), cpu)
     assert pointers is not None and len(pointers) == len(list(model.parameters())) - len(
-        list(model.language_model.parameters())) + len(list(model.vision_model.buffers()))  # fmt: skip
+        list(model.language_model.parameters())
+    ) + len(list(model.vision_model.buffers()))
     assert graphs._covered_pointers(covered(model), torch.device("meta")) is None  # weights on another device
     handle = model.region_proposer.decoder_layers[0].register_forward_pre_hook(lambda *args: None)
     assert graphs._covered_pointers(covered(model), cpu) is None  # a user hook would fire only at capture
@@ -58,7 +59,11 @@ def test_apply_train_and_load_state_dict_reset_the_runner():
     torch.manual_seed(0)
     model = GromaForConditionalGeneration(tiny_config()).eval()
     graphs = model._vision_graphs
-    for action in (lambda: model.to(torch.float64), lambda: model.train(), lambda: model.load_state_dict(model.state_dict())):
+    for action in (
+        lambda: model.to(torch.float64),
+        lambda: model.train(),
+        lambda: model.load_state_dict(model.state_dict()),
+    ):
         graphs._covered_pointers(covered(model), torch.device("cpu"))
         graphs._graphs[("marker",)] = object()
         action()

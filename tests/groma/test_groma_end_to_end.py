@@ -51,8 +51,14 @@ def ids(tok, *tokens) -> list[int]:
 
 def generate(model, inputs, plans, max_new_tokens):
     processors = LogitsProcessorList([StepConstraints(inputs["input_ids"].shape[1], plans)])
-    return model.generate(**inputs, logits_processor=processors, max_new_tokens=max_new_tokens, do_sample=False,
-                          return_dict_in_generate=True, output_logits=True)  # fmt: skip
+    return model.generate(
+        **inputs,
+        logits_processor=processors,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
 
 
 def pixels(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -97,8 +103,11 @@ def test_referring_with_user_boxes_on_a_non_square_image(setup):
     cfg = model.config
     height, width = 90, 160
     user = torch.tensor([[16.0, 9.0, 80.0, 63.0], [100.0, 30.0, 150.0, 85.0]])  # pixel xyxy, disjoint
-    inputs = proc(images=random_image(height, width, seed=2), text=build_groma_prompt("What is <refer> and <refer>?"),
-                  refer_boxes=[user])  # fmt: skip
+    inputs = proc(
+        images=random_image(height, width, seed=2),
+        text=build_groma_prompt("What is <refer> and <refer>?"),
+        refer_boxes=[user],
+    )
     refer_pos = (inputs["input_ids"][0] == cfg.refer_box_token_id).nonzero()[:, 0]
     feat_pos = (inputs["input_ids"][0] == cfg.refer_feat_token_id).nonzero()[:, 0]
     assert len(refer_pos) == len(feat_pos) == 2
@@ -116,7 +125,9 @@ def test_referring_with_user_boxes_on_a_non_square_image(setup):
     torch.testing.assert_close(pixels(out.region_boxes[0][resolved], height, width), user, atol=1e-3, rtol=0)
 
     # the <refer_feat> slots carry the region tokens of those slots, i.e. of the user boxes themselves
-    prepared = model.prepare_multimodal_inputs(inputs["input_ids"], inputs["pixel_values"], refer_boxes=inputs["refer_boxes"])
+    prepared = model.prepare_multimodal_inputs(
+        inputs["input_ids"], inputs["pixel_values"], refer_boxes=inputs["refer_boxes"]
+    )
     region_pos = (inputs["input_ids"][0] == cfg.region_token_id).nonzero()[:, 0]
     embeds = prepared.inputs_embeds[0]
     torch.testing.assert_close(embeds[feat_pos], embeds[region_pos[resolved]])

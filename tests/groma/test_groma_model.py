@@ -15,16 +15,37 @@ def tiny_config(**overrides) -> GromaConfig:
     kwargs = dict(
         vision_config=dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=518, patch_size=14),
         text_config=dict(
-            model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=4, vocab_size=BASE_VOCAB + 114, pad_token_id=BASE_VOCAB, bos_token_id=1,
-            eos_token_id=2, tie_word_embeddings=False, rms_norm_eps=1e-6,
+            model_type="llama",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=BASE_VOCAB + 114,
+            pad_token_id=BASE_VOCAB,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-6,
         ),
-        image_size=112, proposer_d_model=32, proposer_encoder_layers=2, proposer_decoder_layers=2,
-        proposer_attention_heads=4, proposer_ffn_dim=64, proposer_num_queries=20, region_gn_groups=4,
-        region_pos_embed_dim=16, pad_token_id=BASE_VOCAB, image_token_id=IMAGE, region_token_id=REGION,
-        refer_box_token_id=REFER_BOX, ground_box_token_id=BASE_VOCAB + 11, refer_feat_token_id=REFER_FEAT,
-        proxy_token_start_id=PROXY, num_proxy_tokens=100,
-    )  # fmt: skip
+        image_size=112,
+        proposer_d_model=32,
+        proposer_encoder_layers=2,
+        proposer_decoder_layers=2,
+        proposer_attention_heads=4,
+        proposer_ffn_dim=64,
+        proposer_num_queries=20,
+        region_gn_groups=4,
+        region_pos_embed_dim=16,
+        pad_token_id=BASE_VOCAB,
+        image_token_id=IMAGE,
+        region_token_id=REGION,
+        refer_box_token_id=REFER_BOX,
+        ground_box_token_id=BASE_VOCAB + 11,
+        refer_feat_token_id=REFER_FEAT,
+        proxy_token_start_id=PROXY,
+        num_proxy_tokens=100,
+    )
     kwargs.update(overrides)
     return GromaConfig(**kwargs)
 
@@ -94,21 +115,42 @@ def test_masked_pairs_equal_the_dynamically_expanded_sequence(model):
 def test_batched_generation_equals_per_sample_in_fp32(model):
     cfg = model.config
     torch.manual_seed(1)
-    prompts = [static_prompt(cfg, before=(1,) + tuple(range(5, 5 + k)), after=tuple(range(30, 30 + 2 * k)))
-               for k in (1, 4, 2, 7)]  # fmt: skip
+    prompts = [
+        static_prompt(cfg, before=(1,) + tuple(range(5, 5 + k)), after=tuple(range(30, 30 + 2 * k)))
+        for k in (1, 4, 2, 7)
+    ]
     prompts[2] = static_prompt(cfg, n_refer=1)
     refer = [torch.zeros(0, 4), torch.zeros(0, 4), torch.tensor([[0.4, 0.5, 0.3, 0.2]]), torch.zeros(0, 4)]
     px = torch.randn(4, 3, 112, 112)
     ids, mask = left_pad(prompts, cfg.pad_token_id)
-    batched = model.generate(input_ids=ids, attention_mask=mask, pixel_values=px, refer_boxes=refer,
-                             max_new_tokens=6, do_sample=False, return_dict_in_generate=True)  # fmt: skip
-    again = model.generate(input_ids=ids, attention_mask=mask, pixel_values=px, refer_boxes=refer,
-                           max_new_tokens=6, do_sample=False, return_dict_in_generate=True)  # fmt: skip
+    batched = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=px,
+        refer_boxes=refer,
+        max_new_tokens=6,
+        do_sample=False,
+        return_dict_in_generate=True,
+    )
+    again = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=px,
+        refer_boxes=refer,
+        max_new_tokens=6,
+        do_sample=False,
+        return_dict_in_generate=True,
+    )
     assert torch.equal(batched.sequences, again.sequences)
     for i in range(4):
-        single = model.generate(input_ids=torch.tensor([prompts[i]]), pixel_values=px[i : i + 1],
-                                refer_boxes=[refer[i]], max_new_tokens=6, do_sample=False,
-                                return_dict_in_generate=True)  # fmt: skip
+        single = model.generate(
+            input_ids=torch.tensor([prompts[i]]),
+            pixel_values=px[i : i + 1],
+            refer_boxes=[refer[i]],
+            max_new_tokens=6,
+            do_sample=False,
+            return_dict_in_generate=True,
+        )
         assert batched.sequences[i, -6:].tolist() == single.sequences[0, -6:].tolist()
         torch.testing.assert_close(batched.region_boxes[i], single.region_boxes[0])
         # the prompt comes back with <refer_box> resolved to a proxy token
@@ -121,8 +163,12 @@ def test_generate_runs_the_perceiver_once(model):
     calls = []
     handle = model.vision_model.register_forward_hook(lambda *a: calls.append(1))
     try:
-        model.generate(input_ids=torch.tensor([static_prompt(cfg)]), pixel_values=torch.randn(1, 3, 112, 112),
-                       max_new_tokens=4, do_sample=False)  # fmt: skip
+        model.generate(
+            input_ids=torch.tensor([static_prompt(cfg)]),
+            pixel_values=torch.randn(1, 3, 112, 112),
+            max_new_tokens=4,
+            do_sample=False,
+        )
     finally:
         handle.remove()
     assert len(calls) == 1

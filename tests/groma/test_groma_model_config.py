@@ -24,12 +24,16 @@ def _proposer():
     dec_layer = 4 * _linear(d, d) + 2 * d + msda + 2 * d + _linear(d, ffn) + _linear(ffn, d) + 2 * d
     mlp_head = _linear(d, d) + _linear(d, d) + _linear(d, 4)
     return (
-        _linear(1024, d) + 2 * d  # input_proj conv1x1 + channel LN
+        _linear(1024, d)
+        + 2 * d  # input_proj conv1x1 + channel LN
         + d  # level_embed [1, 256]
-        + n_layers * enc_layer + n_layers * dec_layer
+        + n_layers * enc_layer
+        + n_layers * dec_layer
         + queries * d  # query_position_embeddings
-        + _linear(d, d) + 2 * d  # enc_output + norm
-        + _linear(2 * d, 2 * d) + 4 * d  # pos_trans + norm
+        + _linear(d, d)
+        + 2 * d  # enc_output + norm
+        + _linear(2 * d, 2 * d)
+        + 4 * d  # pos_trans + norm
         + _linear(d, 1)  # class_embed_enc
         + 2 * n_layers * _linear(d, 1)  # class_embed_coco / sa1b
         + (n_layers + 1) * mlp_head  # bbox_embed 0..6
@@ -42,7 +46,10 @@ def _region_encoder():
         3 * _linear(c + 2, c)  # input_conv 1x1 with coordinate channels
         + 5 * (c * c * 9 + 2 * c)  # fuse convs: 3x3 no bias + GN
         + 3 * _linear(c * 9, c)  # pconvs 3x3
-        + _linear(4, 256) + 2 * 256 + _linear(256, c) + 2 * c  # pos_embedd
+        + _linear(4, 256)
+        + 2 * 256
+        + _linear(256, c)
+        + 2 * c  # pos_embedd
         + _linear(c * 14 * 14, c)  # flatten_linear (205 M)
         + _linear(c, 4096)  # updims
     )

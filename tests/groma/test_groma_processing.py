@@ -25,13 +25,32 @@ FIRST = (
     " ASSISTANT: Thank you for the image! How can I assist you with it?</s>"
 )
 
-ADDED = ["[PAD]", "<sep>", "<img>", "</img>", "<roi>", "</roi>", "<p>", "</p>", "<image>", "<region>",
-         "<refer_box>", "<ground_box>", "<refer_feat>", "[grounding]"] + [f"<r{j}>" for j in range(100)]
+ADDED = [
+    "[PAD]",
+    "<sep>",
+    "<img>",
+    "</img>",
+    "<roi>",
+    "</roi>",
+    "<p>",
+    "</p>",
+    "<image>",
+    "<region>",
+    "<refer_box>",
+    "<ground_box>",
+    "<refer_feat>",
+    "[grounding]",
+] + [f"<r{j}>" for j in range(100)]
 
 
 def _tokenizer():
-    corpus = [SYSTEM, FIRST, "Locate the dog in the image.", "What is this? A dog runs on the grass.",
-              "Give me a concise description of the image."] * 4
+    corpus = [
+        SYSTEM,
+        FIRST,
+        "Locate the dog in the image.",
+        "What is this? A dog runs on the grass.",
+        "Give me a concise description of the image.",
+    ] * 4
     return train_tokenizer("llama", corpus)
 
 
@@ -59,7 +78,12 @@ def test_add_groma_tokens_order_ids_and_idempotence():
     assert t.convert_tokens_to_ids(ADDED) == list(range(base, base + 114))
     assert t.pad_token == "[PAD]" and t.pad_token_id == base
     assert add_groma_tokens(t) == 0 and len(t) == base + 114
-    assert t.convert_tokens_to_ids(["<image>", "<region>", "<r0>", "<r99>"]) == [base + 8, base + 9, base + 14, base + 113]
+    assert t.convert_tokens_to_ids(["<image>", "<region>", "<r0>", "<r99>"]) == [
+        base + 8,
+        base + 9,
+        base + 14,
+        base + 113,
+    ]
 
 
 def test_exact_prompt_strings_python_and_jinja(proc):
@@ -75,8 +99,9 @@ def test_exact_prompt_strings_python_and_jinja(proc):
 
     assert proc.apply_chat_template(msgs("What color is the car?"), add_generation_prompt=True) == plain
     assert (
-        proc.apply_chat_template(msgs("Give me a concise description of the image."), add_generation_prompt=True,
-                                 grounding=True)
+        proc.apply_chat_template(
+            msgs("Give me a concise description of the image."), add_generation_prompt=True, grounding=True
+        )
         == grounded
     )
     multi = [
@@ -85,8 +110,10 @@ def test_exact_prompt_strings_python_and_jinja(proc):
         {"role": "assistant", "content": "<roi><r3></roi>"},
         {"role": "user", "content": [{"type": "text", "text": "And"}, {"type": "text", "text": "the cat?"}]},
     ]
-    expected = ("Be brief." + FIRST + "USER: Locate <p>a dog</p> in the image. ASSISTANT: <roi><r3></roi></s>"
-                "USER: And the cat? ")
+    expected = (
+        "Be brief." + FIRST + "USER: Locate <p>a dog</p> in the image. ASSISTANT: <roi><r3></roi></s>"
+        "USER: And the cat? "
+    )
     assert build_groma_prompt(multi, add_generation_prompt=False) == expected
     assert proc.apply_chat_template(multi) == expected
     assert proc.apply_chat_template(multi, add_generation_prompt=True) == expected + "ASSISTANT:"
@@ -100,7 +127,7 @@ def test_slot_layout_and_token_counts(proc, tok):
     proxies = tok.convert_tokens_to_ids([f"<r{j}>" for j in range(100)])
     assert ids.count(image_id) == 256 and ids.count(region_id) == 100
     first = ids.index(image_id)
-    assert ids[first:first + 256] == [image_id] * 256  # contiguous
+    assert ids[first : first + 256] == [image_id] * 256  # contiguous
     region_pos = [p for p, t in enumerate(ids) if t == region_id]
     assert [ids[p - 1] for p in region_pos] == proxies
     assert region_pos == [region_pos[0] + 2 * j for j in range(100)]  # <r0><region><r1><region>... contiguous
@@ -144,8 +171,10 @@ def test_pixel_values_are_pil_bicubic_448_with_imagenet_norm(proc):
 
 # ------------------------------------------------------------------------------------------------ referring
 def test_refer_boxes_become_normalised_cxcywh(proc, tok):
-    prompts = [build_groma_prompt("What is <refer>? And <roi><refer_box></roi><refer_feat>?"),
-               build_groma_prompt("What is this?")]
+    prompts = [
+        build_groma_prompt("What is <refer>? And <roi><refer_box></roi><refer_feat>?"),
+        build_groma_prompt("What is this?"),
+    ]
     imgs = [_image(480, 640, 5), _image(100, 200, 6)]  # (h, w)
     out = proc(images=imgs, text=prompts, refer_boxes=[[[64, 48, 320, 432], [0, 0, 640, 480]], None])
     # box 1: cx=(64+320)/2/640=0.3, cy=(48+432)/2/480=0.5, w=256/640=0.4, h=384/480=0.8; box 2 = whole image
@@ -156,16 +185,25 @@ def test_refer_boxes_become_normalised_cxcywh(proc, tok):
     assert ids.count(tok.convert_tokens_to_ids("<refer_box>")) == 2
     assert ids.count(tok.convert_tokens_to_ids("<refer_feat>")) == 2
     # single image: a bare (n, 4) tensor is accepted
-    one = proc(images=imgs[1], text=build_groma_prompt("What is <refer>?"), refer_boxes=torch.tensor([[20.0, 10, 60, 90]]))
+    one = proc(
+        images=imgs[1], text=build_groma_prompt("What is <refer>?"), refer_boxes=torch.tensor([[20.0, 10, 60, 90]])
+    )
     assert torch.allclose(one["refer_boxes"][0], torch.tensor([[0.2, 0.5, 0.2, 0.8]]), atol=1e-6)
     assert "refer_boxes" not in proc(images=imgs[1], text=build_groma_prompt("Hi"))
 
 
 def test_apply_chat_template_tokenized_matches_direct_call(proc):
     img = _image(40, 60, 7)
-    conv = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "What is <refer>?"}]}]
-    via_template = proc.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                            processor_kwargs={"refer_boxes": [[[10, 10, 30, 20]]]})
+    conv = [
+        {"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "What is <refer>?"}]}
+    ]
+    via_template = proc.apply_chat_template(
+        conv,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        processor_kwargs={"refer_boxes": [[[10, 10, 30, 20]]]},
+    )
     direct = proc(images=img, text=build_groma_prompt("What is <refer>?"), refer_boxes=[[10, 10, 30, 20]])
     assert torch.equal(via_template["input_ids"], direct["input_ids"])
     assert torch.equal(via_template["pixel_values"], direct["pixel_values"])
@@ -184,8 +222,9 @@ def _region_boxes():
 def test_post_process_grounded_phrase_on_original_size(proc, tok):
     # image of height 300, width 500: x * 500, y * 300
     dog = torch.tensor([[50.0, 60.0, 250.0, 180.0], [0.0, 150.0, 500.0, 300.0]])
-    res = proc.post_process_grounding("<p>a dog</p><roi><r4><r7></roi> runs on <p>the grass</p><roi><r2></roi>.</s>",
-                                      [_region_boxes()], [(300, 500)])
+    res = proc.post_process_grounding(
+        "<p>a dog</p><roi><r4><r7></roi> runs on <p>the grass</p><roi><r2></roi>.</s>", [_region_boxes()], [(300, 500)]
+    )
     (r,) = res
     assert r["parsed"] and r["reason"] is None
     assert r["text"] == "a dog runs on the grass."
@@ -195,7 +234,9 @@ def test_post_process_grounded_phrase_on_original_size(proc, tok):
     assert r["boxes"].shape == (0, 4)
 
     # the same answer as token ids appended to a left-padded prompt, plus padding after </s>
-    batch = proc(images=[_image(300, 500), _image(20, 20)], text=[build_groma_prompt("Hi"), build_groma_prompt("Describe.")])
+    batch = proc(
+        images=[_image(300, 500), _image(20, 20)], text=[build_groma_prompt("Hi"), build_groma_prompt("Describe.")]
+    )
     answer = tok("<p>a dog</p><roi><r4><r7></roi> runs.</s>", add_special_tokens=False)["input_ids"]
     seq = torch.cat([batch["input_ids"], torch.tensor([answer + [tok.pad_token_id]] * 2)], 1)
     res = proc.post_process_grounding(seq, [_region_boxes(), _region_boxes()], batch["image_sizes"])
@@ -221,8 +262,14 @@ def test_post_process_rec_out_of_range_and_garbage(proc):
     assert plain == {"text": "It is red.", "phrases": [], "boxes": plain["boxes"], "parsed": True, "reason": None}
     assert plain["boxes"].shape == (0, 4)
 
-    for garbage in ["<p>a <p>dog</p><roi><r1></roi>", "</roi><r3>", "<p>dog<r3></p>", "<roi>dog<r1></roi>",
-                    "<roi><r1><roi></roi>", "</p></p>"]:
+    for garbage in [
+        "<p>a <p>dog</p><roi><r1></roi>",
+        "</roi><r3>",
+        "<p>dog<r3></p>",
+        "<roi>dog<r1></roi>",
+        "<roi><r1><roi></roi>",
+        "</p></p>",
+    ]:
         g = proc.post_process_grounding(garbage, _region_boxes(), (300, 500))[0]
         assert g["parsed"] is False and g["phrases"] == [] and g["boxes"].shape == (0, 4), garbage
         assert g["reason"].startswith("malformed"), garbage
@@ -275,8 +322,10 @@ def test_bad_prompts_and_images(proc, tok):
         proc(images=np.zeros((60, 80, 3), np.float32), text=build_groma_prompt("Hi"))
     # non-RGB PIL modes are converted exactly like the reference's Image.convert("RGB")
     gray = img.convert("L")
-    assert torch.equal(proc(images=gray, text=build_groma_prompt("Hi"))["pixel_values"],
-                       proc(images=gray.convert("RGB"), text=build_groma_prompt("Hi"))["pixel_values"])
+    assert torch.equal(
+        proc(images=gray, text=build_groma_prompt("Hi"))["pixel_values"],
+        proc(images=gray.convert("RGB"), text=build_groma_prompt("Hi"))["pixel_values"],
+    )
     with pytest.raises(ValueError, match="add_groma_tokens"):
         GromaProcessor(GromaImageProcessor(), _tokenizer())
 
@@ -307,7 +356,7 @@ def test_save_and_reload_with_autoprocessor_in_fresh_process(proc, tmp_path):
 import json, torch
 from PIL import Image
 from transformers import AutoProcessor
-p = AutoProcessor.from_pretrained({str(tmp_path / 'groma_proc')!r}, trust_remote_code=True)
+p = AutoProcessor.from_pretrained({str(tmp_path / "groma_proc")!r}, trust_remote_code=True)
 assert type(p).__name__ == "GromaProcessor" and type(p.image_processor).__name__ == "GromaImageProcessor"
 assert "groundvlm" not in type(p).__module__
 images = [Image.open({str(tmp_path)!r} + f"/im{{k}}.png") for k in range(2)]
@@ -317,7 +366,7 @@ boxes[2] = torch.tensor([0.25, 0.25, 0.75, 0.75])
 post = p.post_process_grounding([{answer!r}, "<roi><r2></roi>"], [boxes, boxes], out["image_sizes"])
 torch.save({{"input_ids": out["input_ids"], "attention_mask": out["attention_mask"],
             "pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"], "refer_boxes": out["refer_boxes"],
-            "post": post}}, {str(tmp_path / 'theirs.pt')!r})
+            "post": post}}, {str(tmp_path / "theirs.pt")!r})
 print(json.dumps({{"template": p.chat_template, "n_img": p.num_image_tokens, "n_proxy": p.num_proxy_tokens}}))
 """
     meta = json.loads(run_isolated(code, cwd=tmp_path).strip().splitlines()[-1])
@@ -339,16 +388,24 @@ def test_replacement_offsets_and_assistant_mask(proc, tok):
     (offsets,) = out["text_replacement_offsets"]
     assert [prompt[slice(*r["span"])] for r in offsets] == ["<image>", "<region>", "<refer>"]
     expanded = tok.decode(out["input_ids"][0], skip_special_tokens=False)
-    assert [r["new_span"][1] - r["new_span"][0] for r in offsets] == [7 * 256, sum(len(f"<r{j}><region>") for j in range(100)),
-                                                                      len("<roi><refer_box></roi><refer_feat>")]
+    assert [r["new_span"][1] - r["new_span"][0] for r in offsets] == [
+        7 * 256,
+        sum(len(f"<r{j}><region>") for j in range(100)),
+        len("<roi><refer_box></roi><refer_feat>"),
+    ]
     assert expanded.count("<image>") == 256
 
     from transformers.processing_utils import ProcessorMixin
 
     if not hasattr(ProcessorMixin, "_adjust_assistant_masks_indices"):
         pytest.skip("this transformers version does not shift assistant masks past expanded placeholders")
-    conv = [{"role": "user", "content": [{"type": "image", "image": _image(40, 60)}, {"type": "text", "text": "Locate it."}]},
-            {"role": "assistant", "content": "<roi><r3></roi>"}]
+    conv = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": _image(40, 60)}, {"type": "text", "text": "Locate it."}],
+        },
+        {"role": "assistant", "content": "<roi><r3></roi>"},
+    ]
     res = proc.apply_chat_template(conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = torch.as_tensor(res["input_ids"][0]), torch.as_tensor(res["assistant_masks"][0]).bool()
     assert ids[mask].tolist() == tok("<roi><r3></roi></s>", add_special_tokens=False)["input_ids"]

@@ -6,13 +6,20 @@ import json
 
 import pytest
 import torch
+
 from groundvlm.modeling import PinForLocalization
 from groundvlm.recipes.systems.pin.baselines import PeftBaseline
-
 from tests._benchmarks import load_benchmark
 
-BASE_ORDER = ["infer/base/b1", "infer/pin/b1", "infer/base/b2", "infer/pin/b2",
-              "train/pin_cached", "train/pin_uncached", "train/lora_phi"]  # fmt: skip
+BASE_ORDER = [
+    "infer/base/b1",
+    "infer/pin/b1",
+    "infer/base/b2",
+    "infer/pin/b2",
+    "train/pin_cached",
+    "train/pin_uncached",
+    "train/lora_phi",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +36,39 @@ def psi_parameters(n: int, d: int, s: int = 64, hidden=(512, 768)) -> int:
 
 def test_toy_run_report(bench, tmp_path, monkeypatch):
     monkeypatch.delenv("OUT", raising=False)
-    argv = ["--device", "cpu", "--batch-sizes", "1", "2", "--repeats", "2", "--warmup", "1", "--new-tokens", "2",
-            "--calls", "1", "--train-batch-size", "2", "--train-steps", "2", "--out", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--device",
+        "cpu",
+        "--batch-sizes",
+        "1",
+        "2",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--new-tokens",
+        "2",
+        "--calls",
+        "1",
+        "--train-batch-size",
+        "2",
+        "--train-steps",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     report = bench.main(argv)
     assert json.loads((tmp_path / "pin_speed.json").read_text()) == json.loads(json.dumps(report))
-    assert set(report) == {"meta", "models", "inference", "training", "acceptance", "training_ratios", "rounds",
-                           "samples"}  # fmt: skip
+    assert set(report) == {
+        "meta",
+        "models",
+        "inference",
+        "training",
+        "acceptance",
+        "training_ratios",
+        "rounds",
+        "samples",
+    }
     meta, models = report["meta"], report["models"]
     assert {"device", "torch", "transformers", "date", "git_commit", "command"} <= set(meta)
     assert meta["command"].endswith(" ".join(argv)) and meta["base"].endswith("recipes/toy_checkpoints/vlm-caption")
@@ -69,9 +103,11 @@ def test_toy_run_report(bench, tmp_path, monkeypatch):
         assert row["step_memory_gib"] is None and all(torch.isfinite(torch.tensor(s["loss"])) for s in runs)
     rate = {name: row["repeats_samples_per_s"] for name, row in training.items()}
     ratios = report["training_ratios"]
-    for key, a, b in (("pin_cached_over_lora_phi", "pin_cached", "lora_phi"),
-                      ("pin_uncached_over_lora_phi", "pin_uncached", "lora_phi"),
-                      ("pin_cached_over_pin_uncached", "pin_cached", "pin_uncached")):  # fmt: skip
+    for key, a, b in (
+        ("pin_cached_over_lora_phi", "pin_cached", "lora_phi"),
+        ("pin_uncached_over_lora_phi", "pin_uncached", "lora_phi"),
+        ("pin_cached_over_pin_uncached", "pin_cached", "pin_uncached"),
+    ):
         expected = [x / y for x, y in zip(rate[a], rate[b])]
         assert ratios[key]["per_repeat"] == pytest.approx(expected)
         assert ratios[key]["ratio"] == pytest.approx(sum(expected) / 2)

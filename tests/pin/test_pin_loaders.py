@@ -23,7 +23,7 @@ from groundvlm.recipes.systems.pin.loaders import (
     squash_box,
 )
 from tests._pin_tiny import make_tokenizer
-from tests.pin.test_pin_recipe import HELD, S, TRAIN, SquareWorld, tiny_base
+from tests.pin.test_pin_recipe import HELD, TRAIN, S, SquareWorld, tiny_base
 
 
 def _jpeg(path, width, height, colour=(120, 60, 30)):
@@ -62,8 +62,9 @@ def write_voc(root):
         "000004": (100, 100, [("bird", 0, (1, 1, 50, 50))]),
     }
     for image_id, (w, h, objects) in images.items():
-        xml = _VOC_XML.format(id=image_id, w=w, h=h, objects="".join(
-            _VOC_OBJECT.format(name=n, difficult=d, b=b) for n, d, b in objects))  # fmt: skip
+        xml = _VOC_XML.format(
+            id=image_id, w=w, h=h, objects="".join(_VOC_OBJECT.format(name=n, difficult=d, b=b) for n, d, b in objects)
+        )
         (root / "Annotations").mkdir(parents=True, exist_ok=True)
         (root / "Annotations" / f"{image_id}.xml").write_text(xml)
         _jpeg(root / "JPEGImages" / f"{image_id}.jpg", w, h)
@@ -81,20 +82,46 @@ def write_coco(tmp_path):
     """instances_val2017.json + val2017/: image 139 (320x160, 3 annotations incl. a crowd one), 285 (4: filtered
     out), 632 (none: dropped), 724 (200x400, a dog and a zero-width person)."""
     images = [(724, 200, 400), (139, 320, 160), (285, 100, 100), (632, 100, 100)]
-    anns = [(139, 1, [32, 16, 64, 48], 0), (139, 62, [0, 0, 320, 160], 1), (139, 18, [160, 80, 200, 100], 0),
-            (724, 18, [50, 100, 100, 200], 0), (724, 1, [10, 10, 0, 5], 0)]  # (image, category, xywh, iscrowd)
+    anns = [
+        (139, 1, [32, 16, 64, 48], 0),
+        (139, 62, [0, 0, 320, 160], 1),
+        (139, 18, [160, 80, 200, 100], 0),
+        (724, 18, [50, 100, 100, 200], 0),
+        (724, 1, [10, 10, 0, 5], 0),
+    ]  # (image, category, xywh, iscrowd)
     anns += [(285, 1, [0, 0, 10, 10], 0)] * 4
     data = {
         "info": {"description": "COCO 2017 Dataset"},
         "licenses": [{"url": "http://creativecommons.org/licenses/by-nc-sa/2.0/", "id": 1, "name": "BY-NC-SA"}],
-        "images": [{"license": 1, "file_name": f"{i:012d}.jpg", "coco_url": f"http://images.cocodataset.org/val2017/"
-                    f"{i:012d}.jpg", "height": h, "width": w, "date_captured": "2013-11-14 17:02:52", "id": i}
-                   for i, w, h in images],  # fmt: skip
-        "annotations": [{"segmentation": [[0, 0, 1, 0, 1, 1]], "area": b[2] * b[3], "iscrowd": c, "image_id": i,
-                         "bbox": b, "category_id": k, "id": n + 1} for n, (i, k, b, c) in enumerate(anns)],  # fmt: skip
-        "categories": [{"supercategory": "person", "id": 1, "name": "person"},
-                       {"supercategory": "animal", "id": 18, "name": "dog"},
-                       {"supercategory": "furniture", "id": 62, "name": "chair"}],  # fmt: skip
+        "images": [
+            {
+                "license": 1,
+                "file_name": f"{i:012d}.jpg",
+                "coco_url": f"http://images.cocodataset.org/val2017/{i:012d}.jpg",
+                "height": h,
+                "width": w,
+                "date_captured": "2013-11-14 17:02:52",
+                "id": i,
+            }
+            for i, w, h in images
+        ],
+        "annotations": [
+            {
+                "segmentation": [[0, 0, 1, 0, 1, 1]],
+                "area": b[2] * b[3],
+                "iscrowd": c,
+                "image_id": i,
+                "bbox": b,
+                "category_id": k,
+                "id": n + 1,
+            }
+            for n, (i, k, b, c) in enumerate(anns)
+        ],
+        "categories": [
+            {"supercategory": "person", "id": 1, "name": "person"},
+            {"supercategory": "animal", "id": 18, "name": "dog"},
+            {"supercategory": "furniture", "id": 62, "name": "chair"},
+        ],
     }
     path = tmp_path / "annotations" / "instances_val2017.json"
     path.parent.mkdir(parents=True)
@@ -106,26 +133,60 @@ def write_coco(tmp_path):
 
 # Hand-computed at S = 112. Image 139: sx = 112/320 = 0.35, sy = 112/160 = 0.7; the dog [160,80,360,180]
 # is clipped to the image. Image 724: sx = 0.56, sy = 0.28; its zero-width person is not prompted.
-COCO_EXPECTED = [("person", [11.2, 11.2, 33.6, 44.8]), ("chair", [0, 0, 112, 112]), ("dog", [56, 56, 112, 112]),
-                 ("dog", [28, 28, 84, 84])]  # fmt: skip
+COCO_EXPECTED = [
+    ("person", [11.2, 11.2, 33.6, 44.8]),
+    ("chair", [0, 0, 112, 112]),
+    ("dog", [56, 56, 112, 112]),
+    ("dog", [28, 28, 84, 84]),
+]
 
 
 def write_lvis(tmp_path):
     """lvis_v1_val.json (no file_name: coco_url only) + a COCO root: 397133 in val2017/, 9 directly in the root."""
     data = {
-        "images": [{"id": 397133, "coco_url": "http://images.cocodataset.org/val2017/000000397133.jpg", "height": 160,
-                    "width": 160, "neg_category_ids": [], "not_exhaustive_category_ids": [], "license": 4},
-                   {"id": 9, "coco_url": "http://images.cocodataset.org/train2017/000000000009.jpg", "height": 40,
-                    "width": 80, "neg_category_ids": [], "not_exhaustive_category_ids": [], "license": 1}],
-        "annotations": [{"id": 1, "image_id": 397133, "category_id": 1, "bbox": [16, 32, 48, 64], "area": 3072,
-                         "segmentation": []},
-                        {"id": 2, "image_id": 9, "category_id": 2, "bbox": [8, 4, 40, 20], "area": 800,
-                         "segmentation": []}],
-        "categories": [{"id": 1, "name": "bow_(weapon)", "synonyms": ["bow_(weapon)", "longbow"],
-                        "synset": "bow.n.04", "frequency": "r", "def": "a weapon for shooting arrows"},
-                       {"id": 2, "name": "baseball_bat", "synonyms": ["baseball_bat"], "synset": "baseball_bat.n.01",
-                        "frequency": "f", "def": "an implement used in baseball"}],
-    }  # fmt: skip
+        "images": [
+            {
+                "id": 397133,
+                "coco_url": "http://images.cocodataset.org/val2017/000000397133.jpg",
+                "height": 160,
+                "width": 160,
+                "neg_category_ids": [],
+                "not_exhaustive_category_ids": [],
+                "license": 4,
+            },
+            {
+                "id": 9,
+                "coco_url": "http://images.cocodataset.org/train2017/000000000009.jpg",
+                "height": 40,
+                "width": 80,
+                "neg_category_ids": [],
+                "not_exhaustive_category_ids": [],
+                "license": 1,
+            },
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 397133, "category_id": 1, "bbox": [16, 32, 48, 64], "area": 3072, "segmentation": []},
+            {"id": 2, "image_id": 9, "category_id": 2, "bbox": [8, 4, 40, 20], "area": 800, "segmentation": []},
+        ],
+        "categories": [
+            {
+                "id": 1,
+                "name": "bow_(weapon)",
+                "synonyms": ["bow_(weapon)", "longbow"],
+                "synset": "bow.n.04",
+                "frequency": "r",
+                "def": "a weapon for shooting arrows",
+            },
+            {
+                "id": 2,
+                "name": "baseball_bat",
+                "synonyms": ["baseball_bat"],
+                "synset": "baseball_bat.n.01",
+                "frequency": "f",
+                "def": "an implement used in baseball",
+            },
+        ],
+    }
     path = tmp_path / "lvis_v1_val.json"
     path.write_text(json.dumps(data))
     _jpeg(tmp_path / "coco" / "val2017" / "000000397133.jpg", 160, 160)
@@ -138,24 +199,40 @@ def write_refcoco(tmp_path, pickled=True, as_json=True):
     folder = tmp_path / "refcoco"
     folder.mkdir(exist_ok=True)
     instances = {
-        "images": [{"id": 581857, "file_name": "COCO_train2014_000000581857.jpg", "width": 224, "height": 224},
-                   {"id": 77, "file_name": "COCO_train2014_000000000077.jpg", "width": 112, "height": 112}],
-        "annotations": [{"id": 1001, "image_id": 581857, "category_id": 1, "bbox": [20, 40, 100, 60], "iscrowd": 0},
-                        {"id": 1002, "image_id": 581857, "category_id": 1, "bbox": [120, 0, 100, 224], "iscrowd": 0},
-                        {"id": 2001, "image_id": 77, "category_id": 3, "bbox": [0, 0, 56, 56], "iscrowd": 0}],
+        "images": [
+            {"id": 581857, "file_name": "COCO_train2014_000000581857.jpg", "width": 224, "height": 224},
+            {"id": 77, "file_name": "COCO_train2014_000000000077.jpg", "width": 112, "height": 112},
+        ],
+        "annotations": [
+            {"id": 1001, "image_id": 581857, "category_id": 1, "bbox": [20, 40, 100, 60], "iscrowd": 0},
+            {"id": 1002, "image_id": 581857, "category_id": 1, "bbox": [120, 0, 100, 224], "iscrowd": 0},
+            {"id": 2001, "image_id": 77, "category_id": 3, "bbox": [0, 0, 56, 56], "iscrowd": 0},
+        ],
         "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}],
-    }  # fmt: skip
+    }
     (folder / "instances.json").write_text(json.dumps(instances))
 
     def ref(ref_id, image_id, ann_id, split, raws):
-        sents = [{"tokens": r.split(), "raw": r, "sent_id": 10 * ref_id + k, "sent": r.lower()}
-                 for k, r in enumerate(raws)]  # fmt: skip
-        return {"sent_ids": [s["sent_id"] for s in sents], "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
-                "ann_id": ann_id, "ref_id": ref_id, "image_id": image_id, "split": split, "sentences": sents,
-                "category_id": 1}  # fmt: skip
+        sents = [
+            {"tokens": r.split(), "raw": r, "sent_id": 10 * ref_id + k, "sent": r.lower()} for k, r in enumerate(raws)
+        ]
+        return {
+            "sent_ids": [s["sent_id"] for s in sents],
+            "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
+            "ann_id": ann_id,
+            "ref_id": ref_id,
+            "image_id": image_id,
+            "split": split,
+            "sentences": sents,
+            "category_id": 1,
+        }
 
-    refs = [ref(1, 581857, 1001, "testA", ["man on left", "left guy"]), ref(2, 581857, 1002, "testA", ["woman right"]),
-            ref(3, 77, 2001, "testB", ["top left car"]), ref(4, 77, 2001, "val", ["the car"])]  # fmt: skip
+    refs = [
+        ref(1, 581857, 1001, "testA", ["man on left", "left guy"]),
+        ref(2, 581857, 1002, "testA", ["woman right"]),
+        ref(3, 77, 2001, "testB", ["top left car"]),
+        ref(4, 77, 2001, "val", ["the car"]),
+    ]
     if pickled:
         with open(folder / "refs(unc).p", "wb") as f:
             pickle.dump(refs, f, protocol=2)  # the released file is a Python 2 pickle
@@ -301,12 +378,37 @@ def test_recipe_evaluates_on_coco_through_main(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEFAULT_SPLIT", NS(train=TRAIN, held_out=HELD), raising=False)
     annotations, images = write_coco(tmp_path / "coco")
     out = tmp_path / "run"
-    results = pin_recipe.main([
-        "--base_model", str(base), "--output_dir", str(out), "--train_images", "4", "--val_images", "2",
-        "--epochs", "1", "--name_reconstruction_fraction", "0", "--per_device_train_batch_size", "4",
-        "--max_new_tokens", "4", "--use_cpu", "true", "--methods", "full_image", "pin",
-        "--eval_format", "coco", "--eval_annotations", str(annotations), "--eval_images", str(images),
-    ])  # fmt: skip
+    results = pin_recipe.main(
+        [
+            "--base_model",
+            str(base),
+            "--output_dir",
+            str(out),
+            "--train_images",
+            "4",
+            "--val_images",
+            "2",
+            "--epochs",
+            "1",
+            "--name_reconstruction_fraction",
+            "0",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_new_tokens",
+            "4",
+            "--use_cpu",
+            "true",
+            "--methods",
+            "full_image",
+            "pin",
+            "--eval_format",
+            "coco",
+            "--eval_annotations",
+            str(annotations),
+            "--eval_images",
+            str(images),
+        ]
+    )
     held = results["full_image"]["held_out"]
     assert held["count"] == 4 and results["pin"]["held_out"]["count"] == 4
     # full-image box [0,0,112,112] vs COCO_EXPECTED: IoU 752.64/12544 = 0.06, 1, 0.25, 0.25 -> mean 0.39

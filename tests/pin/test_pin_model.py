@@ -150,7 +150,9 @@ def test_cached_insert_is_fresh_after_optimizer_step_and_load(opt_tokenizer, lla
 
 
 def test_bad_inputs_raise_clear_errors(opt_tokenizer, llama_tokenizer):
-    opt = OPTForCausalLM(OPTConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2))
+    opt = OPTForCausalLM(
+        OPTConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2)
+    )
     with pytest.raises(ValueError, match="Unknown PIN base architecture 'OPTForCausalLM'"):
         PinForLocalization.from_base(opt)
     base, pin, processor = _setup("blip2", opt_tokenizer, llama_tokenizer)
@@ -197,4 +199,3 @@ def test_from_pretrained_loads_base_then_insert(tmp_path, opt_tokenizer, llama_t
             assert torch.equal(loaded(**inputs).logits, expected)
     with pytest.raises(ValueError, match="trained on a 'llava' base"):
         PinForLocalization.from_pretrained(tmp_path / "pin", base_model=tiny_blip2(opt_tokenizer))
-

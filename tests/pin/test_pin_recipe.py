@@ -38,7 +38,9 @@ class SquareWorld:
             x1, y1 = (int(v) * 7 for v in rng.integers(0, 10, 2))
             w, h = (int(v) * 7 for v in rng.integers(2, 6, 2))
             image[y1 : y1 + h, x1 : x1 + w] = rng.integers(0, 255, 3)
-            objects.append(NS(name=self.categories[int(rng.integers(len(self.categories)))], box=[x1, y1, x1 + w, y1 + h]))
+            objects.append(
+                NS(name=self.categories[int(rng.integers(len(self.categories)))], box=[x1, y1, x1 + w, y1 + h])
+            )
         return NS(image=Image.fromarray(image), objects=objects)
 
 
@@ -48,15 +50,44 @@ def tok():
 
 
 def tiny_base(tok):
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=S,
-                  patch_size=28, initializer_range=0.02)  # fmt: skip
-    qformer = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-                   encoder_hidden_size=32, vocab_size=320)  # fmt: skip
-    text = dict(model_type="opt", vocab_size=320, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-                word_embed_proj_dim=32, max_position_embeddings=128, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
-    config = VPGTransConfig(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=4,
-                            image_token_index=tok.convert_tokens_to_ids("<image>"), architectures=["VPGTransModel"])  # fmt: skip
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=S,
+        patch_size=28,
+        initializer_range=0.02,
+    )
+    qformer = dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        encoder_hidden_size=32,
+        vocab_size=320,
+    )
+    text = dict(
+        model_type="opt",
+        vocab_size=320,
+        hidden_size=32,
+        num_hidden_layers=2,
+        ffn_dim=64,
+        num_attention_heads=4,
+        word_embed_proj_dim=32,
+        max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    config = VPGTransConfig(
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=text,
+        num_query_tokens=4,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        architectures=["VPGTransModel"],
+    )
     torch.manual_seed(0)
     return VPGTransModel(config).eval()
 
@@ -123,8 +154,12 @@ def test_cached_features_give_the_uncached_loss(tok):
     [("coop", {"prompt": (16, 32)}), ("vpt_f", {"prompt": (100, 32)}), ("vpt_phi", {"prompt": (100, 32)})],
 )
 def test_prompt_baselines_train_only_their_tokens(tok, method, expected):
-    model = PeftBaseline(PinForLocalization.from_base(tiny_base(tok)), method, num_tokens=expected["prompt"][0],
-                         coop_slot_id=tok.unk_token_id)  # fmt: skip
+    model = PeftBaseline(
+        PinForLocalization.from_base(tiny_base(tok)),
+        method,
+        num_tokens=expected["prompt"][0],
+        coop_slot_id=tok.unk_token_id,
+    )
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
     assert shapes == expected
 
@@ -134,7 +169,9 @@ def test_lora_baseline_trains_only_vision_lora_and_pin_only_psi(tok):
     names = trainable_parameter_names(model)
     # 2 layers x (qkv, projection) x (A, B)
     assert len(names) == 8 and all(".vision_model.encoder.layers." in n and "lora_" in n for n in names)
-    assert sum(p.numel() for n, p in model.named_parameters() if n in names) == 2 * (16 * 32 + 96 * 16 + 16 * 32 + 32 * 16)
+    assert sum(p.numel() for n, p in model.named_parameters() if n in names) == 2 * (
+        16 * 32 + 96 * 16 + 16 * 32 + 32 * 16
+    )
     pin = PinForLocalization.from_base(tiny_base(tok))
     assert all(n.startswith("pin.psi.") for n in trainable_parameter_names(pin))
 
@@ -145,8 +182,9 @@ def test_baselines_change_outputs_and_reach_gradients(tok):
     for method in ("coop", "vpt_f", "vpt_phi"):
         p = proc if method != "coop" else pin_models.method_processor("coop", proc, PinArguments())
         batch = PinCollator(p)([PinTrainingSet(pool, epochs=1)[i] for i in range(2)])
-        model = PeftBaseline(PinForLocalization.from_base(tiny_base(tok)), method, num_tokens=16,
-                             coop_slot_id=tok.unk_token_id)  # fmt: skip
+        model = PeftBaseline(
+            PinForLocalization.from_base(tiny_base(tok)), method, num_tokens=16, coop_slot_id=tok.unk_token_id
+        )
         model(**batch).loss.backward()
         assert model.prompt.grad is not None and model.prompt.grad.abs().sum() > 0, method
 
@@ -176,12 +214,35 @@ def test_main_end_to_end_writes_table_and_png(tok, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "ToyWorld", lambda seed, split, **kw: SquareWorld(seed, worlds[split]), raising=False)
     monkeypatch.setattr(data, "DEFAULT_SPLIT", NS(train=TRAIN, held_out=HELD), raising=False)
     out = tmp_path / "run"
-    results = pin_recipe.main([
-        "--base_model", str(base), "--output_dir", str(out), "--train_images", "6", "--val_images", "2",
-        "--test_images", "2", "--epochs", "2", "--name_reconstruction_fraction", "0.5",
-        "--per_device_train_batch_size", "4", "--max_new_tokens", "4", "--use_cpu", "true",
-        "--methods", "raw", "random", "full_image", "pin",
-    ])  # fmt: skip
+    results = pin_recipe.main(
+        [
+            "--base_model",
+            str(base),
+            "--output_dir",
+            str(out),
+            "--train_images",
+            "6",
+            "--val_images",
+            "2",
+            "--test_images",
+            "2",
+            "--epochs",
+            "2",
+            "--name_reconstruction_fraction",
+            "0.5",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_new_tokens",
+            "4",
+            "--use_cpu",
+            "true",
+            "--methods",
+            "raw",
+            "random",
+            "full_image",
+            "pin",
+        ]
+    )
     assert list(results) == ["raw", "random", "full_image", "pin"]
     assert results["pin"]["train_samples"] == 12 and results["pin"]["trainable_parameters"] > 0
     assert (out / "pin" / "final" / "model.safetensors").is_file()
@@ -201,6 +262,7 @@ def test_toy_cpu_yaml_spells_out_the_no_argument_defaults():
     from groundvlm.recipes.common.arguments import resolve_config_path
 
     spelled = yaml.safe_load(resolve_config_path("pin", "toy_cpu").read_text())
+
     def default(f):
         return f.default_factory() if f.default is dataclasses.MISSING else f.default
 

@@ -25,7 +25,8 @@ def probe():
 def test_variant_parsing(table):
     # What argv holds after the shell took the quotes off `lr3e-4:"--method pin --learning_rate 3e-4"`:
     assert table.parse_variant("lr3e-4:--method pin --learning_rate 3e-4") == (
-        "lr3e-4", ["--method", "pin", "--learning_rate", "3e-4"]
+        "lr3e-4",
+        ["--method", "pin", "--learning_rate", "3e-4"],
     )
     assert table.parse_variant("main:") == ("main", [])
     for bad in ("no-colon", ":--method pin", "bad name:--method pin"):
@@ -48,8 +49,12 @@ def test_merge_orders_methods_selects_pin_on_validation_and_flags_missing_runs(t
     merged = table.merge(tmp_path, ["a", "b", "never_ran"])
     rows = merged["rows"]
     assert [(r["variant"], r["method"]) for r in rows] == [
-        ("a", "raw"), ("a", "full_image"), ("a", "pin"), ("b", "pin"), ("never_ran", "?")
-    ]  # fmt: skip
+        ("a", "raw"),
+        ("a", "full_image"),
+        ("a", "pin"),
+        ("b", "pin"),
+        ("never_ran", "?"),
+    ]
     selected = [r for r in rows if r.get("selected")]
     assert [(r["variant"], r["method"]) for r in selected] == [("b", "pin")]
     md = table.table_markdown(merged, "t")
@@ -67,7 +72,9 @@ def test_ridge_r2_recovers_a_linear_map_and_not_noise(probe):
 
 def test_slot_prefix_places_each_object_in_its_own_slot(probe):
     torch.manual_seed(0)
-    writer = probe.SlotPrefix(["red", "blue"], ["star", "moon"], grid=16, dim=8, slots=4, per_slot=2, with_identity=True)
+    writer = probe.SlotPrefix(
+        ["red", "blue"], ["star", "moon"], grid=16, dim=8, slots=4, per_slot=2, with_identity=True
+    )
     obj = NS(grid_box=(1, 2, 5, 9), colour="blue", shape="moon")
     code = writer.encode(obj)
     assert code.shape == (4 * 16 + 4,)

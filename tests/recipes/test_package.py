@@ -8,10 +8,20 @@ from tests._isolated import run_isolated
 
 
 @pytest.mark.parametrize(
-    "name", ["groundvlm.modeling", "groundvlm.processing", "groundvlm.recipes", "groundvlm.recipes.common",
-             "groundvlm.recipes.toyworld", "groundvlm.recipes.systems", "groundvlm.recipes.systems.pin",
-             "groundvlm.recipes.systems.vpgtrans",
-             "groundvlm.recipes.metrics", "groundvlm.recipes.convert", "groundvlm.recipes.push"]
+    "name",
+    [
+        "groundvlm.modeling",
+        "groundvlm.processing",
+        "groundvlm.recipes",
+        "groundvlm.recipes.common",
+        "groundvlm.recipes.toyworld",
+        "groundvlm.recipes.systems",
+        "groundvlm.recipes.systems.pin",
+        "groundvlm.recipes.systems.vpgtrans",
+        "groundvlm.recipes.metrics",
+        "groundvlm.recipes.convert",
+        "groundvlm.recipes.push",
+    ],
 )
 def test_subpackages_import(name):
     assert importlib.import_module(name).__name__ == name

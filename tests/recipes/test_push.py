@@ -29,14 +29,20 @@ PIN_BASE_ID = "org/tiny-blip2"
 # A PIN run's metrics.json (recipes/pin.py layout): the "pin" section is the model, "raw" a baseline.
 PIN_METRICS = {
     "pin": {
-        "held_out": {"miou": 0.41234567, "miou_s": math.nan, "miou_m": 0.3, "miou_l": 0.5, "parse_ok": 0.98,
-                     "count": 100},
+        "held_out": {
+            "miou": 0.41234567,
+            "miou_s": math.nan,
+            "miou_m": 0.3,
+            "miou_l": 0.5,
+            "parse_ok": 0.98,
+            "count": 100,
+        },
         "val": {"miou": 0.45},
         "train_seconds": 12.5,
         "trainable_parameters": 1217280,
     },
     "raw": {"held_out": {"miou": 0.05}, "val": {"miou": 0.06}},
-}  # fmt: skip
+}
 
 
 # --------------------------------------------------------------------------------------------- tiny folders
@@ -115,9 +121,12 @@ def test_pin_card_metadata_eval_results_and_round_trip(folders, tmp_path):
     # Only the "pin" section; the NaN bucket, counts, timings and the "raw" baseline are not results.
     got = sorted((r.dataset_split, r.metric_type, r.metric_value) for r in data.eval_results)
     assert got == [
-        ("held_out", "miou", 0.412346), ("held_out", "miou_l", 0.5), ("held_out", "miou_m", 0.3),
-        ("held_out", "parse_ok", 0.98), ("val", "miou", 0.45),
-    ]  # fmt: skip
+        ("held_out", "miou", 0.412346),
+        ("held_out", "miou_l", 0.5),
+        ("held_out", "miou_m", 0.3),
+        ("held_out", "parse_ok", 0.98),
+        ("val", "miou", 0.45),
+    ]
     assert {r.task_type for r in data.eval_results} == {"object-detection"}
     assert {r.dataset_name for r in data.eval_results} == {"groundvlm-toyworld"}
 
@@ -130,8 +139,11 @@ def test_pin_card_metadata_eval_results_and_round_trip(folders, tmp_path):
     held_out = next(r for r in entry["results"] if r["dataset"]["split"] == "held_out")
     assert held_out["task"] == {"type": "object-detection", "name": "Object localisation"}
     assert {m["type"]: m["value"] for m in held_out["metrics"]} == {
-        "miou": 0.412346, "miou_m": 0.3, "miou_l": 0.5, "parse_ok": 0.98,
-    }  # fmt: skip
+        "miou": 0.412346,
+        "miou_m": 0.3,
+        "miou_l": 0.5,
+        "parse_ok": 0.98,
+    }
     loaded = ModelCard.load(path)
     assert sorted(loaded.data.eval_results, key=lambda r: (r.dataset_split, r.metric_type)) == sorted(
         data.eval_results, key=lambda r: (r.dataset_split, r.metric_type)
@@ -165,15 +177,22 @@ def test_vpgtrans_card_from_metrics_json_path(folders, tmp_path):
     }
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps(metrics))
-    card = build_model_card("vpgtrans", folders["vpgtrans"], path, base_model=["org/opt-a", "org/opt-b"],
-                            model_id="me/vpg", eval_dataset="coco_karpathy")  # fmt: skip
+    card = build_model_card(
+        "vpgtrans",
+        folders["vpgtrans"],
+        path,
+        base_model=["org/opt-a", "org/opt-b"],
+        model_id="me/vpg",
+        eval_dataset="coco_karpathy",
+    )
     assert card.data.base_model == ["org/opt-a", "org/opt-b"]
     assert {"custom_code", "vpgtrans"} <= set(card.data.tags)
     got = sorted((r.task_type, r.metric_type, r.metric_value, r.dataset_name) for r in card.data.eval_results)
     assert got == [
-        ("image-to-text", "bleu_4", 0.2, "coco_karpathy"), ("image-to-text", "cider", 0.91234, "coco_karpathy"),
+        ("image-to-text", "bleu_4", 0.2, "coco_karpathy"),
+        ("image-to-text", "cider", 0.91234, "coco_karpathy"),
         ("visual-question-answering", "vqa_accuracy", 0.5, "coco_karpathy"),
-    ]  # fmt: skip
+    ]
     assert all(r.dataset_split is None for r in card.data.eval_results)
     assert 'AutoModelForImageTextToText.from_pretrained("me/vpg", trust_remote_code=True)' in card.text
     assert "| Image captioning | coco_karpathy | – | CIDEr | 0.9123 |" in card.text
@@ -191,8 +210,9 @@ def test_groma_card_states_the_region_box_quirk(folders, tmp_path):
     card = build_model_card("groma", folders["groma"], flat, model_id="me/groma")
     got = sorted((r.task_name, r.metric_type, r.metric_value) for r in card.data.eval_results)
     assert got == [
-        ("Class-agnostic region proposal", "ar", 0.55), ("Referring expression comprehension", "accuracy", 0.8),
-    ]  # fmt: skip
+        ("Class-agnostic region proposal", "ar", 0.55),
+        ("Referring expression comprehension", "accuracy", 0.8),
+    ]
     assert {"custom_code", "groma"} <= set(card.data.tags)
     assert "config.region_box_quirk=True" in card.text and "as if they were corners" in card.text
     assert "post_process_grounding" in card.text and "Ma, Chuofan" in card.text

@@ -240,19 +240,27 @@ def parsed_commands() -> list[tuple[Command, Parsed]]:
 def test_every_command_parses(parsed_commands):
     kinds = {p.target for _, p in parsed_commands}
     # the README documents every entry point the project has
-    for target in ("recipes/pin.py", "recipes/vpgtrans.py", "groundvlm.recipes.systems.vpgtrans.captioner",
-                   "groundvlm.recipes.convert.groma", "groundvlm.recipes.convert.lavis_blip2",
-                   "groundvlm.recipes.push.push_to_hub", "groundvlm.recipes.toyworld",
-                   "benchmarks/vpgtrans_transfer.py"):  # fmt: skip
+    for target in (
+        "recipes/pin.py",
+        "recipes/vpgtrans.py",
+        "groundvlm.recipes.systems.vpgtrans.captioner",
+        "groundvlm.recipes.convert.groma",
+        "groundvlm.recipes.convert.lavis_blip2",
+        "groundvlm.recipes.push.push_to_hub",
+        "groundvlm.recipes.toyworld",
+        "benchmarks/vpgtrans_transfer.py",
+    ):
         assert target in kinds, f"README has no command for {target}"
 
 
 def test_parsing_rejects_what_the_code_does_not_take():
     """The harness itself: a flag that no entry point has must fail to parse (else every test above is vacuous)."""
-    for argv in (["accelerate", "launch", "recipes/pin.py", "--output", "x"],
-                 ["accelerate", "launch", "recipes/vpgtrans.py", "--stage", "stage1", "--config", "no_such_config"],
-                 ["python", "-m", "groundvlm.recipes.convert.groma", "--src", "a", "--out", "b"],
-                 ["python", "-m", "groundvlm.recipes.systems.vpgtrans.captioner", "--init_model", "x"]):  # fmt: skip
+    for argv in (
+        ["accelerate", "launch", "recipes/pin.py", "--output", "x"],
+        ["accelerate", "launch", "recipes/vpgtrans.py", "--stage", "stage1", "--config", "no_such_config"],
+        ["python", "-m", "groundvlm.recipes.convert.groma", "--src", "a", "--out", "b"],
+        ["python", "-m", "groundvlm.recipes.systems.vpgtrans.captioner", "--init_model", "x"],
+    ):
         with pytest.raises((SystemExit, ValueError, FileNotFoundError, AssertionError)):
             parse_command(argv)
 
@@ -476,7 +484,7 @@ def test_usage_snippet_referring_comment(tiny_checkpoints):
     from tests._groma_tiny import random_image
 
     (code, *_) = fenced_blocks(section("Using the models"), "python")
-    assert 'refer_boxes=[[[x1,y1,x2,y2]]]' in code and '"... <refer> ..."' in code
+    assert "refer_boxes=[[[x1,y1,x2,y2]]]" in code and '"... <refer> ..."' in code
     folder = tiny_checkpoints["tmp"] / "groma"
     model = AutoModel.from_pretrained(folder, dtype="bfloat16").eval()
     processor = AutoProcessor.from_pretrained(folder)

@@ -284,9 +284,24 @@ def test_accelerate_configs_load_with_installed_accelerate():
 # ------------------------------------------------------------------------------------------------ kill and resume
 
 TINY_ARGS = [
-    "--max_steps", "8", "--save_steps", "2", "--per_device_train_batch_size", "4", "--num_examples", "24",
-    "--learning_rate", "0.1", "--logging_steps", "1", "--seed", "7", "--use_cpu", "--disable_tqdm", "true",
-]  # fmt: skip
+    "--max_steps",
+    "8",
+    "--save_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "4",
+    "--num_examples",
+    "24",
+    "--learning_rate",
+    "0.1",
+    "--logging_steps",
+    "1",
+    "--seed",
+    "7",
+    "--use_cpu",
+    "--disable_tqdm",
+    "true",
+]
 # 24 examples / batch 4 = 6 steps per epoch: the resume at step 4 lands mid-epoch (the Trainer must skip the
 # 4 batches already seen) and the run then crosses into a second epoch (a new shuffle).
 
@@ -300,14 +315,23 @@ def _launch(output_dir: Path, pause_at: int | None = None, accelerate: bool = Tr
     launcher = [sys.executable]
     if accelerate:
         launcher += [
-            "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / "cpu.yaml"),
-            "--num_cpu_threads_per_process", "1",
-        ]  # fmt: skip
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(ACCELERATE_CONFIGS / "cpu.yaml"),
+            "--num_cpu_threads_per_process",
+            "1",
+        ]
     # A new session, so that SIGKILL can reach the launcher and the training process it started.
     return subprocess.Popen(
         [*launcher, str(TINY_RECIPE), "--output_dir", str(output_dir), *TINY_ARGS],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _finish(process: subprocess.Popen) -> str:

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from groundvlm.recipes.toyworld import compose, pin_size_ranges
 from groundvlm.recipes.toyworld.compose import overlap_sum
-from PIL import Image
 
 G = 16
 

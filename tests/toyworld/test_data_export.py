@@ -5,9 +5,10 @@ import json
 import datasets
 import numpy as np
 import pytest
-from groundvlm.recipes.toyworld import TASKS, ProceduralObjects, ToyWorld, to_coco, to_hf_dataset
 from PIL import Image
 from pycocotools.coco import COCO
+
+from groundvlm.recipes.toyworld import TASKS, ProceduralObjects, ToyWorld, to_coco, to_hf_dataset
 
 
 @pytest.fixture(scope="module")

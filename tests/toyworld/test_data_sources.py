@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from groundvlm.recipes.toyworld import (
     BACKGROUND_KINDS,
     SHAPES,
@@ -13,7 +15,6 @@ from groundvlm.recipes.toyworld import (
     ProceduralObjects,
     ToyWorld,
 )
-from PIL import Image
 
 
 def _cutout(path, size=(12, 8), colour=(0, 200, 0)):

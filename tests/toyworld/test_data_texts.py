@@ -4,6 +4,8 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from groundvlm.recipes.toyworld import (
     Scene,
     SceneObject,
@@ -17,7 +19,6 @@ from groundvlm.recipes.toyworld import (
     region_caption,
     vqa,
 )
-from PIL import Image
 
 POSITION_WORDS = re.compile(r"\b(left|right|top|bottom|above|below|upper|lower|middle|center|centre)\b")
 

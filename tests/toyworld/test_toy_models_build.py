@@ -3,7 +3,13 @@
 import json
 
 import pytest
-from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, Blip2VisionModel
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    Blip2VisionModel,
+)
 
 from groundvlm.recipes import toyworld
 from groundvlm.recipes.toyworld import MAIN_ARTEFACTS, read_build_info, toy_asset

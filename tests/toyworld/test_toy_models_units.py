@@ -139,7 +139,10 @@ def test_lm_trains_saves_and_loads(name, tokenizers, tmp_path):
     auto = AutoModelForSeq2SeqLM if family == "t5" else AutoModelForCausalLM
     loaded = auto.from_pretrained(tmp_path)
     reloaded_tok = AutoTokenizer.from_pretrained(tmp_path)
-    assert type(loaded).__name__ == {"opt": "OPTForCausalLM", "llama": "LlamaForCausalLM", "t5": "T5ForConditionalGeneration"}[family]
+    assert (
+        type(loaded).__name__
+        == {"opt": "OPTForCausalLM", "llama": "LlamaForCausalLM", "t5": "T5ForConditionalGeneration"}[family]
+    )
     assert loaded.config.vocab_size == len(reloaded_tok) == len(tok)
     assert loaded.generation_config.eos_token_id == tok.eos_token_id
     assert evaluate_lm(name, loaded, reloaded_tok, CORPUS[:64])["loss"] == pytest.approx(after, abs=1e-4)
@@ -187,7 +190,14 @@ def test_vision_normalise_matches_image_processor():
 
 def test_vision_pretraining_loss_decreases_and_labels():
     labels = label_names(["red star", "blue ring"])
-    assert labels == ["category:red star", "category:blue ring", "colour:blue", "colour:red", "shape:ring", "shape:star"]
+    assert labels == [
+        "category:red star",
+        "category:blue ring",
+        "colour:blue",
+        "colour:red",
+        "shape:ring",
+        "shape:star",
+    ]
     objects = [[("red star", "red", "star")], [("blue ring", "blue", "ring")]] * 8
     targets = scene_labels(objects, labels)
     assert targets[0].tolist() == [1, 0, 0, 1, 0, 1]

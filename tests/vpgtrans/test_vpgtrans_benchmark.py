@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from groundvlm.processing import VPGTransProcessor
 from transformers import BlipImageProcessor
 
+from groundvlm.processing import VPGTransProcessor
 from tests._benchmarks import load_benchmark
 from tests._vpgtrans_toys import add_image_token, opt_tokenizer, t5_tokenizer
 
@@ -41,12 +41,19 @@ def test_report_from_run_folders(bench, tmp_path):
 
     assert bench.main(["--part", "report", "--preset", "cpu", "--epochs", "4", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["speedup"] == {"OPT-small -> OPT-base": {"cider": "3.0", "vqa_accuracy": "-"},
-                                  "OPT-small -> T5": {"cider": "-", "vqa_accuracy": "2.0"}}  # fmt: skip
-    assert results["epochs_behind"]["size"] == {"cider": {"tfs_best": 0.5, "e_tfs": 3, "e_vt": 1},
-                                                "vqa_accuracy": {"tfs_best": 0.4, "e_tfs": 2, "e_vt": None}}  # fmt: skip
-    assert results["curves"]["size"]["VPGTrans"] == {"epoch": [1, 2, 3, 4], "cider": [0.55, 0.6, 0.7, 0.8],
-                                                     "vqa_accuracy": [0.1, 0.3, 0.4, 0.35]}  # fmt: skip
+    assert results["speedup"] == {
+        "OPT-small -> OPT-base": {"cider": "3.0", "vqa_accuracy": "-"},
+        "OPT-small -> T5": {"cider": "-", "vqa_accuracy": "2.0"},
+    }
+    assert results["epochs_behind"]["size"] == {
+        "cider": {"tfs_best": 0.5, "e_tfs": 3, "e_vt": 1},
+        "vqa_accuracy": {"tfs_best": 0.4, "e_tfs": 2, "e_vt": None},
+    }
+    assert results["curves"]["size"]["VPGTrans"] == {
+        "epoch": [1, 2, 3, 4],
+        "cider": [0.55, 0.6, 0.7, 0.8],
+        "vqa_accuracy": [0.1, 0.3, 0.4, 0.35],
+    }
     assert set(results["curves"]["size"]["TFS"]) == {"epoch", "cider", "vqa_accuracy"}
     assert "size" not in results["partial"]
     assert results["partial"]["type"] == {"epochs": {"TFS": 2, "VPGTrans": 1}, "missing": ["VPGInherit"]}
@@ -66,7 +73,9 @@ def test_report_from_run_folders(bench, tmp_path):
 def _source(folder: Path) -> Path:
     tok = opt_tokenizer()
     add_image_token(tok)
-    VPGTransProcessor(BlipImageProcessor(size={"height": 16, "width": 16}), tok, num_query_tokens=4).save_pretrained(folder)
+    VPGTransProcessor(BlipImageProcessor(size={"height": 16, "width": 16}), tok, num_query_tokens=4).save_pretrained(
+        folder
+    )
     return folder
 
 

@@ -36,14 +36,23 @@ def lavis_vpg(llm="opt", d_lm=D_LM):
     }
     for i in range(2):
         b = f"visual_encoder.blocks.{i}."
-        sd.update({
-            b + "norm1.weight": _r(D_VIT), b + "norm1.bias": _r(D_VIT),
-            b + "attn.qkv.weight": _r(3 * D_VIT, D_VIT), b + "attn.q_bias": _r(D_VIT), b + "attn.v_bias": _r(D_VIT),
-            b + "attn.proj.weight": _r(D_VIT, D_VIT), b + "attn.proj.bias": _r(D_VIT),
-            b + "norm2.weight": _r(D_VIT), b + "norm2.bias": _r(D_VIT),
-            b + "mlp.fc1.weight": _r(D_FF, D_VIT), b + "mlp.fc1.bias": _r(D_FF),
-            b + "mlp.fc2.weight": _r(D_VIT, D_FF), b + "mlp.fc2.bias": _r(D_VIT),
-        })
+        sd.update(
+            {
+                b + "norm1.weight": _r(D_VIT),
+                b + "norm1.bias": _r(D_VIT),
+                b + "attn.qkv.weight": _r(3 * D_VIT, D_VIT),
+                b + "attn.q_bias": _r(D_VIT),
+                b + "attn.v_bias": _r(D_VIT),
+                b + "attn.proj.weight": _r(D_VIT, D_VIT),
+                b + "attn.proj.bias": _r(D_VIT),
+                b + "norm2.weight": _r(D_VIT),
+                b + "norm2.bias": _r(D_VIT),
+                b + "mlp.fc1.weight": _r(D_FF, D_VIT),
+                b + "mlp.fc1.bias": _r(D_FF),
+                b + "mlp.fc2.weight": _r(D_VIT, D_FF),
+                b + "mlp.fc2.bias": _r(D_VIT),
+            }
+        )
         q = f"Qformer.bert.encoder.layer.{i}."
         attentions = ["attention"] + (["crossattention"] if i % 2 == 0 else [])  # cross-attention every 2nd layer
         for att in attentions:
@@ -65,9 +74,12 @@ def stage1_extras(vocab=30, max_pos=16):
         "Qformer.bert.embeddings.position_ids": torch.arange(max_pos)[None],
         "Qformer.cls.predictions.bias": _r(vocab),
         "Qformer.cls.predictions.transform.dense.weight": _r(D_Q, D_Q),
-        "vision_proj.weight": _r(8, D_Q), "vision_proj.bias": _r(8),
-        "text_proj.weight": _r(8, D_Q), "text_proj.bias": _r(8),
-        "itm_head.weight": _r(2, D_Q), "itm_head.bias": _r(2),
+        "vision_proj.weight": _r(8, D_Q),
+        "vision_proj.bias": _r(8),
+        "text_proj.weight": _r(8, D_Q),
+        "text_proj.bias": _r(8),
+        "itm_head.weight": _r(2, D_Q),
+        "itm_head.bias": _r(2),
         "temp": torch.tensor(0.07),
     }
     for i in range(2):
@@ -100,19 +112,27 @@ def test_full_lavis_checkpoint_covers_every_vpg_key_and_values_land(base, tmp_pa
     torch.testing.assert_close(state["vision_model.post_layernorm.weight"], sd["ln_vision.weight"])
     torch.testing.assert_close(state["vision_model.embeddings.class_embedding"], sd["visual_encoder.cls_token"])
     torch.testing.assert_close(state["vision_model.embeddings.position_embedding"], sd["visual_encoder.pos_embed"])
-    torch.testing.assert_close(state["vision_model.encoder.layers.1.self_attn.projection.weight"],
-                               sd["visual_encoder.blocks.1.attn.proj.weight"])
+    torch.testing.assert_close(
+        state["vision_model.encoder.layers.1.self_attn.projection.weight"],
+        sd["visual_encoder.blocks.1.attn.proj.weight"],
+    )
     qkv_bias = state["vision_model.encoder.layers.1.self_attn.qkv.bias"]
     torch.testing.assert_close(qkv_bias[:D_VIT], sd["visual_encoder.blocks.1.attn.q_bias"])
     assert torch.count_nonzero(qkv_bias[D_VIT : 2 * D_VIT]) == 0  # EVA has no key bias
     torch.testing.assert_close(qkv_bias[2 * D_VIT :], sd["visual_encoder.blocks.1.attn.v_bias"])
     torch.testing.assert_close(state["qformer.layernorm.bias"], sd["Qformer.bert.embeddings.LayerNorm.bias"])
-    torch.testing.assert_close(state["qformer.encoder.layer.0.crossattention.attention.key.weight"],
-                               sd["Qformer.bert.encoder.layer.0.crossattention.self.key.weight"])
-    torch.testing.assert_close(state["qformer.encoder.layer.1.attention.attention.value.bias"],
-                               sd["Qformer.bert.encoder.layer.1.attention.self.value.bias"])
-    torch.testing.assert_close(state["qformer.encoder.layer.0.attention.output.LayerNorm.weight"],
-                               sd["Qformer.bert.encoder.layer.0.attention.output.LayerNorm.weight"])
+    torch.testing.assert_close(
+        state["qformer.encoder.layer.0.crossattention.attention.key.weight"],
+        sd["Qformer.bert.encoder.layer.0.crossattention.self.key.weight"],
+    )
+    torch.testing.assert_close(
+        state["qformer.encoder.layer.1.attention.attention.value.bias"],
+        sd["Qformer.bert.encoder.layer.1.attention.self.value.bias"],
+    )
+    torch.testing.assert_close(
+        state["qformer.encoder.layer.0.attention.output.LayerNorm.weight"],
+        sd["Qformer.bert.encoder.layer.0.attention.output.LayerNorm.weight"],
+    )
     torch.testing.assert_close(state["language_projection.weight"], sd["opt_proj.weight"])
     torch.testing.assert_close(state["query_tokens"], sd["query_tokens"])
 
@@ -137,25 +157,37 @@ def test_stage1_checkpoint_drops_text_branch_or_maps_it_to_image_text_retrieval(
 
     converted, dropped = convert_lavis_state_dict(sd, keep_stage1_heads=True)
     assert sorted(dropped) == sorted(
-        ["Qformer.bert.embeddings.position_ids", "Qformer.cls.predictions.bias",
-         "Qformer.cls.predictions.transform.dense.weight", "temp"])
+        [
+            "Qformer.bert.embeddings.position_ids",
+            "Qformer.cls.predictions.bias",
+            "Qformer.cls.predictions.transform.dense.weight",
+            "temp",
+        ]
+    )
     itr_config = Blip2Config(
         vision_config=dict(VISION),
         qformer_config=dict(QFORMER, use_qformer_text_input=True, vocab_size=30, max_position_embeddings=16),
-        num_query_tokens=N_Q, image_text_hidden_size=8,
+        num_query_tokens=N_Q,
+        image_text_hidden_size=8,
     )
     itr = Blip2ForImageTextRetrieval(itr_config)
     result = itr.load_state_dict(converted, strict=True)  # no missing, no unexpected keys
     assert not result.missing_keys and not result.unexpected_keys
-    torch.testing.assert_close(itr.embeddings.word_embeddings.weight, sd["Qformer.bert.embeddings.word_embeddings.weight"])
-    torch.testing.assert_close(itr.qformer.encoder.layer[1].output.dense.weight,
-                               sd["Qformer.bert.encoder.layer.1.output.dense.weight"])
+    torch.testing.assert_close(
+        itr.embeddings.word_embeddings.weight, sd["Qformer.bert.embeddings.word_embeddings.weight"]
+    )
+    torch.testing.assert_close(
+        itr.qformer.encoder.layer[1].output.dense.weight, sd["Qformer.bert.encoder.layer.1.output.dense.weight"]
+    )
     torch.testing.assert_close(itr.vision_projection.bias, sd["vision_proj.bias"])
 
 
 def test_bad_checkpoints_are_clear_errors(base, tmp_path):
     torch.save({"model": lavis_vpg(d_lm=48)}, tmp_path / "other_llm.pth")
-    with pytest.raises(ValueError, match=r"mismatched shapes[\s\S]*language_projection.weight: checkpoint \(48, 32\) vs model \(24, 32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"mismatched shapes[\s\S]*language_projection.weight: checkpoint \(48, 32\) vs model \(24, 32\)",
+    ):
         convert_lavis_checkpoint(tmp_path / "other_llm.pth", base)
     with pytest.raises(ValueError, match="Unknown LAVIS keys.*visual_encoder.blocks.0.gamma_1"):
         convert_lavis_state_dict({**lavis_vpg(), "visual_encoder.blocks.0.gamma_1": _r(D_VIT)})

@@ -10,7 +10,14 @@ from transformers import Blip2ForConditionalGeneration, BlipImageProcessor
 
 from groundvlm.modeling import VPGTransConfig, VPGTransModel
 from groundvlm.processing import VPGTransProcessor
-from tests._vpgtrans_toys import add_image_token, blip2_config, opt_text_config, opt_tokenizer, t5_text_config, t5_tokenizer
+from tests._vpgtrans_toys import (
+    add_image_token,
+    blip2_config,
+    opt_text_config,
+    opt_tokenizer,
+    t5_text_config,
+    t5_tokenizer,
+)
 
 Q = 4
 
@@ -31,8 +38,9 @@ def _hf_blip2(kind, tmp_path):
     folder = tmp_path / f"blip2-{kind}"
     model.save_pretrained(folder)
     assert json.loads((folder / "config.json").read_text())["model_type"] == "blip-2"
-    proc = VPGTransProcessor(BlipImageProcessor(size={"height": 16, "width": 16}), tok, num_query_tokens=Q,
-                             is_encoder_decoder=kind == "t5")
+    proc = VPGTransProcessor(
+        BlipImageProcessor(size={"height": 16, "width": 16}), tok, num_query_tokens=Q, is_encoder_decoder=kind == "t5"
+    )
     return model, folder, proc
 
 
@@ -107,6 +115,7 @@ def test_from_scratch_init_draws_query_tokens_and_a_seeing_vit():
     feats = model.vision_model(torch.randn(2, 3, 16, 16)).last_hidden_state  # [B, 1 + 16 patches, 32]
     assert feats.shape == (2, 17, 32)
     assert (feats[0] - feats[1]).abs().max() > 1e-3  # vision initializer_range 0.02: output depends on the image
-    zeros = VPGTransModel(blip2_config(opt_text_config(len(tok) + 1), len(tok), config_cls=VPGTransConfig,
-                                       init_query_tokens_std=None))
+    zeros = VPGTransModel(
+        blip2_config(opt_text_config(len(tok) + 1), len(tok), config_cls=VPGTransConfig, init_query_tokens_std=None)
+    )
     assert torch.count_nonzero(zeros.query_tokens) == 0

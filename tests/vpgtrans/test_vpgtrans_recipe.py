@@ -7,22 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import Blip2QFormerConfig
+
 from groundvlm.modeling import VPGTransConfig, VPGTransModel
 from groundvlm.recipes.systems.vpgtrans.arguments import (
-    VPGTRANS_ARGUMENTS,
     STAGES,
+    VPGTRANS_ARGUMENTS,
     VPGTransModelArguments,
     VPGTransTrainingArguments,
 )
-from groundvlm.recipes.systems.vpgtrans.models import freeze_for_stage, qformer_config, trainable_prefixes
-from groundvlm.recipes.systems.vpgtrans.training import (
-    TextReplay,
-    VPGTransTrainer,
-    inner_epoch_cosine_lr,
-    lavis_param_groups,
-)
 from groundvlm.recipes.systems.vpgtrans.captioner import object_name_recall
 from groundvlm.recipes.systems.vpgtrans.data import load_coco_karpathy, load_gqa, load_vqa
+from groundvlm.recipes.systems.vpgtrans.models import freeze_for_stage, qformer_config, trainable_prefixes
 from groundvlm.recipes.systems.vpgtrans.qformer import (
     QFormerPretrainer,
     load_pretrained_qformer,
@@ -36,8 +32,12 @@ from groundvlm.recipes.systems.vpgtrans.speedup import (
     speedup_table,
     vpgtrans_curve,
 )
-from transformers import Blip2QFormerConfig
-
+from groundvlm.recipes.systems.vpgtrans.training import (
+    TextReplay,
+    VPGTransTrainer,
+    inner_epoch_cosine_lr,
+    lavis_param_groups,
+)
 from tests._vpgtrans_toys import (
     add_image_token,
     blip2_config,
@@ -53,16 +53,20 @@ def tiny_model(num_query_tokens=4):
     tok = opt_tokenizer()
     image_id = add_image_token(tok)
     torch.manual_seed(0)
-    config = blip2_config(opt_text_config(len(tok)), image_id, num_query_tokens=num_query_tokens, config_cls=VPGTransConfig)
+    config = blip2_config(
+        opt_text_config(len(tok)), image_id, num_query_tokens=num_query_tokens, config_cls=VPGTransConfig
+    )
     return VPGTransModel(config), image_id
 
 
 def _batch(model, image_id, n_q=4):
     ids = torch.tensor([[image_id] * n_q + [2, 5, 6, 4]] * 2)
     return {
-        "pixel_values": torch.randn(2, 3, 16, 16), "input_ids": ids, "attention_mask": torch.ones_like(ids),
+        "pixel_values": torch.randn(2, 3, 16, 16),
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
         "labels": ids.masked_fill(ids == image_id, -100),
-    }  # fmt: skip
+    }
 
 
 # --------------------------------------------------------------------------------------------- freezing
@@ -75,7 +79,11 @@ def _batch(model, image_id, n_q=4):
         ("stage2", False, {"qformer", "query_tokens", "vision_model.post_layernorm", "language_projection"}),
         ("tfs", False, {"qformer", "query_tokens", "vision_model.post_layernorm", "language_projection"}),
         ("inherit", False, {"qformer", "query_tokens", "vision_model.post_layernorm", "language_projection"}),
-        ("tfs", True, {"qformer", "query_tokens", "vision_model.post_layernorm", "language_projection", "language_model"}),
+        (
+            "tfs",
+            True,
+            {"qformer", "query_tokens", "vision_model.post_layernorm", "language_projection", "language_model"},
+        ),
     ],
 )
 def test_stage_trains_exactly_the_reference_modules(stage, unfreeze_lm, expected_roots):
@@ -127,9 +135,14 @@ def _trainer(stage, tmp_path, **kwargs):
     model, _ = tiny_model()
     freeze_for_stage(model, "stage1" if stage == "stage1" else "stage2")
     args = VPGTransTrainingArguments(
-        output_dir=str(tmp_path), learning_rate=1e-4, num_train_epochs=kwargs.pop("epochs", 1),
-        warmup_steps=kwargs.pop("warmup_steps", 0), report_to="none", use_cpu=True, **kwargs,
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        learning_rate=1e-4,
+        num_train_epochs=kwargs.pop("epochs", 1),
+        warmup_steps=kwargs.pop("warmup_steps", 0),
+        report_to="none",
+        use_cpu=True,
+        **kwargs,
+    )
     trainer = VPGTransTrainer(model=model, args=args, stage=stage)
     trainer.create_optimizer_and_scheduler(num_training_steps=kwargs.get("iters_per_inner_epoch", 10) * 10)
     return trainer
@@ -165,7 +178,9 @@ def test_warmup_in_epoch_zero_as_lavis():
     # warm-up from 1e-6 over 2 steps: step 0 -> 1e-6, step 1 -> 1e-6 + 0.5 * (1e-4 - 1e-6), then capped at init.
     values = [inner_epoch_cosine_lr(s, 5, 10, 1e-4, 1e-5, warmup_steps=2, warmup_lr=1e-6) for s in range(5)]
     assert values == pytest.approx([1e-6, 5.05e-5, 1e-4, 1e-4, 1e-4])
-    assert inner_epoch_cosine_lr(5, 5, 10, 1e-4, 1e-5) == pytest.approx(1e-5 + 9e-5 * 0.5 * (1 + math.cos(math.pi / 10)))
+    assert inner_epoch_cosine_lr(5, 5, 10, 1e-4, 1e-5) == pytest.approx(
+        1e-5 + 9e-5 * 0.5 * (1 + math.cos(math.pi / 10))
+    )
 
 
 # ---------------------------------------------------------------------------------------------- speed-up
@@ -178,10 +193,14 @@ def test_speedup_rate_on_hand_made_curves(tmp_path):
     assert speedup_rate(tfs, [20.0, 50.0, 49.0]) is None  # equal is not better: "-"
     assert format_rate(None) == "-" and format_rate(10 / 3) == "3.3"
     # Stage 1 counts as VPGTrans's epoch 1.
-    vt = vpgtrans_curve({"epoch": [1], "cider": [0.4], "vqa_accuracy": [0.1]},
-                        {"epoch": [1, 2], "step": [5, 10], "cider": [0.6, 0.7], "vqa_accuracy": [0.2, 0.1]})  # fmt: skip
+    vt = vpgtrans_curve(
+        {"epoch": [1], "cider": [0.4], "vqa_accuracy": [0.1]},
+        {"epoch": [1, 2], "step": [5, 10], "cider": [0.6, 0.7], "vqa_accuracy": [0.2, 0.1]},
+    )
     assert vt == {"epoch": [1, 2, 3], "cider": [0.4, 0.6, 0.7], "vqa_accuracy": [0.1, 0.2, 0.1]}
-    table = speedup_table({"epoch": [1, 2], "cider": [0.3, 0.5], "vqa_accuracy": [0.3, 0.2]}, vt, ["cider", "vqa_accuracy"])
+    table = speedup_table(
+        {"epoch": [1, 2], "cider": [0.3, 0.5], "vqa_accuracy": [0.3, 0.2]}, vt, ["cider", "vqa_accuracy"]
+    )
     assert table == {"cider": "1.0", "vqa_accuracy": "-"}  # cider: e_tfs 2 / e_vt 2; vqa never > 0.3
     md = markdown_table({"small->large": table}, ["cider", "vqa_accuracy"])
     assert md.splitlines()[2] == "| small->large | 1.0 | - |"
@@ -206,7 +225,9 @@ def test_coco_karpathy_original_layout_splits():
     train = load_coco_karpathy(COCO / "dataset_coco.json", COCO, split="train")  # train + restval
     assert len(train) == 4 and {e["text"] for e in train} >= {"two blue rings", "a red star on the left"}
     test = load_coco_karpathy(COCO / "dataset_coco.json", COCO, split="test")
-    assert len(test) == 1 and test[0]["references"] == ["a striped star", "an striped star"] and test[0]["image_id"] == "4"
+    assert (
+        len(test) == 1 and test[0]["references"] == ["a striped star", "an striped star"] and test[0]["image_id"] == "4"
+    )
     with pytest.raises(ValueError, match="split"):
         load_coco_karpathy(COCO / "dataset_coco.json", COCO)
 
@@ -250,7 +271,9 @@ def test_multimodal_causal_mask_hand_values():
 def test_qformer_pretrainer_losses_and_transfer_into_vpgtrans():
     model, _ = tiny_model()
     # The target's own Q-Former config with the text branch switched on (what qformer_pretrain builds).
-    config = Blip2QFormerConfig(**{**model.config.qformer_config.to_dict(), "use_qformer_text_input": True, "vocab_size": 20})
+    config = Blip2QFormerConfig(
+        **{**model.config.qformer_config.to_dict(), "use_qformer_text_input": True, "vocab_size": 20}
+    )
     vision = model.vision_model
     pre = QFormerPretrainer(vision, config, 4, embed_dim=8).train()
     assert pre.qformer.training and not vision.training
@@ -262,7 +285,8 @@ def test_qformer_pretrainer_losses_and_transfer_into_vpgtrans():
     assert all(p.grad is None for n, p in vision.named_parameters() if not n.startswith("post_layernorm"))
     state = pre.vpgtrans_state_dict()
     assert "qformer.encoder.layer.0.intermediate.dense.weight" in pre.qformer.state_dict().keys() | {
-        "qformer." + k for k in pre.qformer.state_dict()}
+        "qformer." + k for k in pre.qformer.state_dict()
+    }
     assert not any(k.endswith(("layer.0.intermediate.dense.weight", "layer.0.output.dense.weight")) for k in state)
     assert "qformer.encoder.layer.0.attention.output.dense.weight" in state
     target, _ = tiny_model()
@@ -311,8 +335,12 @@ def test_text_replay_adds_weighted_lm_loss(tmp_path):
     model, image_id = tiny_model()
     freeze_for_stage(model, "tfs", unfreeze_lm=True)
     tok = opt_tokenizer()
-    replay = TextReplay("opt", tok, ["a red star", "two blue rings on the left", "the green circle"], batch_size=2, seed=0)
-    twin = TextReplay("opt", tok, ["a red star", "two blue rings on the left", "the green circle"], batch_size=2, seed=0)
+    replay = TextReplay(
+        "opt", tok, ["a red star", "two blue rings on the left", "the green circle"], batch_size=2, seed=0
+    )
+    twin = TextReplay(
+        "opt", tok, ["a red star", "two blue rings on the left", "the green circle"], batch_size=2, seed=0
+    )
     expected_batch = twin.next_batch()
     assert expected_batch["input_ids"][0, 0].item() == 2  # OPT BOS </s> in front, EOS appended (toy LM pretraining)
     args = VPGTransTrainingArguments(
@@ -329,13 +357,17 @@ def test_text_replay_adds_weighted_lm_loss(tmp_path):
 
 
 def test_cider_d_without_java_equals_pycocoevalcap():
-    from groundvlm.recipes.systems.vpgtrans.evaluation import cider_d
     from pycocoevalcap.cider.cider import Cider
 
+    from groundvlm.recipes.systems.vpgtrans.evaluation import cider_d
+
     preds = ["a red star and a blue ring", "a green circle", "two striped stars", "a white cross on a red square"]
-    refs = [["a red star and a blue ring", "a blue ring and a red star", "red star blue ring"],
-            ["a green circle", "the green circle"], ["a striped star", "two stars"],
-            ["a white cross", "a red square and a white cross"]]  # fmt: skip
+    refs = [
+        ["a red star and a blue ring", "a blue ring and a red star", "red star blue ring"],
+        ["a green circle", "the green circle"],
+        ["a striped star", "two stars"],
+        ["a white cross", "a red square and a white cross"],
+    ]
     expected, _ = Cider().compute_score(dict(enumerate(refs)), {i: [p] for i, p in enumerate(preds)})
     assert cider_d(preds, refs) == pytest.approx(expected, rel=1e-12)
 
@@ -351,12 +383,15 @@ def test_vqa_accuracy_fallback_without_evaluate(monkeypatch):
     assert vqa_scores(["red.", "two", "the yes"], answers) == pytest.approx((0.6 + 1 + 1) / 3)
 
 
-@pytest.mark.parametrize("config", sorted(p.stem for p in (Path(__file__).parents[2] / "recipes" / "vpgtrans").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "config", sorted(p.stem for p in (Path(__file__).parents[2] / "recipes" / "vpgtrans").glob("*.yaml"))
+)
 def test_every_shipped_config_parses(config, tmp_path):
     from groundvlm.recipes.common.arguments import parse_recipe_args
 
     run, script, _, _, training = parse_recipe_args(
-        VPGTRANS_ARGUMENTS, ["--config", config, "--output_dir", str(tmp_path), "--bf16", "false", "--fp16", "false"],  # no GPU here
+        VPGTRANS_ARGUMENTS,
+        ["--config", config, "--output_dir", str(tmp_path), "--bf16", "false", "--fp16", "false"],  # no GPU here
         recipe="vpgtrans",
     )
     assert script.stage in STAGES and run.preset in ("cpu", "gpu", "gpu-small")
@@ -393,16 +428,26 @@ def test_caption_asset_copies_the_committed_checkpoint(tmp_path, monkeypatch):
     committed = tmp_path / "committed"
     committed.mkdir()
     (committed / "config.json").write_text("{}")
-    checks = {"held_out_images": {"name_recall": 0.9, "raw_box_parse_rate": 0.8},
-              "held_out_categories": {"name_recall": 0.85}}  # fmt: skip
+    checks = {
+        "held_out_images": {"name_recall": 0.9, "raw_box_parse_rate": 0.8},
+        "held_out_categories": {"name_recall": 0.85},
+    }
     (committed / "captioner.json").write_text(_json.dumps({"checks": checks, "meets_target": True}))
     monkeypatch.setattr(build, "COMMITTED_CAPTION_VLM", committed)
-    folder = toy_asset("vlm-caption", "cpu", cache_dir=tmp_path / "cache", verbose=False,
-                       builder=lambda *a: pytest.fail("must not train"))  # fmt: skip
+    folder = toy_asset(
+        "vlm-caption",
+        "cpu",
+        cache_dir=tmp_path / "cache",
+        verbose=False,
+        builder=lambda *a: pytest.fail("must not train"),
+    )
     assert read_build_info(folder)["metrics"] == {
-        "source": "committed", "name_recall_held_out_images": 0.9, "name_recall_held_out_categories": 0.85,
-        "raw_box_parse_rate": 0.8, "meets_target": True,
-    }  # fmt: skip
+        "source": "committed",
+        "name_recall_held_out_images": 0.9,
+        "name_recall_held_out_categories": 0.85,
+        "raw_box_parse_rate": 0.8,
+        "meets_target": True,
+    }
     assert (folder / "config.json").is_file()
     with pytest.raises(FileNotFoundError, match="VPGTrans captioner builds it"):
         toy_asset("vlm-caption", "gpu", cache_dir=tmp_path / "cache", verbose=False)

@@ -6,9 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from groundvlm.modeling import VPGTransModel
-from groundvlm.recipes import vpgtrans
-from groundvlm.recipes.systems.vpgtrans import evaluation as vpgtrans_eval
 from safetensors.torch import load_file
 from transformers import (
     Blip2VisionConfig,
@@ -19,20 +16,51 @@ from transformers import (
     OPTForCausalLM,
 )
 
+from groundvlm.modeling import VPGTransModel
+from groundvlm.recipes import vpgtrans
+from groundvlm.recipes.systems.vpgtrans import evaluation as vpgtrans_eval
 from tests._vpgtrans_toys import VISION, llama_tokenizer, opt_text_config, opt_tokenizer
 
 COCO = Path(__file__).parents[1] / "fixtures" / "vpgtrans" / "coco"
 DATA = [
-    "--dataset", "coco", "--train_file", str(COCO / "coco_karpathy_train.json"), "--image_root", str(COCO),
-    "--eval_caption_file", str(COCO / "coco_karpathy_val.json"),
-    "--eval_vqa_questions", str(COCO / "vqa_val2014_questions.json"),
-    "--eval_vqa_annotations", str(COCO / "vqa_val2014_annotations.json"), "--eval_vqa_image_root", str(COCO / "val2014"),
-]  # fmt: skip
+    "--dataset",
+    "coco",
+    "--train_file",
+    str(COCO / "coco_karpathy_train.json"),
+    "--image_root",
+    str(COCO),
+    "--eval_caption_file",
+    str(COCO / "coco_karpathy_val.json"),
+    "--eval_vqa_questions",
+    str(COCO / "vqa_val2014_questions.json"),
+    "--eval_vqa_annotations",
+    str(COCO / "vqa_val2014_annotations.json"),
+    "--eval_vqa_image_root",
+    str(COCO / "val2014"),
+]
 FAST = [
-    "--per_device_train_batch_size", "2", "--caption_num_beams", "1", "--vqa_num_beams", "1", "--caption_min_length", "1",
-    "--caption_max_length", "4", "--vqa_max_length", "3", "--use_cpu", "true", "--save_strategy", "no",
-    "--no_resume", "--max_txt_len", "16", "--dataloader_num_workers", "0",
-]  # fmt: skip
+    "--per_device_train_batch_size",
+    "2",
+    "--caption_num_beams",
+    "1",
+    "--vqa_num_beams",
+    "1",
+    "--caption_min_length",
+    "1",
+    "--caption_max_length",
+    "4",
+    "--vqa_max_length",
+    "3",
+    "--use_cpu",
+    "true",
+    "--save_strategy",
+    "no",
+    "--no_resume",
+    "--max_txt_len",
+    "16",
+    "--dataloader_num_workers",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +74,17 @@ def bases(tmp_path_factory):
     Blip2VisionModel(Blip2VisionConfig(**VISION)).save_pretrained(root / "vit")
     BlipImageProcessor(size={"height": 16, "width": 16}).save_pretrained(root / "vit")
     ltok = llama_tokenizer()
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(ltok) + 1, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=4, bos_token_id=1, eos_token_id=2)).save_pretrained(root / "llama")  # fmt: skip
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(ltok) + 1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    ).save_pretrained(root / "llama")
     ltok.save_pretrained(root / "llama")
     return root
 
@@ -64,11 +101,30 @@ def tfs_run(bases, tmp_path_factory):
 
 
 def _run_tfs(bases, out):
-    vpgtrans.main([
-        "--stage", "tfs", "--vision_model", str(bases / "vit"), "--language_model", str(bases / "lm_small"),
-        "--output_dir", str(out), "--max_steps", "2", "--iters_per_inner_epoch", "1", "--num_query_tokens", "4",
-        "--qformer_hidden_size", "32", "--qformer_heads", "4", *DATA, *FAST,
-    ])  # fmt: skip
+    vpgtrans.main(
+        [
+            "--stage",
+            "tfs",
+            "--vision_model",
+            str(bases / "vit"),
+            "--language_model",
+            str(bases / "lm_small"),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--iters_per_inner_epoch",
+            "1",
+            "--num_query_tokens",
+            "4",
+            "--qformer_hidden_size",
+            "32",
+            "--qformer_heads",
+            "4",
+            *DATA,
+            *FAST,
+        ]
+    )
 
 
 def test_tfs_two_steps_writes_per_epoch_curve_and_model(tfs_run):
@@ -85,10 +141,22 @@ def test_tfs_two_steps_writes_per_epoch_curve_and_model(tfs_run):
 
 def test_converter_then_stage1_trains_only_the_projector(bases, tfs_run, tmp_path):
     conv = tmp_path / "converter"
-    target = vpgtrans.main([
-        "--stage", "converter", "--source_model", str(tfs_run / "model"), "--language_model", str(bases / "lm_large"),
-        "--output_dir", str(conv), "--converter_epochs", "2", *DATA, *FAST,
-    ])  # fmt: skip
+    target = vpgtrans.main(
+        [
+            "--stage",
+            "converter",
+            "--source_model",
+            str(tfs_run / "model"),
+            "--language_model",
+            str(bases / "lm_large"),
+            "--output_dir",
+            str(conv),
+            "--converter_epochs",
+            "2",
+            *DATA,
+            *FAST,
+        ]
+    )
     assert target == conv / "model"
     info = json.loads((conv / "metrics.json").read_text())["converter"]
     assert info["same_tokenizer"] and info["paired_captions"] == 6
@@ -98,22 +166,41 @@ def test_converter_then_stage1_trains_only_the_projector(bases, tfs_run, tmp_pat
     assert before.language_projection.out_features == 32
 
     s1 = tmp_path / "stage1"
-    vpgtrans.main([
-        "--stage", "stage1", "--init_model", str(target), "--output_dir", str(s1), "--max_steps", "2",
-        "--learning_rate", "1e-3", "--eval_each_epoch", "false", "--logging_steps", "1", *DATA, *FAST,
-    ])  # fmt: skip
+    vpgtrans.main(
+        [
+            "--stage",
+            "stage1",
+            "--init_model",
+            str(target),
+            "--output_dir",
+            str(s1),
+            "--max_steps",
+            "2",
+            "--learning_rate",
+            "1e-3",
+            "--eval_each_epoch",
+            "false",
+            "--logging_steps",
+            "1",
+            *DATA,
+            *FAST,
+        ]
+    )
     after = VPGTransModel.from_pretrained(s1 / "model")
     changed = {
-        name.split(".")[0] for (name, a), b in zip(before.state_dict().items(), after.state_dict().values())
+        name.split(".")[0]
+        for (name, a), b in zip(before.state_dict().items(), after.state_dict().values())
         if not torch.equal(a, b)
-    }  # fmt: skip
+    }
     assert changed == {"language_projection"}
     assert "stage stage1: 2 trainable tensors" in (s1 / "train.log").read_text()
 
 
 def test_eval_stage_writes_vqa_accuracy(tfs_run, tmp_path):
     vqa = DATA[:6] + DATA[8:]  # no caption file: VQA only
-    vpgtrans.main(["--stage", "eval", "--init_model", str(tfs_run / "model"), "--output_dir", str(tmp_path), *vqa, *FAST])
+    vpgtrans.main(
+        ["--stage", "eval", "--init_model", str(tfs_run / "model"), "--output_dir", str(tmp_path), *vqa, *FAST]
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())["eval"]
     assert set(metrics) == {"vqa_accuracy", "sample_answer"} and 0.0 <= metrics["vqa_accuracy"] <= 1.0
 
@@ -122,16 +209,43 @@ def test_unknown_stage_and_missing_model_are_clear(tmp_path, bases):
     with pytest.raises(ValueError, match="Unknown or missing --stage 'stage3'"):
         vpgtrans.main(["--stage", "stage3", "--output_dir", str(tmp_path / "a"), *FAST])
     with pytest.raises(ValueError, match="--vision_model is required"):
-        vpgtrans.main(["--stage", "tfs", "--language_model", str(bases / "lm_small"), "--output_dir", str(tmp_path / "b"), *DATA, *FAST])
+        vpgtrans.main(
+            [
+                "--stage",
+                "tfs",
+                "--language_model",
+                str(bases / "lm_small"),
+                "--output_dir",
+                str(tmp_path / "b"),
+                *DATA,
+                *FAST,
+            ]
+        )
 
 
 def test_converter_without_pairable_captions_is_refused(tmp_path, bases, tfs_run):
     # "striped" is one OPT token but two LLaMA pieces, so no caption has equal lengths under both tokenizers.
     captions = tmp_path / "train.json"
-    captions.write_text(json.dumps([{"image": "val2014/COCO_val2014_000000000001.jpg", "caption": "striped striped", "image_id": "1"}]))
+    captions.write_text(
+        json.dumps([{"image": "val2014/COCO_val2014_000000000001.jpg", "caption": "striped striped", "image_id": "1"}])
+    )
     with pytest.raises(ValueError, match="no word pairs"):
-        vpgtrans.main([
-            "--stage", "converter", "--source_model", str(tfs_run / "model"), "--language_model", str(bases / "llama"),
-            "--output_dir", str(tmp_path / "c"), "--dataset", "coco", "--train_file", str(captions), "--image_root", str(COCO),
-            *FAST,
-        ])  # fmt: skip
+        vpgtrans.main(
+            [
+                "--stage",
+                "converter",
+                "--source_model",
+                str(tfs_run / "model"),
+                "--language_model",
+                str(bases / "llama"),
+                "--output_dir",
+                str(tmp_path / "c"),
+                "--dataset",
+                "coco",
+                "--train_file",
+                str(captions),
+                "--image_root",
+                str(COCO),
+                *FAST,
+            ]
+        )

@@ -15,7 +15,9 @@ def test_saved_model_and_processor_load_through_auto_classes_without_groundvlm(t
     out_dir = tmp_path / "vpgtrans"
     model.save_pretrained(out_dir)
     proc.save_pretrained(out_dir)
-    assert {"configuration_vpgtrans.py", "modeling_vpgtrans.py", "processing_vpgtrans.py"} <= {p.name for p in out_dir.iterdir()}
+    assert {"configuration_vpgtrans.py", "modeling_vpgtrans.py", "processing_vpgtrans.py"} <= {
+        p.name for p in out_dir.iterdir()
+    }
     assert not list(out_dir.glob("*.bin"))
     batch = proc(images=_images(2), text=["a", "a red"])
     expected = model(**batch).logits

@@ -38,7 +38,11 @@ def test_pre_caption_matches_reference_rules():
 
 
 def test_tokenizer_families_are_read_from_special_tokens():
-    assert [guess_tokenizer_family(t()) for t in (opt_tokenizer, llama_tokenizer, t5_tokenizer)] == ["opt", "llama", "t5"]
+    assert [guess_tokenizer_family(t()) for t in (opt_tokenizer, llama_tokenizer, t5_tokenizer)] == [
+        "opt",
+        "llama",
+        "t5",
+    ]
 
 
 def test_opt_llama_pairing_keeps_both_bos():
@@ -95,10 +99,15 @@ def test_word_converter_learns_a_linear_map_with_reference_defaults():
     source = torch.randn(12, 6, generator=g)
     true_w, true_b = torch.randn(5, 6, generator=g), torch.randn(5, generator=g)
     target = source @ true_w.T + true_b
-    pairs = TokenPairs(pairs=[([i, (i + 1) % 12, (i + 5) % 12], [i, (i + 1) % 12, (i + 5) % 12]) for i in range(12)],
-                       same_tokenizer=False, num_captions=12)
+    pairs = TokenPairs(
+        pairs=[([i, (i + 1) % 12, (i + 5) % 12], [i, (i + 1) % 12, (i + 5) % 12]) for i in range(12)],
+        same_tokenizer=False,
+        num_captions=12,
+    )
     steps = []
-    conv = train_word_converter(source, target, pairs, captions_per_batch=4, on_step=lambda e, s, l: steps.append((e, l)))
+    conv = train_word_converter(
+        source, target, pairs, captions_per_batch=4, on_step=lambda e, s, l: steps.append((e, l))
+    )
     assert isinstance(conv, WordConverter) and conv.bias is not None
     assert len(steps) == 8 * 3  # 8 epochs across families, 12 captions / 4 per batch
     assert steps[-1][1] < steps[0][1] and steps[-1][1] < 0.05
@@ -137,9 +146,18 @@ def test_build_target_model_inherits_vpg_and_merges_projector(family):
         from transformers import LlamaConfig
 
         tok = llama_tokenizer()
-        lm = AutoModelForCausalLM.from_config(LlamaConfig(
-            vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4,
-            num_key_value_heads=4, bos_token_id=1, eos_token_id=2))
+        lm = AutoModelForCausalLM.from_config(
+            LlamaConfig(
+                vocab_size=len(tok),
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                bos_token_id=1,
+                eos_token_id=2,
+            )
+        )
     else:
         tok = t5_tokenizer()
         lm = AutoModelForSeq2SeqLM.from_config(t5_text_config(len(tok), hidden=16))
@@ -156,13 +174,16 @@ def test_build_target_model_inherits_vpg_and_merges_projector(family):
     assert target.language_model is lm
     x = torch.randn(2, 32)
     with torch.no_grad():
-        torch.testing.assert_close(target.language_projection(x), converter(source.language_projection(x)), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            target.language_projection(x), converter(source.language_projection(x)), rtol=1e-5, atol=1e-6
+        )
     assert target.config.use_decoder_only_language_model == (family == "llama")
     if family == "llama":
         assert target.generation_config.eos_token_id == tok.convert_tokens_to_ids("\n")
 
-    proc = VPGTransProcessor(BlipImageProcessor(size={"height": 16, "width": 16}), tok,
-                             num_query_tokens=4, is_encoder_decoder=family == "t5")
+    proc = VPGTransProcessor(
+        BlipImageProcessor(size={"height": 16, "width": 16}), tok, num_query_tokens=4, is_encoder_decoder=family == "t5"
+    )
     batch = proc(images=[np.zeros((16, 16, 3), np.uint8)] * 2, text_target=["a red star", "a ring"])
     loss = target(**batch).loss
     assert torch.isfinite(loss)

@@ -141,15 +141,28 @@ class BoxAverageRecall(evaluate.Metric):
                 xywh = _xyxy_to_xywh(box, f"references[{i}][{j}]", positive_area=True)
                 area = xywh[2] * xywh[3] if reference_areas is None else float(reference_areas[i][j])
                 gt_anns.append(
-                    {"id": len(gt_anns) + 1, "image_id": i + 1, "category_id": int(cat), "bbox": xywh,
-                     "area": area, "iscrowd": 0}
+                    {
+                        "id": len(gt_anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": int(cat),
+                        "bbox": xywh,
+                        "area": area,
+                        "iscrowd": 0,
+                    }
                 )
             for j, box in enumerate(preds or []):
                 xywh = _xyxy_to_xywh(box, f"predictions[{i}][{j}]", positive_area=False)
                 # Groma turns every generated box into a detection with score 1.0.
                 dt_anns.append(
-                    {"id": len(dt_anns) + 1, "image_id": i + 1, "category_id": int(cat), "bbox": xywh,
-                     "area": xywh[2] * xywh[3], "score": 1.0, "iscrowd": 0}
+                    {
+                        "id": len(dt_anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": int(cat),
+                        "bbox": xywh,
+                        "area": xywh[2] * xywh[3],
+                        "score": 1.0,
+                        "iscrowd": 0,
+                    }
                 )
 
         coco_gt = _coco_from(images, categories, gt_anns)

@@ -16,18 +16,23 @@ class PinArguments:
 
     base_model: str | None = field(
         default=None,
-        metadata={"help": "Folder (or Hub id) of the frozen base VLM + its processor (BLIP-2 / VPGTrans). Default: "
-                  "the toy caption VL-LLM, toy asset 'vlm-caption'."},
-    )  # fmt: skip
+        metadata={
+            "help": "Folder (or Hub id) of the frozen base VLM + its processor (BLIP-2 / VPGTrans). Default: "
+            "the toy caption VL-LLM, toy asset 'vlm-caption'."
+        },
+    )
     methods: list[str] = field(
         default_factory=lambda: ["raw", "random", "full_image", "pin"],
         metadata={"help": f"Methods to run and compare, of {', '.join(METHODS)}."},
     )
     method: str | None = field(default=None, metadata={"help": "Run this one method only (overrides methods)."})
     objects_dir: str | None = field(
-        default=None, metadata={"help": "X-Paste-style object pool (category folders of RGBA cut-outs, or a json "
-                                "index) instead of the toy world's procedural objects."},
-    )  # fmt: skip
+        default=None,
+        metadata={
+            "help": "X-Paste-style object pool (category folders of RGBA cut-outs, or a json "
+            "index) instead of the toy world's procedural objects."
+        },
+    )
     backgrounds_dir: str | None = field(default=None, metadata={"help": "Folder of background images (BG-20k)."})
     held_out_categories: list[str] | None = field(
         default=None, metadata={"help": "With objects_dir: categories kept out of training (evaluated zero-shot)."}
@@ -38,9 +43,12 @@ class PinArguments:
     test_images: int = field(default=100, metadata={"help": "Test images of the held-out categories."})
     epochs: int = field(default=30, metadata={"help": "Passes over the training pool (the reference: 160 x 60k)."})
     name_reconstruction_fraction: float = field(
-        default=0.25, metadata={"help": "Fraction of the passes with exactly curriculum_num_objects objects and "
-                                "the loss also on the name (the reference: the first quarter)."},
-    )  # fmt: skip
+        default=0.25,
+        metadata={
+            "help": "Fraction of the passes with exactly curriculum_num_objects objects and "
+            "the loss also on the name (the reference: the first quarter)."
+        },
+    )
     curriculum_num_objects: int = field(default=3, metadata={"help": "Objects per image in the curriculum pool."})
     referral_probability: float = field(
         default=0.0, metadata={"help": "Share of box-only samples named positionally ('red star on the left')."}
@@ -62,23 +70,35 @@ class PinArguments:
     eval_batch_size: int = field(default=64)
     grid_columns: int = field(default=8, metadata={"help": "Samples per row of predictions.png."})
     eval_format: Literal["none", "toy", "voc", "coco", "lvis", "refcoco"] = field(
-        default="toy", metadata={"help": "Held-out evaluation set: 'toy' (test_images of the held-out categories), "
-                                 "a real set 'voc' | 'coco' | 'lvis' | 'refcoco' (images with <= 3 objects; RefCOCO "
-                                 "adds P@0.3), or 'none' (validation only)."},
-    )  # fmt: skip
+        default="toy",
+        metadata={
+            "help": "Held-out evaluation set: 'toy' (test_images of the held-out categories), "
+            "a real set 'voc' | 'coco' | 'lvis' | 'refcoco' (images with <= 3 objects; RefCOCO "
+            "adds P@0.3), or 'none' (validation only)."
+        },
+    )
     eval_annotations: str | None = field(
-        default=None, metadata={"help": "voc: the VOC2007 folder (Annotations/, ImageSets/Main/, JPEGImages/); coco: "
-                                "instances_val2017.json; lvis: lvis_v1_val.json; refcoco: refs(unc).p / a json "
-                                "refs list / their folder, with instances.json beside it."},
-    )  # fmt: skip
+        default=None,
+        metadata={
+            "help": "voc: the VOC2007 folder (Annotations/, ImageSets/Main/, JPEGImages/); coco: "
+            "instances_val2017.json; lvis: lvis_v1_val.json; refcoco: refs(unc).p / a json "
+            "refs list / their folder, with instances.json beside it."
+        },
+    )
     eval_images: str | None = field(
-        default=None, metadata={"help": "Image folder of the real set (voc: default <eval_annotations>/JPEGImages; "
-                                "lvis: the COCO root with train2017/ and val2017/; refcoco: COCO train2014)."},
-    )  # fmt: skip
+        default=None,
+        metadata={
+            "help": "Image folder of the real set (voc: default <eval_annotations>/JPEGImages; "
+            "lvis: the COCO root with train2017/ and val2017/; refcoco: COCO train2014)."
+        },
+    )
     eval_split: str | None = field(
-        default=None, metadata={"help": "voc: ImageSets/Main/<split>.txt (default test); refcoco: val | testA | "
-                                "testB (default testA, as the paper)."},
-    )  # fmt: skip
+        default=None,
+        metadata={
+            "help": "voc: ImageSets/Main/<split>.txt (default test); refcoco: val | testA | "
+            "testB (default testA, as the paper)."
+        },
+    )
     eval_max_images: int | None = field(default=None, metadata={"help": "Evaluate the first N kept images only."})
     eval_allow_pickle: bool = field(
         default=False, metadata={"help": "Allow reading the pickled refs(unc).p of RefCOCO (plain data only)."}
@@ -117,5 +137,7 @@ def selected_methods(pin_args: PinArguments) -> list[str]:
     for m in methods:
         check_method(m)
     if pin_args.feature_cache_dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"feature_cache_dtype must be float32, float16 or bfloat16, got {pin_args.feature_cache_dtype!r}")
+        raise ValueError(
+            f"feature_cache_dtype must be float32, float16 or bfloat16, got {pin_args.feature_cache_dtype!r}"
+        )
     return methods

@@ -178,18 +178,27 @@ class PeftBaseline(nn.Module):
         if vision_embeds is not None and not self.supports_feature_cache:
             self.encode_images(None)  # raises the explanation
         return self.localizer(
-            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-            use_pin=False, vision_embeds=vision_embeds, **kw,
-        )  # fmt: skip
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            use_pin=False,
+            vision_embeds=vision_embeds,
+            **kw,
+        )
 
     @torch.no_grad()
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, vision_embeds=None, **kw):
         if vision_embeds is not None and not self.supports_feature_cache:
             self.encode_images(None)
         return self.localizer.generate(
-            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, use_pin=False,
-            vision_embeds=vision_embeds, **kw,
-        )  # fmt: skip
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_pin=False,
+            vision_embeds=vision_embeds,
+            **kw,
+        )
 
 
 def coop_text_prefix(slot_token: str, num_tokens: int) -> str:
@@ -214,4 +223,3 @@ def random_training_boxes(train_boxes: list[list[float]], count: int, seed: int)
 def full_image_box(height: float, width: float) -> list[float]:
     """The "full image" baseline's box `[0, 0, width, height]` (toy objects are large; the box to beat)."""
     return [0.0, 0.0, float(width), float(height)]
-

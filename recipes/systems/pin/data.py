@@ -139,8 +139,12 @@ def referral_name(objects: list[tuple[str, list[float]]], index: int, rng: np.ra
         return None
     centres = np.array([[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for _, b in objects])
     words = []
-    for word, axis, pick in (("left", 0, np.argmin), ("right", 0, np.argmax), ("top", 1, np.argmin),
-                             ("bottom", 1, np.argmax)):  # fmt: skip
+    for word, axis, pick in (
+        ("left", 0, np.argmin),
+        ("right", 0, np.argmax),
+        ("top", 1, np.argmin),
+        ("bottom", 1, np.argmax),
+    ):
         values = centres[:, axis]
         extreme = values[pick(values)]
         if pick(values) == index and np.sum(values == extreme) == 1:
@@ -205,7 +209,7 @@ class PinTrainingSet(Dataset):
         return self.epochs * self.pool_size
 
     def phase(self, epoch: int) -> str:
-        """"curriculum" (3 objects, name reconstruction) or "main" (1–3 objects, box only)."""
+        """ "curriculum" (3 objects, name reconstruction) or "main" (1–3 objects, box only)."""
         return "curriculum" if epoch < self.name_reconstruction_epochs else "main"
 
     def __getitem__(self, k: int) -> dict:
@@ -268,16 +272,19 @@ class PinCollator:
         encoded = {}
         for flag, idx in groups.items():
             encoded[flag] = self.processor(
-                images=[items[i]["image"] for i in idx], objects=[items[i]["name"] for i in idx],
-                boxes=[items[i]["box"] for i in idx], reconstruct_name=flag, padding_side="right",
-            )  # fmt: skip
+                images=[items[i]["image"] for i in idx],
+                objects=[items[i]["name"] for i in idx],
+                boxes=[items[i]["box"] for i in idx],
+                reconstruct_name=flag,
+                padding_side="right",
+            )
         length = max(batch["input_ids"].shape[1] for batch in encoded.values())
         pad_id = self.processor.tokenizer.pad_token_id
         rows = {}
         for flag, idx in groups.items():
             batch = encoded[flag]
             extra = length - batch["input_ids"].shape[1]
-            pad = lambda t, value: torch.nn.functional.pad(t, (0, extra), value=value)  # noqa: E731
+            pad = lambda t, value: torch.nn.functional.pad(t, (0, extra), value=value)
             parts = (pad(batch["input_ids"], pad_id), pad(batch["attention_mask"], 0), pad(batch["labels"], -100))
             for row, i in enumerate(idx):
                 rows[i] = (parts[0][row], parts[1][row], parts[2][row], batch["pixel_values"][row])
@@ -337,7 +344,9 @@ def scene_sources(pin_args, image_size: int, grid_size: int):
         for name in ("objects_dir", "backgrounds_dir"):
             value = getattr(pin_args, name)
             if not value or not Path(value).is_dir() and not Path(value).is_file():
-                raise FileNotFoundError(f"--{name} {value!r} does not exist (give both objects_dir and backgrounds_dir)")
+                raise FileNotFoundError(
+                    f"--{name} {value!r} does not exist (give both objects_dir and backgrounds_dir)"
+                )
         objects = toyworld.FolderObjects(pin_args.objects_dir, seed=seed)
         held = list(pin_args.held_out_categories or [])
         unknown = sorted(set(held) - set(objects.categories))
@@ -345,9 +354,11 @@ def scene_sources(pin_args, image_size: int, grid_size: int):
             raise ValueError(f"held_out_categories {unknown} are not categories of {pin_args.objects_dir}")
         train = [c for c in objects.categories if c not in held]
         split = toyworld.CategorySplit(train=train, held_out=held)
-        kwargs.update(objects=objects, backgrounds=toyworld.FolderBackgrounds(pin_args.backgrounds_dir), category_split=split)
+        kwargs.update(
+            objects=objects, backgrounds=toyworld.FolderBackgrounds(pin_args.backgrounds_dir), category_split=split
+        )
     else:
         split = toyworld.DEFAULT_SPLIT
-    make = lambda s, which: toyworld.ToyWorld(s, split=which, **kwargs)  # noqa: E731
+    make = lambda s, which: toyworld.ToyWorld(s, split=which, **kwargs)
     # Distinct seeds: validation images are new images of the training categories.
     return make(seed, "train"), make(seed + 1, "train"), make(seed + 2, "held_out"), split.train, split.held_out

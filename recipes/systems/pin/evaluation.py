@@ -101,8 +101,9 @@ def constant_predictions(method: str, samples: list[EvalSample], train_boxes, im
         boxes = []
         for s, box in zip(samples, picks):
             h, w = s.size_hw
-            boxes.append([box[0] * w / image_size, box[1] * h / image_size, box[2] * w / image_size,
-                          box[3] * h / image_size])  # fmt: skip
+            boxes.append(
+                [box[0] * w / image_size, box[1] * h / image_size, box[2] * w / image_size, box[3] * h / image_size]
+            )
     else:
         raise ValueError(f"constant_predictions handles 'random' and 'full_image', got {method!r}")
     return [{"box": b, "parsed": True, "text": ""} for b in boxes]
@@ -208,7 +209,7 @@ def prediction_grid(
             tile = image.convert("RGB").resize((cell, cell))
             tdraw = ImageDraw.Draw(tile)
             sx, sy = cell / w, cell / h
-            scale = lambda b: [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]  # noqa: E731
+            scale = lambda b: [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]
             tdraw.rectangle(scale(sample.box), outline=(0, 200, 0), width=2)
             tdraw.rectangle(scale(pred["box"]), outline=(230, 0, 0), width=2 if pred["parsed"] else 1)
             tdraw.text((2, cell - 12), sample.name[:24], fill=(255, 255, 255))

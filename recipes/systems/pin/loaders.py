@@ -77,7 +77,7 @@ def squash_box(box, size_hw: tuple[int, int], image_size: int) -> list[float]:
     """An xyxy pixel box on an image of `size_hw` (height, width) -> the S×S squashed image, clipped to it."""
     h, w = size_hw
     sx, sy = image_size / w, image_size / h
-    clip = lambda v: min(max(float(v), 0.0), float(image_size))  # noqa: E731
+    clip = lambda v: min(max(float(v), 0.0), float(image_size))
     return [clip(box[0] * sx), clip(box[1] * sy), clip(box[2] * sx), clip(box[3] * sy)]
 
 
@@ -126,8 +126,9 @@ def _keep_by_count(records: list[_ImageRecord], max_objects: int, source: str) -
     return kept
 
 
-def _materialise(records: list[_ImageRecord], image_size: int, max_images: int | None, source: str,
-                 resample: int) -> list[AnnotatedSample]:  # fmt: skip
+def _materialise(
+    records: list[_ImageRecord], image_size: int, max_images: int | None, source: str, resample: int
+) -> list[AnnotatedSample]:
     """Load, squash and prompt every object of the first `max_images` records (all when None)."""
     if not (isinstance(image_size, int) and image_size > 0):
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
@@ -161,8 +162,16 @@ def _materialise(records: list[_ImageRecord], image_size: int, max_images: int |
             if box[2] <= box[0] or box[3] <= box[1]:
                 dropped += 1
                 continue
-            samples.append(AnnotatedSample(image=squashed, name=name, box=box, image_id=record.image_id,
-                                           original_size_hw=size_hw, file_name=str(path)))  # fmt: skip
+            samples.append(
+                AnnotatedSample(
+                    image=squashed,
+                    name=name,
+                    box=box,
+                    image_id=record.image_id,
+                    original_size_hw=size_hw,
+                    file_name=str(path),
+                )
+            )
     if dropped:
         logger.warning("%s: dropped %d boxes with no area inside their image", source, dropped)
     if not samples:
@@ -174,8 +183,15 @@ def _materialise(records: list[_ImageRecord], image_size: int, max_images: int |
 # ---------------------------------------------------------------------------------------------- VOC
 
 
-def load_voc(root, image_size: int, split: str = "test", images_dir=None, max_objects: int = 3,
-             max_images: int | None = None, resample: int = Image.BILINEAR) -> list[AnnotatedSample]:  # fmt: skip
+def load_voc(
+    root,
+    image_size: int,
+    split: str = "test",
+    images_dir=None,
+    max_objects: int = 3,
+    max_images: int | None = None,
+    resample: int = Image.BILINEAR,
+) -> list[AnnotatedSample]:
     """PASCAL VOC detection (e.g. `VOCdevkit/VOC2007`): the images of `ImageSets/Main/<split>.txt` with 1 to
     `max_objects` objects, one sample per object (difficult ones included, as the reference)."""
     root = _need_dir(root, "the VOC folder (eval_annotations)")
@@ -220,8 +236,10 @@ def _instances_records(data: dict, path: Path, names: dict, image_paths, sort_id
     by_image = defaultdict(list)
     for ann in data["annotations"]:
         if ann.get("category_id") not in names:
-            raise ValueError(f"{path}: annotation {ann.get('id')!r} has category_id {ann.get('category_id')!r}, "
-                             "which is not in categories")  # fmt: skip
+            raise ValueError(
+                f"{path}: annotation {ann.get('id')!r} has category_id {ann.get('category_id')!r}, "
+                "which is not in categories"
+            )
         bbox = ann.get("bbox")
         if bbox is None or len(bbox) != 4:
             raise ValueError(f"{path}: annotation {ann.get('id')!r} has no [x, y, w, h] bbox")
@@ -235,8 +253,14 @@ def _instances_records(data: dict, path: Path, names: dict, image_paths, sort_id
     return records
 
 
-def load_coco(annotations, images_dir, image_size: int, max_objects: int = 3, max_images: int | None = None,
-              resample: int = Image.BILINEAR) -> list[AnnotatedSample]:  # fmt: skip
+def load_coco(
+    annotations,
+    images_dir,
+    image_size: int,
+    max_objects: int = 3,
+    max_images: int | None = None,
+    resample: int = Image.BILINEAR,
+) -> list[AnnotatedSample]:
     """COCO instances json (e.g. `instances_val2017.json`): images with 1 to `max_objects` annotations (crowd
     ones counted and prompted, as the reference), in image-id order; names from `categories`."""
     path = Path(annotations)
@@ -244,12 +268,19 @@ def load_coco(annotations, images_dir, image_size: int, max_objects: int = 3, ma
     images_dir = _need_dir(images_dir, "the COCO image folder (eval_images)")
     names = {c["id"]: c["name"] for c in data["categories"]}
     records = _instances_records(data, path, names, lambda im: [images_dir / im["file_name"]], sort_ids=True)
-    return _materialise(_keep_by_count(records, max_objects, f"COCO {path}"), image_size, max_images,
-                        f"COCO {path.name}", resample)  # fmt: skip
+    return _materialise(
+        _keep_by_count(records, max_objects, f"COCO {path}"), image_size, max_images, f"COCO {path.name}", resample
+    )
 
 
-def load_lvis(annotations, images_dir, image_size: int, max_objects: int = 3, max_images: int | None = None,
-              resample: int = Image.BILINEAR) -> list[AnnotatedSample]:  # fmt: skip
+def load_lvis(
+    annotations,
+    images_dir,
+    image_size: int,
+    max_objects: int = 3,
+    max_images: int | None = None,
+    resample: int = Image.BILINEAR,
+) -> list[AnnotatedSample]:
     """LVIS json (e.g. `lvis_v1_val.json`): images with 1 to `max_objects` annotations, in file order.
 
     LVIS v1 images have no `file_name`: the file and its COCO folder come from `coco_url`
@@ -270,8 +301,9 @@ def load_lvis(annotations, images_dir, image_size: int, max_objects: int = 3, ma
         return [images_dir / folder / file, images_dir / file]
 
     records = _instances_records(data, path, names, image_paths, sort_ids=False)
-    return _materialise(_keep_by_count(records, max_objects, f"LVIS {path}"), image_size, max_images,
-                        f"LVIS {path.name}", resample)  # fmt: skip
+    return _materialise(
+        _keep_by_count(records, max_objects, f"LVIS {path}"), image_size, max_images, f"LVIS {path.name}", resample
+    )
 
 
 # ---------------------------------------------------------------------------------------------- RefCOCO
@@ -320,15 +352,26 @@ def _load_refs(path: Path, allow_pickle: bool) -> list[dict]:
     else:
         raise ValueError(f"{path}: RefCOCO refs must be a .json or a .p pickle file")
     needed = ("image_id", "ann_id", "split", "sentences")
-    if not isinstance(refs, list) or not refs or not all(isinstance(r, dict) and all(k in r for k in needed)
-                                                         for r in refs):  # fmt: skip
+    if (
+        not isinstance(refs, list)
+        or not refs
+        or not all(isinstance(r, dict) and all(k in r for k in needed) for r in refs)
+    ):
         raise ValueError(f"{path} is not a RefCOCO refs list: each ref needs the keys {list(needed)}")
     return refs
 
 
-def load_refcoco(refs, images_dir, image_size: int, split: str = "testA", instances=None, allow_pickle: bool = False,
-                 sentences: str = "last", max_images: int | None = None,
-                 resample: int = Image.BILINEAR) -> list[AnnotatedSample]:  # fmt: skip
+def load_refcoco(
+    refs,
+    images_dir,
+    image_size: int,
+    split: str = "testA",
+    instances=None,
+    allow_pickle: bool = False,
+    sentences: str = "last",
+    max_images: int | None = None,
+    resample: int = Image.BILINEAR,
+) -> list[AnnotatedSample]:
     """RefCOCO / RefCOCO+ / RefCOCOg: the refs of `split`, their boxes from `instances.json`, the expression as
     the object text.
 
@@ -357,8 +400,10 @@ def load_refcoco(refs, images_dir, image_size: int, split: str = "testA", instan
     by_image: dict = {}
     for ref in chosen:
         if ref["ann_id"] not in boxes or ref["image_id"] not in images:
-            raise ValueError(f"ref {ref.get('ref_id')!r}: ann_id {ref['ann_id']!r} or image_id {ref['image_id']!r} "
-                             f"is not in {instances}")  # fmt: skip
+            raise ValueError(
+                f"ref {ref.get('ref_id')!r}: ann_id {ref['ann_id']!r} or image_id {ref['image_id']!r} "
+                f"is not in {instances}"
+            )
         x, y, w, h = (float(v) for v in boxes[ref["ann_id"]])
         texts = [s.get("raw", s.get("sent", "")).strip() for s in ref["sentences"]]
         texts = texts[-1:] if sentences == "last" else texts
@@ -372,8 +417,9 @@ def load_refcoco(refs, images_dir, image_size: int, split: str = "testA", instan
     return _materialise(list(by_image.values()), image_size, max_images, f"RefCOCO {refs_path.name} {split}", resample)
 
 
-def referring_precision(predictions: list[dict], samples: list[EvalSample],
-                        iou_threshold: float = REFERRING_IOU_THRESHOLD) -> dict:  # fmt: skip
+def referring_precision(
+    predictions: list[dict], samples: list[EvalSample], iou_threshold: float = REFERRING_IOU_THRESHOLD
+) -> dict:
     """P@`iou_threshold` (`rec_accuracy`, IoU strictly above the threshold) of predicted boxes (in each sample's
     own pixel space, as `pin_eval.predict` returns them); an unparsed answer scores with its fallback box, as in
     the reference. Returns {"p@0.3": accuracy, "rec_miou": mean IoU}."""
@@ -388,16 +434,25 @@ def referring_precision(predictions: list[dict], samples: list[EvalSample],
 # ---------------------------------------------------------------------------------------------- entry points
 
 
-def load_eval_samples(eval_format: str, annotations, images, image_size: int, split: str | None = None,
-                      max_images: int | None = None, allow_pickle: bool = False,
-                      resample: int = Image.BILINEAR) -> list[AnnotatedSample]:  # fmt: skip
+def load_eval_samples(
+    eval_format: str,
+    annotations,
+    images,
+    image_size: int,
+    split: str | None = None,
+    max_images: int | None = None,
+    allow_pickle: bool = False,
+    resample: int = Image.BILINEAR,
+) -> list[AnnotatedSample]:
     """The real evaluation set `eval_format` ("voc", "coco", "lvis", "refcoco"); `annotations` / `images` as
     in the table of this module; `split` defaults to VOC "test" and RefCOCO "testA" (and is an error for COCO
     and LVIS, whose json is the split)."""
     if eval_format not in REAL_FORMATS:
         raise ValueError(f"unknown evaluation data format {eval_format!r}; real formats: {', '.join(REAL_FORMATS)}")
     if not annotations:
-        raise ValueError(f"eval_format {eval_format!r} needs eval_annotations (see groundvlm.recipes.systems.pin.loaders)")
+        raise ValueError(
+            f"eval_format {eval_format!r} needs eval_annotations (see groundvlm.recipes.systems.pin.loaders)"
+        )
     if split is not None and eval_format in ("coco", "lvis"):
         raise ValueError(f"eval_split does not apply to {eval_format}: the annotation file is the split")
     split = split or DEFAULT_SPLITS.get(eval_format)
@@ -419,10 +474,17 @@ def prediction_records(samples: list[AnnotatedSample], predictions: list[dict]) 
     if len(predictions) != len(samples):
         raise ValueError(f"{len(predictions)} predictions for {len(samples)} samples")
     return [
-        {"image_id": s.image_id, "file_name": s.file_name, "name": s.name, "gt_box": s.to_original(s.box),
-         "box": s.to_original(p["box"]), "parsed": p["parsed"], "text": p["text"]}
+        {
+            "image_id": s.image_id,
+            "file_name": s.file_name,
+            "name": s.name,
+            "gt_box": s.to_original(s.box),
+            "box": s.to_original(p["box"]),
+            "parsed": p["parsed"],
+            "text": p["text"],
+        }
         for s, p in zip(samples, predictions)
-    ]  # fmt: skip
+    ]
 
 
 __all__ = [

@@ -76,7 +76,9 @@ class PinRun:
     base_path: str
 
 
-def run_methods(run_args, pin_args: PinArguments, training_args: PinTrainingArguments, run_dir: Path, methods: list[str]) -> PinRun:
+def run_methods(
+    run_args, pin_args: PinArguments, training_args: PinTrainingArguments, run_dir: Path, methods: list[str]
+) -> PinRun:
     """Load the base, compose the pools, train every trained method in `<run_dir>/<method>/` (resuming there) and
     evaluate every method on validation and the held-out set; each method's entry also goes to `metrics.json`."""
     device = training_args.device
@@ -87,20 +89,36 @@ def run_methods(run_args, pin_args: PinArguments, training_args: PinTrainingArgu
 
     train_src, val_src, test_src, train_cats, held_cats = scene_sources(pin_args, size, processor.grid_size)
     name_epochs = round(pin_args.epochs * pin_args.name_reconstruction_fraction)
-    logger.info("Composing %d + %d training scenes of %d categories", pin_args.train_images,
-                pin_args.train_images if name_epochs else 0, len(train_cats))  # fmt: skip
+    logger.info(
+        "Composing %d + %d training scenes of %d categories",
+        pin_args.train_images,
+        pin_args.train_images if name_epochs else 0,
+        len(train_cats),
+    )
     main_pool = build_pool(train_src, pin_args.train_images, train_cats, progress=True)
     curriculum_pool = (
-        build_pool(train_src, pin_args.train_images, train_cats, num_objects=pin_args.curriculum_num_objects,
-                   start=10**8, progress=True)  # fmt: skip
-        if name_epochs else None
+        build_pool(
+            train_src,
+            pin_args.train_images,
+            train_cats,
+            num_objects=pin_args.curriculum_num_objects,
+            start=10**8,
+            progress=True,
+        )
+        if name_epochs
+        else None
     )
     val_samples = samples_from_pool(build_pool(val_src, pin_args.val_images, train_cats))
     if pin_args.eval_format in REAL_FORMATS:
         test_samples = load_eval_samples(
-            pin_args.eval_format, pin_args.eval_annotations, pin_args.eval_images, size, split=pin_args.eval_split,
-            max_images=pin_args.eval_max_images, allow_pickle=pin_args.eval_allow_pickle,
-        )  # fmt: skip
+            pin_args.eval_format,
+            pin_args.eval_annotations,
+            pin_args.eval_images,
+            size,
+            split=pin_args.eval_split,
+            max_images=pin_args.eval_max_images,
+            allow_pickle=pin_args.eval_allow_pickle,
+        )
     elif pin_args.eval_format == "toy":
         test_samples = samples_from_pool(build_pool(test_src, pin_args.test_images, held_cats))
     else:
@@ -119,8 +137,9 @@ def run_methods(run_args, pin_args: PinArguments, training_args: PinTrainingArgu
         encoder = PinForLocalization.from_base(base)
         features = {
             name: build_feature_cache(encoder, processor.image_processor, pool.images, dtype=cache_dtype, progress=True)
-            for name, pool in (("main", main_pool), ("curriculum", curriculum_pool)) if pool is not None
-        }  # fmt: skip
+            for name, pool in (("main", main_pool), ("curriculum", curriculum_pool))
+            if pool is not None
+        }
         del encoder
 
     results, predictions = {}, {}
@@ -143,11 +162,15 @@ def run_methods(run_args, pin_args: PinArguments, training_args: PinTrainingArgu
             entry["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
             cached = features is not None and method in CACHEABLE_METHODS
             dataset = PinTrainingSet(
-                main_pool, pin_args.epochs, curriculum_pool=curriculum_pool, name_reconstruction_epochs=name_epochs,
-                seed=training_args.seed, main_features=features["main"] if cached else None,
+                main_pool,
+                pin_args.epochs,
+                curriculum_pool=curriculum_pool,
+                name_reconstruction_epochs=name_epochs,
+                seed=training_args.seed,
+                main_features=features["main"] if cached else None,
                 curriculum_features=features.get("curriculum") if cached else None,
                 referral_probability=pin_args.referral_probability,
-            )  # fmt: skip
+            )
             args = copy.deepcopy(training_args)
             args.output_dir = str(run_dir / method)
             args.num_train_epochs = 1  # one pass over PinTrainingSet = `epochs` passes over the pool
@@ -164,8 +187,16 @@ def run_methods(run_args, pin_args: PinArguments, training_args: PinTrainingArgu
             entry["trainable_parameters"] = 0
         use_pin = {"pin": True, "raw": False}.get(method)
         for split, samples in eval_sets:
-            preds = predict(model, proc, samples, batch_size=pin_args.eval_batch_size, num_beams=pin_args.num_beams,
-                            max_new_tokens=pin_args.max_new_tokens, use_pin=use_pin, progress=True)  # fmt: skip
+            preds = predict(
+                model,
+                proc,
+                samples,
+                batch_size=pin_args.eval_batch_size,
+                num_beams=pin_args.num_beams,
+                max_new_tokens=pin_args.max_new_tokens,
+                use_pin=use_pin,
+                progress=True,
+            )
             entry[split] = score_split(split, preds, samples)
         predictions[method] = preds
         results[method] = entry

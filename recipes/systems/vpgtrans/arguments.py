@@ -51,7 +51,9 @@ class VPGTransModelArguments:
     vision_model: str | None = field(
         default=None, metadata={"help": "ViT folder (Blip2VisionModel + image processor) for tfs / qformer_pretrain."}
     )
-    init_model: str | None = field(default=None, metadata={"help": "VL-LLM folder to start from (stage1, stage2, eval)."})
+    init_model: str | None = field(
+        default=None, metadata={"help": "VL-LLM folder to start from (stage1, stage2, eval)."}
+    )
     qformer_init: str | None = field(
         default=None, metadata={"help": f"{QFORMER_WEIGHTS_NAME} (qformer_pretrain output) for tfs."}
     )
@@ -84,8 +86,12 @@ class VPGTransTrainingArguments(TrainingArguments):
     VPGTrans experiments: the frozen-LLM premise)."""
 
     min_lr: float = 1e-5
-    warmup_lr: float | None = field(default=None, metadata={"help": "LR at step 0 of the warm-up (default: no warm-up)."})
-    stage1_lr_multiplier: float = field(default=5.0, metadata={"help": "Stage 1 runs at this x learning_rate, constant."})
+    warmup_lr: float | None = field(
+        default=None, metadata={"help": "LR at step 0 of the warm-up (default: no warm-up)."}
+    )
+    stage1_lr_multiplier: float = field(
+        default=5.0, metadata={"help": "Stage 1 runs at this x learning_rate, constant."}
+    )
     iters_per_inner_epoch: int | None = field(
         default=None, metadata={"help": "Optimizer steps per inner epoch (default: one pass over the data)."}
     )

@@ -65,7 +65,9 @@ def object_name_recall(captions: list[str], scene_objects: list[list[str]]) -> f
 
 
 @torch.no_grad()
-def caption_checks(model, processor, n_images: int = 200, seed: int = 10_000, split: str = "all", batch_size: int = 32) -> dict:
+def caption_checks(
+    model, processor, n_images: int = 200, seed: int = 10_000, split: str = "all", batch_size: int = 32
+) -> dict:
     """Greedy captions of `n_images` toy scenes the captioner never trained on (another seed):
     name recall, plus the raw box-parse rate of PIN's prompt on each object ("In the image is a {name} located at")."""
     from groundvlm.recipes.toyworld import ToyWorld, texts
@@ -116,8 +118,14 @@ def _run_stage(args: list[str]):
     return run_stage(run_args, script_args, model_args, eval_args, training_args, run_dir)
 
 
-def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain: bool = False, frozen_lm: bool = False,
-                      extra_args: list[str] | None = None, eval_images: int | None = None) -> Path:  # fmt: skip
+def build_caption_vlm(
+    out_dir: str | Path,
+    preset: str = "cpu",
+    qformer_pretrain: bool = False,
+    frozen_lm: bool = False,
+    extra_args: list[str] | None = None,
+    eval_images: int | None = None,
+) -> Path:
     """Train the caption-only toy VL-LLM into `out_dir/model` and write `out_dir/captioner.json`.
 
     Runs the `tfs` stage with config `captioner_<preset>` (and first `qformer_pretrain` when asked). `frozen_lm` keeps the LLM frozen (the VPGTrans premise; expect colours to collapse without the
@@ -133,7 +141,16 @@ def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain
     tfs_args = ["--stage", "tfs", "--config", config, "--output_dir", str(out_dir / "tfs"), "--preset", asset_preset]
     if qformer_pretrain:
         qf_dir = out_dir / "qformer_pretrain"
-        qf_args = ["--stage", "qformer_pretrain", "--config", qformer_config, "--output_dir", str(qf_dir), "--preset", asset_preset]
+        qf_args = [
+            "--stage",
+            "qformer_pretrain",
+            "--config",
+            qformer_config,
+            "--output_dir",
+            str(qf_dir),
+            "--preset",
+            asset_preset,
+        ]
         if preset == "gpu-small":
             qf_args += ["--qformer_hidden_size", "128"]
         _run_stage(qf_args + extra)
@@ -145,11 +162,14 @@ def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
     seconds = time.time() - start
-    checks = {"held_out_images": caption_checks(model, processor, eval_images, split="all"),
-              "held_out_categories": caption_checks(model, processor, max(eval_images // 2, 1), split="held_out")}  # fmt: skip
+    checks = {
+        "held_out_images": caption_checks(model, processor, eval_images, split="all"),
+        "held_out_categories": caption_checks(model, processor, max(eval_images // 2, 1), split="held_out"),
+    }
     report = {
         "command": f"python -m groundvlm.recipes.systems.vpgtrans.captioner --preset {preset}"
-        + (" --qformer_pretrain" if qformer_pretrain else "") + (" --frozen_lm" if frozen_lm else ""),
+        + (" --qformer_pretrain" if qformer_pretrain else "")
+        + (" --frozen_lm" if frozen_lm else ""),
         "commit": git_commit(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "seed": yaml.safe_load((out_dir / "tfs" / "config.yaml").read_text(encoding="utf-8"))["seed"],
@@ -185,7 +205,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="default runs/vpgtrans/captioner_<preset>")
     parser.add_argument("--qformer_pretrain", action="store_true")
     parser.add_argument("--frozen_lm", action="store_true")
-    parser.add_argument("--eval_images", type=int, default=None, help="images for the checks (default 100 cpu, 200 gpu)")
+    parser.add_argument(
+        "--eval_images", type=int, default=None, help="images for the checks (default 100 cpu, 200 gpu)"
+    )
     args, extra = parser.parse_known_args(argv)
     out = args.out or f"runs/vpgtrans/captioner_{args.preset}"
     build_caption_vlm(out, args.preset, args.qformer_pretrain, args.frozen_lm, extra, args.eval_images)

@@ -66,8 +66,12 @@ class _LazyImages(Dataset):
         return record
 
 
-def load_coco_karpathy(annotation_file: str | os.PathLike, image_root: str | os.PathLike, split: str | None = None,
-                       train: bool | None = None) -> Dataset:  # fmt: skip
+def load_coco_karpathy(
+    annotation_file: str | os.PathLike,
+    image_root: str | os.PathLike,
+    split: str | None = None,
+    train: bool | None = None,
+) -> Dataset:
     """COCO captions in the Karpathy split.
 
     Two layouts are read:
@@ -90,13 +94,18 @@ def load_coco_karpathy(annotation_file: str | os.PathLike, image_root: str | os.
         for img in data["images"]:
             if img.get("split") in wanted:
                 key = str(img.get("cocoid", img["filename"]))
-                per_image[key] = (root / img.get("filepath", "") / img["filename"], [s["raw"] for s in img["sentences"]])
+                per_image[key] = (
+                    root / img.get("filepath", "") / img["filename"],
+                    [s["raw"] for s in img["sentences"]],
+                )
         if train is None:
             train = split == "train"
     elif isinstance(data, list):
         for record in data:
             if "image" not in record or "caption" not in record:
-                raise ValueError(f"{annotation_file}: a LAVIS Karpathy record needs 'image' and 'caption', got {sorted(record)}.")
+                raise ValueError(
+                    f"{annotation_file}: a LAVIS Karpathy record needs 'image' and 'caption', got {sorted(record)}."
+                )
             caps = record["caption"] if isinstance(record["caption"], list) else [record["caption"]]
             key = str(record.get("image_id", record["image"]))
             entry = per_image.setdefault(key, (root / record["image"], []))
@@ -108,14 +117,22 @@ def load_coco_karpathy(annotation_file: str | os.PathLike, image_root: str | os.
     if not per_image:
         raise ValueError(f"{annotation_file} holds no captions" + (f" for split {split!r}." if split else "."))
     if train:
-        records = [{"image_path": path, "text": pre_caption(c, max_words=50)} for path, caps in per_image.values() for c in caps]
+        records = [
+            {"image_path": path, "text": pre_caption(c, max_words=50)}
+            for path, caps in per_image.values()
+            for c in caps
+        ]
     else:
         records = [{"image_path": path, "references": caps, "image_id": key} for key, (path, caps) in per_image.items()]
     return _LazyImages(records)
 
 
-def load_vqa(questions_file: str | os.PathLike, annotations_file: str | os.PathLike, image_root: str | os.PathLike,
-             image_name: str = "COCO_{subtype}_{image_id:012d}.jpg") -> Dataset:  # fmt: skip
+def load_vqa(
+    questions_file: str | os.PathLike,
+    annotations_file: str | os.PathLike,
+    image_root: str | os.PathLike,
+    image_name: str = "COCO_{subtype}_{image_id:012d}.jpg",
+) -> Dataset:
     """VQAv2 / OK-VQA evaluation examples from the official question + annotation jsons.
 
     The answers of a question are its (usually 10) human `answers[*].answer`, which VQA accuracy scores against.
@@ -131,10 +148,14 @@ def load_vqa(questions_file: str | os.PathLike, annotations_file: str | os.PathL
         if q["question_id"] not in answers:
             raise ValueError(f"Question {q['question_id']} has no annotation in {annotations_file}.")
         name = image_name.format(subtype=subtype, image_id=q["image_id"])
-        records.append({
-            "image_path": Path(image_root) / name, "question": q["question"],
-            "answers": answers[q["question_id"]], "question_id": str(q["question_id"]),
-        })  # fmt: skip
+        records.append(
+            {
+                "image_path": Path(image_root) / name,
+                "question": q["question"],
+                "answers": answers[q["question_id"]],
+                "question_id": str(q["question_id"]),
+            }
+        )
     if not records:
         raise ValueError(f"{questions_file} holds no questions.")
     return _LazyImages(records)
@@ -147,10 +168,14 @@ def load_gqa(questions_file: str | os.PathLike, image_root: str | os.PathLike) -
     if not isinstance(data, dict) or not all(isinstance(v, dict) and "imageId" in v for v in data.values()):
         raise ValueError(f"{questions_file} is not a GQA balanced questions json ({{qid: {{'imageId', ...}}}}).")
     records = [
-        {"image_path": Path(image_root) / f"{q['imageId']}.jpg", "question": q["question"], "answers": [q["answer"]],
-         "question_id": str(qid)}
+        {
+            "image_path": Path(image_root) / f"{q['imageId']}.jpg",
+            "question": q["question"],
+            "answers": [q["answer"]],
+            "question_id": str(qid),
+        }
         for qid, q in data.items()
-    ]  # fmt: skip
+    ]
     if not records:
         raise ValueError(f"{questions_file} holds no questions.")
     return _LazyImages(records)
@@ -182,8 +207,15 @@ class ToyCaptions(_ToyScenes):
     """Toy caption data. `references=0`: training examples `{"image", "text"}` (one caption, as drawn for this
     index); `references=k`: evaluation examples `{"image", "references": k captions, "image_id"}`."""
 
-    def __init__(self, size: int, split: str = "train", seed: int = 0, offset: int = 0, references: int = 0,
-                 image_size: int = 112):  # fmt: skip
+    def __init__(
+        self,
+        size: int,
+        split: str = "train",
+        seed: int = 0,
+        offset: int = 0,
+        references: int = 0,
+        image_size: int = 112,
+    ):
         super().__init__(size, split, seed, offset, image_size)
         self.references = references
 
@@ -207,8 +239,12 @@ class ToyVQA(_ToyScenes):
         scene, rng = self._scene(index)
         qas = texts.vqa(scene, rng)
         question, answer, _kind = qas[int(rng.integers(len(qas)))]
-        return {"image": scene.image.convert("RGB"), "question": question, "answers": [answer],
-                "question_id": str(self.offset + index)}  # fmt: skip
+        return {
+            "image": scene.image.convert("RGB"),
+            "question": question,
+            "answers": [answer],
+            "question_id": str(self.offset + index),
+        }
 
 
 class CaptionCollator:
@@ -224,11 +260,13 @@ class CaptionCollator:
         missing = [k for k in ("image", "text") if k not in examples[0]]
         if missing:
             raise KeyError(f"Caption training examples need 'image' and 'text'; missing {missing}.")
-        return dict(self.processor(
-            images=[e["image"] for e in examples],
-            text=[self.prompt] * len(examples),
-            text_target=[e["text"] for e in examples],
-        ))  # fmt: skip
+        return dict(
+            self.processor(
+                images=[e["image"] for e in examples],
+                text=[self.prompt] * len(examples),
+                text_target=[e["text"] for e in examples],
+            )
+        )
 
 
 __all__ = ["CaptionCollator", "ToyCaptions", "ToyVQA", "load_coco_karpathy", "load_gqa", "load_vqa"]
@@ -252,9 +290,15 @@ def eval_data(args: VPGTransScriptArguments, seed: int):
     """(caption eval data, VQA eval data); toy eval scenes use another seed than training."""
     if args.dataset == "toy":
         n = args.toy_eval_size
-        return (ToyCaptions(n, split="all", seed=seed + 1000, references=args.toy_references),
-                ToyVQA(n, split="all", seed=seed + 2000))  # fmt: skip
-    captions = load_coco_karpathy(args.eval_caption_file, args.image_root, split="val", train=False) if args.eval_caption_file else None
+        return (
+            ToyCaptions(n, split="all", seed=seed + 1000, references=args.toy_references),
+            ToyVQA(n, split="all", seed=seed + 2000),
+        )
+    captions = (
+        load_coco_karpathy(args.eval_caption_file, args.image_root, split="val", train=False)
+        if args.eval_caption_file
+        else None
+    )
     vqa = None
     if args.eval_vqa_questions:
         vqa = load_vqa(args.eval_vqa_questions, args.eval_vqa_annotations, args.eval_vqa_image_root)

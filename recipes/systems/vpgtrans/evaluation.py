@@ -56,9 +56,12 @@ def generate_captions(model, processor, dataset, settings: GenerationSettings | 
         inputs = processor(images=[e["image"] for e in batch], text=[""] * len(batch)).to(_device(model))
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         ids = model.generate(
-            **inputs, num_beams=settings.caption_num_beams, min_new_tokens=settings.caption_min_length,
-            max_new_tokens=settings.caption_max_length, do_sample=False,
-        )  # fmt: skip
+            **inputs,
+            num_beams=settings.caption_num_beams,
+            min_new_tokens=settings.caption_min_length,
+            max_new_tokens=settings.caption_max_length,
+            do_sample=False,
+        )
         out.extend(processor.post_process_generation(ids, inputs["input_ids"]))
     model.train(was_training)
     return out
@@ -76,9 +79,13 @@ def generate_answers(model, processor, dataset, settings: GenerationSettings | N
         inputs = processor(images=[e["image"] for e in batch], text=prompts).to(_device(model))
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         ids = model.generate(
-            **inputs, num_beams=settings.vqa_num_beams, min_new_tokens=settings.vqa_min_length,
-            max_new_tokens=settings.vqa_max_length, length_penalty=settings.vqa_length_penalty, do_sample=False,
-        )  # fmt: skip
+            **inputs,
+            num_beams=settings.vqa_num_beams,
+            min_new_tokens=settings.vqa_min_length,
+            max_new_tokens=settings.vqa_max_length,
+            length_penalty=settings.vqa_length_penalty,
+            do_sample=False,
+        )
         out.extend(processor.post_process_generation(ids, inputs["input_ids"]))
     model.train(was_training)
     return out
@@ -155,7 +162,10 @@ def caption_scores(predictions: list[str], references: list[list[str]]) -> dict:
     """COCO caption metrics (CIDEr on its x10 scale, e.g. 1.2 for "120"). Where Java / pycocoevalcap / evaluate are
     missing (e.g. a bare GPU machine) only CIDEr-D is computed, by `cider_d` (whitespace tokens, no PTB)."""
     if _reference_metrics_available():
-        return {**load_metric("caption_metrics").compute(predictions=predictions, references=references), "metric_backend": "pycocoevalcap"}
+        return {
+            **load_metric("caption_metrics").compute(predictions=predictions, references=references),
+            "metric_backend": "pycocoevalcap",
+        }
     return {"cider": cider_d(predictions, references), "metric_backend": "cider_d"}
 
 
@@ -164,7 +174,10 @@ def _simple_answer(text: str) -> str:
     return " ".join(_NUMBERS.get(w, w) for w in words)
 
 
-_NUMBERS = {w: str(i) for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))}
+_NUMBERS = {
+    w: str(i)
+    for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))
+}
 
 
 def vqa_scores(predictions: list[str], answers: list[list[str]], normalize_references: bool = True) -> float:
@@ -189,8 +202,14 @@ def vqa_scores(predictions: list[str], answers: list[list[str]], normalize_refer
     return result["accuracy"]
 
 
-def evaluate_vl_llm(model, processor, caption_data=None, vqa_data=None, settings: GenerationSettings | None = None,
-                    normalize_references: bool = True) -> dict:  # fmt: skip
+def evaluate_vl_llm(
+    model,
+    processor,
+    caption_data=None,
+    vqa_data=None,
+    settings: GenerationSettings | None = None,
+    normalize_references: bool = True,
+) -> dict:
     """Zero-shot caption CIDEr on `caption_data` (examples with "references") and VQA accuracy on `vqa_data`
     (examples with "answers"); either may be None. Returns a flat dict of floats, plus one sample caption."""
     metrics: dict = {}
@@ -207,13 +226,24 @@ def evaluate_vl_llm(model, processor, caption_data=None, vqa_data=None, settings
     return metrics
 
 
-__all__ = ["GenerationSettings", "caption_scores", "cider_d", "evaluate_vl_llm", "generate_answers", "generate_captions", "vqa_scores"]
+__all__ = [
+    "GenerationSettings",
+    "caption_scores",
+    "cider_d",
+    "evaluate_vl_llm",
+    "generate_answers",
+    "generate_captions",
+    "vqa_scores",
+]
 
 
 def generation_settings(args: VPGTransEvalArguments) -> GenerationSettings:
     return GenerationSettings(
-        caption_num_beams=args.caption_num_beams, caption_min_length=args.caption_min_length,
-        caption_max_length=args.caption_max_length, vqa_num_beams=args.vqa_num_beams,
-        vqa_max_length=args.vqa_max_length, vqa_length_penalty=args.vqa_length_penalty,
+        caption_num_beams=args.caption_num_beams,
+        caption_min_length=args.caption_min_length,
+        caption_max_length=args.caption_max_length,
+        vqa_num_beams=args.vqa_num_beams,
+        vqa_max_length=args.vqa_max_length,
+        vqa_length_penalty=args.vqa_length_penalty,
         batch_size=args.eval_batch_size,
-    )  # fmt: skip
+    )

@@ -49,9 +49,12 @@ def load_language_model(path: str):
 
 def make_processor(image_processor, tokenizer, model: VPGTransModel, max_txt_len: int) -> VPGTransProcessor:
     return VPGTransProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=model.config.num_query_tokens,
-        max_txt_len=max_txt_len, is_encoder_decoder=not model.config.use_decoder_only_language_model,
-    )  # fmt: skip
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        num_query_tokens=model.config.num_query_tokens,
+        max_txt_len=max_txt_len,
+        is_encoder_decoder=not model.config.use_decoder_only_language_model,
+    )
 
 
 def load_vl_llm(path: str, max_txt_len: int) -> tuple[VPGTransModel, VPGTransProcessor]:
@@ -61,14 +64,22 @@ def load_vl_llm(path: str, max_txt_len: int) -> tuple[VPGTransModel, VPGTransPro
     return model, processor
 
 
-def qformer_config(args: VPGTransModelArguments, vision_hidden: int, text_input: bool = False, vocab_size: int = 2) -> Blip2QFormerConfig:
+def qformer_config(
+    args: VPGTransModelArguments, vision_hidden: int, text_input: bool = False, vocab_size: int = 2
+) -> Blip2QFormerConfig:
     return Blip2QFormerConfig(
-        hidden_size=args.qformer_hidden_size, num_hidden_layers=args.qformer_layers,
-        num_attention_heads=args.qformer_heads, intermediate_size=4 * args.qformer_hidden_size,
-        cross_attention_frequency=args.qformer_cross_attention_frequency, encoder_hidden_size=vision_hidden,
-        use_qformer_text_input=text_input, vocab_size=vocab_size, pad_token_id=0, initializer_range=0.02,
+        hidden_size=args.qformer_hidden_size,
+        num_hidden_layers=args.qformer_layers,
+        num_attention_heads=args.qformer_heads,
+        intermediate_size=4 * args.qformer_hidden_size,
+        cross_attention_frequency=args.qformer_cross_attention_frequency,
+        encoder_hidden_size=vision_hidden,
+        use_qformer_text_input=text_input,
+        vocab_size=vocab_size,
+        pad_token_id=0,
+        initializer_range=0.02,
         max_position_embeddings=max(64, args.max_txt_len + 8),
-    )  # fmt: skip
+    )
 
 
 def build_from_scratch(args: VPGTransModelArguments, vision_path: str, lm_path: str):
@@ -79,18 +90,22 @@ def build_from_scratch(args: VPGTransModelArguments, vision_path: str, lm_path: 
     vision = Blip2VisionModel.from_pretrained(vision_path)
     lm, tokenizer = load_language_model(lm_path)
     processor = VPGTransProcessor(
-        image_processor=AutoImageProcessor.from_pretrained(vision_path), tokenizer=tokenizer,
-        num_query_tokens=args.num_query_tokens, max_txt_len=args.max_txt_len,
+        image_processor=AutoImageProcessor.from_pretrained(vision_path),
+        tokenizer=tokenizer,
+        num_query_tokens=args.num_query_tokens,
+        max_txt_len=args.max_txt_len,
         is_encoder_decoder=lm.config.is_encoder_decoder,
-    )  # fmt: skip
+    )
     if processor.image_token_id >= lm.get_input_embeddings().num_embeddings:
         lm.resize_token_embeddings(len(tokenizer))
     config = VPGTransConfig(
         vision_config=vision.config.to_dict(),
         qformer_config=qformer_config(args, vision.config.hidden_size).to_dict(),
-        text_config=lm.config.to_dict(), num_query_tokens=args.num_query_tokens,
-        image_token_index=processor.image_token_id, use_decoder_only_language_model=not lm.config.is_encoder_decoder,
-    )  # fmt: skip
+        text_config=lm.config.to_dict(),
+        num_query_tokens=args.num_query_tokens,
+        image_token_index=processor.image_token_id,
+        use_decoder_only_language_model=not lm.config.is_encoder_decoder,
+    )
     model = VPGTransModel(config)
     model.vision_model.load_state_dict(vision.state_dict())
     model.language_model.load_state_dict(lm.state_dict())
@@ -152,10 +167,12 @@ def build_stage_model(stage: str, args: VPGTransModelArguments, preset: str):
         return load_vl_llm(resolve_path(args.init_model, preset, "init_model"), args.max_txt_len)
     if stage == "inherit":
         return build_inherit(
-            args, resolve_path(args.source_model, preset, "source_model"),
+            args,
+            resolve_path(args.source_model, preset, "source_model"),
             resolve_path(args.language_model, preset, "language_model"),
-        )  # fmt: skip
+        )
     return build_from_scratch(
-        args, resolve_path(args.vision_model, preset, "vision_model"),
+        args,
+        resolve_path(args.vision_model, preset, "vision_model"),
         resolve_path(args.language_model, preset, "language_model"),
-    )  # fmt: skip
+    )

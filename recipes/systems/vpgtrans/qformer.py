@@ -40,8 +40,9 @@ class QFormerPretrainer(nn.Module):
     (`loss` = itc + itm + itg).
     """
 
-    def __init__(self, vision_model: nn.Module, qformer_config: Blip2QFormerConfig, num_query_tokens: int,
-                 embed_dim: int = 128):  # fmt: skip
+    def __init__(
+        self, vision_model: nn.Module, qformer_config: Blip2QFormerConfig, num_query_tokens: int, embed_dim: int = 128
+    ):
         super().__init__()
         if not qformer_config.use_qformer_text_input:
             raise ValueError("QFormerPretrainer needs qformer_config.use_qformer_text_input=True (the text branch).")
@@ -80,9 +81,11 @@ class QFormerPretrainer(nn.Module):
         queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
         embeds = self.embeddings(input_ids=input_ids, query_embeds=queries)
         return self.qformer(
-            query_embeds=embeds, query_length=queries.shape[1], attention_mask=mask,
+            query_embeds=embeds,
+            query_length=queries.shape[1],
+            attention_mask=mask,
             encoder_hidden_states=image_embeds,
-        ).last_hidden_state  # fmt: skip
+        ).last_hidden_state
 
     def forward(self, pixel_values, input_ids, attention_mask):
         image_embeds = self._image_embeds(pixel_values)
@@ -91,7 +94,9 @@ class QFormerPretrainer(nn.Module):
         # ITC: queries alone vs text alone (the text pass has no queries: query_length 0).
         query_out = self._run(image_embeds)
         text_embeds = self.embeddings(input_ids=input_ids)
-        text_out = self.qformer(query_embeds=text_embeds, query_length=0, attention_mask=attention_mask).last_hidden_state
+        text_out = self.qformer(
+            query_embeds=text_embeds, query_length=0, attention_mask=attention_mask
+        ).last_hidden_state
         image_feats = F.normalize(self.vision_projection(query_out), dim=-1)  # [B, Q, D]
         text_feat = F.normalize(self.text_projection(text_out[:, 0]), dim=-1)  # [B, D]
         temp = self.temp.clamp(0.001, 0.5)
@@ -165,7 +170,9 @@ def load_pretrained_qformer(model: nn.Module, path) -> None:
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:
         raise ValueError(f"Q-Former checkpoint {path} does not fit the model: shape mismatch for {wrong[:5]}.")
-    missing = [k for k in own if k.startswith("qformer.") and k not in state] + [k for k in ("query_tokens",) if k not in state]
+    missing = [k for k in own if k.startswith("qformer.") and k not in state] + [
+        k for k in ("query_tokens",) if k not in state
+    ]
     if missing:
         raise ValueError(f"Q-Former checkpoint {path} lacks {missing[:5]} (is it a Q-Former of another size?).")
     with torch.no_grad():

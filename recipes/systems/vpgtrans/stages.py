@@ -76,11 +76,15 @@ def run_converter(
     pairs = pair_caption_tokens(captions, source_tokenizer, target_tokenizer)
     losses = []
     converter = train_word_converter(
-        input_word_embeddings(source.language_model), input_word_embeddings(target_lm), pairs,
-        epochs=training_args.converter_epochs, lr=training_args.converter_lr,
-        captions_per_batch=training_args.converter_captions_per_batch, seed=training_args.seed,
+        input_word_embeddings(source.language_model),
+        input_word_embeddings(target_lm),
+        pairs,
+        epochs=training_args.converter_epochs,
+        lr=training_args.converter_lr,
+        captions_per_batch=training_args.converter_captions_per_batch,
+        seed=training_args.seed,
         on_step=lambda e, s, loss: losses.append(loss),
-    )  # fmt: skip
+    )
     save_safetensors_atomic(
         {"weight": converter.weight.detach(), "bias": converter.bias.detach()}, run_dir / CONVERTER_NAME
     )
@@ -89,10 +93,18 @@ def run_converter(
     processor = make_processor(source_processor.image_processor, target_tokenizer, target, model_args.max_txt_len)
     target.save_pretrained(run_dir / MODEL_DIR)
     processor.save_pretrained(run_dir / MODEL_DIR)
-    write_metrics(run_dir, "converter", {
-        "captions": pairs.num_captions, "paired_captions": len(pairs.pairs), "paired_tokens": pairs.num_tokens,
-        "same_tokenizer": pairs.same_tokenizer, "first_loss": losses[0], "final_loss": losses[-1],
-    })  # fmt: skip
+    write_metrics(
+        run_dir,
+        "converter",
+        {
+            "captions": pairs.num_captions,
+            "paired_captions": len(pairs.pairs),
+            "paired_tokens": pairs.num_tokens,
+            "same_tokenizer": pairs.same_tokenizer,
+            "first_loss": losses[0],
+            "final_loss": losses[-1],
+        },
+    )
     return run_dir / MODEL_DIR
 
 
@@ -101,8 +113,13 @@ class _PretrainCollator:
         self.image_processor, self.tokenizer, self.max_len = image_processor, tokenizer, max_len
 
     def __call__(self, examples):
-        text = self.tokenizer([e["text"] for e in examples], padding="longest", truncation=True,
-                              max_length=self.max_len, return_tensors="pt")  # fmt: skip
+        text = self.tokenizer(
+            [e["text"] for e in examples],
+            padding="longest",
+            truncation=True,
+            max_length=self.max_len,
+            return_tensors="pt",
+        )
         pixels = self.image_processor([e["image"] for e in examples], return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixels, "input_ids": text["input_ids"], "attention_mask": text["attention_mask"]}
 
@@ -125,9 +142,12 @@ def run_qformer_pretrain(
     model = QFormerPretrainer(vision, config, model_args.num_query_tokens)
     collator = _PretrainCollator(AutoImageProcessor.from_pretrained(vision_path), tokenizer, model_args.max_txt_len)
     trainer = VPGTransTrainer(
-        model=model, args=training_args, train_dataset=train_data(script_args, training_args.seed),
-        data_collator=collator, stage=script_args.stage,
-    )  # fmt: skip
+        model=model,
+        args=training_args,
+        train_dataset=train_data(script_args, training_args.seed),
+        data_collator=collator,
+        stage=script_args.stage,
+    )
     result = train_resuming(trainer, resume=run_args.resume)
     path = save_safetensors_atomic(model.vpgtrans_state_dict(), run_dir / QFORMER_WEIGHTS_NAME)
     write_metrics(run_dir, "train", result.metrics)
@@ -153,19 +173,29 @@ def run_training(
         write_metrics(run_dir, "eval", metrics)
         return model, processor, metrics
     if stage == "stage1" and training_args.num_train_epochs != 1:
-        logger.warning("Stage 1 is 1 epoch in the reference; running %s epochs as asked.", training_args.num_train_epochs)
+        logger.warning(
+            "Stage 1 is 1 epoch in the reference; running %s epochs as asked.", training_args.num_train_epochs
+        )
     names = freeze_for_stage(model, stage, training_args.unfreeze_lm)
-    logger.info("stage %s: %d trainable tensors (%d parameters)", stage, len(names),
-                sum(p.numel() for p in model.parameters() if p.requires_grad))  # fmt: skip
+    logger.info(
+        "stage %s: %d trainable tensors (%d parameters)",
+        stage,
+        len(names),
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
     replay = None
     if training_args.text_replay_weight > 0:
         if not training_args.unfreeze_lm:
             raise ValueError("--text_replay_weight keeps an unfrozen LLM's language; it needs --unfreeze_lm.")
         replay = toy_replay(training_args, processor, run_args.preset, training_args.seed)
     trainer = VPGTransTrainer(
-        model=model, args=training_args, train_dataset=train_data(script_args, training_args.seed),
-        data_collator=CaptionCollator(processor), stage=stage, replay=replay,
-    )  # fmt: skip
+        model=model,
+        args=training_args,
+        train_dataset=train_data(script_args, training_args.seed),
+        data_collator=CaptionCollator(processor),
+        stage=stage,
+        replay=replay,
+    )
     if eval_args.eval_each_epoch:
         callback = EpochEvalCallback(trainer, processor, caption_eval, vqa_eval, settings, run_dir, script_args.dataset)
         trainer.add_callback(callback)

@@ -45,8 +45,15 @@ def lavis_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def inner_epoch_cosine_lr(step: int, steps_per_epoch: int, num_epochs: int, init_lr: float, min_lr: float,
-                          warmup_steps: int = 0, warmup_lr: float | None = None) -> float:  # fmt: skip
+def inner_epoch_cosine_lr(
+    step: int,
+    steps_per_epoch: int,
+    num_epochs: int,
+    init_lr: float,
+    min_lr: float,
+    warmup_steps: int = 0,
+    warmup_lr: float | None = None,
+) -> float:
     """LAVIS `LinearWarmupCosineLRScheduler` at optimizer step `step` (lavis/common/optims.py).
 
     Inner epoch e = step // steps_per_epoch. Epoch 0: linear warm-up `min(init, warmup_lr + (init - warmup_lr)
@@ -75,7 +82,10 @@ class VPGTransTrainer(Trainer):
         if self.optimizer is None:
             groups = lavis_param_groups(model or self.model, self.args.weight_decay)
             self.optimizer = torch.optim.AdamW(
-                groups, lr=self.base_lr(), betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon
+                groups,
+                lr=self.base_lr(),
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
             )
         return self.optimizer
 
@@ -88,7 +98,9 @@ class VPGTransTrainer(Trainer):
         if self.lr_scheduler is None:
             optimizer = optimizer or self.optimizer
             a = self.args
-            self.steps_per_epoch = a.iters_per_inner_epoch or max(1, math.ceil(num_training_steps / self.args.num_train_epochs))
+            self.steps_per_epoch = a.iters_per_inner_epoch or max(
+                1, math.ceil(num_training_steps / self.args.num_train_epochs)
+            )
             num_epochs = max(1, math.ceil(num_training_steps / self.steps_per_epoch))
             init = self.base_lr()
             if self.stage == "stage1":
@@ -162,7 +174,9 @@ class EpochEvalCallback(TrainerCallback):
         curve = {k: v for k, v in read_curve(self.run_dir).items()}
         keep = [i for i, e in enumerate(curve.get("epoch", [])) if e < epoch]  # a resumed run rewrites later epochs
         curve = {k: [v[i] for i in keep] for k, v in curve.items() if isinstance(v, list)}
-        for key, value in [("epoch", epoch), ("step", step)] + [(k, v) for k, v in metrics.items() if isinstance(v, float)]:
+        for key, value in [("epoch", epoch), ("step", step)] + [
+            (k, v) for k, v in metrics.items() if isinstance(v, float)
+        ]:
             curve.setdefault(key, []).append(value)
         write_metrics(self.run_dir, CURVE_NAME, curve)
         logger.info("epoch %d (step %d): %s", epoch, step, metrics)
