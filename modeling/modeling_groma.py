@@ -18,6 +18,7 @@ Region order is deterministic (NMS order = descending score); the reference's ra
 re-introduced only through the `region_permutation` hook (used by parity tests).
 """
 
+import copy
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -172,6 +173,10 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         # CUDA graphs of the static-shape vision side (config.vision_cuda_graphs; a no-op off CUDA / in training).
         self._vision_graphs = GromaVisionCudaGraphs()
         self.post_init()
+        # Fast decoding by default: a static KV cache, with which `generate` compiles the decoding step on a GPU (no
+        # per-token shape changes or allocations). Saved in generation_config.json; `cache_implementation="dynamic"`
+        # per call, or `model.generation_config.cache_implementation = None`, turns it off.
+        self.generation_config.cache_implementation = "static"
 
     # ------------------------------------------------------------------ CUDA-graph bookkeeping
     def reset_cuda_graphs(self) -> None:
@@ -492,7 +497,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         image_sizes (the processor's original (height, width) per image) is accepted so that `model(**inputs)` works,
         and ignored: boxes are normalised, only `post_process_grounding` needs pixel sizes."""
         cache = cache if cache is not None else past_key_values
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         prepared = None
         if pixel_values is not None:
             if inputs_embeds is not None:
@@ -544,6 +549,27 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         )
         return output if return_dict else output.to_tuple()
 
+    def prepare_inputs_for_generation(self, input_ids, *args, inputs_embeds=None, is_first_iteration=False, **kwargs):
+        """transformers' preparation, plus: when the prefill gets more ids than prompt embeddings (assisted decoding
+        appends its candidate tokens to the ids before the first forward), the extra ids are embedded and appended,
+        so that the prefill verifies the candidates instead of silently dropping them."""
+        if inputs_embeds is not None and is_first_iteration and input_ids.shape[1] > inputs_embeds.shape[1]:
+            extra = self.get_input_embeddings()(input_ids[:, inputs_embeds.shape[1] :]).to(inputs_embeds.dtype)
+            inputs_embeds = torch.cat((inputs_embeds, extra), dim=1)
+        return super().prepare_inputs_for_generation(
+            input_ids, *args, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
+
+    def _prepare_generation_config(self, generation_config, **kwargs):
+        """transformers' merge of `generate` kwargs into the generation config, then: the model's default static
+        cache gives way to a cache passed in (transformers raises on both), unless `cache_implementation` was asked
+        for explicitly."""
+        generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
+        user_cache = model_kwargs.get(CACHE_KWARG, model_kwargs.get("past_key_values")) is not None
+        if user_cache and "cache_implementation" not in kwargs:
+            generation_config.cache_implementation = None
+        return generation_config, model_kwargs
+
     @torch.no_grad()
     def generate(
         self,
@@ -571,6 +597,9 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         mask extended with ones for the new tokens. `image_sizes` is accepted and ignored, so that
         `model.generate(**processor(...))` works.
         """
+        assisted = kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens") is not None
+        if assisted and "cache_implementation" not in kwargs and kwargs.get("generation_config") is None:
+            kwargs["cache_implementation"] = "dynamic"  # assisted decoding crops its cache; a static one cannot
         if pixel_values is None:
             if input_ids is not None:
                 cache = kwargs.get(CACHE_KWARG, kwargs.get("past_key_values"))
