@@ -15,6 +15,7 @@ wrapper, so the base's own code path runs unchanged and calling the base directl
 """
 
 import copy
+import functools
 import os
 from contextlib import contextmanager
 
@@ -27,6 +28,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import cached_file, logging
@@ -99,6 +101,34 @@ class _InsertionPoint:
             self.module = base.vision_model
             self.num_image_tokens = base.config.num_query_tokens
         self.image_token_id = base.config.image_token_id
+
+
+class _FrozenLayerCheckpoint:
+    """The `forward` of one layer of PIN's frozen base while gradient checkpointing is on.
+
+    transformers checkpoints a layer only in training mode, but PIN keeps its base in eval mode (no dropout), so that
+    never fires; this checkpoints the layer whenever a gradient flows through it (downstream of the insert), with the
+    layer itself still in eval mode. As in transformers, the KV cache is not used under checkpointing.
+    """
+
+    def __init__(self, forward, checkpoint_func):
+        self.forward = forward  # the layer's own bound forward
+        self.checkpoint_func = checkpoint_func
+
+    def __call__(self, *args, **kwargs):
+        def needs_grad(values):
+            return any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)
+
+        if not torch.is_grad_enabled() or not (needs_grad(args) or needs_grad(kwargs.values())):
+            return self.forward(*args, **kwargs)
+        kwargs = {k: None if k in ("cache", "past_key_values", "layer_past") else v for k, v in kwargs.items()}
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
+        if needs_grad(kwargs.values()):
+            # A reentrant checkpoint only routes gradients through positional tensors; one passed by keyword would lose
+            # its gradient, so such calls are checkpointed without reentrance.
+            return torch.utils.checkpoint.checkpoint(self.forward, *args, use_reentrant=False, **kwargs)
+        return self.checkpoint_func(functools.partial(self.forward, **kwargs), *args)
 
 
 class PinPreTrainedModel(PreTrainedModel):
@@ -302,6 +332,20 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
         super().train(mode)
         self.vlm.eval()
         return self
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
+        """transformers' per-layer flags, plus `_FrozenLayerCheckpoint` on the flagged layers of the base: they run in
+        eval mode, where transformers' own checkpointing stays off."""
+        if gradient_checkpointing_func is None:
+            gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=True)
+        super()._set_gradient_checkpointing(
+            enable=enable, gradient_checkpointing_func=gradient_checkpointing_func, **kwargs
+        )
+        for module in self.vlm.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module.__dict__.pop("forward", None)
+                if enable and module.gradient_checkpointing:
+                    module.forward = _FrozenLayerCheckpoint(type(module).forward.__get__(module), gradient_checkpointing_func)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.vlm.get_input_embeddings()
