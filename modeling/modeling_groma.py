@@ -18,7 +18,6 @@ Region order is deterministic (NMS order = descending score); the reference's ra
 re-introduced only through the `region_permutation` hook (used by parity tests).
 """
 
-import copy
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,9 +47,8 @@ def center_to_corners(boxes: torch.Tensor) -> torch.Tensor:
 # The keyword that carries the KV cache between `generate`, `forward` and the LLM, and the output field that returns
 # it: `past_key_values` in transformers up to 5.2x, `cache` after the rename (the old name then only warns). Groma
 # follows the installed version, so `generate` hands the cache back on every step and no deprecation path is taken.
-CACHE_KWARG = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else (
-    "past_key_values"
-)
+_GENERATION_KWARGS = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+CACHE_KWARG = "cache" if "cache" in _GENERATION_KWARGS else "past_key_values"
 
 
 @dataclass
@@ -419,7 +417,9 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         only those region selection needs (NMS keeps a data-dependent number of boxes)."""
         batch = input_ids.shape[0]
         if pixel_values.shape[0] != batch:
-            raise ValueError(f"got {pixel_values.shape[0]} images for {batch} prompts; Groma takes one image per prompt")
+            raise ValueError(
+                f"got {pixel_values.shape[0]} images for {batch} prompts; Groma takes one image per prompt"
+            )
         cfg = self.config
         # Validate the referring inputs before the vision work is queued: bad input fails fast.
         refer_boxes = self._check_refer_boxes(refer_boxes, batch, pixel_values.device)
@@ -635,4 +635,4 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         return outputs
 
 
-__all__ = ["GromaPreTrainedModel", "GromaForConditionalGeneration"]
+__all__ = ["GromaForConditionalGeneration", "GromaPreTrainedModel"]

@@ -264,7 +264,9 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
             base_cls = _base_class(config.base_architecture)
             if config.base_subfolder:
                 sub = f"{subfolder}/{config.base_subfolder}" if subfolder else config.base_subfolder
-                base_model = base_cls.from_pretrained(path, subfolder=sub, revision=revision, **hub_kwargs, **base_kwargs)
+                base_model = base_cls.from_pretrained(
+                    path, subfolder=sub, revision=revision, **hub_kwargs, **base_kwargs
+                )
             elif config.base_model_name_or_path:
                 base_model = base_cls.from_pretrained(config.base_model_name_or_path, **hub_kwargs, **base_kwargs)
             else:
@@ -345,7 +347,9 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
             if isinstance(module, GradientCheckpointingLayer):
                 module.__dict__.pop("forward", None)
                 if enable and module.gradient_checkpointing:
-                    module.forward = _FrozenLayerCheckpoint(type(module).forward.__get__(module), gradient_checkpointing_func)
+                    module.forward = _FrozenLayerCheckpoint(
+                        type(module).forward.__get__(module), gradient_checkpointing_func
+                    )
 
     def get_input_embeddings(self) -> nn.Module:
         return self.vlm.get_input_embeddings()
@@ -412,9 +416,11 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
                     "LLaVA-based PIN"
                 )
             expected = (self.config.num_positions, self.config.vision_hidden_size)
-            if not isinstance(vision_embeds, torch.Tensor) or vision_embeds.dim() != 3 or tuple(
-                vision_embeds.shape[1:]
-            ) != expected:
+            if (
+                not isinstance(vision_embeds, torch.Tensor)
+                or vision_embeds.dim() != 3
+                or tuple(vision_embeds.shape[1:]) != expected
+            ):
                 shape = tuple(vision_embeds.shape) if isinstance(vision_embeds, torch.Tensor) else type(vision_embeds)
                 raise ValueError(
                     f"vision_embeds must be (batch, {expected[0]}, {expected[1]}) vision-encoder outputs (from "
