@@ -223,12 +223,14 @@ class GromaProcessor(ProcessorMixin):
         images = self._one_image_per_prompt(images, len(texts))
         boxes = self._refer_boxes_per_prompt(refer_boxes, len(texts))
 
-        output_kwargs = self._merge_kwargs(GromaProcessorKwargs, **kwargs)
+        # The tokenizer's init kwargs are defaults (as in transformers' processors), except a `padding_side` stored in
+        # its config: checkpoints trained LLaVA-style store "right", and batched generation needs left padding.
+        tokenizer_init_kwargs = {k: v for k, v in self.tokenizer.init_kwargs.items() if k != "padding_side"}
+        output_kwargs = self._merge_kwargs(GromaProcessorKwargs, tokenizer_init_kwargs=tokenizer_init_kwargs, **kwargs)
         text_kwargs = dict(output_kwargs["text_kwargs"])
         images_kwargs = dict(output_kwargs["images_kwargs"])
         # Tensors by default (the model is torch-only); the tokenizer returns lists that the slot check reads.
-        return_tensors = kwargs.get("return_tensors", "pt")
-        text_kwargs.pop("return_tensors", None)
+        return_tensors = text_kwargs.pop("return_tensors") if "return_tensors" in text_kwargs else "pt"
         images_kwargs.pop("return_tensors", None)
 
         image_inputs = self.image_processor(images, return_tensors="pt", **images_kwargs)
@@ -385,6 +387,18 @@ class GromaProcessor(ProcessorMixin):
             f"prompt {i} did not tokenize into Groma's slot layout; the tokenizer must encode Groma's special tokens "
             "as single tokens (add_groma_tokens)"
         )
+
+    @property
+    def unused_input_names(self) -> list[str]:
+        """Groma's LLM takes no `token_type_ids` (a tokenizer may list them)."""
+        return ["token_type_ids"]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """The tokenizer's input names then the image processor's (`pixel_values`, `image_sizes`), as transformers'
+        processors; `refer_boxes` is returned only when boxes are given."""
+        names = [*self.tokenizer.model_input_names, *self.image_processor.model_input_names]
+        return [name for name in dict.fromkeys(names) if name not in self.unused_input_names]
 
     # ------------------------------------------------------------------------------------------------ outputs
     def post_process_grounding(self, generated, region_boxes, target_sizes, skip_prompt: bool = True) -> list[dict]:
