@@ -104,8 +104,10 @@ class PinProcessor(ProcessorMixin):
     def _check_squash(image_processor, image_size: int) -> None:
         size = getattr(image_processor, "size", None) or {}
         size = dict(size) if not isinstance(size, dict) else size
-        if size.get("height") != image_size or size.get("width") != image_size or getattr(
-            image_processor, "do_center_crop", False
+        if (
+            size.get("height") != image_size
+            or size.get("width") != image_size
+            or getattr(image_processor, "do_center_crop", False)
         ):
             raise ValueError(
                 f"the image processor must squash images to {image_size}x{image_size} (size={{'height': {image_size}, "
@@ -126,8 +128,14 @@ class PinProcessor(ProcessorMixin):
         if getattr(base_processor, "num_query_tokens", None) is not None:  # BLIP-2 family
             size = image_size or image_processor.size["height"]
             return cls(
-                image_processor, tokenizer, num_image_tokens=base_processor.num_query_tokens, image_token=image_token,
-                image_tokens_before_text=True, grid_size=grid_size, image_size=size, **kwargs,
+                image_processor,
+                tokenizer,
+                num_image_tokens=base_processor.num_query_tokens,
+                image_token=image_token,
+                image_tokens_before_text=True,
+                grid_size=grid_size,
+                image_size=size,
+                **kwargs,
             )
         if getattr(base_processor, "patch_size", None) is not None:  # LLaVA family
             crop = getattr(image_processor, "crop_size", None) or image_processor.size
@@ -139,8 +147,15 @@ class PinProcessor(ProcessorMixin):
             if base_processor.vision_feature_select_strategy == "default":
                 num -= 1
             return cls(
-                squash, tokenizer, num_image_tokens=num, image_token=image_token, image_tokens_before_text=False,
-                text_prefix=image_token, grid_size=grid_size, image_size=size, **kwargs,
+                squash,
+                tokenizer,
+                num_image_tokens=num,
+                image_token=image_token,
+                image_tokens_before_text=False,
+                text_prefix=image_token,
+                grid_size=grid_size,
+                image_size=size,
+                **kwargs,
             )
         raise ValueError(
             f"from_base_processor supports BLIP-2/VPGTrans processors (num_query_tokens) and LLaVA processors "
@@ -151,7 +166,7 @@ class PinProcessor(ProcessorMixin):
 
     @staticmethod
     def article(name: str) -> str:
-        """"an" when the name starts with a vowel letter, else "a" (the reference's rule)."""
+        """ "an" when the name starts with a vowel letter, else "a" (the reference's rule)."""
         return "an" if name[0].lower() in _VOWELS else "a"
 
     @staticmethod
