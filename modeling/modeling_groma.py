@@ -18,6 +18,7 @@ Region order is deterministic (NMS order = descending score); the reference's ra
 re-introduced only through the `region_permutation` hook (used by parity tests).
 """
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from torch.nn import functional as F
 from torchvision.ops import box_iou, nms
 from transformers import AutoModelForCausalLM, Dinov2Model, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 from transformers.utils import ModelOutput
 
@@ -42,21 +44,27 @@ def center_to_corners(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
 
 
+# The keyword that carries the KV cache between `generate`, `forward` and the LLM, and the output field that returns
+# it: `past_key_values` in transformers up to 5.2x, `cache` after the rename (the old name then only warns). Groma
+# follows the installed version, so `generate` hands the cache back on every step and no deprecation path is taken.
+_GENERATION_KWARGS = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+CACHE_KWARG = "cache" if "cache" in _GENERATION_KWARGS else "past_key_values"
+
+
 @dataclass
-class GromaCausalLMOutputWithPast(ModelOutput):
-    """Causal-LM output plus the selected regions.
+class GromaCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """Causal-LM output (its cache field named as the installed transformers names it) plus the vision outputs.
 
     region_boxes (`list[torch.Tensor]`): per image (N_i, 4) normalised xyxy in [0, 1], in slot order (row j is the
         box of `<r_j>`). Only set when the forward encoded images.
-    attention_mask (`torch.LongTensor`): the attention mask actually used (unused region pairs zeroed).
+    image_hidden_states (`torch.Tensor`): (B, num_image_tokens, D) the projected image tokens written into the
+        `<image>` slots. Only set when the forward encoded images.
+    attention_mask (`torch.LongTensor`): the attention mask actually used (unused region pairs zeroed). Only set
+        when the forward encoded images; continue generation from a returned cache with this mask.
     """
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: object | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
     region_boxes: list[torch.Tensor] | None = None
+    image_hidden_states: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
 
 
@@ -68,6 +76,7 @@ class GromaPreparedInputs(ModelOutput):
     attention_mask: torch.LongTensor | None = None
     inputs_embeds: torch.Tensor | None = None
     region_boxes: list[torch.Tensor] | None = None
+    image_hidden_states: torch.Tensor | None = None
 
 
 class GromaDinov2Embeddings(Dinov2Embeddings):
@@ -162,6 +171,10 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         # CUDA graphs of the static-shape vision side (config.vision_cuda_graphs; a no-op off CUDA / in training).
         self._vision_graphs = GromaVisionCudaGraphs()
         self.post_init()
+        # Fast decoding by default: a static KV cache, with which `generate` compiles the decoding step on a GPU (no
+        # per-token shape changes or allocations). Saved in generation_config.json; `cache_implementation="dynamic"`
+        # per call, or `model.generation_config.cache_implementation = None`, turns it off.
+        self.generation_config.cache_implementation = "static"
 
     # ------------------------------------------------------------------ CUDA-graph bookkeeping
     def reset_cuda_graphs(self) -> None:
@@ -315,9 +328,12 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         """Per image: proposals + user boxes (score 1) -> score > threshold -> NMS -> top max_region_num.
 
         Returns per image (N_i, 4) normalised cxcywh, descending score (or `region_permutation` of it); if nothing
-        survives, the single top-scoring box (the reference's fallback).
+        survives, the single top-scoring box (the reference's fallback). The boxes are detached: selection is a
+        discrete choice, and the reference runs its whole perceiver (DINOv2 + proposer) without gradient when training
+        the LLM side, so no loss reaches the proposer through the region tokens' box embedding.
         """
         selected = []
+        boxes = boxes.detach()
         for i in range(boxes.shape[0]):
             user = refer_boxes[i].to(boxes.dtype)
             all_boxes = torch.cat((boxes[i], user))
@@ -401,7 +417,9 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         only those region selection needs (NMS keeps a data-dependent number of boxes)."""
         batch = input_ids.shape[0]
         if pixel_values.shape[0] != batch:
-            raise ValueError(f"got {pixel_values.shape[0]} images for {batch} prompts; Groma takes one image per prompt")
+            raise ValueError(
+                f"got {pixel_values.shape[0]} images for {batch} prompts; Groma takes one image per prompt"
+            )
         cfg = self.config
         # Validate the referring inputs before the vision work is queued: bad input fails fast.
         refer_boxes = self._check_refer_boxes(refer_boxes, batch, pixel_values.device)
@@ -451,6 +469,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
             region_boxes=[center_to_corners(b).clamp(0, 1) for b in selected],
+            image_hidden_states=image_embeds,
         )
 
     def forward(
@@ -460,52 +479,50 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         refer_boxes: list[torch.Tensor] | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         image_sizes=None,
+        return_dict: bool | None = None,
+        past_key_values=None,
         **kwargs,
-    ) -> GromaCausalLMOutputWithPast:
+    ) -> GromaCausalLMOutputWithPast | tuple:
         """input_ids (B, L) in the static layout; pixel_values (B, 3, S, S) (any float dtype); refer_boxes per image
         (n_i, 4) normalised cxcywh; labels (B, L) with -100 ignored (visual slots and unused pairs are ignored here
-        whatever their label). Without pixel_values, runs the LLM alone (decoding steps, text-only prompts).
+        whatever their label). Without pixel_values, runs the LLM alone on input_ids or inputs_embeds (decoding steps,
+        text-only prompts, a continuation whose images are already in the cache).
+        `cache` / `past_key_values` (either name): the LLM's KV cache.
         image_sizes (the processor's original (height, width) per image) is accepted so that `model(**inputs)` works,
         and ignored: boxes are normalised, only `post_process_grounding` needs pixel sizes."""
-        if (
-            past_key_values is not None and pixel_values is None and inputs_embeds is None and labels is None
-            and position_ids is not None
-        ):  # fmt: skip
-            # A decoding step (`generate` passes the cache and, in transformers 5.17-5.23, always position_ids): the LLM
-            # alone, which embeds the ids itself; no checks, no positions to derive.
-            outputs = self.language_model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
-            )  # fmt: skip
-            return GromaCausalLMOutputWithPast(
-                logits=outputs.logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
-                attentions=outputs.attentions,
-            )  # fmt: skip
-        region_boxes = None
+        cache = cache if cache is not None else past_key_values
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        prepared = None
         if pixel_values is not None:
+            if inputs_embeds is not None:
+                raise ValueError(
+                    "pass input_ids, not inputs_embeds, with pixel_values: Groma writes the image and region tokens "
+                    "into the <image>/<region> slots of the ids"
+                )
             if input_ids is None:
                 raise ValueError("input_ids are required with pixel_values (the image slots live in the prompt)")
             prepared = self.prepare_multimodal_inputs(input_ids, pixel_values, attention_mask, refer_boxes)
-            inputs_embeds, attention_mask, region_boxes = (
-                prepared.inputs_embeds, prepared.attention_mask, prepared.region_boxes,
-            )  # fmt: skip
+            inputs_embeds, attention_mask = prepared.inputs_embeds, prepared.attention_mask
             if labels is not None:
                 visual = (input_ids == self.config.image_token_id) | (input_ids == self.config.region_token_id)
                 labels = labels.masked_fill(visual | (attention_mask == 0), -100)
         elif inputs_embeds is None:
-            # `past_key_values is None` first: on decoding steps (cache given) the `.any()` check, a host-device sync
-            # on every generated token, is skipped.
-            if past_key_values is None and input_ids is not None and (input_ids == self.config.image_token_id).any():
+            if input_ids is None:
+                raise ValueError("pass input_ids (with pixel_values for a prompt holding an image) or inputs_embeds")
+            # Only a prompt without a cache can be checked: with a cache, the ids are new tokens (any token the model
+            # generates, `<image>` included, is plain text then) or a continuation whose images are already cached.
+            # Skipping it there also keeps decoding steps free of host syncs.
+            if cache is None and (input_ids == self.config.image_token_id).any():
                 raise ValueError("the prompt holds <image> tokens but no pixel_values were given")
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        if position_ids is None and attention_mask is not None:
+        if position_ids is None and isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
             # Positions count attended tokens only, so masked region pairs and left padding take no RoPE position.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
 
@@ -513,21 +530,45 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
+            return_dict=True,
+            **{CACHE_KWARG: cache},
             **kwargs,
         )
-        return GromaCausalLMOutputWithPast(
+        output = GromaCausalLMOutputWithPast(
             loss=outputs.loss,
             logits=outputs.logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            region_boxes=region_boxes,
-            attention_mask=attention_mask if pixel_values is not None else None,
+            region_boxes=prepared.region_boxes if prepared is not None else None,
+            image_hidden_states=prepared.image_hidden_states if prepared is not None else None,
+            attention_mask=attention_mask if prepared is not None else None,
+            **{CACHE_KWARG: outputs.get(CACHE_KWARG)},
         )
+        return output if return_dict else output.to_tuple()
+
+    def prepare_inputs_for_generation(self, input_ids, *args, inputs_embeds=None, is_first_iteration=False, **kwargs):
+        """transformers' preparation, plus: when the prefill gets more ids than prompt embeddings (assisted decoding
+        appends its candidate tokens to the ids before the first forward), the extra ids are embedded and appended,
+        so that the prefill verifies the candidates instead of silently dropping them."""
+        if inputs_embeds is not None and is_first_iteration and input_ids.shape[1] > inputs_embeds.shape[1]:
+            extra = self.get_input_embeddings()(input_ids[:, inputs_embeds.shape[1] :]).to(inputs_embeds.dtype)
+            inputs_embeds = torch.cat((inputs_embeds, extra), dim=1)
+        return super().prepare_inputs_for_generation(
+            input_ids, *args, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
+
+    def _prepare_generation_config(self, generation_config, **kwargs):
+        """transformers' merge of `generate` kwargs into the generation config, then: the model's default static
+        cache gives way to a cache passed in (transformers raises on both), unless `cache_implementation` was asked
+        for explicitly."""
+        generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
+        user_cache = model_kwargs.get(CACHE_KWARG, model_kwargs.get("past_key_values")) is not None
+        if user_cache and "cache_implementation" not in kwargs:
+            generation_config.cache_implementation = None
+        return generation_config, model_kwargs
 
     @torch.no_grad()
     def generate(
@@ -537,18 +578,43 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         refer_boxes: list[torch.Tensor] | None = None,
         image_sizes=None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ):
-        """Encode the images once, then decode with the KV cache (no per-step vision work).
+        """Encode the images once (one batched vision pass and prefill), then decode with the KV cache.
 
-        With `return_dict_in_generate=True` the output also carries `region_boxes`: per image (N_i, 4) normalised
-        xyxy in slot order (`<r_j>` -> row j). Returned sequences hold the prompt ids with `<refer_box>` resolved.
-        `image_sizes` is accepted and ignored, so that `model.generate(**processor(...))` works.
+        Decoding uses the model's `generation_config` like any transformers model. Groma's default is a static KV
+        cache (`cache_implementation="static"`), with which transformers compiles the decoding step on a GPU; results
+        equal the dynamic cache's. `cache_implementation="dynamic"` (or passing your own cache) turns it off.
+
+        With `return_dict_in_generate=True` the output also carries `region_boxes` (per image (N_i, 4) normalised
+        xyxy in slot order, `<r_j>` -> row j), `image_hidden_states` and `attention_mask` (the mask of `sequences`,
+        unused region pairs zeroed). Returned sequences hold the prompt ids with `<refer_box>` resolved.
+
+        To continue from a returned cache (`past_key_values=out.past_key_values`, or `cache=` in newer transformers),
+        pass the longer ids with either the same `pixel_values` (the images are encoded again to rebuild the mask and
+        the regions, and only the new tokens are prefilled) or, without pixel_values, `attention_mask` = the returned
+        mask extended with ones for the new tokens. `image_sizes` is accepted and ignored, so that
+        `model.generate(**processor(...))` works.
         """
+        assisted = kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens") is not None
+        if assisted and "cache_implementation" not in kwargs and kwargs.get("generation_config") is None:
+            kwargs["cache_implementation"] = "dynamic"  # assisted decoding crops its cache; a static one cannot
         if pixel_values is None:
-            if input_ids is not None and (input_ids == self.config.image_token_id).any():
-                raise ValueError("the prompt holds <image> tokens but no pixel_values were given")
-            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            if input_ids is not None:
+                cache = kwargs.get(CACHE_KWARG, kwargs.get("past_key_values"))
+                cached = cache.get_seq_length() if cache is not None else 0
+                if (input_ids[:, cached:] == self.config.image_token_id).any():
+                    raise ValueError(
+                        "the prompt holds <image> tokens (beyond the given cache) but no pixel_values were given"
+                    )
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                                    **kwargs)  # fmt: skip
+        if inputs_embeds is not None:
+            raise ValueError(
+                "pass input_ids, not inputs_embeds, with pixel_values: Groma writes the image and region tokens into "
+                "the <image>/<region> slots of the ids (inputs_embeds alone work for text-only generation)"
+            )
         if input_ids is None:
             raise ValueError("input_ids are required with pixel_values (the image slots live in the prompt)")
         prepared = self.prepare_multimodal_inputs(input_ids, pixel_values, attention_mask, refer_boxes)
@@ -559,8 +625,14 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         if isinstance(outputs, ModelOutput):
+            sequences = outputs["sequences"]
+            mask = prepared.attention_mask.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
             outputs["region_boxes"] = prepared.region_boxes
+            outputs["image_hidden_states"] = prepared.image_hidden_states
+            outputs["attention_mask"] = torch.cat(
+                (mask, mask.new_ones(sequences.shape[0], sequences.shape[1] - mask.shape[1])), dim=1
+            )
         return outputs
 
 
-__all__ = ["GromaPreTrainedModel", "GromaForConditionalGeneration"]
+__all__ = ["GromaForConditionalGeneration", "GromaPreTrainedModel"]

@@ -15,6 +15,7 @@ wrapper, so the base's own code path runs unchanged and calling the base directl
 """
 
 import copy
+import functools
 import os
 from contextlib import contextmanager
 
@@ -27,6 +28,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import cached_file, logging
@@ -60,6 +62,37 @@ def _base_class(name: str | None) -> type:
     if name not in classes:
         raise ValueError(f"Unknown PIN base architecture {name!r}; supported: {sorted(classes)}")
     return classes[name]
+
+
+def _insert_dtype(requested, pin_state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The dtype ψ gets in `from_pretrained`: the requested one (a dtype, its name, or the "" entry of a per-sub-config
+    dict), else, for "auto" or nothing (transformers 5 loads "auto" by default), the dtype ψ was saved in."""
+    if isinstance(requested, dict):
+        requested = requested.get("")
+    if isinstance(requested, str) and requested != "auto":
+        requested = getattr(torch, requested)
+    if isinstance(requested, torch.dtype):
+        return requested
+    saved = [t.dtype for t in pin_state.values() if t.is_floating_point()]
+    return saved[0] if saved else torch.get_default_dtype()
+
+
+def _prefixed_loading_info(info: dict | None, prefix: str) -> dict:
+    """A base model's `output_loading_info` report with its parameter names as seen from the wrapper."""
+    info = info or {}
+
+    def rename(entry):
+        if isinstance(entry, str):
+            return prefix + entry
+        if isinstance(entry, tuple) and entry and isinstance(entry[0], str):  # (name, shape in file, shape in model)
+            return (prefix + entry[0], *entry[1:])
+        return entry
+
+    out = {
+        key: {rename(e) for e in info.get(key, ())} for key in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    }
+    out["error_msgs"] = list(info.get("error_msgs", []))
+    return out
 
 
 class _InsertionPoint:
@@ -99,6 +132,34 @@ class _InsertionPoint:
             self.module = base.vision_model
             self.num_image_tokens = base.config.num_query_tokens
         self.image_token_id = base.config.image_token_id
+
+
+class _FrozenLayerCheckpoint:
+    """The `forward` of one layer of PIN's frozen base while gradient checkpointing is on.
+
+    transformers checkpoints a layer only in training mode, but PIN keeps its base in eval mode (no dropout), so that
+    never fires; this checkpoints the layer whenever a gradient flows through it (downstream of the insert), with the
+    layer itself still in eval mode. As in transformers, the KV cache is not used under checkpointing.
+    """
+
+    def __init__(self, forward, checkpoint_func):
+        self.forward = forward  # the layer's own bound forward
+        self.checkpoint_func = checkpoint_func
+
+    def __call__(self, *args, **kwargs):
+        def needs_grad(values):
+            return any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)
+
+        if not torch.is_grad_enabled() or not (needs_grad(args) or needs_grad(kwargs.values())):
+            return self.forward(*args, **kwargs)
+        kwargs = {k: None if k in ("cache", "past_key_values", "layer_past") else v for k, v in kwargs.items()}
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
+        if needs_grad(kwargs.values()):
+            # A reentrant checkpoint only routes gradients through positional tensors; one passed by keyword would lose
+            # its gradient, so such calls are checkpointed without reentrance.
+            return torch.utils.checkpoint.checkpoint(self.forward, *args, use_reentrant=False, **kwargs)
+        return self.checkpoint_func(functools.partial(self.forward, **kwargs), *args)
 
 
 class PinPreTrainedModel(PreTrainedModel):
@@ -155,6 +216,8 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
         self.vlm = base_model
         self.vlm.requires_grad_(False)
         self._insertion = point
+        # ψ has no attention: the wrapper reports the base's implementation (see `set_attn_implementation`).
+        self.config._attn_implementation_internal = base_model.config._attn_implementation
         self.post_init()
         # A copy: Trainer aligns the wrapper's generation config with the tokenizer, which must not reach the base.
         self.generation_config = copy.deepcopy(base_model.generation_config)
@@ -213,13 +276,16 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
         """Load a saved PIN: its config, then the base (`base_model`, else from the saved folder's `base/` when it
         was saved with `include_base=True`, else from `config.base_model_name_or_path`), then ψ's weights.
 
-        `dtype`, `device_map`, `attn_implementation` apply to the base; hub options (`cache_dir`, `token`,
-        `local_files_only`, ...) to both; `revision`/`subfolder` to the PIN folder only.
+        `dtype` applies to the base and to ψ ("auto", the default: each in the dtype it was saved in); `device_map`,
+        `attn_implementation` apply to the base; hub options (`cache_dir`, `token`, `local_files_only`, ...) to both;
+        `revision`/`subfolder` to the PIN folder only. `output_loading_info=True` returns `(model, info)` as
+        transformers does, with the base's missing/unexpected/mismatched keys under their `vlm.` names.
         """
         if model_args:
             raise TypeError(f"PinForLocalization.from_pretrained takes no extra positional arguments, got {model_args}")
         hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
         base_kwargs = {k: kwargs.pop(k) for k in _BASE_LOAD_KWARGS if k in kwargs}
+        output_loading_info = kwargs.pop("output_loading_info", False)
         # Passed by the Auto classes; they concern the PIN folder's code, which is already resolved here.
         for key in ("trust_remote_code", "adapter_kwargs", "code_revision", "_from_auto", "_commit_hash"):
             kwargs.pop(key, None)
@@ -230,13 +296,18 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
             config = PinConfig.from_pretrained(path, revision=revision, subfolder=subfolder, **hub_kwargs)
         if not isinstance(config, PinConfig) and getattr(config, "model_type", None) != "pin":
             raise ValueError(f"{path} does not hold a PIN config (model_type={getattr(config, 'model_type', None)!r})")
+        base_info = None
         if base_model is None:
             base_cls = _base_class(config.base_architecture)
             if config.base_subfolder:
                 sub = f"{subfolder}/{config.base_subfolder}" if subfolder else config.base_subfolder
-                base_model = base_cls.from_pretrained(path, subfolder=sub, revision=revision, **hub_kwargs, **base_kwargs)
+                base_model, base_info = base_cls.from_pretrained(
+                    path, subfolder=sub, revision=revision, output_loading_info=True, **hub_kwargs, **base_kwargs
+                )
             elif config.base_model_name_or_path:
-                base_model = base_cls.from_pretrained(config.base_model_name_or_path, **hub_kwargs, **base_kwargs)
+                base_model, base_info = base_cls.from_pretrained(
+                    config.base_model_name_or_path, output_loading_info=True, **hub_kwargs, **base_kwargs
+                )
             else:
                 raise ValueError(
                     f"{path} names no base model (config.base_model_name_or_path is empty): pass base_model=..."
@@ -248,8 +319,13 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
             )
         model = cls(config, base_model=base_model)
         weights_file = cached_file(path, _PIN_WEIGHTS_NAME, revision=revision, subfolder=subfolder, **hub_kwargs)
-        model.load_pin_state_dict(load_state_dict(weights_file))
-        return model
+        pin_state = load_state_dict(weights_file)
+        model.load_pin_state_dict(pin_state)
+        model.pin.to(_insert_dtype(base_kwargs.get("dtype", base_kwargs.get("torch_dtype")), pin_state))
+        if not output_loading_info:
+            return model
+        # ψ is loaded strictly (a missing or extra ψ key raises), so only the base can report anything.
+        return model, _prefixed_loading_info(base_info, "vlm.")
 
     def load_pin_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load ψ's weights from `pin.psi.*` keys (strict: every ψ key, nothing else)."""
@@ -303,6 +379,28 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
         self.vlm.eval()
         return self
 
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
+        """transformers' per-layer flags, plus `_FrozenLayerCheckpoint` on the flagged layers of the base: they run in
+        eval mode, where transformers' own checkpointing stays off."""
+        if gradient_checkpointing_func is None:
+            gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=True)
+        super()._set_gradient_checkpointing(
+            enable=enable, gradient_checkpointing_func=gradient_checkpointing_func, **kwargs
+        )
+        for module in self.vlm.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module.__dict__.pop("forward", None)
+                if enable and module.gradient_checkpointing:
+                    module.forward = _FrozenLayerCheckpoint(
+                        type(module).forward.__get__(module), gradient_checkpointing_func
+                    )
+
+    def set_attn_implementation(self, attn_implementation: str | dict, *args, **kwargs):
+        """Set the base's attention implementation (a string, or a dict keyed by the base's sub-configs, as for the
+        base itself); ψ has no attention, so the wrapper only mirrors what the base ends up with."""
+        self.vlm.set_attn_implementation(attn_implementation, *args, **kwargs)
+        self.config._attn_implementation_internal = self.vlm.config._attn_implementation
+
     def get_input_embeddings(self) -> nn.Module:
         return self.vlm.get_input_embeddings()
 
@@ -354,11 +452,18 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------ inputs
 
-    def _check_inputs(self, pixel_values, input_ids, require_input_ids: bool, vision_embeds=None) -> int:
+    def _check_inputs(
+        self, pixel_values, input_ids, require_input_ids: bool, vision_embeds=None, images_cached: bool = False
+    ) -> int:
         """Clear errors for inputs the base would otherwise reject deep inside its forward/generate.
+        `images_cached`: the images are already in a given KV cache, so no pixel_values are needed.
 
         Returns the batch size.
         """
+        if images_cached and pixel_values is None and vision_embeds is None and input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be (batch, seq_len), got {tuple(input_ids.shape)}")
+            return input_ids.shape[0]
         if vision_embeds is not None:
             if pixel_values is not None:
                 raise ValueError("give either pixel_values or precomputed vision_embeds, not both")
@@ -368,9 +473,11 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
                     "LLaVA-based PIN"
                 )
             expected = (self.config.num_positions, self.config.vision_hidden_size)
-            if not isinstance(vision_embeds, torch.Tensor) or vision_embeds.dim() != 3 or tuple(
-                vision_embeds.shape[1:]
-            ) != expected:
+            if (
+                not isinstance(vision_embeds, torch.Tensor)
+                or vision_embeds.dim() != 3
+                or tuple(vision_embeds.shape[1:]) != expected
+            ):
                 shape = tuple(vision_embeds.shape) if isinstance(vision_embeds, torch.Tensor) else type(vision_embeds)
                 raise ValueError(
                     f"vision_embeds must be (batch, {expected[0]}, {expected[1]}) vision-encoder outputs (from "
@@ -504,18 +611,26 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
     ) -> torch.LongTensor:
         """The base model's `generate` with π added to its vision tokens (`use_pin=False`: the base alone).
 
-        `vision_embeds` (from `encode_images`) may replace `pixel_values`, as in `forward`.
+        `vision_embeds` (from `encode_images`) may replace `pixel_values`, as in `forward`. To continue from a
+        returned KV cache, pass the ids generated so far with the cache; a LLaVA base then takes no images (they are
+        in the cache, as for LLaVA's own `generate`), a BLIP-2/VPGTrans base takes the same images again.
         Returns the base's generated ids (decode and parse them with `PinProcessor.post_process_localization`).
         """
+        cache = generate_kwargs.get("cache", generate_kwargs.get("past_key_values"))
+        images_cached = self._insertion.is_llava and cache is not None and cache.get_seq_length() > 0
         self._check_inputs(
-            pixel_values, input_ids, require_input_ids=self._insertion.is_llava, vision_embeds=vision_embeds
+            pixel_values,
+            input_ids,
+            require_input_ids=self._insertion.is_llava,
+            vision_embeds=vision_embeds,
+            images_cached=images_cached,
         )
         if vision_embeds is not None:
             pixel_values = self._placeholder_pixels(vision_embeds)
+        if pixel_values is not None:  # an explicit None would still send LLaVA's generate to its vision tower
+            generate_kwargs["pixel_values"] = pixel_values
         with self._precomputed_vision(vision_embeds), self._insert_active(use_pin):
-            return self.vlm.generate(
-                pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs
-            )
+            return self.vlm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
 
 
 PinConfig.register_for_auto_class()

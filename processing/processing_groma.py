@@ -29,8 +29,20 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 
 GROMA_SPECIAL_TOKENS = (
-    "[PAD]", "<sep>", "<img>", "</img>", "<roi>", "</roi>", "<p>", "</p>",
-    "<image>", "<region>", "<refer_box>", "<ground_box>", "<refer_feat>", "[grounding]",
+    "[PAD]",
+    "<sep>",
+    "<img>",
+    "</img>",
+    "<roi>",
+    "</roi>",
+    "<p>",
+    "</p>",
+    "<image>",
+    "<region>",
+    "<refer_box>",
+    "<ground_box>",
+    "<refer_feat>",
+    "[grounding]",
 )
 NUM_PROXY_TOKENS = 100
 GROMA_PROXY_TOKENS = tuple(f"<r{j}>" for j in range(NUM_PROXY_TOKENS))
@@ -160,8 +172,15 @@ class GromaProcessor(ProcessorMixin):
         chat_template (`str`, *optional*): defaults to `GROMA_CHAT_TEMPLATE`.
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, num_image_tokens: int = 256,
-                 num_proxy_tokens: int = NUM_PROXY_TOKENS, chat_template=None, **kwargs):
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        num_image_tokens: int = 256,
+        num_proxy_tokens: int = NUM_PROXY_TOKENS,
+        chat_template=None,
+        **kwargs,
+    ):
         if not 1 <= num_proxy_tokens <= NUM_PROXY_TOKENS:
             raise ValueError(f"num_proxy_tokens must be in 1..{NUM_PROXY_TOKENS} (<r0>..<r99>), got {num_proxy_tokens}")
         if num_image_tokens < 1:
@@ -185,8 +204,15 @@ class GromaProcessor(ProcessorMixin):
             self.ground_box_token_id = to_id("<ground_box>")
             self.proxy_token_ids = to_id(list(GROMA_PROXY_TOKENS))
         # Everything post_process_grounding recognises: Groma's tokens plus the tokenizer's own specials.
-        extra = [t for t in (getattr(tokenizer, "bos_token", None), getattr(tokenizer, "eos_token", None),
-                             getattr(tokenizer, "unk_token", None)) if t]
+        extra = [
+            t
+            for t in (
+                getattr(tokenizer, "bos_token", None),
+                getattr(tokenizer, "eos_token", None),
+                getattr(tokenizer, "unk_token", None),
+            )
+            if t
+        ]
         tags = sorted(set(GROMA_SPECIAL_TOKENS) | set(extra), key=len, reverse=True)
         self._tag_pattern = re.compile("(<r[0-9]+>|" + "|".join(re.escape(t) for t in tags) + ")")
 
@@ -214,7 +240,9 @@ class GromaProcessor(ProcessorMixin):
         if videos is not None or audio is not None:
             raise ValueError("GromaProcessor handles images and text only")
         if text is None:
-            raise ValueError("GromaProcessor needs `text` (prompts built with apply_chat_template / build_groma_prompt)")
+            raise ValueError(
+                "GromaProcessor needs `text` (prompts built with apply_chat_template / build_groma_prompt)"
+            )
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise TypeError("`text` must be a string or a non-empty list of strings")
@@ -223,12 +251,14 @@ class GromaProcessor(ProcessorMixin):
         images = self._one_image_per_prompt(images, len(texts))
         boxes = self._refer_boxes_per_prompt(refer_boxes, len(texts))
 
-        output_kwargs = self._merge_kwargs(GromaProcessorKwargs, **kwargs)
+        # The tokenizer's init kwargs are defaults (as in transformers' processors), except a `padding_side` stored in
+        # its config: checkpoints trained LLaVA-style store "right", and batched generation needs left padding.
+        tokenizer_init_kwargs = {k: v for k, v in self.tokenizer.init_kwargs.items() if k != "padding_side"}
+        output_kwargs = self._merge_kwargs(GromaProcessorKwargs, tokenizer_init_kwargs=tokenizer_init_kwargs, **kwargs)
         text_kwargs = dict(output_kwargs["text_kwargs"])
         images_kwargs = dict(output_kwargs["images_kwargs"])
         # Tensors by default (the model is torch-only); the tokenizer returns lists that the slot check reads.
-        return_tensors = kwargs.get("return_tensors", "pt")
-        text_kwargs.pop("return_tensors", None)
+        return_tensors = text_kwargs.pop("return_tensors") if "return_tensors" in text_kwargs else "pt"
         images_kwargs.pop("return_tensors", None)
 
         image_inputs = self.image_processor(images, return_tensors="pt", **images_kwargs)
@@ -236,10 +266,14 @@ class GromaProcessor(ProcessorMixin):
         normalised = [self._normalise_refer_boxes(b, size, i) for i, (b, size) in enumerate(zip(boxes, sizes))]
 
         # chat-template assistant masks map character spans of the rendered prompt onto the expanded one
-        want_offsets = bool(text_kwargs.pop("return_text_replacement_offsets", False)
-                            or output_kwargs.get("return_text_replacement_offsets", False))
+        want_offsets = bool(
+            text_kwargs.pop("return_text_replacement_offsets", False)
+            or output_kwargs.get("return_text_replacement_offsets", False)
+        )
         text_kwargs.pop("return_mm_token_type_ids", None)
-        expanded, replacements = zip(*(self._expand_prompt(t, i, len(n)) for i, (t, n) in enumerate(zip(texts, normalised))))
+        expanded, replacements = zip(
+            *(self._expand_prompt(t, i, len(n)) for i, (t, n) in enumerate(zip(texts, normalised)))
+        )
         expanded = list(expanded)
         text_inputs = self.tokenizer(expanded, **text_kwargs)
         for i, ids in enumerate(text_inputs["input_ids"]):
@@ -272,7 +306,9 @@ class GromaProcessor(ProcessorMixin):
                 )
             flat.append(entry)
         if len(flat) != batch_size:
-            raise ValueError(f"Groma takes exactly one image per prompt: got {len(flat)} images for {batch_size} prompts")
+            raise ValueError(
+                f"Groma takes exactly one image per prompt: got {len(flat)} images for {batch_size} prompts"
+            )
         return flat
 
     @staticmethod
@@ -281,10 +317,14 @@ class GromaProcessor(ProcessorMixin):
             return [None] * batch_size
 
         def is_box_list(x):  # a per-image entry: None or something 2-D
-            return x is None or np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=object).ndim == 2
+            return (
+                x is None or np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=object).ndim == 2
+            )
 
-        if isinstance(refer_boxes, (list, tuple)) and len(refer_boxes) == batch_size and all(
-            is_box_list(b) or (isinstance(b, (list, tuple)) and len(b) == 0) for b in refer_boxes
+        if (
+            isinstance(refer_boxes, (list, tuple))
+            and len(refer_boxes) == batch_size
+            and all(is_box_list(b) or (isinstance(b, (list, tuple)) and len(b) == 0) for b in refer_boxes)
         ):
             return list(refer_boxes)
         if batch_size == 1:
@@ -299,8 +339,9 @@ class GromaProcessor(ProcessorMixin):
         if boxes is None or (isinstance(boxes, (list, tuple)) and len(boxes) == 0):
             return torch.zeros(0, 4)
         try:
-            b = torch.as_tensor(np.asarray(boxes.detach().cpu() if isinstance(boxes, torch.Tensor) else boxes,
-                                           dtype=np.float64))
+            b = torch.as_tensor(
+                np.asarray(boxes.detach().cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=np.float64)
+            )
         except (TypeError, ValueError) as err:
             raise TypeError(f"refer_boxes for image {i} must be numbers of shape (n, 4): {err}") from None
         if b.ndim == 1 and b.numel() == 4:
@@ -326,7 +367,9 @@ class GromaProcessor(ProcessorMixin):
                     f"{height}); boxes are pixel xyxy on the original image, clip them to [0, w] x [0, h]"
                 )
         scale = torch.tensor([width, height, width, height], dtype=torch.float64)
-        cxcywh = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1)
+        cxcywh = torch.stack(
+            [(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1
+        )
         return (cxcywh / scale).float()
 
     def _expand_prompt(self, text: str, i: int, num_boxes: int) -> tuple[str, list[dict]]:
@@ -357,7 +400,7 @@ class GromaProcessor(ProcessorMixin):
             )
         pieces, replacements, end = [], [], 0
         for match in re.finditer("|".join(re.escape(t) for t in expansion), text):
-            pieces.append(text[end:match.start()])
+            pieces.append(text[end : match.start()])
             start = sum(len(p) for p in pieces)
             pieces.append(expansion[match.group()])
             replacements.append({"span": match.span(), "new_span": (start, start + len(pieces[-1]))})
@@ -375,7 +418,9 @@ class GromaProcessor(ProcessorMixin):
         if ok:
             return
         if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
-            full = len(self.tokenizer(expanded, add_special_tokens=text_kwargs.get("add_special_tokens", True))["input_ids"])
+            full = len(
+                self.tokenizer(expanded, add_special_tokens=text_kwargs.get("add_special_tokens", True))["input_ids"]
+            )
             raise ValueError(
                 f"truncation to max_length={text_kwargs.get('max_length')} cut into prompt {i}'s Groma slots "
                 f"({self.num_image_tokens} <image>, {self.num_proxy_tokens} <r_j><region> pairs, {num_boxes} referring "
@@ -385,6 +430,18 @@ class GromaProcessor(ProcessorMixin):
             f"prompt {i} did not tokenize into Groma's slot layout; the tokenizer must encode Groma's special tokens "
             "as single tokens (add_groma_tokens)"
         )
+
+    @property
+    def unused_input_names(self) -> list[str]:
+        """Groma's LLM takes no `token_type_ids` (a tokenizer may list them)."""
+        return ["token_type_ids"]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """The tokenizer's input names then the image processor's (`pixel_values`, `image_sizes`), as transformers'
+        processors; `refer_boxes` is returned only when boxes are given."""
+        names = [*self.tokenizer.model_input_names, *self.image_processor.model_input_names]
+        return [name for name in dict.fromkeys(names) if name not in self.unused_input_names]
 
     # ------------------------------------------------------------------------------------------------ outputs
     def post_process_grounding(self, generated, region_boxes, target_sizes, skip_prompt: bool = True) -> list[dict]:
@@ -511,8 +568,13 @@ class GromaProcessor(ProcessorMixin):
 
         result_text = " ".join("".join(clean).split())
         if malformed is not None:
-            return {"text": result_text, "phrases": [], "boxes": torch.zeros(0, 4), "parsed": False,
-                    "reason": f"malformed grounding markup: {malformed}"}
+            return {
+                "text": result_text,
+                "phrases": [],
+                "boxes": torch.zeros(0, 4),
+                "parsed": False,
+                "reason": f"malformed grounding markup: {malformed}",
+            }
 
         n = pixel.shape[0]
         dropped = sorted({k for _, idx in phrases for k in idx if k >= n} | {k for k in free if k >= n})

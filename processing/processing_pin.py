@@ -6,6 +6,7 @@ Wraps the base VLM's image processor and tokenizer. Text follows the reference's
 
 import torch
 from transformers import BatchFeature, ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, Unpack
 
 from .pin_grid_codec import PinGridCodec
 
@@ -28,6 +29,12 @@ def _image_size_hw(image) -> tuple[int, int]:
         f"PIN expects RGB images (PIL mode 'RGB', or arrays of shape (H, W, 3) / (3, H, W)), got "
         f"{type(image).__name__} with shape {shape}"
     )
+
+
+class PinProcessorKwargs(ProcessingKwargs, total=False):
+    # Lowest priority: the tokenizer's init kwargs, then call kwargs, override it. `padding_side` follows the task
+    # (set in `__call__`).
+    _defaults = {"text_kwargs": {"padding": "longest"}}
 
 
 class PinProcessor(ProcessorMixin):
@@ -97,8 +104,10 @@ class PinProcessor(ProcessorMixin):
     def _check_squash(image_processor, image_size: int) -> None:
         size = getattr(image_processor, "size", None) or {}
         size = dict(size) if not isinstance(size, dict) else size
-        if size.get("height") != image_size or size.get("width") != image_size or getattr(
-            image_processor, "do_center_crop", False
+        if (
+            size.get("height") != image_size
+            or size.get("width") != image_size
+            or getattr(image_processor, "do_center_crop", False)
         ):
             raise ValueError(
                 f"the image processor must squash images to {image_size}x{image_size} (size={{'height': {image_size}, "
@@ -119,8 +128,14 @@ class PinProcessor(ProcessorMixin):
         if getattr(base_processor, "num_query_tokens", None) is not None:  # BLIP-2 family
             size = image_size or image_processor.size["height"]
             return cls(
-                image_processor, tokenizer, num_image_tokens=base_processor.num_query_tokens, image_token=image_token,
-                image_tokens_before_text=True, grid_size=grid_size, image_size=size, **kwargs,
+                image_processor,
+                tokenizer,
+                num_image_tokens=base_processor.num_query_tokens,
+                image_token=image_token,
+                image_tokens_before_text=True,
+                grid_size=grid_size,
+                image_size=size,
+                **kwargs,
             )
         if getattr(base_processor, "patch_size", None) is not None:  # LLaVA family
             crop = getattr(image_processor, "crop_size", None) or image_processor.size
@@ -132,8 +147,15 @@ class PinProcessor(ProcessorMixin):
             if base_processor.vision_feature_select_strategy == "default":
                 num -= 1
             return cls(
-                squash, tokenizer, num_image_tokens=num, image_token=image_token, image_tokens_before_text=False,
-                text_prefix=image_token, grid_size=grid_size, image_size=size, **kwargs,
+                squash,
+                tokenizer,
+                num_image_tokens=num,
+                image_token=image_token,
+                image_tokens_before_text=False,
+                text_prefix=image_token,
+                grid_size=grid_size,
+                image_size=size,
+                **kwargs,
             )
         raise ValueError(
             f"from_base_processor supports BLIP-2/VPGTrans processors (num_query_tokens) and LLaVA processors "
@@ -144,7 +166,7 @@ class PinProcessor(ProcessorMixin):
 
     @staticmethod
     def article(name: str) -> str:
-        """"an" when the name starts with a vowel letter, else "a" (the reference's rule)."""
+        """ "an" when the name starts with a vowel letter, else "a" (the reference's rule)."""
         return "an" if name[0].lower() in _VOWELS else "a"
 
     @staticmethod
@@ -188,10 +210,7 @@ class PinProcessor(ProcessorMixin):
         objects: list[str] | str | None = None,
         boxes: list | None = None,
         reconstruct_name: bool = False,
-        padding_side: str | None = None,
-        pad_to_multiple_of: int | None = None,
-        return_tensors: str = "pt",
-        **kwargs,
+        **kwargs: Unpack[PinProcessorKwargs],
     ) -> BatchFeature:
         """Inputs for `PinForLocalization` (and, with `boxes`, training labels).
 
@@ -201,7 +220,12 @@ class PinProcessor(ProcessorMixin):
             boxes: optional `[x1, y1, x2, y2]` pixel boxes on each ORIGINAL image; turns on training mode: the text
                 gets the box target and `labels` are returned (-100 everywhere but the target span).
             reconstruct_name: the reference's first-curriculum-stage variant (the loss also covers the name).
-            padding_side: "left" for generation (default without boxes), "right" for training (default with boxes).
+            kwargs: as for transformers' processors, flat or grouped in `text_kwargs` / `images_kwargs` /
+                `common_kwargs`; the tokenizer's init kwargs are the defaults. Text: `padding_side` ("left" for
+                generation, the default without boxes; "right" for training, the default with boxes), `padding`
+                ("longest" (default) or "max_length" with `max_length`, the whole row's length, placeholders
+                included), `pad_to_multiple_of`, `return_tensors` (default "pt"). PIN's prompts are never truncated:
+                `truncation` with a row longer than `max_length` raises. Images: the image processor's options.
 
         Returns:
             `BatchFeature` with `pixel_values` `(B, 3, S, S)`, `input_ids` and `attention_mask` `(B, L)`, and
@@ -216,7 +240,13 @@ class PinProcessor(ProcessorMixin):
         sizes = [_image_size_hw(image) for image in images]
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"got {len(boxes)} boxes for {len(images)} images; give one box per image")
-        padding_side = padding_side or ("right" if boxes is not None else "left")
+        # A padding_side stored in the tokenizer's config is no default here: the side follows the task.
+        tokenizer_init_kwargs = {k: v for k, v in self.tokenizer.init_kwargs.items() if k != "padding_side"}
+        merged = self._merge_kwargs(PinProcessorKwargs, tokenizer_init_kwargs=tokenizer_init_kwargs, **kwargs)
+        text_kwargs, images_kwargs = merged["text_kwargs"], dict(merged["images_kwargs"])
+        images_kwargs.pop("return_tensors", None)
+        return_tensors = text_kwargs["return_tensors"] if "return_tensors" in text_kwargs else "pt"
+        padding_side = text_kwargs.get("padding_side") or ("right" if boxes is not None else "left")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
 
@@ -245,23 +275,41 @@ class PinProcessor(ProcessorMixin):
             rows.append(ids)
             label_rows.append([-100] * n_prefix + ids[n_prefix:])
 
-        input_ids, attention_mask, labels = self._pad(rows, label_rows or None, padding_side, pad_to_multiple_of)
-        pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
+        length = self._padded_length(rows, text_kwargs)
+        input_ids, attention_mask, labels = self._pad(rows, label_rows or None, padding_side, length)
+        pixel_values = self.image_processor(images, return_tensors="pt", **images_kwargs)["pixel_values"]
+        if return_tensors != "pt":
+            pixel_values = pixel_values.tolist()
         data = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
         if labels is not None:
             data["labels"] = labels
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _pad(self, rows, label_rows, padding_side, pad_to_multiple_of):
-        """Pad to a common length. In the BLIP-2 layout the padding goes between the image placeholders and the
-        text (as `Blip2Processor` pads the text before prepending the placeholders)."""
+    def _padded_length(self, rows, text_kwargs) -> int:
+        """The common row length (placeholders included) the text kwargs ask for; rows are never truncated."""
+        lead = self.num_image_tokens if self.image_tokens_before_text else 0
+        longest = max(len(r) for r in rows) + lead
+        padding, max_length = text_kwargs.get("padding", "longest"), text_kwargs.get("max_length")
+        truncation = text_kwargs.get("truncation")
+        if max_length is not None and longest > max_length and truncation not in (None, False, "do_not_truncate"):
+            raise ValueError(
+                f"a PIN row has {longest} tokens, more than max_length={max_length}; PIN's prompts and box targets "
+                "are never truncated: raise max_length or drop truncation"
+            )
+        if padding in (False, "do_not_pad") and len({len(r) for r in rows}) > 1:
+            raise ValueError("rows of different lengths need padding (padding='longest' or 'max_length')")
+        length = max(longest, max_length) if padding == "max_length" and max_length is not None else longest
+        multiple = text_kwargs.get("pad_to_multiple_of")
+        return -(-length // multiple) * multiple if multiple else length
+
+    def _pad(self, rows, label_rows, padding_side, length):
+        """Pad to `length` (placeholders included). In the BLIP-2 layout the padding goes between the image
+        placeholders and the text (as `Blip2Processor` pads the text before prepending the placeholders).
+        Returns lists (ids, mask, labels or None)."""
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token")
         lead = self.num_image_tokens if self.image_tokens_before_text else 0
-        length = max(len(r) for r in rows) + lead
-        if pad_to_multiple_of:
-            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
         ids_out, mask_out, labels_out = [], [], []
         for i, row in enumerate(rows):
             n_pad = length - lead - len(row)
@@ -277,8 +325,18 @@ class PinProcessor(ProcessorMixin):
             mask_out.append([1] * lead + text_mask)
             if text_labels is not None:
                 labels_out.append([-100] * lead + text_labels)
-        as_tensor = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-        return as_tensor(ids_out), as_tensor(mask_out), (as_tensor(labels_out) if label_rows is not None else None)
+        return ids_out, mask_out, (labels_out if label_rows is not None else None)
+
+    @property
+    def unused_input_names(self) -> list[str]:
+        """The processor builds `input_ids` and `attention_mask` itself; the bases take no `token_type_ids`."""
+        return ["token_type_ids"]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """The tokenizer's input names then the image processor's, as transformers' processors."""
+        names = [*self.tokenizer.model_input_names, *self.image_processor.model_input_names]
+        return [name for name in dict.fromkeys(names) if name not in self.unused_input_names]
 
     # ------------------------------------------------------------------ decoding
 

@@ -14,10 +14,17 @@ Reference text handling (LAVIS blip2_opt / VPGTrans blip2_llama, spec A3):
 
 import torch
 from transformers import AddedToken, BatchFeature, ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, Unpack
 
 # Zero-shot VQA prompts of the reference evaluation configs (spec A7): "Short answer:" is used for T5 only.
 VQA_PROMPT_DECODER_ONLY = "Question: {} Answer:"
 VQA_PROMPT_ENCODER_DECODER = "Question: {} Short answer:"
+
+
+class VPGTransProcessorKwargs(ProcessingKwargs, total=False):
+    # Lowest priority: the tokenizer's init kwargs, then call kwargs, override them. `max_length` defaults to
+    # `max_txt_len` and `padding_side` to the layout the model needs (both set in `__call__`).
+    _defaults = {"text_kwargs": {"padding": "longest", "truncation": True}}
 
 
 class VPGTransProcessor(ProcessorMixin):
@@ -85,33 +92,47 @@ class VPGTransProcessor(ProcessorMixin):
         return template.format(question)
 
     def _tokenize(self, texts, padding_side, options):
-        """Tokenize `texts`; `options` holds padding / truncation / max_length / add_special_tokens / pad_to_multiple_of."""
+        """Tokenize `texts` with the merged text kwargs `options` (padding, truncation, max_length, ...)."""
         options = dict(options)
-        if not options["truncation"]:
-            options["max_length"] = None
+        if not options.get("truncation") and options.get("padding") != "max_length":
+            options["max_length"] = None  # max_length only truncates (or pads to it with padding="max_length")
         return self.tokenizer(texts, padding_side=padding_side, **options)
+
+    def _merged_kwargs(self, kwargs: dict) -> tuple[dict, dict, str | None]:
+        """(text kwargs, image kwargs, return_tensors) in transformers' priority order: call kwargs (flat or in
+        `text_kwargs` / `images_kwargs` / `common_kwargs`), then the tokenizer's init kwargs, then the defaults.
+        A `padding_side` stored in the tokenizer's config is not a default here: the side follows the layout."""
+        tokenizer_init_kwargs = {k: v for k, v in self.tokenizer.init_kwargs.items() if k != "padding_side"}
+        merged = self._merge_kwargs(VPGTransProcessorKwargs, tokenizer_init_kwargs=tokenizer_init_kwargs, **kwargs)
+        text_kwargs, images_kwargs = dict(merged["text_kwargs"]), dict(merged["images_kwargs"])
+        return_tensors = text_kwargs.pop("return_tensors") if "return_tensors" in text_kwargs else "pt"
+        images_kwargs.pop("return_tensors", None)
+        for key in ("return_mm_token_type_ids", "return_text_replacement_offsets"):
+            text_kwargs.pop(key, None)
+        text_kwargs.setdefault("max_length", None)
+        if text_kwargs["max_length"] is None:
+            text_kwargs["max_length"] = self.max_txt_len
+        text_kwargs.setdefault("add_special_tokens", True)
+        return text_kwargs, images_kwargs, return_tensors
 
     def __call__(
         self,
         images=None,
         text: str | list[str] | None = None,
         text_target: str | list[str] | None = None,
-        padding: bool | str = "longest",
-        padding_side: str | None = None,
-        truncation: bool = True,
-        max_length: int | None = None,
-        add_special_tokens: bool = True,
-        return_tensors: str | None = "pt",
-        pad_to_multiple_of: int | None = None,
-        **kwargs,
+        **kwargs: Unpack[VPGTransProcessorKwargs],
     ) -> BatchFeature:
         r"""
         Args:
             images: one image per row (PIL / array / tensor, or a list of them).
             text: prompt(s); None means the empty prompt (captioning).
             text_target: target text(s) for training; gives `labels` (and `decoder_attention_mask` for T5).
-            padding_side: default "right" with targets (training) and "left" without (decoder-only generation).
-            max_length: text tokens per row, default `max_txt_len` (the placeholders are never truncated).
+            kwargs: as for transformers' processors, flat or grouped in `text_kwargs` / `images_kwargs` /
+                `common_kwargs`; the tokenizer's init kwargs are the defaults. Text: `padding` (default "longest"),
+                `truncation` (default True), `max_length` (text tokens per row, default `max_txt_len`; the
+                placeholders are never truncated), `padding_side` (default "right" with targets (training) and
+                "left" without (decoder-only generation)), `pad_to_multiple_of`, `add_special_tokens`,
+                `return_tensors` (default "pt"). Images: the image processor's options (`do_rescale`, ...).
 
         Returns a `BatchFeature` with `input_ids` [B, Q + L], `attention_mask` [B, Q + L], `pixel_values`
         [B, 3, H, W] (when images are given) and, with `text_target`, `labels`: [B, Q + L] for decoder-only LLMs
@@ -119,12 +140,17 @@ class VPGTransProcessor(ProcessorMixin):
         """
         if images is None and text is None and text_target is None:
             raise ValueError("Give images and/or text.")
-        if kwargs:
-            raise TypeError(f"VPGTransProcessor got unexpected arguments: {sorted(kwargs)}")
+        options, images_kwargs, return_tensors = self._merged_kwargs(kwargs)
+        padding_side = options.pop("padding_side", None)
         texts = self._as_list(text, "text")
         targets = self._as_list(text_target, "text_target")
         image_list = None if images is None else (list(images) if isinstance(images, (list, tuple)) else [images])
-        if image_list is not None and len(image_list) == 1 and hasattr(image_list[0], "ndim") and image_list[0].ndim == 4:
+        if (
+            image_list is not None
+            and len(image_list) == 1
+            and hasattr(image_list[0], "ndim")
+            and image_list[0].ndim == 4
+        ):
             image_list = list(image_list[0])
         n_rows = next((len(x) for x in (texts, targets, image_list) if x is not None), 0)
         if texts is None:
@@ -135,13 +161,6 @@ class VPGTransProcessor(ProcessorMixin):
             raise ValueError(
                 f"Image/text count mismatch: {len(image_list)} images for {len(texts)} text rows (one image per row)."
             )
-        options = {
-            "padding": padding,
-            "truncation": truncation,
-            "max_length": self.max_txt_len if max_length is None else max_length,
-            "add_special_tokens": add_special_tokens,
-            "pad_to_multiple_of": pad_to_multiple_of,
-        }
         if padding_side is None:
             padding_side = "right" if targets is not None or self.is_encoder_decoder else "left"
 
@@ -170,7 +189,7 @@ class VPGTransProcessor(ProcessorMixin):
             ]
             data["decoder_attention_mask"] = target_encoding["attention_mask"]
         if image_list is not None:
-            pixel_values = self.image_processor(image_list, return_tensors="pt")["pixel_values"]
+            pixel_values = self.image_processor(image_list, return_tensors="pt", **images_kwargs)["pixel_values"]
             data["pixel_values"] = pixel_values if return_tensors == "pt" else pixel_values.tolist()
         return BatchFeature(data, tensor_type=return_tensors)
 
@@ -224,10 +243,18 @@ class VPGTransProcessor(ProcessorMixin):
         return [t.strip() for t in texts]
 
     @property
-    def model_input_names(self):
-        return ["input_ids", "attention_mask", "pixel_values", "labels", "decoder_attention_mask"]
+    def unused_input_names(self) -> list[str]:
+        """The processor builds `input_ids` and `attention_mask` itself; BLIP-2 takes no `token_type_ids`."""
+        return ["token_type_ids"]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """The tokenizer's input names then the image processor's, as transformers' processors (the training
+        outputs `labels` / `decoder_attention_mask` are targets, not model input names)."""
+        names = [*self.tokenizer.model_input_names, *self.image_processor.model_input_names]
+        return [name for name in dict.fromkeys(names) if name not in self.unused_input_names]
 
 
 VPGTransProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["VPGTransProcessor", "VQA_PROMPT_DECODER_ONLY", "VQA_PROMPT_ENCODER_DECODER"]
+__all__ = ["VQA_PROMPT_DECODER_ONLY", "VQA_PROMPT_ENCODER_DECODER", "VPGTransProcessor", "VPGTransProcessorKwargs"]

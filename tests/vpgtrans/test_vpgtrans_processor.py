@@ -93,7 +93,5 @@ def test_bad_input_is_rejected_clearly():
         proc(images=_images(2), text=["a", "b"], text_target=["a"])
     with pytest.raises(TypeError, match="text must be"):
         proc(images=_images(1), text=[3])
-    with pytest.raises(TypeError, match="unexpected arguments: \\['images_kwargs'\\]"):
-        proc(images=_images(1), text=["a"], images_kwargs={})
     with pytest.raises(ValueError, match="num_query_tokens"):
         VPGTransProcessor(BlipImageProcessor(), opt_tokenizer(), num_query_tokens=0)
