@@ -21,7 +21,7 @@ vision variants. Peak memory: the model's own parameters and buffers + the large
 one of its generate runs (warm-ups included, so Groma's graph capture counts; the other model's weights do not).
 CUDA events time the GPU (no host sync inside a timed region).
 
-Prompts: there is no Llama tokenizer offline, so a toy Llama-style tokenizer (groundvlm.recipes.toy_tokenizers,
+Prompts: there is no Llama tokenizer offline, so a toy Llama-style tokenizer (groundvlm.recipes.toyworld.tokenizers,
 `<unk> <s> </s>` = 0 1 2, trained on the prompt text, so about one token per word) gets Groma's 114 tokens with
 `add_groma_tokens`, and `GromaProcessor` builds the real Groma template (system prompt, fixed first turn with 256
 `<image>` slots and 100 `<r_j><region>` pairs, a grounding question) on images of common sizes. The added tokens are
@@ -44,7 +44,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -65,7 +64,8 @@ from _checkout import ROOT  # noqa: E402  (makes groundvlm importable from a bar
 from groundvlm.modeling import GromaConfig, GromaForConditionalGeneration  # noqa: E402
 from groundvlm.processing import GromaImageProcessor, GromaProcessor, add_groma_tokens, build_groma_prompt  # noqa: E402
 from groundvlm.processing.processing_groma import FIRST_ASSISTANT_TURN, FIRST_USER_TURN, SYSTEM_PROMPT  # noqa: E402
-from groundvlm.recipes.toy_tokenizers import train_tokenizer  # noqa: E402
+from groundvlm.recipes.common.provenance import git_commit  # noqa: E402
+from groundvlm.recipes.toyworld.tokenizers import train_tokenizer  # noqa: E402
 
 # Grounding questions in Groma's formats (REC with <p>..</p>, [grounding] captions), of different lengths so that
 # batches are left-padded. Batch b takes the first b (cycled) with the image sizes below (height, width).
@@ -547,16 +547,6 @@ def measure(kinds: list[str], setup: dict, args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- report
-def git_commit() -> str | None:
-    if os.environ.get("GIT_COMMIT"):
-        return os.environ["GIT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def result_row(row: dict, samples: list[dict], warm: list[dict], resident: int) -> dict:
     """A results row: medians over the repeats (with [min, max] and the per-repeat values of TTFT and decode speed);
     peak memory = the model's parameters and buffers + the largest rise of allocated memory during one of its

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from torchvision.ops import box_iou
 
 
 def render(seed: int, n: int, split: str = "train"):
-    from groundvlm.recipes.data import ToyWorld
+    from groundvlm.recipes.toyworld import ToyWorld
 
     world = ToyWorld(seed, split=split)
     return [world.scene(i) for i in range(n)]
@@ -122,8 +121,8 @@ class SlotPrefix(nn.Module):
 
 def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, steps: int, batch: int, lr: float) -> dict:
     from groundvlm.recipes.pin_eval import center_correlation
-    from groundvlm.recipes.toy_corpus import grid_ticks
-    from groundvlm.recipes.toy_lms import parse_box
+    from groundvlm.recipes.toyworld.corpus import grid_ticks
+    from groundvlm.recipes.toyworld.lms import parse_box
 
     colours = sorted({o.colour for s in scenes for o in s.objects})
     shapes = sorted({o.shape for s in scenes + test_scenes for o in s.objects})
@@ -194,6 +193,7 @@ def main(argv=None) -> int:
 
     from groundvlm.modeling import VPGTransModel
     from groundvlm.processing import PinProcessor
+    from groundvlm.recipes.common.provenance import git_commit
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     processor = PinProcessor.from_base_processor(base_processor)
     scenes, test_scenes = render(5, args.images), render(6, args.test_images, split="held_out")
     report = {"base_model": args.base_model, "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-              "commit": os.environ.get("GIT_COMMIT"), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+              "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for probe in args.probes:

@@ -67,7 +67,7 @@ from groundvlm.modeling import PinForLocalization  # noqa: E402
 from groundvlm.processing import PinProcessor  # noqa: E402
 from groundvlm.recipes.pin import load_base  # noqa: E402
 from groundvlm.recipes.pin_baselines import PeftBaseline  # noqa: E402
-from groundvlm.recipes.toy_tokenizers import train_tokenizer  # noqa: E402
+from groundvlm.recipes.toyworld.tokenizers import train_tokenizer  # noqa: E402
 
 DEFAULT_BASE_MODEL = ROOT / "recipes" / "toy_checkpoints" / "vlm-caption"
 SHAPE = "blip2-opt-2.7b-shape"

@@ -36,13 +36,14 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _checkout import ROOT
+
+from groundvlm.recipes.common.provenance import git_commit
 
 METRICS = ("cider", "vqa_accuracy")
 # part -> (title, toy LM artefact of the target)
@@ -62,7 +63,7 @@ TINY_ARGS = [
 def _run(name: str, argv: list[str], out: Path) -> Path:
     """One recipe run in `out/name`, skipped when it finished before; records its wall time in metrics.json."""
     from groundvlm.recipes import vpgtrans
-    from groundvlm.recipes.run_dir import write_metrics
+    from groundvlm.recipes.common.run_dir import write_metrics
 
     run_dir = out / name
     if (run_dir / "model").is_dir():
@@ -86,7 +87,7 @@ def _detach_log_file(run_dir: Path) -> None:
     keep writing into the logs of the runs before them."""
     import logging
 
-    from groundvlm.recipes.run_dir import LOG_NAME
+    from groundvlm.recipes.common.run_dir import LOG_NAME
 
     path = os.path.abspath(run_dir / LOG_NAME)
     for name in ("groundvlm", "transformers"):
@@ -98,17 +99,15 @@ def _detach_log_file(run_dir: Path) -> None:
 
 def source_model(preset: str, source: str | None) -> Path:
     """The source VL-LLM folder: `--source`, else the committed captioner (tiny) or the preset's (built when missing)."""
-    from groundvlm.recipes.vpgtrans_captioner import (
-        COMMITTED_CHECKPOINT,
-        build_caption_vlm,
-    )
+    from groundvlm.recipes.toyworld import COMMITTED_CAPTION_VLM
+    from groundvlm.recipes.vpgtrans_captioner import build_caption_vlm
 
     if source is not None:
         if not (Path(source) / "config.json").is_file():
             raise SystemExit(f"--source {source} is not a VL-LLM folder (no config.json)")
         return Path(source)
     if preset == "tiny":
-        return COMMITTED_CHECKPOINT
+        return COMMITTED_CAPTION_VLM
     folder = Path(f"runs/vpgtrans/captioner_{preset}/model")
     if not folder.is_dir():
         build_caption_vlm(folder.parent, preset)
@@ -146,7 +145,7 @@ def target_lm(part: str, preset: str, assets: str, out: Path) -> Path:
     if preset != "tiny":
         return toy_asset(name, assets)
     import torch
-    from groundvlm.recipes.toy_lms import LM_FAMILY, lm_model
+    from groundvlm.recipes.toyworld.lms import LM_FAMILY, lm_model
     from groundvlm.recipes.toyworld import PRESETS as ASSET_PRESETS
     from transformers import AutoTokenizer
 
@@ -241,13 +240,7 @@ def _provenance() -> dict:
     import torch
     import transformers
 
-    commit = os.environ.get("GIT_COMMIT")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    check=True, timeout=10).stdout.strip()  # fmt: skip
-        except (OSError, subprocess.SubprocessError):
-            commit = None
+    commit = git_commit()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
     return {"commit": commit, "device": device, "torch": torch.__version__, "transformers": transformers.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
@@ -270,7 +263,7 @@ def _run_settings(out: Path) -> dict:
 
 def report(out: Path, preset: str, epochs: int) -> str:
     """results.json, results.md and fig7_<part>.png from the curves in the run folders; returns the markdown."""
-    from groundvlm.recipes.checkpointing import replace_atomically
+    from groundvlm.recipes.common.checkpointing import replace_atomically
     from groundvlm.recipes.vpgtrans_speedup import epochs_behind, markdown_table, plot_curves, speedup_table
 
     results = {"preset": preset, "planned_epochs": epochs, "runs": _run_settings(out), **_provenance(), "curves": {},

@@ -27,8 +27,8 @@ import time
 
 from transformers import set_seed
 
-from groundvlm.recipes.arguments import RunArguments, parse_recipe_args
-from groundvlm.recipes.run_dir import prepare_run_dir, write_metrics
+from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args
+from groundvlm.recipes.common.run_dir import prepare_run_dir, write_metrics
 from groundvlm.recipes.systems.groma.arguments import GromaArguments, GromaTrainingArguments
 from groundvlm.recipes.systems.groma.models import load_groma
 from groundvlm.recipes.systems.groma.stages import eval_sets, run_eval, run_training_stage, stage_dir

@@ -7,7 +7,7 @@
         --eval_format coco --eval_annotations instances_val2017.json --eval_images val2017/
 
 `--eval_format` picks the held-out evaluation set: `toy` (the held-out toy categories), a real set (`voc`, `coco`,
-`lvis`, `refcoco`: `groundvlm.recipes.data.pin_loaders` documents the files; RefCOCO adds P@0.3) or `none`
+`lvis`, `refcoco`: `groundvlm.recipes.systems.pin.loaders` documents the files; RefCOCO adds P@0.3) or `none`
 (validation only). Real sets are loaded before training, so a wrong path fails fast.
 
 Pipeline: load the frozen base VL-LLM (default: the toy caption VLM, asset "vlm-caption") and its processor;
@@ -35,9 +35,9 @@ from transformers import AutoConfig, AutoProcessor, Trainer, TrainingArguments, 
 from groundvlm.modeling import PinForLocalization
 from groundvlm.modeling.modeling_pin import supported_base_classes
 from groundvlm.processing import PinProcessor
-from groundvlm.recipes.arguments import RunArguments, parse_recipe_args
-from groundvlm.recipes.checkpointing import save_safetensors_atomic, train_resuming
-from groundvlm.recipes.data.pin_loaders import (
+from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args
+from groundvlm.recipes.common.checkpointing import save_safetensors_atomic, train_resuming
+from groundvlm.recipes.systems.pin.loaders import (
     REAL_FORMATS,
     load_eval_samples,
     prediction_records,
@@ -62,7 +62,7 @@ from groundvlm.recipes.pin_eval import (
     score,
     write_comparison,
 )
-from groundvlm.recipes.run_dir import prepare_run_dir, write_metrics
+from groundvlm.recipes.common.run_dir import prepare_run_dir, write_metrics
 
 logger = logging.getLogger("groundvlm")
 
@@ -204,7 +204,10 @@ def resolve_base_model(pin_args: PinArguments, preset: str) -> str:
             f"(groundvlm.recipes.toyworld knows {', '.join(toyworld.ARTEFACTS)}). Build it with the VPGTrans recipe, "
             "or pass --base_model <folder with a BLIP-2/VPGTrans checkpoint and its processor>."
         )
-    return str(toyworld.toy_asset(DEFAULT_BASE_ASSET, "gpu" if preset == "gpu" else "cpu"))
+    from groundvlm.recipes.vpgtrans_captioner import build_caption_asset
+
+    preset = "gpu" if preset == "gpu" else "cpu"
+    return str(toyworld.toy_asset(DEFAULT_BASE_ASSET, preset, builder=build_caption_asset))
 
 
 def load_base(path: str, device: torch.device):
@@ -223,12 +226,8 @@ def load_base(path: str, device: torch.device):
 
 def scene_sources(pin_args: PinArguments, image_size: int, grid_size: int):
     """(train source, val source, held-out source, train categories, held-out categories)."""
-    from groundvlm.recipes import data
+    from groundvlm.recipes import toyworld as data
 
-    if not hasattr(data, "ToyWorld"):
-        raise ImportError(
-            "groundvlm.recipes.data.ToyWorld (the toy world's scene composer) is not available in this checkout"
-        )
     seed = pin_args.scene_seed
     kwargs = {"image_size": image_size, "grid_size": grid_size}
     if pin_args.objects_dir or pin_args.backgrounds_dir:

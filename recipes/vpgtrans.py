@@ -52,9 +52,9 @@ from groundvlm.modeling.vpgtrans_transfer import (
     train_word_converter,
 )
 from groundvlm.processing import VPGTransProcessor
-from groundvlm.recipes.arguments import RunArguments, parse_recipe_args
-from groundvlm.recipes.checkpointing import save_safetensors_atomic, train_resuming
-from groundvlm.recipes.run_dir import METRICS_NAME, prepare_run_dir, write_metrics
+from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args
+from groundvlm.recipes.common.checkpointing import save_safetensors_atomic, train_resuming
+from groundvlm.recipes.common.run_dir import METRICS_NAME, prepare_run_dir, write_metrics
 from groundvlm.recipes.vpgtrans_data import (
     CaptionCollator,
     ToyCaptions,
@@ -359,7 +359,7 @@ class TextReplay:
     """Batches of the LLM's own pretraining text (toy corpus), drawn with replacement from a seeded generator."""
 
     def __init__(self, family: str, tokenizer, corpus: list[str], batch_size: int, seed: int = 0):
-        from groundvlm.recipes.toy_lms import collate, encode_examples
+        from groundvlm.recipes.toyworld.lms import collate, encode_examples
 
         if not corpus:
             raise ValueError("Text replay needs a non-empty corpus.")

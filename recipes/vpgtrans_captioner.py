@@ -24,12 +24,14 @@ import argparse
 import json
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 import yaml
+
+from groundvlm.recipes.common.provenance import git_commit
+from groundvlm.recipes.toyworld import caption_asset_metrics
 
 # captioner preset -> (caption-stage config, Q-Former-pretraining config, toy-asset preset). "gpu-small" trains the
 # cpu-preset model sizes with the GPU budget, on toy assets of the "gpu-small" preset (same sizes, GPU-trained):
@@ -59,9 +61,9 @@ def object_name_recall(captions: list[str], scene_objects: list[list[str]]) -> f
 def caption_checks(model, processor, n_images: int = 200, seed: int = 10_000, split: str = "all", batch_size: int = 32) -> dict:
     """Greedy captions of `n_images` toy scenes the captioner never trained on (another seed):
     name recall, plus the raw box-parse rate of PIN's prompt on each object ("In the image is a {name} located at")."""
-    from groundvlm.recipes.data import ToyWorld, texts
-    from groundvlm.recipes.toy_corpus import PIN_PROMPT, grid_ticks
-    from groundvlm.recipes.toy_lms import parse_box
+    from groundvlm.recipes.toyworld import ToyWorld, texts
+    from groundvlm.recipes.toyworld.corpus import PIN_PROMPT, grid_ticks
+    from groundvlm.recipes.toyworld.lms import parse_box
 
     world = ToyWorld(seed=seed, split=split)
     scenes = [world.scene(i) for i in range(n_images)]
@@ -94,14 +96,6 @@ def caption_checks(model, processor, n_images: int = 200, seed: int = 10_000, sp
         "sample_captions": captions[:5],
         "sample_objects": names[:5],
     }
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain: bool = False, frozen_lm: bool = False,
@@ -141,7 +135,7 @@ def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain
     report = {
         "command": f"python -m groundvlm.recipes.vpgtrans_captioner --preset {preset}"
         + (" --qformer_pretrain" if qformer_pretrain else "") + (" --frozen_lm" if frozen_lm else ""),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "seed": yaml.safe_load((out_dir / "tfs" / "config.yaml").read_text(encoding="utf-8"))["seed"],
         "seconds": round(seconds, 1),
@@ -153,40 +147,21 @@ def build_caption_vlm(out_dir: str | Path, preset: str = "cpu", qformer_pretrain
     return model_dir
 
 
-COMMITTED_CHECKPOINT = Path(__file__).resolve().parent / "toy_checkpoints" / "vlm-caption"
-"""Where a GPU-built caption VL-LLM (`--preset gpu-small`: cpu-preset sizes, 9.4 MB) is committed with its
-`captioner.json` (DESIGN §4), so the CPU default starts from it instead of a weak 8-minute CPU build."""
+def build_caption_asset(folder: str | Path, preset: str) -> dict:
+    """Train a caption VL-LLM into the toy-asset folder `folder` (model + processor files at its top level) and
+    return the metrics of its build record: the `builder` of `toy_asset("vlm-caption", preset)`.
 
-
-def build_caption_asset(folder: str | Path, preset: str = "cpu") -> dict:
-    """Fill `folder` with a loadable caption VL-LLM (model + processor files at its top level) for a toy-asset
-    cache (e.g. toyworld's "vlm-caption"); returns the metrics for its build record.
-
-    The cpu preset copies `COMMITTED_CHECKPOINT` when it exists; otherwise (and for gpu) it trains with
-    `build_caption_vlm` in `folder/_build` and moves the model up."""
+    Trains with `build_caption_vlm` in `folder/_build` and moves the model up."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if preset == "cpu" and (COMMITTED_CHECKPOINT / "captioner.json").is_file():
-        shutil.copytree(COMMITTED_CHECKPOINT, folder, dirs_exist_ok=True)
-        report = json.loads((COMMITTED_CHECKPOINT / "captioner.json").read_text())
-        source = "committed"
-    else:
-        work = folder / "_build"
-        model_dir = build_caption_vlm(work, preset)
-        report = json.loads((work / "captioner.json").read_text())
-        for item in model_dir.iterdir():
-            shutil.move(str(item), folder / item.name)
-        shutil.copy(work / "captioner.json", folder / "captioner.json")
-        shutil.rmtree(work)
-        source = "built"
-    checks = report["checks"]
-    return {
-        "source": source,
-        "name_recall_held_out_images": checks["held_out_images"]["name_recall"],
-        "name_recall_held_out_categories": checks["held_out_categories"]["name_recall"],
-        "raw_box_parse_rate": checks["held_out_images"]["raw_box_parse_rate"],
-        "meets_target": report["meets_target"],
-    }
+    work = folder / "_build"
+    model_dir = build_caption_vlm(work, preset)
+    report = json.loads((work / "captioner.json").read_text())
+    for item in model_dir.iterdir():
+        shutil.move(str(item), folder / item.name)
+    shutil.copy(work / "captioner.json", folder / "captioner.json")
+    shutil.rmtree(work)
+    return caption_asset_metrics(report, "built")
 
 
 def main(argv=None) -> int:

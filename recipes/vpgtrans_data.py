@@ -15,7 +15,7 @@ Real formats (paths given by the user; images are opened lazily):
 | `load_vqa`               | VQAv2 / OK-VQA `*_questions.json` + `*_annotations.json`        | `image_root / COCO_<subtype>_<id:012d>.jpg` |
 | `load_gqa`               | GQA `*_balanced_questions.json` (`{qid: {...}}`)                | `image_root / <imageId>.jpg`        |
 
-Toy data (`ToyCaptions`, `ToyVQA`) render scenes of `groundvlm.recipes.data.ToyWorld` on demand, with the
+Toy data (`ToyCaptions`, `ToyVQA`) render scenes of `groundvlm.recipes.toyworld.ToyWorld` on demand, with the
 position-free captions and colour/shape/count questions of `recipes.data.texts`; the per-example text is drawn
 from a generator seeded by (seed, index), so an example is the same in every epoch, process and run.
 """
@@ -157,7 +157,7 @@ class _ToyScenes(Dataset):
     """Scenes `offset .. offset + size - 1` of a ToyWorld split, rendered on demand."""
 
     def __init__(self, size: int, split: str = "train", seed: int = 0, offset: int = 0, image_size: int = 112):
-        from groundvlm.recipes.data import ToyWorld
+        from groundvlm.recipes.toyworld import ToyWorld
 
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}.")
@@ -185,7 +185,7 @@ class ToyCaptions(_ToyScenes):
         self.references = references
 
     def __getitem__(self, index: int) -> dict:
-        from groundvlm.recipes.data import texts
+        from groundvlm.recipes.toyworld import texts
 
         scene, rng = self._scene(index)
         image = scene.image.convert("RGB")
@@ -199,7 +199,7 @@ class ToyVQA(_ToyScenes):
     """Toy VQA evaluation examples: one colour / shape / count question per scene, `answers` = [the answer]."""
 
     def __getitem__(self, index: int) -> dict:
-        from groundvlm.recipes.data import texts
+        from groundvlm.recipes.toyworld import texts
 
         scene, rng = self._scene(index)
         qas = texts.vqa(scene, rng)

@@ -13,7 +13,7 @@ from PIL import Image
 from groundvlm.modeling.configuration_groma import GromaConfig
 from groundvlm.processing import GromaImageProcessor, GromaProcessor, add_groma_tokens
 from groundvlm.processing.processing_groma import FIRST_ASSISTANT_TURN, FIRST_USER_TURN, SYSTEM_PROMPT
-from groundvlm.recipes.toy_tokenizers import train_tokenizer
+from groundvlm.recipes.toyworld.tokenizers import train_tokenizer
 
 # Words that train into single "▁word" tokens, so tests can restrict free decoding steps to readable words.
 WORDS = ("red", "star", "blue", "ring", "green", "square", "on", "grass", "dog", "left", "right", "of", "and")

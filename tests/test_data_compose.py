@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from groundvlm.recipes.data import compose, pin_size_ranges
-from groundvlm.recipes.data.compose import overlap_sum
+from groundvlm.recipes.toyworld import compose, pin_size_ranges
+from groundvlm.recipes.toyworld.compose import overlap_sum
 from PIL import Image
 
 G = 16

@@ -5,7 +5,7 @@ import json
 import datasets
 import numpy as np
 import pytest
-from groundvlm.recipes.data import TASKS, ProceduralObjects, ToyWorld, to_coco, to_hf_dataset
+from groundvlm.recipes.toyworld import TASKS, ProceduralObjects, ToyWorld, to_coco, to_hf_dataset
 from PIL import Image
 from pycocotools.coco import COCO
 

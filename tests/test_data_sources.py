@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from groundvlm.recipes.data import (
+from groundvlm.recipes.toyworld import (
     BACKGROUND_KINDS,
     SHAPES,
     FolderBackgrounds,
@@ -135,7 +135,7 @@ def test_world_with_folder_sources(pool, bg_folder):
     for o in scene.objects:
         assert o.name in ("apple", "kiwi") and o.colour is None and o.shape is None and o.texture is None
     # A category split of the folder's own names works too.
-    from groundvlm.recipes.data import CategorySplit
+    from groundvlm.recipes.toyworld import CategorySplit
 
     split = CategorySplit(train=["apple"], validation=[], held_out=["kiwi"])
     train = ToyWorld(split="train", objects=FolderObjects(pool), category_split=split)

@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 import pytest
-from groundvlm.recipes.data import (
+from groundvlm.recipes.toyworld import (
     Scene,
     SceneObject,
     ToyWorld,

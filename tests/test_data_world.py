@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from groundvlm.recipes.data import (
+from groundvlm.recipes.toyworld import (
     COLOURS,
     DEFAULT_SPLIT,
     SHAPES,

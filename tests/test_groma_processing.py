@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from groundvlm.processing import GromaImageProcessor, GromaProcessor, add_groma_tokens, build_groma_prompt
-from groundvlm.recipes.toy_tokenizers import train_tokenizer
+from groundvlm.recipes.toyworld.tokenizers import train_tokenizer
 from tests._isolated import run_isolated
 
 SYSTEM = (

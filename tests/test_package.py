@@ -8,7 +8,8 @@ from tests._isolated import run_isolated
 
 
 @pytest.mark.parametrize(
-    "name", ["groundvlm.modeling", "groundvlm.processing", "groundvlm.recipes", "groundvlm.recipes.data",
+    "name", ["groundvlm.modeling", "groundvlm.processing", "groundvlm.recipes", "groundvlm.recipes.common",
+             "groundvlm.recipes.toyworld", "groundvlm.recipes.systems", "groundvlm.recipes.systems.pin",
              "groundvlm.recipes.metrics", "groundvlm.recipes.convert", "groundvlm.recipes.push"]
 )
 def test_subpackages_import(name):

@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import Blip2Processor, BlipImageProcessor
 
 from groundvlm.recipes import pin as pin_recipe
-from groundvlm.recipes.data.pin_loaders import (
+from groundvlm.recipes.systems.pin.loaders import (
     load_coco,
     load_eval_samples,
     load_lvis,
@@ -294,7 +294,7 @@ def test_recipe_evaluates_on_coco_through_main(tmp_path, monkeypatch):
     base = tmp_path / "base"
     tiny_base(tok).save_pretrained(base)
     Blip2Processor(BlipImageProcessor(size={"height": S, "width": S}), tok, num_query_tokens=4).save_pretrained(base)
-    from groundvlm.recipes import data
+    from groundvlm.recipes import toyworld as data
 
     worlds = {"train": TRAIN, "held_out": HELD}
     monkeypatch.setattr(data, "ToyWorld", lambda seed, split, **kw: SquareWorld(seed, worlds[split]), raising=False)

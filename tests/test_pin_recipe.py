@@ -167,7 +167,7 @@ def test_main_end_to_end_writes_table_and_png(tok, tmp_path, monkeypatch):
     base = tmp_path / "base"
     tiny_base(tok).save_pretrained(base)
     Blip2Processor(BlipImageProcessor(size={"height": S, "width": S}), tok, num_query_tokens=4).save_pretrained(base)
-    from groundvlm.recipes import data
+    from groundvlm.recipes import toyworld as data
 
     # The scene source of the recipe; the rest of main() is the real pipeline.
     worlds = {"train": TRAIN, "held_out": HELD}
@@ -196,7 +196,7 @@ def test_toy_cpu_yaml_spells_out_the_no_argument_defaults():
 
     import yaml
 
-    from groundvlm.recipes.arguments import resolve_config_path
+    from groundvlm.recipes.common.arguments import resolve_config_path
     from groundvlm.recipes.pin import PinArguments, PinTrainingArguments
 
     spelled = yaml.safe_load(resolve_config_path("pin", "toy_cpu").read_text())

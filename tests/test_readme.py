@@ -255,7 +255,7 @@ def test_parsing_rejects_what_the_code_does_not_take():
 
 
 def test_config_names_resolve(parsed_commands):
-    from groundvlm.recipes.arguments import RECIPES_DIR, resolve_config_path
+    from groundvlm.recipes.common.arguments import RECIPES_DIR, resolve_config_path
 
     checked = 0
     for command, parsed in parsed_commands:
@@ -273,7 +273,7 @@ def test_config_names_resolve(parsed_commands):
 
 def test_config_globs_and_paths_in_prose_exist():
     """`paper_..._*` config names match shipped configs that parse; `recipes/...`, `hub_cards/...` paths exist."""
-    from groundvlm.recipes.arguments import RECIPES_DIR
+    from groundvlm.recipes.common.arguments import RECIPES_DIR
 
     text = section("Using the models") + section("Recipes")
     spans = inline_spans(text)

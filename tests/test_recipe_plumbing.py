@@ -18,10 +18,10 @@ import yaml
 from safetensors.torch import load_file, safe_open
 from transformers import TrainingArguments
 
-from groundvlm.recipes import arguments, checkpointing, run_dir
-from groundvlm.recipes.arguments import RunArguments, parse_recipe_args, resolve_config_path
-from groundvlm.recipes.checkpointing import last_checkpoint, save_safetensors_atomic, train_resuming
-from groundvlm.recipes.run_dir import prepare_run_dir, resolved_config, write_metrics
+from groundvlm.recipes.common import arguments, checkpointing, run_dir
+from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args, resolve_config_path
+from groundvlm.recipes.common.checkpointing import last_checkpoint, save_safetensors_atomic, train_resuming
+from groundvlm.recipes.common.run_dir import prepare_run_dir, resolved_config, write_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO / "tests" / "fixtures" / "tiny_recipe.py"

@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from groundvlm.recipes.data import ToyWorld, caption
-from groundvlm.recipes.toy_corpus import lm_corpus
-from groundvlm.recipes.toy_lms import LMSize, evaluate_lm, lm_model, parse_box, pretrain_lm, t5_split
-from groundvlm.recipes.toy_tokenizers import paired_token_ids, train_tokenizer
-from groundvlm.recipes.toy_vision import (
+from groundvlm.recipes.toyworld import ToyWorld, caption
+from groundvlm.recipes.toyworld.corpus import lm_corpus
+from groundvlm.recipes.toyworld.lms import LMSize, evaluate_lm, lm_model, parse_box, pretrain_lm, t5_split
+from groundvlm.recipes.toyworld.tokenizers import paired_token_ids, train_tokenizer
+from groundvlm.recipes.toyworld.vision import (
     label_names,
     name_recall,
     normalise,
@@ -176,7 +176,7 @@ def test_vision_encoder_shape_init_and_image_dependence(kind, tmp_path):
 def test_vision_normalise_matches_image_processor():
     from PIL import Image
 
-    from groundvlm.recipes.toy_vision import image_processor
+    from groundvlm.recipes.toyworld.vision import image_processor
 
     img = torch.randint(0, 256, (1, 112, 112, 3), dtype=torch.uint8)
     for kind in ("blip2", "clip", "dinov2"):

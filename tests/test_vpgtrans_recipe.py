@@ -348,7 +348,7 @@ def test_vqa_accuracy_fallback_without_evaluate(monkeypatch):
 
 @pytest.mark.parametrize("config", sorted(p.stem for p in (Path(__file__).parents[1] / "recipes" / "vpgtrans").glob("*.yaml")))
 def test_every_shipped_config_parses(config, tmp_path):
-    from groundvlm.recipes.arguments import RunArguments, parse_recipe_args
+    from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args
     from groundvlm.recipes.vpgtrans import STAGES
     from transformers import TrainingArguments as TA
 
@@ -364,7 +364,7 @@ def test_every_shipped_config_parses(config, tmp_path):
 
 
 def _toy_world_available():
-    from groundvlm.recipes import data
+    from groundvlm.recipes import toyworld as data
 
     return hasattr(data, "ToyWorld") and hasattr(data, "texts")
 
@@ -385,7 +385,7 @@ def test_toy_datasets_are_deterministic_per_index():
 def test_caption_asset_copies_the_committed_checkpoint(tmp_path, monkeypatch):
     import json as _json
 
-    import groundvlm.recipes.vpgtrans_captioner as captioner
+    from groundvlm.recipes.toyworld import build, read_build_info, toy_asset
 
     committed = tmp_path / "committed"
     committed.mkdir()
@@ -393,9 +393,13 @@ def test_caption_asset_copies_the_committed_checkpoint(tmp_path, monkeypatch):
     checks = {"held_out_images": {"name_recall": 0.9, "raw_box_parse_rate": 0.8},
               "held_out_categories": {"name_recall": 0.85}}  # fmt: skip
     (committed / "captioner.json").write_text(_json.dumps({"checks": checks, "meets_target": True}))
-    monkeypatch.setattr(captioner, "COMMITTED_CHECKPOINT", committed)
-    monkeypatch.setattr(captioner, "build_caption_vlm", lambda *a, **k: pytest.fail("must not train"))
-    metrics = captioner.build_caption_asset(tmp_path / "asset", "cpu")
-    assert metrics == {"source": "committed", "name_recall_held_out_images": 0.9, "name_recall_held_out_categories": 0.85,
-                       "raw_box_parse_rate": 0.8, "meets_target": True}  # fmt: skip
-    assert (tmp_path / "asset" / "config.json").is_file()
+    monkeypatch.setattr(build, "COMMITTED_CAPTION_VLM", committed)
+    folder = toy_asset("vlm-caption", "cpu", cache_dir=tmp_path / "cache", verbose=False,
+                       builder=lambda *a: pytest.fail("must not train"))  # fmt: skip
+    assert read_build_info(folder)["metrics"] == {
+        "source": "committed", "name_recall_held_out_images": 0.9, "name_recall_held_out_categories": 0.85,
+        "raw_box_parse_rate": 0.8, "meets_target": True,
+    }  # fmt: skip
+    assert (folder / "config.json").is_file()
+    with pytest.raises(FileNotFoundError, match="VPGTrans captioner builds it"):
+        toy_asset("vlm-caption", "gpu", cache_dir=tmp_path / "cache", verbose=False)

@@ -6,7 +6,7 @@ training datasets, `model-index` from the eval results) and whose body is the sy
 how to load it with `trust_remote_code=True`, intended use, training data, an evaluation table, limitations (incl.
 the reference quirks reproduced) and the paper's citation. Rendering and saving work offline.
 
-Eval results come in the layout the recipes write (`groundvlm.recipes.run_dir.write_metrics`):
+Eval results come in the layout the recipes write (`groundvlm.recipes.common.run_dir.write_metrics`):
 
     {"<section>": {"<metric>": value, "<split>": {"<metric>": value}, ...}, ...}
 

@@ -1,1 +1,1 @@
-"""Per-system recipe library code (`recipes/<system>.py` are the thin entry scripts)."""
+"""One package per system (PIN, VPGTrans, Groma): its arguments, models, data, training, evaluation and baselines."""

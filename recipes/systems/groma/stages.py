@@ -10,8 +10,8 @@ from pathlib import Path
 import datasets
 from torch.utils.data import Dataset
 
-from groundvlm.recipes.checkpointing import train_resuming
-from groundvlm.recipes.data import ToyWorld
+from groundvlm.recipes.common.checkpointing import train_resuming
+from groundvlm.recipes.toyworld import ToyWorld
 
 from . import data, evaluation, models
 from .training import DetectionTrainer, GromaSFTTrainer

@@ -20,7 +20,7 @@ from transformers import Trainer
 from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher, DeformableDetrImageLoss
 from trl import SFTTrainer
 
-from groundvlm.recipes.checkpointing import save_safetensors_atomic
+from groundvlm.recipes.common.checkpointing import save_safetensors_atomic
 
 from .data import SourceBatchSampler
 

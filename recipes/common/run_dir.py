@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -29,7 +28,8 @@ from typing import Any
 import yaml
 from accelerate import PartialState
 
-from groundvlm.recipes.checkpointing import replace_atomically
+from groundvlm.recipes.common.checkpointing import replace_atomically
+from groundvlm.recipes.common.provenance import git_state
 
 logger = logging.getLogger("groundvlm")
 
@@ -78,22 +78,6 @@ def resolved_config(*arg_dataclasses: Any) -> dict[str, Any]:
     return config
 
 
-def _git_commit() -> dict[str, Any] | None:
-    """The commit (and whether the tree is dirty) of the checkout this package runs from, if it is one."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None  # installed from a wheel, or git missing: no commit to report
-    return {"commit": commit, "dirty": bool(status.strip())}
-
-
 def environment_facts() -> dict[str, Any]:
     """Versions, device, process layout, git commit, date and command line of the current process."""
     import torch
@@ -120,7 +104,7 @@ def environment_facts() -> dict[str, Any]:
             "count": torch.cuda.device_count() if cuda else 0,
         },
         "distributed": {"type": str(state.distributed_type.value), "num_processes": state.num_processes},
-        "git": _git_commit(),
+        "git": git_state(),
     }
 
 

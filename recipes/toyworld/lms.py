@@ -2,7 +2,7 @@
 
 Each is an ordinary transformers model (`OPTForCausalLM`, `LlamaForCausalLM`, `T5ForConditionalGeneration`)
 built from its family's config with the family's special-token ids, trained from scratch on the toy
-corpus (recipes/toy_corpus.py) and saved with `save_pretrained` next to its tokenizer, so
+corpus (recipes/toyworld/corpus.py) and saved with `save_pretrained` next to its tokenizer, so
 `AutoModelForCausalLM` / `AutoModelForSeq2SeqLM` + `AutoTokenizer` load it like a downloaded checkpoint.
 
 Objectives follow how the real models are used by BLIP-2/VPGTrans:

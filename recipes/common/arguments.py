@@ -28,7 +28,7 @@ from typing import Any, Literal, Sequence
 import yaml
 from trl import TrlParser
 
-RECIPES_DIR = Path(__file__).resolve().parent
+RECIPES_DIR = Path(__file__).resolve().parent.parent
 """The folder of the installed `groundvlm.recipes` package; shipped configs live in `RECIPES_DIR/<recipe>/`."""
 
 DEFAULT_RUN_NAME = "default"

@@ -1,8 +1,11 @@
-"""groundvlm.recipes.data: the toy world (DESIGN §4) and PIN's composition function C.
+"""groundvlm.recipes.toyworld: the toy world, a procedural stand-in for the pretrained models and datasets the
+papers use, deterministic from a seed, on a scale two CPU cores finish in minutes.
 
 Objects (procedural or an X-Paste style folder pool), backgrounds (procedural or a BG-20k style folder),
-``compose`` (PIN's C, spec §B6), ``ToyWorld`` scenes deterministic from (seed, split, index), texts for
-every task and exports to ``datasets.Dataset`` / COCO json.
+``compose`` (PIN's composition C, as the PIN reference's ``XPaste`` dataset), ``ToyWorld`` scenes deterministic from
+(seed, split, index), texts for every task and exports to ``datasets.Dataset`` / COCO json; and the toy base
+models (tokenizers, LMs, vision encoders) built and cached by ``toy_asset`` (``python -m groundvlm.recipes.toyworld
+build|list``). This package knows no system: the caption VL-LLM asset is trained by the VPGTrans captioner.
 """
 
 from .backgrounds import BACKGROUND_KINDS, FolderBackgrounds, ProceduralBackgrounds
@@ -32,7 +35,30 @@ from .texts import (
 )
 from .world import Scene, SceneObject, ToyWorld
 
+from .build import (  # noqa: E402  (after the scene API: build's helpers import it)
+    ARTEFACTS,
+    COMMITTED_CAPTION_VLM,
+    MAIN_ARTEFACTS,
+    PRESETS,
+    SEED,
+    cache_root,
+    caption_asset_metrics,
+    main,
+    read_build_info,
+    toy_asset,
+)
+
 __all__ = [
+    "ARTEFACTS",
+    "COMMITTED_CAPTION_VLM",
+    "MAIN_ARTEFACTS",
+    "PRESETS",
+    "SEED",
+    "cache_root",
+    "caption_asset_metrics",
+    "main",
+    "read_build_info",
+    "toy_asset",
     "BACKGROUND_KINDS",
     "COLOURS",
     "DEFAULT_SPLIT",

@@ -397,7 +397,7 @@ def load_eval_samples(eval_format: str, annotations, images, image_size: int, sp
     if eval_format not in REAL_FORMATS:
         raise ValueError(f"unknown evaluation data format {eval_format!r}; real formats: {', '.join(REAL_FORMATS)}")
     if not annotations:
-        raise ValueError(f"eval_format {eval_format!r} needs eval_annotations (see groundvlm.recipes.data.pin_loaders)")
+        raise ValueError(f"eval_format {eval_format!r} needs eval_annotations (see groundvlm.recipes.systems.pin.loaders)")
     if split is not None and eval_format in ("coco", "lvis"):
         raise ValueError(f"eval_split does not apply to {eval_format}: the annotation file is the split")
     split = split or DEFAULT_SPLITS.get(eval_format)

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from groundvlm.processing.pin_grid_codec import PinGridCodec
 
-from .data import ToyWorld, texts
+from . import texts
+from .world import ToyWorld
 
 VQA_FORMATS = ("Question: {q} Answer: {a}", "Question: {q} Short answer: {a}")
 PIN_PROMPT = "In the image is {article} {name} located at"

@@ -32,11 +32,12 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
 from pathlib import Path
 
-from .toy_lms import LM_FAMILY, LM_NAMES, LMSize
-from .toy_tokenizers import FAMILIES
-from .toy_vision import VISION_KINDS
+from .lms import LM_FAMILY, LM_NAMES, LMSize
+from .tokenizers import FAMILIES
+from .vision import VISION_KINDS
 
 SEED = 0
 
@@ -49,6 +50,13 @@ ARTEFACTS = (
     # preset copies the committed GPU-built checkpoint (recipes/toy_checkpoints/vlm-caption, DESIGN §4).
     + ("vlm-caption",)
 )
+COMMITTED_CAPTION_VLM = Path(__file__).resolve().parent.parent / "toy_checkpoints" / "vlm-caption"
+"""The committed caption VL-LLM (GPU-built with the cpu preset's sizes, 9.4 MB, with its `captioner.json`), so the
+CPU default starts from it instead of a weak 8-minute CPU build."""
+
+Builder = Callable[[Path, str], dict]
+"""`builder(folder, preset) -> metrics`: fills `folder` with an artefact toyworld does not train itself."""
+
 # What the main job (PIN on a BLIP-2-style OPT VLM) needs; the default of `build`.
 MAIN_ARTEFACTS = ("data", "tokenizer-opt", "lm-opt-small", "vision-blip2")
 
@@ -183,9 +191,7 @@ def _spec(name: str, preset: str) -> dict:
     elif name.startswith("tokenizer-"):
         spec["corpus_scenes"] = p.corpus_scenes
     elif name == "vlm-caption":
-        from .vpgtrans_captioner import COMMITTED_CHECKPOINT
-
-        committed = COMMITTED_CHECKPOINT / "captioner.json"
+        committed = COMMITTED_CAPTION_VLM / "captioner.json"
         spec["committed"] = hashlib.sha256(committed.read_bytes()).hexdigest()[:16] if committed.is_file() else None
     elif name.startswith("lm-"):
         lm = name[3:]
@@ -249,7 +255,7 @@ def _versions() -> dict:
 
 def _corpus(n_scenes: int, seed: int) -> list[str]:
     """The LM corpus, memoised per process: the tokenizers and every LM of one build share it."""
-    from .toy_corpus import lm_corpus
+    from .corpus import lm_corpus
 
     key = (n_scenes, seed)
     if key not in _CORPUS_MEMO:
@@ -268,7 +274,8 @@ def _curve(losses: list[float], points: int = 20) -> list[list]:
 
 def _build_data(folder: Path, p: Preset) -> dict:
     """A sample COCO export (json + images) of each split, so a user can look at the toy world."""
-    from .data import ToyWorld, export
+    from . import export
+    from .world import ToyWorld
 
     from tqdm.auto import tqdm
 
@@ -281,8 +288,8 @@ def _build_data(folder: Path, p: Preset) -> dict:
 
 
 def _build_tokenizer(folder: Path, family: str, p: Preset) -> dict:
-    from .toy_corpus import PIN_PROMPT, grid_ticks
-    from .toy_tokenizers import train_tokenizer
+    from .corpus import PIN_PROMPT, grid_ticks
+    from .tokenizers import train_tokenizer
 
     corpus = _corpus(p.corpus_scenes, SEED)
     tok = train_tokenizer(family, corpus)
@@ -303,9 +310,10 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from .data import ToyWorld, texts
-    from .toy_corpus import PIN_PROMPT, VQA_FORMATS, grid_ticks
-    from .toy_lms import LM_FAMILY, box_syntax_rate, evaluate_lm, lm_model, pretrain_lm
+    from . import texts
+    from .world import ToyWorld
+    from .corpus import PIN_PROMPT, VQA_FORMATS, grid_ticks
+    from .lms import LM_FAMILY, box_syntax_rate, evaluate_lm, lm_model, pretrain_lm
 
     torch.manual_seed(SEED)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -339,8 +347,8 @@ def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from .data import ToyWorld
-    from .toy_vision import (
+    from .world import ToyWorld
+    from .vision import (
         image_processor,
         label_names,
         name_recall,
@@ -382,7 +390,19 @@ def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
     return metrics
 
 
-def _build(name: str, preset: str, folder: Path, deps: dict[str, Path]) -> dict:
+def caption_asset_metrics(report: dict, source: str) -> dict:
+    """The build record of a caption VL-LLM asset from its `captioner.json` report; `source`: committed | built."""
+    checks = report["checks"]
+    return {
+        "source": source,
+        "name_recall_held_out_images": checks["held_out_images"]["name_recall"],
+        "name_recall_held_out_categories": checks["held_out_categories"]["name_recall"],
+        "raw_box_parse_rate": checks["held_out_images"]["raw_box_parse_rate"],
+        "meets_target": report["meets_target"],
+    }
+
+
+def _build(name: str, preset: str, folder: Path, deps: dict[str, Path], builder: Builder | None = None) -> dict:
     """Build artefact `name` into the empty `folder`; returns its metrics."""
     p = PRESETS[preset]
     if name == "data":
@@ -392,24 +412,44 @@ def _build(name: str, preset: str, folder: Path, deps: dict[str, Path]) -> dict:
     if name.startswith("lm-"):
         return _build_lm(folder, name[3:], deps[dependencies(name)[0]], p)
     if name == "vlm-caption":
-        from .vpgtrans_captioner import build_caption_asset
-
-        return build_caption_asset(folder, preset)
+        if preset == "cpu" and (COMMITTED_CAPTION_VLM / "captioner.json").is_file():
+            shutil.copytree(COMMITTED_CAPTION_VLM, folder, dirs_exist_ok=True)
+            return caption_asset_metrics(json.loads((COMMITTED_CAPTION_VLM / "captioner.json").read_text()), "committed")
+        if builder is None:
+            raise FileNotFoundError(
+                f"toy asset 'vlm-caption' of the {preset} preset is not committed; the VPGTrans captioner builds it "
+                f"(python -m groundvlm.recipes.systems.vpgtrans.captioner --preset {preset}), or pass its "
+                "`build_caption_asset` as toy_asset(..., builder=...)"
+            )
+        return builder(folder, preset)
     return _build_vision(folder, name.split("-", 1)[1], p)
 
 
-def toy_asset(name: str, preset: str = "cpu", cache_dir: str | os.PathLike | None = None, *, verbose: bool = True) -> Path:
+def toy_asset(
+    name: str,
+    preset: str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    verbose: bool = True,
+    builder: Builder | None = None,
+) -> Path:
     """The folder of toy artefact `name` (see ARTEFACTS) for `preset`, building it (and its inputs) if needed.
+
+    `vlm-caption` is a model a system recipe trains: the cpu preset copies the committed checkpoint
+    (`COMMITTED_CAPTION_VLM`); other presets need `builder(folder, preset) -> metrics` (the VPGTrans captioner's
+    `build_caption_asset`).
 
     Loadable with the ordinary classes: `AutoTokenizer` for tokenizer-*, `AutoModelForCausalLM` (or
     `AutoModelForSeq2SeqLM` for lm-t5) + `AutoTokenizer` for lm-*, `AutoImageProcessor` + `AutoModel`
     for vision-clip/-dinov2 and `Blip2VisionModel` for vision-blip2 (AutoModel has no entry for
     Blip2VisionConfig); data/ holds `<split>/annotations.json` + `<split>/images/`.
     """
-    return _ensure(name, preset, cache_dir, verbose)[0]
+    return _ensure(name, preset, cache_dir, verbose, builder=builder)[0]
 
 
-def _ensure(name: str, preset: str, cache_dir, verbose: bool, is_dependency: bool = False) -> tuple[Path, dict, bool]:
+def _ensure(
+    name: str, preset: str, cache_dir, verbose: bool, is_dependency: bool = False, builder: Builder | None = None
+) -> tuple[Path, dict, bool]:
     """(folder, build_info, reused?) for `name`, building dependencies first (silent when they are cached)."""
     _check(name, preset)
     deps = {d: _ensure(d, preset, cache_dir, verbose, is_dependency=True) for d in dependencies(name)}
@@ -432,7 +472,7 @@ def _ensure(name: str, preset: str, cache_dir, verbose: bool, is_dependency: boo
         if verbose:
             print(f"[toyworld] {name}: building ({preset} preset) into {folder}")
         start, cpu_start = time.time(), time.process_time()
-        metrics = _build(name, preset, folder, {d: f for d, (f, _, _) in deps.items()})
+        metrics = _build(name, preset, folder, {d: f for d, (f, _, _) in deps.items()}, builder)
         info = {
             "artefact": name,
             "preset": preset,
