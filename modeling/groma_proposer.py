@@ -139,8 +139,15 @@ class GromaRegionProposer(nn.Module):
         object_query = memory.masked_fill(~valid, 0.0)
         return self.enc_output_norm(self.enc_output(object_query)), proposals.to(memory.dtype)
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features: (B, C_vision, H, W) -> boxes (B, Q, 4) normalised cxcywh, objectness scores (B, Q) in [0, 1]."""
+    def detect(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every output detection pretraining supervises (FoundationVision/groma groma/model/ddetr_transformer.py).
+
+        features: (B, C_vision, H, W). Returns, with L decoder layers, Q queries and H*W encoder proposals:
+            boxes (L, B, Q, 4): normalised cxcywh of every decoder layer; layer l refines
+                sigma(D_{l-1}(h_{l-1}) + logit(anchor)) (the anchor itself for l = 0), see the module docstring;
+            logits_coco, logits_sa1b (L, B, Q): the two objectness heads of every layer;
+            enc_logits (B, H*W), enc_boxes (B, H*W, 4): the per-pixel encoder proposals (binary targets).
+        """
         batch_size = features.shape[0]
         source = self.input_proj(features)
         _, d_model, height, width = source.shape
@@ -198,12 +205,24 @@ class GromaRegionProposer(nn.Module):
             )
             states.append(hidden)
 
-        last = len(states) - 1
-        if last == 0:
-            previous = anchors
-        else:
-            previous = (self.bbox_embed[last - 1](states[last - 1]) + inverse_sigmoid(anchors)).sigmoid()
-        boxes = (self.bbox_embed[last](states[last]) + inverse_sigmoid(previous)).sigmoid()
-        score_coco = self.class_embed_coco[last](states[last])[..., 0].sigmoid()
-        score_sa1b = self.class_embed_sa1b[last](states[last])[..., 0].sigmoid()
-        return boxes, score_coco**0.4 * score_sa1b**0.6
+        anchor_logit = inverse_sigmoid(anchors)
+        boxes, reference = [], anchor_logit
+        for layer, state in enumerate(states):
+            delta = self.bbox_embed[layer](state)
+            boxes.append((delta + reference).sigmoid())
+            reference = inverse_sigmoid((delta + anchor_logit).sigmoid())  # what the next layer refines
+        return {
+            "boxes": torch.stack(boxes),
+            "logits_coco": torch.stack([head(s)[..., 0] for head, s in zip(self.class_embed_coco, states)]),
+            "logits_sa1b": torch.stack([head(s)[..., 0] for head, s in zip(self.class_embed_sa1b, states)]),
+            "enc_logits": enc_logits,
+            "enc_boxes": enc_coord_logits.sigmoid(),
+        }
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features: (B, C_vision, H, W) -> boxes (B, Q, 4) normalised cxcywh, objectness scores (B, Q) in [0, 1]:
+        the last decoder layer's boxes and sigma(coco)^0.4 * sigma(sa1b)^0.6."""
+        out = self.detect(features)
+        score_coco = out["logits_coco"][-1].sigmoid()
+        score_sa1b = out["logits_sa1b"][-1].sigmoid()
+        return out["boxes"][-1], score_coco**0.4 * score_sa1b**0.6

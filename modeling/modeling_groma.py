@@ -38,6 +38,10 @@ from .groma_proposer import GromaChannelLayerNorm, GromaRegionProposer
 from .groma_region_encoder import GromaRegionEncoder
 
 
+# Score of the training-target boxes entering region selection (the reference's training forward).
+GROUND_BOX_SCORE = 0.2
+
+
 def center_to_corners(boxes: torch.Tensor) -> torch.Tensor:
     """(..., 4) cxcywh -> (..., 4) xyxy."""
     cx, cy, w, h = boxes.unbind(-1)
@@ -324,8 +328,11 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
             checked.append(boxes.to(device))
         return checked
 
-    def select_regions(self, boxes: torch.Tensor, scores: torch.Tensor, refer_boxes: list[torch.Tensor]):
-        """Per image: proposals + user boxes (score 1) -> score > threshold -> NMS -> top max_region_num.
+    def select_regions(
+        self, boxes: torch.Tensor, scores: torch.Tensor, refer_boxes: list[torch.Tensor], ground_boxes=None
+    ):
+        """Per image: proposals + user boxes (score 1) + training-target boxes (`ground_boxes`, score 0.2 as the
+        reference's training forward, groma/model/groma.py) -> score > threshold -> NMS -> top max_region_num.
 
         Returns per image (N_i, 4) normalised cxcywh, descending score (or `region_permutation` of it); if nothing
         survives, the single top-scoring box (the reference's fallback). The boxes are detached: selection is a
@@ -336,8 +343,11 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         boxes = boxes.detach()
         for i in range(boxes.shape[0]):
             user = refer_boxes[i].to(boxes.dtype)
-            all_boxes = torch.cat((boxes[i], user))
-            all_scores = torch.cat((scores[i], torch.ones(len(user), dtype=scores.dtype, device=scores.device)))
+            target = ground_boxes[i].to(boxes.device, boxes.dtype) if ground_boxes is not None else user[:0]
+            all_boxes = torch.cat((boxes[i], user, target))
+            all_scores = torch.cat((
+                scores[i], scores.new_ones(len(user)), scores.new_full((len(target),), GROUND_BOX_SCORE)
+            ))  # fmt: skip
             candidates = torch.nonzero(all_scores > self.config.box_score_threshold).squeeze(1)
             keep = nms(
                 center_to_corners(all_boxes[candidates]).float(),
@@ -409,9 +419,14 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         refer_boxes: list[torch.Tensor] | None = None,
+        ground_boxes: list[torch.Tensor] | None = None,
     ) -> GromaPreparedInputs:
         """Run the perceiver once and build the prefill: ids with `<refer_box>` resolved, the attention mask with
         unused region pairs zeroed, and the embeddings with image/region tokens written into their slots.
+
+        `ground_boxes` (training): per image (n_i, 4) normalised cxcywh, one per `<ground_box>` token in order; they
+        join region selection (score 0.2) and the k-th `<ground_box>` becomes `<r_m>`, m = the selected box of best
+        IoU with box k (as the reference resolves answer boxes).
 
         Host reads: one for validating the prompt (before the vision work is queued, while the device is idle), then
         only those region selection needs (NMS keeps a data-dependent number of boxes)."""
@@ -426,8 +441,25 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         region_pos, refer_box_mask = self._check_prompt(input_ids, [len(b) for b in refer_boxes])
 
         image_embeds, boxes, scores, fused = self.perceive(pixel_values)
-        selected = self.select_regions(boxes, scores, refer_boxes)
+        if ground_boxes is not None:
+            ground_boxes = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in ground_boxes]
+            n_tokens = (input_ids == cfg.ground_box_token_id).sum(1).tolist()
+            if len(ground_boxes) != batch or [len(b) for b in ground_boxes] != n_tokens:
+                raise ValueError(
+                    f"ground_boxes give {[len(b) for b in ground_boxes]} boxes per sample for {n_tokens} <ground_box> "
+                    "tokens; they must match one to one"
+                )
+        selected = self.select_regions(boxes, scores, refer_boxes, ground_boxes)
         region_tokens = self.region_encoder.extract(fused, selected)
+        if ground_boxes is not None and any(len(b) for b in ground_boxes):
+            ground_mask = input_ids == cfg.ground_box_token_id
+            match = input_ids.new_zeros(batch, max(len(b) for b in ground_boxes))
+            for i, target in enumerate(ground_boxes):
+                if len(target):
+                    corners = center_to_corners(target.to(selected[i].device))
+                    match[i, : len(target)] = box_iou(corners, center_to_corners(selected[i].float())).argmax(1)
+            rank = (ground_mask.cumsum(1) - 1).clamp(min=0)
+            input_ids = torch.where(ground_mask, cfg.proxy_token_start_id + match.gather(1, rank), input_ids)
         counts = [len(s) for s in selected]
 
         if any(len(b) for b in refer_boxes):
@@ -478,6 +510,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         refer_boxes: list[torch.Tensor] | None = None,
+        ground_boxes: list[torch.Tensor] | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
         inputs_embeds: torch.Tensor | None = None,
@@ -491,8 +524,10 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
     ) -> GromaCausalLMOutputWithPast | tuple:
         """input_ids (B, L) in the static layout; pixel_values (B, 3, S, S) (any float dtype); refer_boxes per image
         (n_i, 4) normalised cxcywh; labels (B, L) with -100 ignored (visual slots and unused pairs are ignored here
-        whatever their label). Without pixel_values, runs the LLM alone on input_ids or inputs_embeds (decoding steps,
-        text-only prompts, a continuation whose images are already in the cache).
+        whatever their label); ground_boxes (training) per image (n_i, 4) normalised cxcywh, the boxes of the
+        `<ground_box>` tokens, which become the proxy tokens of their best-matching regions in ids and labels
+        (see `prepare_multimodal_inputs`). Without pixel_values, runs the LLM alone on input_ids or inputs_embeds
+        (decoding steps, text-only prompts, a continuation whose images are already in the cache).
         `cache` / `past_key_values` (either name): the LLM's KV cache.
         image_sizes (the processor's original (height, width) per image) is accepted so that `model(**inputs)` works,
         and ignored: boxes are normalised, only `post_process_grounding` needs pixel sizes."""
@@ -507,9 +542,11 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
                 )
             if input_ids is None:
                 raise ValueError("input_ids are required with pixel_values (the image slots live in the prompt)")
-            prepared = self.prepare_multimodal_inputs(input_ids, pixel_values, attention_mask, refer_boxes)
+            prepared = self.prepare_multimodal_inputs(input_ids, pixel_values, attention_mask, refer_boxes, ground_boxes)
             inputs_embeds, attention_mask = prepared.inputs_embeds, prepared.attention_mask
             if labels is not None:
+                resolved = (input_ids == self.config.ground_box_token_id) & (labels != -100)
+                labels = torch.where(resolved, prepared.input_ids, labels)
                 visual = (input_ids == self.config.image_token_id) | (input_ids == self.config.region_token_id)
                 labels = labels.masked_fill(visual | (attention_mask == 0), -100)
         elif inputs_embeds is None:

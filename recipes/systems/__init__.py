@@ -1,1 +1,1 @@
-"""One package per system (PIN, VPGTrans): its arguments, models, data, training, evaluation and baselines."""
+"""One package per system (PIN, VPGTrans, Groma): its arguments, models, data, training, evaluation and baselines."""

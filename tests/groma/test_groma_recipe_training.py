@@ -1,0 +1,107 @@
+"""Groma recipe training pieces: detection matching / losses on hand cases and a tiny overfit, ground-box
+resolution, stage freezing, evaluation metrics on hand cases."""
+
+import torch
+from PIL import Image
+
+from groundvlm.modeling import GromaForConditionalGeneration
+from groundvlm.recipes.systems.groma import data, evaluation, models, training
+from tests._groma_tiny import groma_tokenizer, random_image, tiny_groma_config, tiny_groma_processor
+
+
+def test_matcher_assigns_by_box_cost():
+    matcher = training.detection_criterion().matcher
+    boxes = torch.tensor([[[0.2, 0.2, 0.1, 0.1], [0.7, 0.7, 0.2, 0.2], [0.5, 0.5, 0.9, 0.9]]])
+    targets = [
+        {
+            "boxes": torch.tensor([[0.7, 0.7, 0.2, 0.2], [0.21, 0.2, 0.1, 0.1]]),
+            "class_labels": torch.zeros(2, dtype=torch.long),
+        }
+    ]
+    ((pred, tgt),) = matcher({"logits": torch.zeros(1, 3, 1), "pred_boxes": boxes}, targets)
+    assert dict(zip(tgt.tolist(), pred.tolist())) == {0: 1, 1: 0}
+
+
+def test_detection_loss_terms_and_overfit():
+    tok = groma_tokenizer()
+    config = tiny_groma_config(tok, proposer_dropout=0.0)
+    torch.manual_seed(0)
+    model = GromaForConditionalGeneration(config)
+    models.freeze_for_stage(model, "det")
+    assert all(n.startswith("region_proposer.") for n, p in model.named_parameters() if p.requires_grad)
+    processor = tiny_groma_processor(tok, config)
+    image = Image.fromarray((torch.rand(112, 112, 3) * 255).byte().numpy())
+    batch = data.DetectionCollator(processor.image_processor, flip=False)(
+        [{"image": image, "boxes": [[10, 10, 50, 60], [60, 20, 100, 100]], "source": "sa1b"}]
+    )
+    loss, terms = training.detection_loss(model, batch["pixel_values"], batch["targets"], "sa1b")
+    assert {"loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_ce_enc", "loss_giou_enc"} <= set(terms)
+    coco_before = model.region_proposer.class_embed_coco[-1].weight.clone()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    first = loss.item()
+    for _ in range(25):
+        optimizer.zero_grad()
+        loss, _ = training.detection_loss(model, batch["pixel_values"], batch["targets"], "sa1b")
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < 0.75 * first
+    # an SA-1B batch trains the SA-1B head only (weight decay aside, the COCO head gets no gradient)
+    assert (
+        model.region_proposer.class_embed_coco[-1].weight.grad is None
+        or not model.region_proposer.class_embed_coco[-1].weight.grad.any()
+    )
+    torch.testing.assert_close(model.region_proposer.class_embed_coco[-1].weight, coco_before, rtol=0, atol=1e-6)
+
+
+def test_ground_box_becomes_proxy_token_in_ids_and_labels():
+    tok = groma_tokenizer()
+    # proposals never pass the threshold, so the target box (score 0.2) is region 0
+    config = tiny_groma_config(tok, box_score_threshold=0.19, proposer_dropout=0.0)
+    torch.manual_seed(0)
+    model = GromaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for head in (model.region_proposer.class_embed_coco[-1], model.region_proposer.class_embed_sa1b[-1]):
+            head.bias.fill_(-20.0)
+    processor = tiny_groma_processor(tok, config)
+    sample = data.chat(random_image(112, 112), "rec", [("What is this?", "<roi><ground_box></roi>")],
+                       ground=[[10, 20, 50, 90]])  # fmt: skip
+    batch = data.GromaChatCollator(processor, "llava")([sample])
+    prepared = model.prepare_multimodal_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
+                                               ground_boxes=batch["ground_boxes"])  # fmt: skip
+    r0 = tok.convert_tokens_to_ids("<r0>")
+    ground = batch["input_ids"] == config.ground_box_token_id
+    assert (prepared.input_ids[ground] == r0).all()
+    torch.testing.assert_close(prepared.region_boxes[0][0], torch.tensor([10, 20, 50, 90]) / 112.0)
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+
+
+def test_align_freezes_llm_but_trains_new_token_rows():
+    tok = groma_tokenizer()
+    model = GromaForConditionalGeneration(tiny_groma_config(tok))
+    models.freeze_for_stage(model, "align")
+    embed = model.language_model.get_input_embeddings().weight
+    (embed.sum() * 1.0).backward()
+    start = models.new_token_rows(model)
+    assert not embed.grad[:start].any() and embed.grad[start:].all()
+    assert not any(p.requires_grad for n, p in model.language_model.named_parameters() if "layers" in n)
+    assert not model.region_proposer.training and not any(p.requires_grad for p in model.region_proposer.parameters())
+
+
+def test_phrase_box_f1_hand_case():
+    gt = {"phrases": [("a red star", [[0, 0, 10, 10]]), ("a blue ring", [[20, 20, 30, 30]])]}
+    parsed = [
+        {
+            "phrases": [
+                ("A red star", torch.tensor([[0.0, 0.0, 10.0, 9.0]])),  # right phrase, IoU 0.9
+                ("a blue ring", torch.tensor([[0.0, 0.0, 5.0, 5.0]])),  # wrong box
+                ("a green square", torch.tensor([[20.0, 20.0, 30.0, 30.0]])),
+            ],
+            "boxes": torch.zeros(0, 4),
+        }
+    ]
+    result = evaluation.phrase_box_f1(parsed, [gt])
+    assert result["phrase_box_precision@0.5"] == 1 / 3 and result["phrase_box_recall@0.5"] == 0.5
+    assert abs(result["phrase_box_f1@0.5"] - 0.4) < 1e-9
+    assert evaluation.first_box({"boxes": torch.zeros(0, 4), "phrases": parsed[0]["phrases"]}) == [0.0, 0.0, 10.0, 9.0]
+    assert evaluation.first_box({"boxes": torch.zeros(0, 4), "phrases": []}) is None
