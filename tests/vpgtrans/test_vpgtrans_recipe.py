@@ -356,6 +356,44 @@ def test_text_replay_adds_weighted_lm_loss(tmp_path):
     assert total.item() == pytest.approx(caption.item() + 0.5 * text.item(), rel=1e-5)
 
 
+def _tiny_processor(image_id):
+    from transformers import BlipImageProcessor
+
+    from groundvlm.processing import VPGTransProcessor
+
+    tok = opt_tokenizer()
+    assert add_image_token(tok) == image_id
+    return VPGTransProcessor(BlipImageProcessor(size={"height": 16, "width": 16}), tok, num_query_tokens=4)
+
+
+def test_text_replay_behind_image_scores_text_after_unrelated_visual_prompts(tmp_path):
+    model, image_id = tiny_model()
+    freeze_for_stage(model, "tfs", unfreeze_lm=True)
+    batch = _batch(model, image_id)
+    processor = _tiny_processor(image_id)
+    corpus = ["a red star", "In the image is a red star located at [14,28,70,112]", "the green circle"]
+    replay = TextReplay("opt", processor.tokenizer, corpus, batch_size=3, seed=0, processor=processor)
+    twin = TextReplay("opt", processor.tokenizer, corpus, batch_size=3, seed=0, processor=processor)
+    expected = twin.next_batch()
+    pick = twin.unrelated_images(batch["pixel_values"].shape[0], 3)
+    assert (expected["input_ids"][:, : model.config.num_query_tokens] == image_id).all()
+    args = VPGTransTrainingArguments(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        unfreeze_lm=True,
+        text_replay_weight=0.5,
+        text_replay_behind_image=True,
+    )
+    trainer = VPGTransTrainer(model=model, args=args, stage="tfs", replay=replay)
+    model.eval()
+    with torch.no_grad():
+        total = trainer.compute_loss(model, dict(batch))
+        caption = model(**batch).loss
+        text = model(**expected, pixel_values=batch["pixel_values"][pick]).loss
+    assert total.item() == pytest.approx(caption.item() + 0.5 * text.item(), rel=1e-5)
+
+
 def test_cider_d_without_java_equals_pycocoevalcap():
     from pycocoevalcap.cider.cider import Cider
 

@@ -98,6 +98,13 @@ class VPGTransTrainingArguments(TrainingArguments):
     unfreeze_lm: bool = False
     text_replay_weight: float = 0.0
     text_replay_batch_size: int = 32
+    text_replay_behind_image: bool = field(
+        default=False,
+        metadata={
+            "help": "Replay the LM's text behind the visual prompts of unrelated batch images (through the whole "
+            "VL-LLM), so the LM keeps writing boxes/numbers when an image prefix is present."
+        },
+    )
     converter_epochs: int | None = None
     converter_lr: float = 5.0
     converter_captions_per_batch: int = 4096

@@ -118,33 +118,65 @@ class VPGTransTrainer(Trainer):
         if self.replay is None or self.args.text_replay_weight <= 0:
             return out
         loss, outputs = out if return_outputs else (out, None)
-        lm = model.module.language_model if hasattr(model, "module") else model.language_model
         batch = {k: v.to(loss.device) for k, v in self.replay.next_batch().items()}
-        loss = loss + self.args.text_replay_weight * lm(**batch).loss
+        if self.replay.processor is not None:
+            # Behind an image: the replayed text is scored after the visual prompts of *other* images of the batch,
+            # so the LM learns that its text (boxes included) survives an image prefix, but not to read positions
+            # from the image (the texts come from other scenes).
+            pixel_values = inputs["pixel_values"]
+            pick = self.replay.unrelated_images(pixel_values.shape[0], batch["input_ids"].shape[0])
+            replay_loss = model(**batch, pixel_values=pixel_values[pick.to(pixel_values.device)]).loss
+        else:
+            lm = model.module.language_model if hasattr(model, "module") else model.language_model
+            replay_loss = lm(**batch).loss
+        loss = loss + self.args.text_replay_weight * replay_loss
         return (loss, outputs) if return_outputs else loss
 
 
 class TextReplay:
-    """Batches of the LLM's own pretraining text (toy corpus), drawn with replacement from a seeded generator."""
+    """Batches of the LLM's own pretraining text (toy corpus), drawn with replacement from a seeded generator.
 
-    def __init__(self, family: str, tokenizer, corpus: list[str], batch_size: int, seed: int = 0):
+    Text only (`processor=None`): LM batches as in its pretraining. Behind an image (`processor` given): each text
+    is the target of an empty prompt after the `<image>` placeholders, as a caption is, and the trainer supplies
+    the visual prompts of unrelated images (`unrelated_images`).
+    """
+
+    def __init__(self, family: str, tokenizer, corpus: list[str], batch_size: int, seed: int = 0, processor=None):
         if not corpus:
             raise ValueError("Text replay needs a non-empty corpus.")
-        self.examples = encode_examples(family, tokenizer, corpus, seed=seed)
-        self._collate = lambda ex: collate(family, tokenizer, ex)
+        self.corpus = corpus
+        self.processor = processor
+        if processor is None:
+            self.examples = encode_examples(family, tokenizer, corpus, seed=seed)
+            self._collate = lambda ex: collate(family, tokenizer, ex)
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        idx = torch.randint(0, len(self.examples), (self.batch_size,), generator=self.generator).tolist()
+        n = len(self.corpus) if self.processor is not None else len(self.examples)
+        idx = torch.randint(0, n, (self.batch_size,), generator=self.generator).tolist()
+        if self.processor is not None:
+            lines = [self.corpus[i] for i in idx]
+            return dict(self.processor(text=[""] * len(lines), text_target=lines))
         return self._collate([self.examples[i] for i in idx])
+
+    def unrelated_images(self, n_images: int, n_rows: int) -> torch.Tensor:
+        """Indices of batch images to put in front of `n_rows` replayed texts (drawn from other scenes)."""
+        return torch.randint(0, n_images, (n_rows,), generator=self.generator)
 
 
 def toy_replay(training_args: VPGTransTrainingArguments, processor, preset: str, seed: int) -> TextReplay:
     """Text replay over the toy LLM's own pretraining corpus (the toy-asset preset's)."""
     corpus = _corpus(PRESETS[preset].corpus_scenes, SEED)
     tokenizer = processor.tokenizer
-    return TextReplay(guess_tokenizer_family(tokenizer), tokenizer, corpus, training_args.text_replay_batch_size, seed)
+    return TextReplay(
+        guess_tokenizer_family(tokenizer),
+        tokenizer,
+        corpus,
+        training_args.text_replay_batch_size,
+        seed,
+        processor=processor if training_args.text_replay_behind_image else None,
+    )
 
 
 def read_curve(run_dir) -> dict:
