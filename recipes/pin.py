@@ -32,7 +32,7 @@ from groundvlm.recipes.systems.pin.arguments import (
     selected_methods,
     with_preset_config,
 )
-from groundvlm.recipes.systems.pin.evaluation import comparison_table, prediction_grid, write_comparison
+from groundvlm.recipes.systems.pin.evaluation import comparison_table, prediction_grid, verdict, write_comparison
 from groundvlm.recipes.systems.pin.loaders import REAL_FORMATS, prediction_records
 from groundvlm.recipes.systems.pin.training import PinRun, run_methods
 
@@ -48,6 +48,9 @@ def write_results(run_dir, pin_args: PinArguments, run: PinRun) -> None:
         path = run_dir / f"predictions_{pin_args.eval_format}.json"
         path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
     print(comparison_table(run.results, title))
+    sentence = verdict(run.results)
+    if sentence:
+        print(f"Verdict: {sentence}")
     for method, entry in run.results.items():
         if "p@0.3" in entry.get("held_out", {}):
             print(f"RefCOCO {method}: P@0.3 = {entry['held_out']['p@0.3']:.3f}")

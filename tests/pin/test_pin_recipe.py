@@ -304,3 +304,29 @@ def test_new_parameters_come_from_the_seed_not_the_global_generator(tok, method)
     assert first.keys() == second.keys() and first
     assert all(torch.equal(first[n], second[n]) for n in first)
     assert not all(torch.equal(first[n], other_seed[n]) for n in first)
+
+
+def test_comparison_says_in_words_whether_pin_beat_the_best_constant_box_and_writes_no_nan(tmp_path):
+    import json
+    import math
+
+    from groundvlm.recipes.systems.pin.evaluation import verdict, write_comparison
+
+    def entry(miou, r):
+        return {"held_out": {"miou": miou, "center_corr": r}}
+
+    tie = {"full_image": entry(0.302, float("nan")), "random": entry(0.176, 0.0), "pin": entry(0.302, -0.03)}
+    assert "TIED" in verdict(tie) and "does not localise" in verdict(tie)
+    lost = {"full_image": entry(0.302, float("nan")), "pin": entry(0.25, 0.1)}
+    assert "did NOT beat" in verdict(lost) and "-0.052" in verdict(lost)
+    won = {"full_image": entry(0.30, float("nan")), "random": entry(0.18, 0.0), "pin": entry(0.45, 0.6)}
+    assert "beat the best constant baseline (full-image box, 0.300) by +0.150 mIoU" in verdict(won)
+    assert "reads object positions" in verdict(won)
+    assert verdict({"pin": entry(0.3, 0.0)}) is None
+    md, js = write_comparison(tmp_path, tie, "t")
+    assert "**Verdict:**" in md.read_text()
+    text = js.read_text()
+    assert "NaN" not in text
+    loaded = json.loads(text)
+    assert loaded["full_image"]["held_out"]["center_corr"] is None
+    assert not any(isinstance(v, float) and math.isnan(v) for v in loaded["pin"]["held_out"].values())

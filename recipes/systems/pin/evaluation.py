@@ -177,13 +177,59 @@ def comparison_table(results: dict[str, dict], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+CONSTANT_BASELINES = ("full_image", "random")
+
+
+def verdict(results: dict[str, dict], method: str = "pin") -> str | None:
+    """One sentence: did `method` beat the best constant-box baseline on the held-out categories, and by how much
+    (mIoU and centre correlation)? None when the run has no such comparison."""
+    ours = results.get(method, {}).get("held_out", {}).get("miou")
+    constants = {
+        m: results[m]["held_out"]["miou"]
+        for m in CONSTANT_BASELINES
+        if results.get(m, {}).get("held_out", {}).get("miou") is not None
+    }
+    if ours is None or not constants:
+        return None
+    best = max(constants, key=constants.get)
+    name, best_name = TABLE_NAMES.get(method, method), TABLE_NAMES.get(best, best)
+    diff = ours - constants[best]
+    r = results[method]["held_out"].get("center_corr")
+    r_text = "n/a" if r is None or (isinstance(r, float) and math.isnan(r)) else f"{r:.2f}"
+    if diff > 0.005:
+        head = f"{name} beat the best constant baseline ({best_name}, {constants[best]:.3f}) by {diff:+.3f} mIoU"
+    elif diff < -0.005:
+        head = f"{name} did NOT beat the best constant baseline: {best_name} {constants[best]:.3f} vs {ours:.3f} ({diff:+.3f} mIoU)"
+    else:
+        head = f"{name} TIED the best constant baseline ({best_name}, {constants[best]:.3f} vs {ours:.3f}): no localisation gain"
+    reads = "it reads object positions" if r_text != "n/a" and float(r_text) >= 0.3 else "it does not localise"
+    return f"{head}; box-centre correlation {r_text} ({reads} — a constant box scores ~0)."
+
+
+def _json_safe(value):
+    """NaN / inf become null (JSON has no NaN); containers recursively."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def write_comparison(run_dir: str | Path, results: dict[str, dict], title: str) -> tuple[Path, Path]:
-    """`comparison.md` and `comparison.json` in `run_dir`; returns their paths."""
+    """`comparison.md` (table + verdict) and `comparison.json` (NaN written as null) in `run_dir`."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     md, js = run_dir / "comparison.md", run_dir / "comparison.json"
-    md.write_text(comparison_table(results, title), encoding="utf-8")
-    js.write_text(json.dumps(results, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
+    text = comparison_table(results, title)
+    sentence = verdict(results)
+    if sentence:
+        text += f"\n**Verdict:** {sentence}\n"
+    md.write_text(text, encoding="utf-8")
+    js.write_text(json.dumps(_json_safe(results), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
     return md, js
 
 
@@ -196,11 +242,15 @@ def prediction_grid(
     columns = min(columns, len(samples))
     if columns == 0 or not methods:
         raise ValueError("prediction_grid needs at least one sample and one method")
-    header = 14
-    canvas = Image.new("RGB", (columns * cell, len(methods) * (cell + header)), (255, 255, 255))
+    header, legend = 14, 16
+    canvas = Image.new("RGB", (columns * cell, legend + len(methods) * (cell + header)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    draw.rectangle([2, 3, 14, 13], outline=(0, 200, 0), width=2)
+    draw.text((18, 2), "ground truth", fill=(0, 0, 0))
+    draw.rectangle([110, 3, 122, 13], outline=(230, 0, 0), width=2)
+    draw.text((126, 2), "prediction (thin: unparsed, fallback box)", fill=(0, 0, 0))
     for row, method in enumerate(methods):
-        y0 = row * (cell + header)
+        y0 = legend + row * (cell + header)
         draw.text((2, y0), TABLE_NAMES.get(method, method), fill=(0, 0, 0))
         for col in range(columns):
             sample, pred = samples[col], predictions[method][col]
