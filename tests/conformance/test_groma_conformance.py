@@ -9,10 +9,10 @@ import warnings
 
 import pytest
 import torch
-from groundvlm.modeling.modeling_groma import CACHE_KWARG, GromaForConditionalGeneration
-from groundvlm.processing import build_groma_prompt
 from transformers import Cache, LogitsProcessor, LogitsProcessorList
 
+from groundvlm.modeling.modeling_groma import CACHE_KWARG, GromaForConditionalGeneration
+from groundvlm.processing import build_groma_prompt
 from tests._groma_tiny import groma_tokenizer, random_image, tiny_groma_config, tiny_groma_processor
 
 GREEDY = {"do_sample": False, "return_dict_in_generate": True}

@@ -6,13 +6,13 @@ and leave ψ's gradients unchanged, reentrant or not. Runs on transformers 5.17 
 
 import pytest
 import torch
-from groundvlm.modeling import PinForLocalization
-from groundvlm.modeling.modeling_groma import CACHE_KWARG
-from groundvlm.processing import PinProcessor
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import Blip2Processor
 
+from groundvlm.modeling import PinForLocalization
+from groundvlm.modeling.modeling_groma import CACHE_KWARG
+from groundvlm.processing import PinProcessor
 from tests._pin_tiny import blip_image_processor, llava_processor, make_tokenizer, tiny_blip2, tiny_llava
 
 

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from transformers import AutoTokenizer, BlipImageProcessor
+
 from groundvlm.processing import (
     GromaImageProcessor,
     GromaProcessor,
@@ -26,9 +29,6 @@ from groundvlm.processing import (
     VPGTransProcessor,
     build_groma_prompt,
 )
-from PIL import Image
-from transformers import AutoTokenizer, BlipImageProcessor
-
 from tests._groma_tiny import groma_tokenizer
 from tests._pin_tiny import make_tokenizer
 from tests._vpgtrans_toys import opt_tokenizer

@@ -7,11 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from transformers import BlipImageProcessor
+
 from groundvlm.modeling import VPGTransConfig, VPGTransModel
 from groundvlm.modeling.modeling_groma import CACHE_KWARG
 from groundvlm.processing import VPGTransProcessor
-from transformers import BlipImageProcessor
-
 from tests._vpgtrans_toys import add_image_token, blip2_config, opt_text_config, opt_tokenizer
 
 GREEDY = {"do_sample": False, "return_dict_in_generate": True}

@@ -27,8 +27,8 @@ from PIL import Image
 from torch.utils.data import Sampler
 
 from groundvlm.processing.processing_groma import ASSISTANT_SEP, build_groma_prompt
-from groundvlm.recipes.toyworld import ToyWorld, texts
 from groundvlm.recipes.systems.pin.loaders import _load_refs, _resolve_refs
+from groundvlm.recipes.toyworld import ToyWorld, texts
 
 REC_INSTRUCTIONS = (
     "Locate {} in the image.",
