@@ -443,6 +443,8 @@ def caption_asset_metrics(report: dict, source: str) -> dict:
         "name_recall_held_out_images": checks["held_out_images"]["name_recall"],
         "name_recall_held_out_categories": checks["held_out_categories"]["name_recall"],
         "raw_box_parse_rate": checks["held_out_images"]["raw_box_parse_rate"],
+        # Box loss behind the image prefix / text only (absent in reports written before this check existed).
+        "box_loss_ratio": checks.get("box_loss", {}).get("ratio"),
         "meets_target": report["meets_target"],
     }
 
