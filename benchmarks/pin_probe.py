@@ -15,6 +15,10 @@ prompt names, among 1–3 objects. The probes measure each link alone (nothing h
    own random slot (can it find the named object's entry and copy its box — what a real LLM does in context?).
    Trained with PIN's prompt and loss, then greedy mIoU and centre correlation on new scenes.
 
+0. `box_loss` (runs first, cheap): the per-token loss of PIN's box target behind the image prefix vs text only
+   (`recipes.systems.vpgtrans.captioner.box_prefix_loss`). A ratio far above 1 means the LM stops writing boxes
+   once an image is in front; PIN then learns to blind the VLM instead of localising. Fix the base first.
+
 If (2-oracle) works and (2-bind) does not, the frozen toy LLM lacks the in-context lookup that PIN relies on in a
 real LLM; if (1) stays low for every α, the frozen Q-Former discards position. Output: `<out>/probe.json`.
 """
@@ -202,7 +206,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--probes", nargs="*", default=["qformer_linear", "lm_oracle", "lm_bind"])
+    parser.add_argument("--probes", nargs="*", default=["box_loss", "qformer_linear", "lm_oracle", "lm_bind"])
     args = parser.parse_args(argv)
     from transformers import AutoProcessor
 
@@ -227,7 +231,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for probe in args.probes:
-        if probe == "qformer_linear":
+        if probe == "box_loss":
+            from groundvlm.recipes.systems.vpgtrans.captioner import BOX_LOSS_RATIO_MAX, box_prefix_loss
+
+            report[probe] = box_prefix_loss(vlm, base_processor, n_images=min(args.test_images, 64), split="held_out")
+            report[probe]["passed"] = report[probe]["ratio"] <= BOX_LOSS_RATIO_MAX
+        elif probe == "qformer_linear":
             report[probe] = qformer_linear(vlm, base_processor.image_processor, scenes, device)
         elif probe in ("lm_oracle", "lm_bind"):
             report[probe] = lm_prefix_probe(
