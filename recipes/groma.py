@@ -27,7 +27,7 @@ import time
 
 from transformers import set_seed
 
-from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args
+from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args, run_recipe
 from groundvlm.recipes.common.run_dir import prepare_run_dir, write_metrics
 from groundvlm.recipes.systems.groma.arguments import GromaArguments, GromaTrainingArguments
 from groundvlm.recipes.systems.groma.models import load_groma
@@ -111,4 +111,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

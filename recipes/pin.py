@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 
-from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args
+from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args, run_recipe
 from groundvlm.recipes.common.run_dir import prepare_run_dir
 from groundvlm.recipes.systems.pin.arguments import (
     PinArguments,
@@ -68,4 +68,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -20,7 +20,7 @@ or `--dataset coco` with `--train_file` (LAVIS / Karpathy COCO json), `--image_r
 
 from __future__ import annotations
 
-from groundvlm.recipes.common.arguments import parse_recipe_args
+from groundvlm.recipes.common.arguments import parse_recipe_args, run_recipe
 from groundvlm.recipes.common.run_dir import prepare_run_dir
 from groundvlm.recipes.systems.vpgtrans.arguments import VPGTRANS_ARGUMENTS, check_stage
 from groundvlm.recipes.systems.vpgtrans.stages import run_stage
@@ -37,4 +37,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)
