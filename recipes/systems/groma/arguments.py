@@ -81,9 +81,7 @@ class GromaArguments:
         check_positive(self, "toy_train_scenes", "toy_eval_scenes", allow_zero=True)
         check_positive(self, "image_size", "eval_max_samples", allow_none=True)
         n = self.toy_num_objects
-        check_arg(
-            len(n) == 2 and 1 <= n[0] <= n[1], "toy_num_objects", n, "two numbers MIN MAX with 1 <= MIN <= MAX"
-        )
+        check_arg(len(n) == 2 and 1 <= n[0] <= n[1], "toy_num_objects", n, "two numbers MIN MAX with 1 <= MIN <= MAX")
         for task in self.eval_tasks:
             check_arg(task in EVAL_TASKS, "eval_tasks", task, f"of {' | '.join(EVAL_TASKS)}")
         if len(self.det_images) != len(self.det_annotations) or (

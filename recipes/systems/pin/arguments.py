@@ -113,7 +113,9 @@ class PinArguments:
         check_positive(self, "eval_max_images", allow_none=True)
         check_fraction(self, "name_reconstruction_fraction", "referral_probability")
         dtypes = ("float32", "float16", "bfloat16")
-        check_arg(self.feature_cache_dtype in dtypes, "feature_cache_dtype", self.feature_cache_dtype, " | ".join(dtypes))
+        check_arg(
+            self.feature_cache_dtype in dtypes, "feature_cache_dtype", self.feature_cache_dtype, " | ".join(dtypes)
+        )
         for method in [self.method] if self.method else self.methods:
             try:
                 check_method(method)
