@@ -109,3 +109,37 @@ def test_help_shows_the_recipe_options_and_config(capsys):
         _parse(PIN, "pin", "--help-all")
     everything = capsys.readouterr().out
     assert "--adam_beta1" in everything and "--config" in everything and "--num_beams" in everything
+
+
+def test_second_run_into_a_locked_run_dir_stops_with_a_message(tmp_path, monkeypatch):
+    import fcntl
+    import logging
+
+    from groundvlm.recipes.common import run_dir as run_dir_module
+
+    monkeypatch.setattr(run_dir_module, "_held_locks", {})
+    monkeypatch.setattr(run_dir_module, "environment_facts", lambda: {})
+    loggers = [logging.getLogger("groundvlm"), logging.getLogger("transformers")]
+    handlers = [list(lg.handlers) for lg in loggers]
+    run = tmp_path / "run"
+    run.mkdir()
+    other = open(run / run_dir_module.LOCK_NAME, "a+")  # another run holds the directory
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    other.write("pid 4242 on elsewhere")
+    other.flush()
+    try:
+        with pytest.raises(RecipeError, match=r"in use by pid 4242 on elsewhere.*own --output_dir"):
+            run_dir_module.prepare_run_dir(run)
+        assert not (run / "config.yaml").exists()  # nothing written before the lock
+    finally:
+        other.close()
+    run_dir_module.prepare_run_dir(run)
+    run_dir_module.prepare_run_dir(run)  # the same process again (groma's stages): fine
+    assert f"pid {__import__('os').getpid()}" in (run / run_dir_module.LOCK_NAME).read_text()
+    for handle in run_dir_module._held_locks.values():
+        handle.close()
+    for lg, before in zip(loggers, handlers):
+        for handler in lg.handlers[:]:
+            if handler not in before:
+                lg.removeHandler(handler)
+                handler.close()
