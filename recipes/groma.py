@@ -78,6 +78,7 @@ def run_stage(argv: list[str]) -> dict:
         name = args.stage
     write_metrics(run_dir, name, metrics)
     print(json.dumps({name: metrics}, indent=1))
+    logger.info("%s results: %s", name, json.dumps(metrics))  # train.log keeps them with the run
     return metrics
 
 

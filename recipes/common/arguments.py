@@ -72,7 +72,8 @@ def check_fraction(args: Any, *names: str) -> None:
 
 def run_recipe(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:
     """Call a recipe's `main(argv)`; a `RecipeError` (or a config that is not found) ends the process with
-    `error: <message>` on stderr and status 1, also logged to the run's `train.log` when one is attached.
+    `error: <message>` on stderr and status 1, also logged to the run's `train.log` when one is attached; any other
+    exception is logged there with its traceback and raised.
 
     Under `accelerate launch` the launcher then raises its own `CalledProcessError` after the child's message
     (`accelerate launch --quiet` leaves only the message).
@@ -83,6 +84,10 @@ def run_recipe(main: Callable[[list[str] | None], Any], argv: list[str] | None =
         if logger.handlers:  # train.log is attached: record the message with its traceback there
             logger.error("%s", error, exc_info=True)
         sys.exit(f"error: {error}")
+    except Exception:
+        if logger.handlers:  # a crash: its traceback goes to train.log too, then up as usual
+            logger.exception("The recipe failed")
+        raise
 
 
 @dataclass

@@ -143,3 +143,34 @@ def test_second_run_into_a_locked_run_dir_stops_with_a_message(tmp_path, monkeyp
             if handler not in before:
                 lg.removeHandler(handler)
                 handler.close()
+
+
+def test_errors_and_crashes_reach_train_log(tmp_path):
+    import logging
+
+    from groundvlm.recipes.common.run_dir import attach_log_file
+
+    loggers = [logging.getLogger("groundvlm"), logging.getLogger("transformers")]
+    before = [list(lg.handlers) for lg in loggers]
+    try:
+        log = attach_log_file(tmp_path)
+
+        def bad_argument(argv):
+            raise RecipeError("--epochs must be a number > 0, got 0.")
+
+        def crash(argv):
+            raise KeyError("no such column")
+
+        with pytest.raises(SystemExit):
+            run_recipe(bad_argument)
+        with pytest.raises(KeyError):
+            run_recipe(crash)
+        text = log.read_text()
+        assert "ERROR groundvlm: --epochs must be a number > 0, got 0." in text
+        assert "The recipe failed" in text and "KeyError: 'no such column'" in text
+    finally:
+        for lg, handlers in zip(loggers, before):
+            for handler in lg.handlers[:]:
+                if handler not in handlers:
+                    lg.removeHandler(handler)
+                    handler.close()
