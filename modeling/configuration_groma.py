@@ -149,3 +149,6 @@ class GromaConfig(PretrainedConfig):
     def num_image_tokens(self) -> int:
         """Image tokens per image after the 2x2 merge: (448 / 14 / 2)^2 = 256."""
         return (self.patch_grid // 2) ** 2
+
+
+GromaConfig.register_for_auto_class()
