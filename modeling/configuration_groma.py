@@ -6,11 +6,16 @@ the 114 added tokens as native vocabulary rows, 32114 in all).
 
 from transformers import AutoConfig, Dinov2Config, LlamaConfig, PretrainedConfig
 
-# The reference's added tokens, in the order `tokenizer.add_tokens` gave them ids after the base vocabulary.
-GROMA_ADDED_TOKENS = (
+# The reference's added tokens, in the order `tokenizer.add_tokens` gave them ids after the base vocabulary: 14
+# special tokens, then the proxy tokens <r0>..<r99>. The same three names in processing_groma.py hold the same
+# tuples (a modeling file may not import a processing file).
+GROMA_SPECIAL_TOKENS = (
     "[PAD]", "<sep>", "<img>", "</img>", "<roi>", "</roi>", "<p>", "</p>", "<image>", "<region>",
     "<refer_box>", "<ground_box>", "<refer_feat>", "[grounding]",
 )  # fmt: skip
+NUM_PROXY_TOKENS = 100
+GROMA_PROXY_TOKENS = tuple(f"<r{j}>" for j in range(NUM_PROXY_TOKENS))
+GROMA_ADDED_TOKENS = GROMA_SPECIAL_TOKENS + GROMA_PROXY_TOKENS
 
 
 class GromaConfig(PretrainedConfig):
@@ -144,3 +149,6 @@ class GromaConfig(PretrainedConfig):
     def num_image_tokens(self) -> int:
         """Image tokens per image after the 2x2 merge: (448 / 14 / 2)^2 = 256."""
         return (self.patch_grid // 2) ** 2
+
+
+GromaConfig.register_for_auto_class()

@@ -37,7 +37,6 @@ from .groma_cuda_graphs import GromaVisionCudaGraphs
 from .groma_proposer import GromaChannelLayerNorm, GromaRegionProposer
 from .groma_region_encoder import GromaRegionEncoder
 
-
 # Score of the training-target boxes entering region selection (the reference's training forward).
 GROUND_BOX_SCORE = 0.2
 
@@ -542,7 +541,9 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
                 )
             if input_ids is None:
                 raise ValueError("input_ids are required with pixel_values (the image slots live in the prompt)")
-            prepared = self.prepare_multimodal_inputs(input_ids, pixel_values, attention_mask, refer_boxes, ground_boxes)
+            prepared = self.prepare_multimodal_inputs(
+                input_ids, pixel_values, attention_mask, refer_boxes, ground_boxes
+            )
             inputs_embeds, attention_mask = prepared.inputs_embeds, prepared.attention_mask
             if labels is not None:
                 resolved = (input_ids == self.config.ground_box_token_id) & (labels != -100)
@@ -671,5 +672,21 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
             )
         return outputs
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # One Auto class is kept per class by `register_for_auto_class`; users and trl load through several, so all
+        # entries are written, and the folder loads with trust_remote_code like PIN's and VPGTrans's.
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.update(
+            {
+                "AutoConfig": "configuration_groma.GromaConfig",
+                "AutoModel": "modeling_groma.GromaForConditionalGeneration",
+                "AutoModelForImageTextToText": "modeling_groma.GromaForConditionalGeneration",
+            }
+        )
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+GromaForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")  # copies the code on save
 
 __all__ = ["GromaForConditionalGeneration", "GromaPreTrainedModel"]

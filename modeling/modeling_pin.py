@@ -17,6 +17,7 @@ wrapper, so the base's own code path runs unchanged and calling the base directl
 import copy
 import functools
 import os
+import re
 from contextlib import contextmanager
 
 import torch
@@ -46,6 +47,14 @@ _LLAVA_VISION_HAS_CLS = {"clip_vision_model": True, "siglip_vision_model": False
 # Loading options of `from_pretrained` that apply to the base model as well.
 _BASE_LOAD_KWARGS = ("dtype", "torch_dtype", "device_map", "attn_implementation", "low_cpu_mem_usage")
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "proxies")
+# A Hub repo id: "name" or "namespace/name" of letters, digits, "-", "_", "." (huggingface_hub's rule, simplified).
+_HUB_ID = re.compile(r"^(?!.*(--|\.\.))[\w][\w.-]{0,95}(/[\w][\w.-]{0,95})?$")
+
+
+def _is_local_reference(reference: str | None) -> bool:
+    """Whether a base reference only makes sense on this machine: a folder here, or not a Hub id (absolute or
+    relative path); `None`/"" (no reference) counts as local too."""
+    return not reference or os.path.isdir(reference) or not _HUB_ID.match(reference)
 
 
 def supported_base_classes() -> dict[str, type]:
@@ -293,7 +302,13 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
             logger.warning(f"PinForLocalization.from_pretrained ignores the options {sorted(kwargs)}")
         path = str(pretrained_model_name_or_path)
         if config is None:
-            config = PinConfig.from_pretrained(path, revision=revision, subfolder=subfolder, **hub_kwargs)
+            config_dict, _ = PinConfig.get_config_dict(path, revision=revision, subfolder=subfolder, **hub_kwargs)
+            if config_dict.get("model_type") != PinConfig.model_type:
+                raise ValueError(
+                    f"{path} does not hold a PIN (its config.json has model_type={config_dict.get('model_type')!r}, "
+                    f"expected 'pin'): load it with the class of that model type, or AutoModel"
+                )
+            config = PinConfig.from_dict(config_dict)
         if not isinstance(config, PinConfig) and getattr(config, "model_type", None) != "pin":
             raise ValueError(f"{path} does not hold a PIN config (model_type={getattr(config, 'model_type', None)!r})")
         base_info = None
@@ -305,6 +320,14 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
                     path, subfolder=sub, revision=revision, output_loading_info=True, **hub_kwargs, **base_kwargs
                 )
             elif config.base_model_name_or_path:
+                reference = config.base_model_name_or_path
+                if not os.path.isdir(reference) and not _HUB_ID.match(reference):
+                    raise ValueError(
+                        f"The PIN in {path} references its base at the local path {reference!r}, which is not a "
+                        "folder on this machine: pass base_model=<the loaded base VLM>, or re-save the PIN where "
+                        "its base exists with save_pretrained(..., include_base=True) (or with "
+                        "config.base_model_name_or_path set to the base's Hub id)"
+                    )
                 base_model, base_info = base_cls.from_pretrained(
                     config.base_model_name_or_path, output_loading_info=True, **hub_kwargs, **base_kwargs
                 )
@@ -338,7 +361,7 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
-        include_base: bool = False,
+        include_base: bool | None = None,
         state_dict: dict | None = None,
         **kwargs,
     ):
@@ -347,7 +370,11 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
 
         Args:
             include_base: also save the base model into `save_directory/base/`, so the folder is self-contained
-                (`from_pretrained` then loads the base from there instead of `base_model_name_or_path`).
+                (`from_pretrained` then loads the base from there instead of `base_model_name_or_path`). `None`
+                (the default) includes it exactly when the reference would not load on another machine: when
+                `config.base_model_name_or_path` is a local folder or path, or empty, or the PIN was loaded from a
+                folder that included its base. A base loaded by Hub id is referenced by that id. `False` keeps a
+                local path as the reference (loadable only where that path exists).
             state_dict: as in `PreTrainedModel.save_pretrained` (e.g. from `Trainer`); only its `pin.` keys are kept.
         """
         state_dict = self.state_dict() if state_dict is None else state_dict
@@ -358,6 +385,14 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
             "AutoModelForImageTextToText": "modeling_pin.PinForLocalization",
         }
         previous_subfolder = self.config.base_subfolder
+        if include_base is None:
+            include_base = bool(previous_subfolder) or _is_local_reference(self.config.base_model_name_or_path)
+            if include_base:
+                logger.info(
+                    f"Saving the base VLM into {os.path.join(save_directory, _BASE_SUBFOLDER)} (its reference "
+                    f"{self.config.base_model_name_or_path!r} is no Hub id), so the folder loads on any machine; "
+                    "pass include_base=False to keep the local reference"
+                )
         if not include_base and not self.config.base_model_name_or_path and not previous_subfolder:
             logger.warning(
                 "Saving PIN without a base reference (config.base_model_name_or_path is empty): loading it will need "

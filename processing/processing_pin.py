@@ -14,21 +14,27 @@ _VOWELS = "aeiou"
 
 
 def _image_size_hw(image) -> tuple[int, int]:
-    """(height, width) of a PIL image, or of an (H, W, 3) / (3, H, W) array or tensor; rejects non-RGB input."""
+    """(height, width) of a PIL image, or of an (H, W, 3) / (3, H, W) array or tensor; rejects non-RGB and empty
+    input."""
     mode = getattr(image, "mode", None)
-    if mode is not None:  # PIL
+    if isinstance(mode, str):  # PIL (a torch tensor's `mode` is a method)
         if mode != "RGB":
             raise ValueError(f"PIN expects RGB images, got a PIL image in mode {mode!r}: call image.convert('RGB')")
-        return image.height, image.width
-    shape = tuple(getattr(image, "shape", ()))
-    if len(shape) == 3 and shape[-1] == 3:
-        return shape[0], shape[1]
-    if len(shape) == 3 and shape[0] == 3:
-        return shape[1], shape[2]
-    raise ValueError(
-        f"PIN expects RGB images (PIL mode 'RGB', or arrays of shape (H, W, 3) / (3, H, W)), got "
-        f"{type(image).__name__} with shape {shape}"
-    )
+        height, width = image.height, image.width
+    else:
+        shape = tuple(getattr(image, "shape", ()))
+        if len(shape) == 3 and shape[-1] == 3:
+            height, width = shape[0], shape[1]
+        elif len(shape) == 3 and shape[0] == 3:
+            height, width = shape[1], shape[2]
+        else:
+            raise ValueError(
+                f"PIN expects RGB images (PIL mode 'RGB', or arrays / tensors of shape (H, W, 3) or (3, H, W)), got "
+                f"{type(image).__name__} with shape {shape}"
+            )
+    if height < 1 or width < 1:
+        raise ValueError(f"PIN got an empty image ({width}x{height} pixels); every image needs at least one pixel")
+    return int(height), int(width)
 
 
 class PinProcessorKwargs(ProcessingKwargs, total=False):
@@ -169,10 +175,19 @@ class PinProcessor(ProcessorMixin):
         """ "an" when the name starts with a vowel letter, else "a" (the reference's rule)."""
         return "an" if name[0].lower() in _VOWELS else "a"
 
-    @staticmethod
-    def _check_name(name) -> str:
+    max_name_tokens = 64
+    """The longest object name (in tokens) a prompt takes; a longer one is an error rather than a prompt that
+    overruns the base LLM's positions (category names and referring expressions are far shorter)."""
+
+    def _check_name(self, name) -> str:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"object names must be non-empty strings, got {name!r}")
+        n_tokens = len(self.tokenizer(name, add_special_tokens=False)["input_ids"])
+        if n_tokens > self.max_name_tokens:
+            raise ValueError(
+                f"object name {name[:40]!r}... is {n_tokens} tokens long; PIN prompts take names of at most "
+                f"{self.max_name_tokens} tokens (processor.max_name_tokens): shorten the name"
+            )
         return name
 
     def build_prompt(self, name: str) -> str:

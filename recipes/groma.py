@@ -27,7 +27,7 @@ import time
 
 from transformers import set_seed
 
-from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args
+from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args, run_recipe
 from groundvlm.recipes.common.run_dir import prepare_run_dir, write_metrics
 from groundvlm.recipes.systems.groma.arguments import GromaArguments, GromaTrainingArguments
 from groundvlm.recipes.systems.groma.models import load_groma
@@ -78,6 +78,7 @@ def run_stage(argv: list[str]) -> dict:
         name = args.stage
     write_metrics(run_dir, name, metrics)
     print(json.dumps({name: metrics}, indent=1))
+    logger.info("%s results: %s", name, json.dumps(metrics))  # train.log keeps them with the run
     return metrics
 
 
@@ -111,4 +112,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

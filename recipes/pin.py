@@ -22,10 +22,11 @@ resumes there.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
-from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args
-from groundvlm.recipes.common.run_dir import prepare_run_dir
+from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args, run_recipe
+from groundvlm.recipes.common.run_dir import prepare_run_dir, write_metrics
 from groundvlm.recipes.systems.pin.arguments import (
     PinArguments,
     PinTrainingArguments,
@@ -35,6 +36,8 @@ from groundvlm.recipes.systems.pin.arguments import (
 from groundvlm.recipes.systems.pin.evaluation import comparison_table, prediction_grid, verdict, write_comparison
 from groundvlm.recipes.systems.pin.loaders import REAL_FORMATS, prediction_records
 from groundvlm.recipes.systems.pin.training import PinRun, run_methods
+
+logger = logging.getLogger("groundvlm")
 
 
 def write_results(run_dir, pin_args: PinArguments, run: PinRun) -> None:
@@ -47,14 +50,18 @@ def write_results(run_dir, pin_args: PinArguments, run: PinRun) -> None:
         records = {m: prediction_records(run.test_samples, p) for m, p in run.predictions.items()}
         path = run_dir / f"predictions_{pin_args.eval_format}.json"
         path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-    print(comparison_table(run.results, title))
+    for method, entry in run.results.items():  # every method, the untrained baselines included
+        write_metrics(run_dir, method, entry)
+    lines = [comparison_table(run.results, title)]
     sentence = verdict(run.results)
     if sentence:
-        print(f"Verdict: {sentence}")
+        lines.append(f"Verdict: {sentence}")
     for method, entry in run.results.items():
         if "p@0.3" in entry.get("held_out", {}):
-            print(f"RefCOCO {method}: P@0.3 = {entry['held_out']['p@0.3']:.3f}")
-    print(f"wrote {run_dir / 'comparison.md'}, {run_dir / 'comparison.json'}, {run_dir / 'predictions.png'}")
+            lines.append(f"RefCOCO {method}: P@0.3 = {entry['held_out']['p@0.3']:.3f}")
+    lines.append(f"wrote {run_dir / 'comparison.md'}, {run_dir / 'comparison.json'}, {run_dir / 'predictions.png'}")
+    print("\n".join(lines))
+    logger.info("Results:\n%s", "\n".join(lines))  # train.log keeps them with the run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -71,4 +78,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

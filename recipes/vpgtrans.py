@@ -20,10 +20,14 @@ or `--dataset coco` with `--train_file` (LAVIS / Karpathy COCO json), `--image_r
 
 from __future__ import annotations
 
-from groundvlm.recipes.common.arguments import parse_recipe_args
+import logging
+
+from groundvlm.recipes.common.arguments import parse_recipe_args, run_recipe
 from groundvlm.recipes.common.run_dir import prepare_run_dir
 from groundvlm.recipes.systems.vpgtrans.arguments import VPGTRANS_ARGUMENTS, check_stage
 from groundvlm.recipes.systems.vpgtrans.stages import run_stage
+
+logger = logging.getLogger("groundvlm")
 
 
 def main(argv=None):
@@ -33,8 +37,11 @@ def main(argv=None):
     )
     check_stage(script_args, training_args)
     run_dir = prepare_run_dir(training_args.output_dir, run_args, script_args, model_args, eval_args, training_args)
-    return run_stage(run_args, script_args, model_args, eval_args, training_args, run_dir)
+    result = run_stage(run_args, script_args, model_args, eval_args, training_args, run_dir)
+    summary = result[-1] if isinstance(result, tuple) else result  # the metrics, or the written folder / file
+    logger.info("Stage %s finished: %s", script_args.stage, summary)  # train.log keeps it with the run
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

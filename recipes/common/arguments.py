@@ -18,10 +18,12 @@ Precedence: dataclass default < YAML value < command-line flag.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +36,58 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent
 
 DEFAULT_RUN_NAME = "default"
 """`run_name` when neither the command line, the YAML nor a config name gives one."""
+
+logger = logging.getLogger("groundvlm")
+
+
+class RecipeError(ValueError):
+    """An error of the user's making (a bad argument, a missing path, a bad config): the recipe's entry point
+    prints its message alone (`error: ...`) and exits with status 1, without a traceback."""
+
+
+def check_arg(condition: bool, name: str, value: Any, expected: str) -> None:
+    """Raise `RecipeError("--<name> must be <expected>, got <value>")` unless `condition`."""
+    if not condition:
+        raise RecipeError(f"--{name} must be {expected}, got {value!r}.")
+
+
+def check_positive(args: Any, *names: str, allow_zero: bool = False, allow_none: bool = False) -> None:
+    """Each named field of `args` is an int/float > 0 (>= 0 with `allow_zero`; or None with `allow_none`)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is None and allow_none:
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and (value >= 0 if allow_zero else value > 0)
+        check_arg(ok, name, value, "a number >= 0" if allow_zero else "a number > 0")
+
+
+def check_fraction(args: Any, *names: str) -> None:
+    """Each named field of `args` is a number in [0, 1]."""
+    for name in names:
+        value = getattr(args, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+        check_arg(ok, name, value, "a number in [0, 1]")
+
+
+def run_recipe(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:
+    """Call a recipe's `main(argv)`; a `RecipeError` (or a config that is not found) ends the process with
+    `error: <message>` on stderr and status 1, also logged to the run's `train.log` when one is attached; any other
+    exception is logged there with its traceback and raised.
+
+    Under `accelerate launch` the launcher then raises its own `CalledProcessError` after the child's message
+    (`accelerate launch --quiet` leaves only the message).
+    """
+    try:
+        return main(argv)
+    except (RecipeError, FileNotFoundError) as error:
+        if logger.handlers:  # train.log is attached: record the message with its traceback there
+            logger.error("%s", error, exc_info=True)
+        sys.exit(f"error: {error}")
+    except Exception:
+        if logger.handlers:  # a crash: its traceback goes to train.log too, then up as usual
+            logger.exception("The recipe failed")
+        raise
 
 
 @dataclass
@@ -62,6 +116,10 @@ class RunArguments:
     )
 
 
+class ConfigNotFoundError(RecipeError, FileNotFoundError):
+    """`--config` names neither a file nor a shipped config."""
+
+
 def resolve_config_path(recipe: str | None, name: str | Path) -> Path:
     """Find a recipe config: an existing file path, else `recipes/<recipe>/<name>[.yaml]` in the installed package.
 
@@ -73,13 +131,13 @@ def resolve_config_path(recipe: str | None, name: str | Path) -> Path:
         The path of an existing YAML file.
 
     Raises:
-        FileNotFoundError: naming what was looked for and listing the configs the recipe ships.
+        ConfigNotFoundError (a `RecipeError` and a `FileNotFoundError`): naming what was looked for and listing the configs the recipe ships.
     """
     path = Path(name).expanduser()
     if path.is_file():
         return path
     if recipe is None:
-        raise FileNotFoundError(f"Config file {str(name)!r} does not exist (and no recipe was given to look it up in).")
+        raise RecipeError(f"Config file {str(name)!r} does not exist (and no recipe was given to look it up in).")
     recipe_dir = RECIPES_DIR / recipe
     file_name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
     candidate = recipe_dir / file_name
@@ -87,7 +145,7 @@ def resolve_config_path(recipe: str | None, name: str | Path) -> Path:
     if len(path.parts) == 1 and candidate.is_file():
         return candidate
     shipped = sorted(p.stem for p in recipe_dir.glob("*.yaml")) if recipe_dir.is_dir() else []
-    raise FileNotFoundError(
+    raise ConfigNotFoundError(
         f"Config {str(name)!r} is neither an existing file nor a config of recipe {recipe!r} "
         f"(looked for {candidate}). Configs shipped with {recipe!r}: {shipped or 'none'}."
     )
@@ -101,15 +159,15 @@ def _config_from_argv(args: list[str]) -> tuple[list[str], str | None]:
         arg = args[i]
         if arg == "--config":
             if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                raise ValueError("--config needs a value: a YAML path or the name of a recipe config.")
+                raise RecipeError("--config needs a value: a YAML path or the name of a recipe config.")
             if config is not None:
-                raise ValueError("--config was given more than once.")
+                raise RecipeError("--config was given more than once.")
             config = args[i + 1]
             i += 2
             continue
         if arg.startswith("--config="):
             if config is not None:
-                raise ValueError("--config was given more than once.")
+                raise RecipeError("--config was given more than once.")
             config = arg.split("=", 1)[1]
         else:
             rest.append(arg)
@@ -124,7 +182,7 @@ def _load_config(path: Path, dataclass_types: Sequence[type]) -> dict[str, Any]:
     if config is None:
         return {}
     if not isinstance(config, dict):
-        raise ValueError(
+        raise RecipeError(
             f"Config file {path} must hold a YAML mapping of argument names to values, got {type(config).__name__}."
         )
     known = {f.name for dtype in dataclass_types for f in dataclasses.fields(dtype) if f.init}
@@ -135,10 +193,60 @@ def _load_config(path: Path, dataclass_types: Sequence[type]) -> dict[str, Any]:
             close = difflib.get_close_matches(str(key), known, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         names = ", ".join(dtype.__name__ for dtype in dataclass_types)
-        raise ValueError(
+        raise RecipeError(
             f"Config file {path}: unknown key(s) {', '.join(hints)}; valid keys are the fields of {names}."
         )
     return config
+
+
+def _add_config_help(parser: argparse.ArgumentParser, recipe: str | None) -> None:
+    """Document `--config` (which `TrlParser` reads before argparse sees the arguments) in `parser`'s help."""
+    shipped = sorted(p.stem for p in (RECIPES_DIR / (recipe or "")).glob("*.yaml")) if recipe else []
+    parser.add_argument(
+        "--config",
+        metavar="YAML",
+        help="A YAML file of argument values, or the name of a config shipped with the recipe"
+        + (f" ({', '.join(shipped)})" if shipped else "")
+        + ". Command-line flags override it.",
+    )
+
+
+_RUN_LEVEL_FIELDS = {"output_dir", "run_name", "seed", "report_to"}
+"""`TrainingArguments` fields every recipe's short `--help` lists (the run-level defaults of `parse_recipe_args`)."""
+
+
+def _own_fields(dtype: type) -> set[str]:
+    """The fields a recipe adds: all of a plain dataclass's; for a `TrainingArguments` subclass, those it declares
+    or re-defaults itself (not the hundreds it inherits)."""
+    from transformers import TrainingArguments
+
+    if issubclass(dtype, TrainingArguments):
+        return set(dtype.__dict__.get("__annotations__", {})) | _RUN_LEVEL_FIELDS
+    return {f.name for f in dataclasses.fields(dtype) if f.init}
+
+
+def short_help_parser(
+    parser: argparse.ArgumentParser, dataclass_types: Sequence[type], recipe: str | None
+) -> argparse.ArgumentParser:
+    """A parser whose help lists `--config` and the recipe's own options only (see `_own_fields`), one group per
+    dataclass; `--help-all` lists every option."""
+    short = argparse.ArgumentParser(
+        prog=parser.prog,
+        usage="%(prog)s [--config YAML] [--option value ...]",
+        add_help=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Run with --help-all for every option, including all of transformers' TrainingArguments.",
+    )
+    short.add_argument("-h", "--help", action="store_true", help="Show this message and exit.")
+    short.add_argument("--help-all", action="store_true", help="Show every option and exit.")
+    _add_config_help(short, recipe)
+    for dtype in dataclass_types:
+        own = _own_fields(dtype)
+        group = short.add_argument_group(dtype.__name__)
+        for action in parser._actions:
+            if action.dest in own and action.option_strings:
+                group._add_action(action)
+    return short
 
 
 def parse_recipe_args(
@@ -171,6 +279,13 @@ def parse_recipe_args(
     args, config_name = _config_from_argv(list(sys.argv[1:] if argv is None else argv))
 
     parser = TrlParser(dataclass_types)
+    if "--help-all" in args:
+        _add_config_help(parser, recipe)
+        parser.print_help()
+        sys.exit(0)
+    if "-h" in args or "--help" in args:
+        short_help_parser(parser, dataclass_types, recipe).print_help()
+        sys.exit(0)
     dests = {action.dest for action in parser._actions}
     config_path, config = None, {}
     if config_name is not None:

@@ -5,6 +5,8 @@
         run_info.json    versions, device, git commit, date, command line
         train.log        the recipe's log (logger `groundvlm`) and transformers' warnings
         metrics.json     {name: {metric: value}} written by `write_metrics`
+        .lock            held (flock) by the run's main process while it runs: a second run into the same
+                         directory stops with a message instead of interleaving its checkpoints and logs
         checkpoint-N/    written by the Trainer
 
 Under `accelerate launch` every process calls these functions; only the main process writes, so N processes
@@ -28,6 +30,7 @@ from typing import Any
 import yaml
 from accelerate import PartialState
 
+from groundvlm.recipes.common.arguments import RecipeError
 from groundvlm.recipes.common.checkpointing import replace_atomically
 from groundvlm.recipes.common.provenance import git_state
 
@@ -37,6 +40,10 @@ CONFIG_NAME = "config.yaml"
 RUN_INFO_NAME = "run_info.json"
 LOG_NAME = "train.log"
 METRICS_NAME = "metrics.json"
+LOCK_NAME = ".lock"
+
+_held_locks: dict[str, Any] = {}
+"""Open lock files of the run directories this process holds, by absolute path (kept open until exit)."""
 
 _VERSIONED_PACKAGES = (
     "groundvlm",
@@ -157,12 +164,45 @@ def _warn_on_changed_config(path: Path, config: dict[str, Any]) -> None:
         )
 
 
+def lock_run_dir(run_dir: str | os.PathLike) -> None:
+    """Hold an exclusive lock on `run_dir` for the rest of this process; a run dir locked by another process is a
+    `RecipeError` naming that process. The operating system drops the lock when the process ends, however it ends,
+    so a killed run leaves no stale lock. Taking it again in the same process is a no-op. Without `fcntl`
+    (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    path = Path(run_dir).resolve() / LOCK_NAME
+    if str(path) in _held_locks:
+        return
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RecipeError(
+            f"Run directory {run_dir} is in use by {holder}. Wait for that run to finish, or give this one its "
+            "own --output_dir (or --run_name)."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(
+        f"pid {os.getpid()} on {platform.node()}, started {datetime.datetime.now().isoformat(timespec='seconds')}"
+    )
+    handle.flush()
+    _held_locks[str(path)] = handle
+
+
 def prepare_run_dir(output_dir: str | os.PathLike, *arg_dataclasses: Any) -> Path:
     """Create the run directory and record how the run was made.
 
     Writes `config.yaml` (every field of every dataclass in `arg_dataclasses`, defaults included, flat — the
     shape `--config` reads) and `run_info.json` (`environment_facts()`), and attaches `train.log`. A relaunch
-    into the same directory (a resume) rewrites both for the new launch and logs any argument that changed.
+    into the same directory (a resume) rewrites both for the new launch and logs any argument that changed. The
+    main process locks the directory first (`lock_run_dir`): a second run into it while the first one runs fails.
     Only the main process writes; every process gets the path back, after the main process has finished.
 
     Args:
@@ -177,6 +217,7 @@ def prepare_run_dir(output_dir: str | os.PathLike, *arg_dataclasses: Any) -> Pat
     state = PartialState()
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(run_dir)
         attach_log_file(run_dir)
         _warn_on_changed_config(run_dir / CONFIG_NAME, config)
         header = "# Resolved configuration of this run: " + ", ".join(type(a).__name__ for a in arg_dataclasses) + "\n"

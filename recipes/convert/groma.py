@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from groundvlm.modeling.configuration_groma import GROMA_ADDED_TOKENS, GromaConfig
+from groundvlm.modeling.configuration_groma import GROMA_ADDED_TOKENS, GROMA_SPECIAL_TOKENS, GromaConfig
 
 _DDETR_ALIASES = re.compile(
     r"^perceiver\.ddetr_transformer\.decoder\.(bbox_embed|class_embed_enc|class_embed_coco|class_embed_sa1b)"
@@ -107,10 +107,10 @@ def convert_config(reference: dict) -> GromaConfig:
         raise ValueError("only the released single-level proposer (num_feature_levels=1) is supported")
     if perceiver.get("vis_output_layer", -1) != -1:
         raise ValueError("only vis_output_layer=-1 (the released setting) is supported")
-    num_new = reference.get("num_new_token", len(GROMA_ADDED_TOKENS) + 100)
+    num_new = reference.get("num_new_token", len(GROMA_ADDED_TOKENS))
     base_vocab = llm.get("vocab_size", 32000)
-    num_proxy = num_new - len(GROMA_ADDED_TOKENS)
-    ids = {tok: base_vocab + i for i, tok in enumerate(GROMA_ADDED_TOKENS)}
+    num_proxy = num_new - len(GROMA_SPECIAL_TOKENS)
+    ids = {tok: base_vocab + i for i, tok in enumerate(GROMA_SPECIAL_TOKENS)}
     llm = {k: v for k, v in llm.items() if k not in ("model_type", "architectures", "_name_or_path")}
     llm.update(vocab_size=base_vocab + num_new, pad_token_id=ids["[PAD]"], tie_word_embeddings=False)
     llama_defaults = dict(
@@ -149,7 +149,7 @@ def convert_config(reference: dict) -> GromaConfig:
         refer_box_token_id=ids["<refer_box>"],
         ground_box_token_id=ids["<ground_box>"],
         refer_feat_token_id=ids["<refer_feat>"],
-        proxy_token_start_id=base_vocab + len(GROMA_ADDED_TOKENS),
+        proxy_token_start_id=base_vocab + len(GROMA_SPECIAL_TOKENS),
         num_proxy_tokens=num_proxy,
     )
 

@@ -57,6 +57,33 @@ CPU default starts from it instead of a weak 8-minute CPU build."""
 Builder = Callable[[Path, str], dict]
 """`builder(folder, preset) -> metrics`: fills `folder` with an artefact toyworld does not train itself."""
 
+ARTEFACT_HELP = {
+    "data": "toy world scenes and their texts (captions, VQA, referring expressions, boxes)",
+    "tokenizer-opt": "toy tokenizer with OPT's special-token conventions",
+    "tokenizer-llama": "toy tokenizer with LLaMA's special-token conventions",
+    "tokenizer-t5": "toy tokenizer with T5's special-token conventions",
+    "lm-opt-small": "OPT-style toy LM, stand-in for OPT-2.7B (VPGTrans' source LLM)",
+    "lm-opt-base": "larger OPT-style toy LM, stand-in for OPT-6.7B (VPGTrans' target LLM)",
+    "lm-llama": "Llama-style toy LM, stand-in for Vicuna / LLaMA-7B (Groma's LLM)",
+    "lm-t5": "T5-style toy LM, stand-in for Flan-T5",
+    "vision-blip2": "toy vision encoder shaped as BLIP-2's EVA ViT",
+    "vision-clip": "toy vision encoder shaped as CLIP ViT-L/14 (LLaVA)",
+    "vision-dinov2": "toy vision encoder shaped as DINOv2 (Groma)",
+    "vlm-caption": "the caption-only toy VL-LLM PIN runs on (cpu: copied from recipes/toy_checkpoints/)",
+}
+"""One line per artefact for `toyworld list`."""
+
+LIST_LEGEND = "\n".join(
+    [
+        "legend:",
+        '  state: "built (N s) key=value ..." = in the cache, with its build time and the build\'s own checks;',
+        '         "-" = not built yet: a recipe builds it on first use, or run',
+        "         python -m groundvlm.recipes.toyworld build --only NAME [--preset PRESET]",
+        "  presets: cpu = sizes for 2 CPU cores; gpu = larger, built on a GPU; gpu-small = cpu sizes built on a GPU",
+        *(f"  {name:<16} {ARTEFACT_HELP[name]}" for name in ARTEFACTS),
+    ]
+)
+
 # What the main job (PIN on a BLIP-2-style OPT VLM) needs; the default of `build`.
 MAIN_ARTEFACTS = ("data", "tokenizer-opt", "lm-opt-small", "vision-blip2")
 
@@ -589,11 +616,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         root = cache_root(args.cache_dir) / "toyworld"
         print(f"toy artefacts under {root} (default build: {' '.join(MAIN_ARTEFACTS)})")
+        print(f"  {'preset':<5} {'artefact':<16} state")
         for preset in [args.preset] if args.preset else sorted(PRESETS):
             for name in ARTEFACTS:
                 info = read_build_info(root / preset / name)
                 state = f"built ({info['seconds']:.0f} s) {_format_metrics(info['metrics'])}" if info else "-"
                 print(f"  {preset:<5} {name:<16} {state}")
+        print(LIST_LEGEND)
         return 0
 
     if PRESETS[args.preset].device == "cuda":

@@ -2,8 +2,10 @@
 
 import torch
 
-from groundvlm.modeling.configuration_groma import GROMA_ADDED_TOKENS, GromaConfig
+from groundvlm.modeling import configuration_groma
+from groundvlm.modeling.configuration_groma import GROMA_SPECIAL_TOKENS, GromaConfig
 from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
+from groundvlm.processing import processing_groma
 
 
 def _linear(i, o, bias=True):
@@ -80,14 +82,14 @@ def test_default_config_is_the_released_7b_shape_on_meta():
 def test_default_token_ids_follow_the_reference_order():
     cfg = GromaConfig()
     base = 32000
-    ids = {tok: base + i for i, tok in enumerate(GROMA_ADDED_TOKENS)}
+    ids = {tok: base + i for i, tok in enumerate(GROMA_SPECIAL_TOKENS)}
     assert cfg.pad_token_id == ids["[PAD]"] == 32000
     assert cfg.image_token_id == ids["<image>"] == 32008
     assert cfg.region_token_id == ids["<region>"] == 32009
     assert cfg.refer_box_token_id == ids["<refer_box>"] == 32010
     assert cfg.ground_box_token_id == ids["<ground_box>"] == 32011
     assert cfg.refer_feat_token_id == ids["<refer_feat>"] == 32012
-    assert cfg.proxy_token_start_id == base + len(GROMA_ADDED_TOKENS) == 32014
+    assert cfg.proxy_token_start_id == base + len(GROMA_SPECIAL_TOKENS) == 32014
     assert cfg.proxy_token_start_id + cfg.num_proxy_tokens == cfg.text_config.vocab_size == 32114
     assert cfg.num_image_tokens == 256
     assert (cfg.nms_threshold, cfg.box_score_threshold, cfg.max_region_num) == (0.6, 0.15, 100)
@@ -101,3 +103,9 @@ def test_config_round_trip(tmp_path):
     assert loaded.text_config.model_type == "llama" and loaded.text_config.vocab_size == 32114
     assert loaded.vision_config.image_size == 518 and loaded.vision_config.hidden_size == 1024
     assert loaded.image_size == 112 and loaded.region_box_quirk is False and loaded.num_image_tokens == 16
+
+
+def test_added_token_names_mean_the_same_in_modeling_and_processing():
+    for name in ("GROMA_SPECIAL_TOKENS", "GROMA_PROXY_TOKENS", "GROMA_ADDED_TOKENS", "NUM_PROXY_TOKENS"):
+        assert getattr(configuration_groma, name) == getattr(processing_groma, name), name
+    assert len(configuration_groma.GROMA_SPECIAL_TOKENS) == 14 and len(configuration_groma.GROMA_ADDED_TOKENS) == 114

@@ -46,3 +46,13 @@ def test_remote_code_load_in_fresh_process(tmp_path):
         cwd=tmp_path,
     )
     assert "OK transformers_modules" in out
+
+
+def test_save_pretrained_writes_auto_map_and_code_without_help(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    GromaForConditionalGeneration(tiny_config()).save_pretrained(tmp_path / "groma")
+    assert json.loads((tmp_path / "groma" / "config.json").read_text())["auto_map"] == AUTO_MAP
+    for name in REMOTE_CODE_FILES:
+        assert (tmp_path / "groma" / name).exists(), name

@@ -183,7 +183,7 @@ def test_from_pretrained_loads_base_then_insert(tmp_path, opt_tokenizer, llama_t
     base, pin, processor = _setup("llava", opt_tokenizer, llama_tokenizer)
     base.save_pretrained(tmp_path / "base")
     pin.config.base_model_name_or_path = str(tmp_path / "base")
-    pin.save_pretrained(tmp_path / "pin")
+    pin.save_pretrained(tmp_path / "pin", include_base=False)
     pin.save_pretrained(tmp_path / "full", include_base=True)
     from safetensors.torch import load_file
 

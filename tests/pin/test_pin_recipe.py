@@ -1,5 +1,6 @@
 """PIN recipe: curriculum data, collator labels, feature cache, baselines' trainable sets, end-to-end main()."""
 
+import json
 from types import SimpleNamespace as NS
 
 import numpy as np
@@ -250,6 +251,11 @@ def test_main_end_to_end_writes_table_and_png(tok, tmp_path, monkeypatch):
     assert "| PIN (ours) |" in table and "| full-image box |" in table
     assert Image.open(out / "predictions.png").size[0] > 0
     assert results["full_image"]["held_out"]["parse_ok"] == 1.0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"raw", "random", "full_image", "pin"}  # the untrained baselines too
+    assert metrics["random"]["held_out"]["parse_ok"] == results["random"]["held_out"]["parse_ok"]
+    log = (out / "train.log").read_text()
+    assert "Results:" in log and "| PIN (ours) |" in log  # the comparison is kept with the run
 
 
 def test_toy_cpu_yaml_spells_out_the_no_argument_defaults():

@@ -139,3 +139,7 @@ def test_list_shows_build_state(cache, capsys):
     out = capsys.readouterr().out
     lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("  test")}
     assert "built" in lines["vision-blip2"] and lines["vision-dinov2"].rstrip().endswith("-")
+    legend = out[out.index("legend:") :]  # every artefact family and both states are explained
+    assert "not built yet" in legend
+    for name in toyworld.ARTEFACTS:
+        assert f"\n  {name} " in legend, name

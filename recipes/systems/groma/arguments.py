@@ -8,6 +8,10 @@ from typing import Literal
 
 from trl import SFTConfig
 
+from groundvlm.recipes.common.arguments import RecipeError, check_arg, check_positive
+
+EVAL_TASKS = ("proposer", "rec", "grounded_caption", "region_caption", "lvis")
+
 
 @dataclass
 class GromaArguments:
@@ -71,6 +75,23 @@ class GromaArguments:
     eval_batch_size: int = field(default=32)
     proposer_topk: int = field(default=100)
 
+    def __post_init__(self):
+        """Check ranges when the arguments are parsed, before any model or data is loaded."""
+        check_positive(self, "eval_batch_size", "proposer_topk", "lora_r", "lora_alpha")
+        check_positive(self, "toy_train_scenes", "toy_eval_scenes", allow_zero=True)
+        check_positive(self, "image_size", "eval_max_samples", allow_none=True)
+        n = self.toy_num_objects
+        check_arg(len(n) == 2 and 1 <= n[0] <= n[1], "toy_num_objects", n, "two numbers MIN MAX with 1 <= MIN <= MAX")
+        for task in self.eval_tasks:
+            check_arg(task in EVAL_TASKS, "eval_tasks", task, f"of {' | '.join(EVAL_TASKS)}")
+        if len(self.det_images) != len(self.det_annotations) or (
+            self.det_sources and len(self.det_sources) != len(self.det_annotations)
+        ):
+            raise RecipeError(
+                f"--det_annotations ({len(self.det_annotations)}), --det_images ({len(self.det_images)}) and "
+                f"--det_sources ({len(self.det_sources)}, or none) must give one entry per json."
+            )
+
 
 @dataclass
 class GromaTrainingArguments(SFTConfig):
@@ -90,3 +111,8 @@ class GromaTrainingArguments(SFTConfig):
     report_to: str | list[str] = field(default="none")
     dataloader_num_workers: int = field(default=0)
     gradient_checkpointing: bool = field(default=False)
+
+    def __post_init__(self):
+        if self.max_steps is None or self.max_steps <= 0:  # epochs decide the length of training
+            check_positive(self, "num_train_epochs")
+        super().__post_init__()

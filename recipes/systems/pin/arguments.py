@@ -7,6 +7,7 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
+from groundvlm.recipes.common.arguments import RecipeError, check_arg, check_fraction, check_positive
 from groundvlm.recipes.systems.pin.baselines import METHODS, check_method
 
 
@@ -103,6 +104,25 @@ class PinArguments:
     eval_allow_pickle: bool = field(
         default=False, metadata={"help": "Allow reading the pickled refs(unc).p of RefCOCO (plain data only)."}
     )
+
+    def __post_init__(self):
+        """Check ranges when the arguments are parsed, before any model or data is loaded."""
+        check_positive(self, "train_images", "epochs", "curriculum_num_objects", "coop_tokens", "vpt_tokens")
+        check_positive(self, "lora_r", "lora_alpha", "num_beams", "max_new_tokens", "eval_batch_size", "grid_columns")
+        check_positive(self, "val_images", "test_images", allow_zero=True)
+        check_positive(self, "eval_max_images", allow_none=True)
+        check_fraction(self, "name_reconstruction_fraction", "referral_probability")
+        dtypes = ("float32", "float16", "bfloat16")
+        check_arg(
+            self.feature_cache_dtype in dtypes, "feature_cache_dtype", self.feature_cache_dtype, " | ".join(dtypes)
+        )
+        for method in [self.method] if self.method else self.methods:
+            try:
+                check_method(method)
+            except ValueError as error:
+                raise RecipeError(str(error)) from None
+        if not self.method and not self.methods:
+            raise RecipeError("no method to run: give --method or --methods")
 
 
 @dataclass

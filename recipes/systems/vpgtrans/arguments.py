@@ -16,7 +16,7 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
-from groundvlm.recipes.common.arguments import RunArguments
+from groundvlm.recipes.common.arguments import RecipeError, RunArguments, check_arg, check_positive
 from groundvlm.recipes.systems.vpgtrans.qformer import QFORMER_WEIGHTS_NAME
 
 STAGES = ("converter", "qformer_pretrain", "stage1", "stage2", "tfs", "inherit", "eval")
@@ -39,6 +39,11 @@ class VPGTransScriptArguments:
     eval_gqa_file: str | None = None
     eval_vqa_image_root: str | None = None
     eval_max_examples: int | None = None
+
+    def __post_init__(self):
+        check_arg(self.stage is None or self.stage in STAGES, "stage", self.stage, f"one of {', '.join(STAGES)}")
+        check_positive(self, "toy_train_size", "toy_eval_size", "toy_references")
+        check_positive(self, "eval_max_examples", allow_none=True)
 
 
 @dataclass
@@ -64,6 +69,16 @@ class VPGTransModelArguments:
     qformer_cross_attention_frequency: int = 1
     max_txt_len: int = 32
 
+    def __post_init__(self):
+        check_positive(self, "num_query_tokens", "qformer_hidden_size", "qformer_layers", "qformer_heads")
+        check_positive(self, "qformer_cross_attention_frequency", "max_txt_len")
+        check_arg(
+            self.qformer_hidden_size % self.qformer_heads == 0,
+            "qformer_hidden_size",
+            self.qformer_hidden_size,
+            f"a multiple of --qformer_heads ({self.qformer_heads})",
+        )
+
 
 @dataclass
 class VPGTransEvalArguments:
@@ -77,6 +92,17 @@ class VPGTransEvalArguments:
     vqa_max_length: int = 10
     vqa_length_penalty: float = -1.0
     eval_batch_size: int = 16
+
+    def __post_init__(self):
+        check_positive(self, "caption_num_beams", "caption_max_length", "vqa_num_beams", "vqa_max_length")
+        check_positive(self, "eval_batch_size")
+        check_positive(self, "caption_min_length", allow_zero=True)
+        check_arg(
+            self.caption_min_length <= self.caption_max_length,
+            "caption_min_length",
+            self.caption_min_length,
+            f"<= --caption_max_length ({self.caption_max_length})",
+        )
 
 
 @dataclass
@@ -110,6 +136,15 @@ class VPGTransTrainingArguments(TrainingArguments):
     converter_captions_per_batch: int = 4096
     converter_captions: int = 20000
 
+    def __post_init__(self):
+        check_positive(self, "min_lr", "stage1_lr_multiplier", "converter_lr", allow_zero=True)
+        check_positive(self, "text_replay_weight", allow_zero=True)
+        check_positive(self, "text_replay_batch_size", "converter_captions_per_batch", "converter_captions")
+        check_positive(self, "iters_per_inner_epoch", "converter_epochs", "warmup_lr", allow_none=True)
+        if self.max_steps is None or self.max_steps <= 0:  # epochs decide the length of training
+            check_positive(self, "num_train_epochs")
+        super().__post_init__()
+
 
 VPGTRANS_ARGUMENTS = (
     RunArguments,
@@ -125,5 +160,5 @@ def check_stage(script_args: VPGTransScriptArguments, training_args: VPGTransTra
     """Fail on an unknown stage before anything is written; keep the examples' columns (dicts with PIL images,
     which the collators read)."""
     if script_args.stage not in STAGES:
-        raise ValueError(f"Unknown or missing --stage {script_args.stage!r}; expected one of {STAGES}.")
+        raise RecipeError(f"Unknown or missing --stage {script_args.stage!r}; expected one of {STAGES}.")
     training_args.remove_unused_columns = False
