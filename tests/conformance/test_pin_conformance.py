@@ -127,7 +127,7 @@ def test_output_loading_info(saved, tmp_path):
               metadata={"format": "pt"})  # fmt: skip
     pin.config.base_model_name_or_path, previous = str(tmp_path / "base"), pin.config.base_model_name_or_path
     try:
-        pin.save_pretrained(tmp_path / "pin")
+        pin.save_pretrained(tmp_path / "pin", include_base=False)  # a reference to the edited base folder
     finally:
         pin.config.base_model_name_or_path = previous
     loaded, info = PinForLocalization.from_pretrained(tmp_path / "pin", output_loading_info=True)
