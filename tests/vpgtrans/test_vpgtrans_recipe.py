@@ -484,6 +484,7 @@ def test_caption_asset_copies_the_committed_checkpoint(tmp_path, monkeypatch):
         "name_recall_held_out_images": 0.9,
         "name_recall_held_out_categories": 0.85,
         "raw_box_parse_rate": 0.8,
+        "box_loss_ratio": None,
         "meets_target": True,
     }
     assert (folder / "config.json").is_file()
