@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import hashlib
 import json
 import os
 import re
@@ -326,11 +327,16 @@ def time_call(clock: Clock, fn, calls: int) -> float:
     return statistics.median(times)
 
 
-def generate_once(model, inputs: dict, clock: Clock, new_tokens: int, device: torch.device) -> dict:
+def generate_once(
+    model, inputs: dict, clock: Clock, new_tokens: int, device: torch.device, cache: str | None = None
+) -> dict:
     """One greedy generation of exactly `new_tokens` tokens: TTFT (ms), the decode time of the `new_tokens - 1` steps
-    after the first token (ms, and as tokens/s per sequence), and how far allocated memory rose above its level at
-    the start (bytes; None off CUDA)."""
+    after the first token (ms, and as tokens/s per sequence), how far allocated memory rose above its level at
+    the start (bytes; None off CUDA) and a digest of the generated ids (`tokens`, to compare variants).
+    `cache`: the `cache_implementation` to ask for; None = the model's own generation_config (Groma: "static")."""
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+    if cache is not None:
+        kwargs["cache_implementation"] = cache
     marker = FirstLogitsMark(clock)
     clock.sync()
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
@@ -349,6 +355,7 @@ def generate_once(model, inputs: dict, clock: Clock, new_tokens: int, device: to
         "decode_ms": decode,
         "decode_tokens_per_s": (new_tokens - 1) / (decode / 1e3),
         "memory_rise_bytes": rise,
+        "tokens": hashlib.sha1(out[:, -new_tokens:].cpu().numpy().tobytes()).hexdigest()[:16],
     }
 
 
@@ -479,8 +486,12 @@ class Bench(NamedTuple):
     resident_bytes: int
 
 
-# Groma rows: the default (vision CUDA graphs on; eager off CUDA) and the same model with an eager vision side.
-GROMA_VARIANTS = (("cuda graphs", True), ("eager", False))
+# Groma rows: (name, vision CUDA graphs, cache_implementation). The default: vision graphs on (eager off CUDA) and
+# the model's own static KV cache, with which transformers compiles the decoding step on a GPU; the same model with
+# an eager vision side; and with vision graphs but a dynamic cache (the project's default before the static one).
+GROMA_VARIANTS = (("cuda graphs", True, None), ("eager", False, None), ("dynamic cache", True, "dynamic"))
+# LLaVA rows: (name, cache_implementation): transformers' default (dynamic) and its static-cache, compiled decode.
+LLAVA_VARIANTS = (("", None), ("static cache", "static"))
 ALONE_GROUP_OFFSET = 1  # components alone: the group after the TTFT breakdowns
 
 
@@ -495,6 +506,7 @@ def groma_bench(config, tok, base_vocab, args, device, dtype, clock) -> Bench:
         flush=True,
     )
     default = model.config.vision_cuda_graphs
+    stats = roofline_stats(model.language_model, model.vision_model, config)
 
     def variant(graphs: bool, fn):
         # `perceive` reads config.vision_cuda_graphs at every call, so flipping it switches one model between graph
@@ -521,14 +533,18 @@ def groma_bench(config, tok, base_vocab, args, device, dtype, clock) -> Bench:
         )()
         selected[batch] = ([len(b) for b in prepared.region_boxes], prepared.attention_mask.sum(1).tolist())
         del prepared
-    for slot, (vision, graphs) in enumerate(GROMA_VARIANTS):
+    for slot, (vision, graphs, cache) in enumerate(GROMA_VARIANTS):
         for group, batch in enumerate(args.batch_sizes):
             name = f"groma/{vision}/b{batch}"
-            run = lambda inp=inputs[batch]: generate_once(model, inp, clock, args.new_tokens, device)
+            run = lambda inp=inputs[batch], cache=cache: generate_once(
+                model, inp, clock, args.new_tokens, device, cache
+            )
             units.append(Unit(name, (group, slot), variant(graphs, run)))
             rows[name] = {
                 "model": "Groma-7B shape" if not args.tiny else "Groma (tiny)",
                 "vision": vision,
+                "vision_mode": "cuda graphs" if graphs else "eager",
+                "cache": cache or model.generation_config.cache_implementation or "dynamic",
                 "batch_size": batch,
                 "visual_tokens": config.num_image_tokens + config.num_proxy_tokens,
                 "image_tokens": config.num_image_tokens,
@@ -538,6 +554,7 @@ def groma_bench(config, tok, base_vocab, args, device, dtype, clock) -> Bench:
                 "attended_prompt_tokens": selected[batch][1],
                 "parameters": params,
                 "build_s": build_s,
+                **stats,
             }
     if 1 in inputs:
         units += groma_batch1_units(model, inputs[1], clock, args, len(args.batch_sizes), variant)
@@ -577,7 +594,7 @@ def groma_batch1_units(model, inputs: dict, clock: Clock, args, group: int, vari
         "region_fuse": (model.region_encoder, "fuse"),
     }
     units = []
-    for slot, (vision, graphs) in enumerate(GROMA_VARIANTS):
+    for slot, (vision, graphs, _) in enumerate(GROMA_VARIANTS[:2]):  # TTFT does not depend on the cache kind
         nested = {} if graphs else eager_nested
         run = lambda nested=nested: ttft_breakdown_once(model, inputs, stages, clock, nested)
         units.append(Unit(f"groma/{vision}/breakdown", (group, slot), variant(graphs, run)))
@@ -598,6 +615,41 @@ def groma_batch1_units(model, inputs: dict, clock: Clock, args, group: int, vari
     return units
 
 
+def roofline_stats(llm: torch.nn.Module, vision: torch.nn.Module, config: GromaConfig) -> dict:
+    """What the roofline goals need: bytes of LLM weights read per decoding step (every parameter but the input
+    embedding, which is a gather), KV-cache bytes per token, and parameter counts for the prefill FLOPs."""
+    embed = llm.get_input_embeddings().weight
+    weights = sum(p.numel() * p.element_size() for p in llm.parameters() if p is not embed)
+    text = llm.config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * embed.element_size()
+    return {
+        "llm_weight_bytes": weights,
+        "llm_matmul_parameters": sum(p.numel() for p in llm.parameters() if p is not embed),
+        "kv_bytes_per_token": kv_per_token,
+        "llm_layers": text.num_hidden_layers,
+        "llm_hidden": text.hidden_size,
+        "vision_parameters": sum(p.numel() for p in vision.parameters()),
+        "vision_tokens": config.patch_grid**2 + 1,  # DINOv2 patches at the input size + CLS
+    }
+
+
+def llava_row(args, config, inputs: dict, batch: int, params: int, build_s: float, cache: str | None) -> dict:
+    return {
+        "model": "LLaVA-1.5-7B shape" if not args.tiny else "LLaVA (tiny)",
+        "cache": cache or "dynamic",
+        "batch_size": batch,
+        "visual_tokens": config.image_seq_length,
+        "image_tokens": config.image_seq_length,
+        "region_slots": 0,
+        "regions_selected": None,
+        "prompt_tokens": inputs["input_ids"].shape[1],
+        "attended_prompt_tokens": inputs["attention_mask"].sum(1).tolist(),
+        "parameters": params,
+        "build_s": build_s,
+    }
+
+
 def llava_bench(config, tok, args, device, dtype, clock) -> Bench:
     """LLaVA's units: generate per batch size; at batch 1 the TTFT breakdown, CLIP alone and the LLM prefill alone."""
     model, build_s = build(LlavaForConditionalGeneration, config, device, dtype)
@@ -606,27 +658,17 @@ def llava_bench(config, tok, args, device, dtype, clock) -> Bench:
     slot = len(GROMA_VARIANTS)
     units, rows = [], {}
     inputs = {batch: llava_inputs(tok, config, batch, device, dtype) for batch in args.batch_sizes}
-    for group, batch in enumerate(args.batch_sizes):
-        name = f"llava/b{batch}"
-        units.append(
-            Unit(
-                name, (group, slot), lambda inp=inputs[batch]: generate_once(model, inp, clock, args.new_tokens, device)
+    for offset, (label, cache) in enumerate(LLAVA_VARIANTS):
+        for group, batch in enumerate(args.batch_sizes):
+            name = f"llava/{label}/b{batch}" if label else f"llava/b{batch}"
+            run = lambda inp=inputs[batch], cache=cache: generate_once(
+                model, inp, clock, args.new_tokens, device, cache
             )
-        )
-        rows[name] = {
-            "model": "LLaVA-1.5-7B shape" if not args.tiny else "LLaVA (tiny)",
-            "batch_size": batch,
-            "visual_tokens": config.image_seq_length,
-            "image_tokens": config.image_seq_length,
-            "region_slots": 0,
-            "regions_selected": None,
-            "prompt_tokens": inputs[batch]["input_ids"].shape[1],
-            "attended_prompt_tokens": inputs[batch]["attention_mask"].sum(1).tolist(),
-            "parameters": params,
-            "build_s": build_s,
-        }
+            units.append(Unit(name, (group, slot + offset), run))
+            rows[name] = llava_row(args, config, inputs[batch], batch, params, build_s, cache)
     if 1 in inputs:
         one, group, calls = inputs[1], len(args.batch_sizes), args.component_calls
+        slot += len(LLAVA_VARIANTS) - 1
         embeds = model.get_input_embeddings()(one["input_ids"])
         clip = lambda: model.model.vision_tower(one["pixel_values"], output_hidden_states=True)
         prefill = lambda: model(
@@ -733,7 +775,7 @@ def acceptance(samples: dict, paired: bool) -> dict:
     batch size, each ratio formed within one repeat (`paired`: the units ran in the same round; with --sequential
     repeat r of Groma meets repeat r of LLaVA, minutes apart). The default variant's checks keep the plain names."""
     checks = {}
-    for vision, _ in GROMA_VARIANTS:
+    for vision, _, _ in GROMA_VARIANTS[:2]:
         suffix = "" if vision == GROMA_VARIANTS[0][0] else f"_{vision.replace(' ', '_')}_vision"
         ttft = samples.get(f"groma/{vision}/b1")
         if ttft and "groma/dinov2_alone" in samples:
@@ -755,6 +797,101 @@ def acceptance(samples: dict, paired: bool) -> dict:
                 ]
                 checks[f"groma_over_llava_decode_b{batch}{suffix}"] = check(ratios, 0.97, False, paired)
     return checks
+
+
+# (substring of torch.cuda.get_device_name, HBM bytes/s, dense bf16 tensor FLOP/s), first match wins (vendor specs).
+DEVICE_SPECS = (
+    ("H200", 4.8e12, 989e12),
+    ("H100 NVL", 3.9e12, 835e12),
+    ("H100 PCIe", 2.0e12, 756e12),
+    ("H100", 3.35e12, 989e12),  # SXM5, "NVIDIA H100 80GB HBM3"
+    ("A100", 2.0e12, 312e12),
+)
+
+
+def device_specs(name: str) -> tuple[float, float] | None:
+    return next(((bw, flops) for key, bw, flops in DEVICE_SPECS if key in name), None)
+
+
+def hardware_goals(results: list[dict], samples: dict, device: str, new_tokens: int) -> dict:
+    """The goals measured against the hardware, for Groma's default path (vision graphs + static cache):
+    - decode at batch 1 >= 70 % of the HBM roofline: bandwidth / (LLM weight bytes + KV bytes of the mean context);
+    - decode >= 1,200 tokens/s in all at batch 8 and >= 3,000 at batch 32;
+    - TTFT at batch 1 <= 1.2 x (DINOv2 alone + LLM prefill alone), the ratio paired per repeat;
+    - TTFT at batch 8 <= 2 x its compute-bound estimate: (2 x LLM matmul parameters x attended prompt tokens
+      + 4 x layers x hidden x sum of squared prompt lengths (QK^T and PV) + 2 x DINOv2 parameters x patch tokens x
+      batch) / the dense bf16 peak;
+    - peak memory at batch 8 <= 18 GiB;
+    - the default's greedy tokens equal to the dynamic-cache and eager-vision variants' (first timed repeat).
+    Goals whose inputs did not run (batch size not measured, unknown device) are left out."""
+    default = {r["batch_size"]: r for r in results if r.get("vision") == GROMA_VARIANTS[0][0]}
+    specs = device_specs(device)
+    goals = {}
+
+    def goal(name, value, limit, at_most, note=""):
+        goals[name] = {
+            "value": value,
+            "limit": limit,
+            "at_most": at_most,
+            "pass": value <= limit if at_most else value >= limit,
+        }
+        if note:
+            goals[name]["note"] = note
+
+    if specs and 1 in default:
+        r = default[1]
+        context = statistics.mean(r["attended_prompt_tokens"]) + new_tokens / 2
+        roof = specs[0] / (r["llm_weight_bytes"] + r["kv_bytes_per_token"] * context)
+        r["hbm_roofline_tokens_per_s"] = roof
+        goal(
+            "groma_b1_decode_fraction_of_hbm_roofline",
+            r["decode_tokens_per_s"] / roof,
+            0.70,
+            False,
+            f"roofline {roof:.0f} tok/s",
+        )
+    for batch, limit in ((8, 1200.0), (32, 3000.0)):
+        if batch in default:
+            goal(f"groma_b{batch}_decode_tokens_per_s_total", default[batch]["decode_tokens_per_s_total"], limit, False)
+    ttft = samples.get(f"groma/{GROMA_VARIANTS[0][0]}/b1")
+    if ttft and "groma/dinov2_alone" in samples:
+        ratios = [
+            s["ttft_ms"] / (d["dinov2_alone_ms"] + p["llm_prefill_alone_ms"])
+            for s, d, p in zip(ttft, samples["groma/dinov2_alone"], samples["groma/llm_prefill_alone"])
+        ]
+        goal(
+            "groma_b1_ttft_over_dinov2_plus_llm_prefill_goal",
+            statistics.median(ratios),
+            1.2,
+            True,
+            f"per-repeat range {min(ratios):.3f}-{max(ratios):.3f}",
+        )
+    if specs and 8 in default:
+        r = default[8]
+        lengths = r["attended_prompt_tokens"]
+        flops = (
+            2 * r["llm_matmul_parameters"] * sum(lengths)
+            + 4 * r["llm_layers"] * r["llm_hidden"] * sum(n * n for n in lengths)
+            + 2 * r["vision_parameters"] * r["vision_tokens"] * r["batch_size"]
+        )
+        estimate_ms = flops / specs[1] * 1e3
+        goal(
+            "groma_b8_ttft_over_compute_bound",
+            r["ttft_ms"] / estimate_ms,
+            2.0,
+            True,
+            f"compute-bound estimate {estimate_ms:.1f} ms ({flops / 1e12:.1f} TFLOP)",
+        )
+    if 8 in default and default[8]["peak_memory_gib"] is not None:
+        goal("groma_b8_peak_memory_gib", default[8]["peak_memory_gib"], 18.0, True)
+    for batch in default:
+        base = samples.get(f"groma/{GROMA_VARIANTS[0][0]}/b{batch}")
+        for vision, _, _ in GROMA_VARIANTS[1:]:
+            other = samples.get(f"groma/{vision}/b{batch}")
+            if base and other:
+                same = float(base[0]["tokens"] == other[0]["tokens"])
+                goal(f"groma_b{batch}_tokens_equal_to_{vision.replace(' ', '_')}", same, 1.0, False)
+    return goals
 
 
 def markdown(report: dict) -> str:
@@ -818,6 +955,12 @@ def markdown(report: dict) -> str:
             f"- {name}: {c['ratio']:.3f} {op} {c['limit']} -> {'PASS' if c['pass'] else 'FAIL'} (median of "
             f"{len(c['per_repeat'])} {pairing} per-repeat ratios, range {c['range'][0]:.3f}–{c['range'][1]:.3f})"
         )
+    if report.get("goals"):
+        lines += ["", "Goals against the hardware (Groma's default path: vision graphs + static KV cache):"]
+        for name, g in report["goals"].items():
+            op = "<=" if g["at_most"] else ">="
+            note = f" ({g['note']})" if g.get("note") else ""
+            lines.append(f"- {name}: {g['value']:.3f} {op} {g['limit']} -> {'PASS' if g['pass'] else 'FAIL'}{note}")
     lines += [
         "",
         "| model | batch | visual tokens | prompt tokens | TTFT ms | decode tok/s per seq | decode tok/s total "
@@ -829,7 +972,8 @@ def markdown(report: dict) -> str:
         if r["region_slots"]:
             regions = r["regions_selected"]
             visual = f"{r['image_tokens']} + {r['region_slots']} slots ({min(regions)}-{max(regions)} regions used)"
-        model = f"{r['model']}, {r['vision']} vision" if "vision" in r else r["model"]
+        model = f"{r['model']}, {r['vision_mode']} vision" if "vision" in r else r["model"]
+        model += f", {r['cache']} cache"
         lines.append(
             f"| {model} | {r['batch_size']} | {visual} | {r['prompt_tokens']} | {r['ttft_ms']:.1f} | "
             f"{r['decode_tokens_per_s']:.1f} | {r['decode_tokens_per_s_total']:.1f} | {fmt(r['peak_memory_gib'], '.2f')} | "
@@ -841,7 +985,7 @@ def markdown(report: dict) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU in fp32 (a smoke run, seconds)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds; each metric's median and ratio over them")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds over all units first")
@@ -935,6 +1079,12 @@ def main(argv=None) -> dict:
         **{key: medians for key, (medians, _) in parts.items()},
         "batch1_component_ranges": {key: ranges for key, (_, ranges) in parts.items()},
         "acceptance": acceptance(samples, paired=not args.sequential),
+        "goals": hardware_goals(
+            results,
+            samples,
+            torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            args.new_tokens,
+        ),
         "rounds": [run["round"] for run in runs],
         "samples": samples,
     }

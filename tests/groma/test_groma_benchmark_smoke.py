@@ -10,15 +10,20 @@ import torch
 from groundvlm.modeling import GromaConfig
 from tests._benchmarks import load_benchmark
 
-# the base order of one round at batch sizes (1, 2): per batch size Groma with graphs, Groma eager, LLaVA; then the
-# three batch-1 TTFT breakdowns; then the four components alone
+# the base order of one round at batch sizes (1, 2): per batch size Groma with graphs (its default static cache),
+# Groma eager vision, Groma with a dynamic cache, LLaVA (dynamic), LLaVA static; then the three batch-1 TTFT
+# breakdowns; then the four components alone
 BASE_ORDER = [
     "groma/cuda graphs/b1",
     "groma/eager/b1",
+    "groma/dynamic cache/b1",
     "llava/b1",
+    "llava/static cache/b1",
     "groma/cuda graphs/b2",
     "groma/eager/b2",
+    "groma/dynamic cache/b2",
     "llava/b2",
+    "llava/static cache/b2",
     "groma/cuda graphs/breakdown",
     "groma/eager/breakdown",
     "llava/breakdown",
@@ -69,6 +74,7 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
         "groma_eager_batch1_components",
         "llava_batch1_components",
         "batch1_component_ranges",
+        "goals",
         "acceptance",
         "rounds",
         "samples",
@@ -85,15 +91,23 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
     assert set(samples) == set(BASE_ORDER) and all(len(v) == 2 for v in samples.values())
 
     results = report["results"]
-    assert [(r["model"].split()[0], r.get("vision"), r["batch_size"]) for r in results] == [
-        ("Groma", "cuda graphs", 1),
-        ("Groma", "cuda graphs", 2),
-        ("Groma", "eager", 1),
-        ("Groma", "eager", 2),
-        ("LLaVA", None, 1),
-        ("LLaVA", None, 2),
+    assert [(r["model"].split()[0], r.get("vision"), r["cache"], r["batch_size"]) for r in results] == [
+        ("Groma", "cuda graphs", "static", 1),
+        ("Groma", "cuda graphs", "static", 2),
+        ("Groma", "eager", "static", 1),
+        ("Groma", "eager", "static", 2),
+        ("Groma", "dynamic cache", "dynamic", 1),
+        ("Groma", "dynamic cache", "dynamic", 2),
+        ("LLaVA", None, "dynamic", 1),
+        ("LLaVA", None, "dynamic", 2),
+        ("LLaVA", None, "static", 1),
+        ("LLaVA", None, "static", 2),
     ]
-    rows = {(r["model"].split()[0], r.get("vision"), r["batch_size"]): r for r in results}
+    rows = {
+        (r["model"].split()[0], r.get("vision"), r["batch_size"]): r
+        for r in results
+        if r["cache"] == "dynamic" or r["model"].startswith("Groma")
+    }
     keys = {
         "visual_tokens",
         "prompt_tokens",
@@ -188,7 +202,73 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
     markdown = (tmp_path / "groma_speed.md").read_text()
     line = f"- groma_over_llava_decode_b2: {checks['groma_over_llava_decode_b2']['ratio']:.3f} >= 0.97 -> "
     assert any(row.startswith(line) for row in markdown.splitlines())
-    assert markdown.rstrip().splitlines()[-1].startswith("| LLaVA (tiny) | 2 |")  # the results table comes last
+    assert markdown.rstrip().splitlines()[-1].startswith("| LLaVA (tiny), static cache | 2 |")  # the table is last
+    # on the CPU no roofline or compute bound: the TTFT goal and the token checks; the static cache (Groma's
+    # default), the dynamic cache and the eager vision side give the same greedy tokens
+    goals = report["goals"]
+    same = {f"groma_b{b}_tokens_equal_to_{v}" for b in (1, 2) for v in ("eager", "dynamic_cache")}
+    assert set(goals) == same | {"groma_b1_ttft_over_dinov2_plus_llm_prefill_goal"}
+    assert all(goals[name]["pass"] for name in same)
+    ttft = goals["groma_b1_ttft_over_dinov2_plus_llm_prefill_goal"]
+    assert (
+        ttft["limit"] == 1.2
+        and ttft["at_most"]
+        and ttft["value"]
+        == pytest.approx(
+            sorted(s["ttft_ms"] / (d + p) for s, d, p in zip(samples["groma/cuda graphs/b1"], dinov2, prefill))[0] / 2
+            + sorted(s["ttft_ms"] / (d + p) for s, d, p in zip(samples["groma/cuda graphs/b1"], dinov2, prefill))[1] / 2
+        )
+    )
+
+
+def test_hardware_goals_arithmetic(bench):
+    """Roofline, throughput, compute-bound TTFT and memory goals from result rows of a named GPU."""
+    gib = 2**30
+    row = dict(
+        vision="cuda graphs",
+        model="Groma-7B shape",
+        llm_weight_bytes=13 * 10**9,
+        kv_bytes_per_token=524288,
+        llm_matmul_parameters=6.5 * 10**9,
+        llm_layers=32,
+        llm_hidden=4096,
+        vision_parameters=3 * 10**8,
+        vision_tokens=1025,
+        peak_memory_gib=None,
+    )
+    results = [
+        dict(row, batch_size=1, attended_prompt_tokens=[500], decode_tokens_per_s=200.0, ttft_ms=50.0),
+        dict(
+            row,
+            batch_size=8,
+            attended_prompt_tokens=[500] * 8,
+            decode_tokens_per_s=160.0,
+            ttft_ms=100.0,
+            peak_memory_gib=17 * gib / gib,
+        ),
+        dict(row, batch_size=32, attended_prompt_tokens=[500] * 32, decode_tokens_per_s=90.0, ttft_ms=400.0),
+    ]
+    for r in results:
+        r["decode_tokens_per_s_total"] = r["decode_tokens_per_s"] * r["batch_size"]
+    goals = bench.hardware_goals(results, {}, "NVIDIA H100 80GB HBM3", new_tokens=64)
+    roof = 3.35e12 / (13e9 + 524288 * (500 + 32))
+    assert goals["groma_b1_decode_fraction_of_hbm_roofline"]["value"] == pytest.approx(200.0 / roof)
+    assert goals["groma_b1_decode_fraction_of_hbm_roofline"]["pass"] == (200.0 / roof >= 0.7)
+    assert goals["groma_b8_decode_tokens_per_s_total"] == {
+        "value": 1280.0,
+        "limit": 1200.0,
+        "at_most": False,
+        "pass": True,
+    }
+    assert not goals["groma_b32_decode_tokens_per_s_total"]["pass"]  # 2,880 < 3,000
+    flops = 2 * 6.5e9 * 4000 + 4 * 32 * 4096 * 8 * 500**2 + 2 * 3e8 * 1025 * 8
+    assert goals["groma_b8_ttft_over_compute_bound"]["value"] == pytest.approx(100.0 / (flops / 989e12 * 1e3))
+    assert goals["groma_b8_peak_memory_gib"]["pass"]
+    assert bench.hardware_goals(results, {}, "some other GPU", new_tokens=64).keys() == {
+        "groma_b8_decode_tokens_per_s_total",
+        "groma_b32_decode_tokens_per_s_total",
+        "groma_b8_peak_memory_gib",
+    }
 
 
 def test_sequential_run_does_not_pair_across_models(bench, monkeypatch):
