@@ -316,3 +316,18 @@ def test_7b_inputs_and_configs_have_the_measured_layout(bench):
     assert llava.text_config.vocab_size == 32064 and llava.text_config.num_hidden_layers == 32
     lids = bench.llava_inputs(tok, llava, 2, torch.device("cpu"), torch.float32)["input_ids"]
     assert ((lids == 32000).sum(1) == 576).all()
+
+
+def test_eval_speed_tiny_run(tmp_path, monkeypatch):
+    """benchmarks/groma_eval_speed.py --tiny: one row per (cache, batch, order), answers equal across rows."""
+    monkeypatch.delenv("OUT", raising=False)
+    report = load_benchmark("groma_eval_speed").main(
+        ["--tiny", "--examples", "3", "--batch-sizes", "2", "--caches", "dynamic", "--out", str(tmp_path)]
+    )
+    assert [(r["cache"], r["batch_size"], r["sorted_by_length"]) for r in report["results"]] == [
+        ("dynamic", 2, True),
+        ("dynamic", 2, False),
+    ]
+    assert all(report["answers_equal_to_first_row"].values())
+    assert all(r["examples_per_s"] > 0 for r in report["results"])
+    assert (tmp_path / "groma_eval_speed.md").read_text().count("| dynamic | 2 |") == 2

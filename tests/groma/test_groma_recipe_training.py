@@ -105,3 +105,31 @@ def test_phrase_box_f1_hand_case():
     assert abs(result["phrase_box_f1@0.5"] - 0.4) < 1e-9
     assert evaluation.first_box({"boxes": torch.zeros(0, 4), "phrases": parsed[0]["phrases"]}) == [0.0, 0.0, 10.0, 9.0]
     assert evaluation.first_box({"boxes": torch.zeros(0, 4), "phrases": []}) is None
+
+
+def test_eval_generate_sorts_by_length_and_keeps_sample_order():
+    """The evaluation loop batches prompts sorted by length (longest first) and returns answers in sample order,
+    the same as one sample at a time in the given order."""
+    tok = groma_tokenizer()
+    config = tiny_groma_config(tok)
+    torch.manual_seed(0)
+    model = GromaForConditionalGeneration(config).eval()
+    processor = tiny_groma_processor(tok, config)
+    expressions = ["a", "the red star on the left of the big blue square", "two", "the small one near the top"]
+    samples = [
+        {
+            "image": random_image(90 + 7 * i, 112, seed=i),
+            "messages": [{"role": "user", "content": f"Locate <p>{e}</p> in the image."}],
+            "refer_boxes": [],
+        }
+        for i, e in enumerate(expressions)
+    ]
+    prompts = [s["messages"][0]["content"] for s in samples]
+    order = evaluation.length_sorted_order(prompts, tok)
+    lengths = [len(tok(prompts[i], add_special_tokens=False)["input_ids"]) for i in order]
+    assert sorted(order) == [0, 1, 2, 3] and lengths == sorted(lengths, reverse=True) and order[-1] == 0
+    sorted_batched = evaluation.generate(model, processor, samples, max_new_tokens=3, batch_size=3)
+    one_by_one = evaluation.generate(model, processor, samples, 3, batch_size=1, sort_by_length=False)
+    assert len(sorted_batched) == len(samples)
+    for a, b in zip(sorted_batched, one_by_one):
+        assert a["text"] == b["text"] and torch.allclose(a["boxes"], b["boxes"], atol=1e-4)

@@ -27,27 +27,53 @@ logger = logging.getLogger("groundvlm")
 MAX_NEW_TOKENS = {"rec": 4, "lvis": 24, "grounded_caption": 48, "region_caption": 24}
 
 
+def length_sorted_order(prompts: list[str], tokenizer) -> list[int]:
+    """Sample indices sorted by prompt length in tokens, longest first (stable): a batch then holds prompts of
+    similar length, so little of it is left padding, and an out-of-memory batch shows up first."""
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    return sorted(range(len(prompts)), key=lambda i: -lengths[i])
+
+
 @torch.no_grad()
-def generate(model, processor, samples: list[dict], max_new_tokens: int, batch_size: int = 32, desc: str = "") -> list:
+def generate(
+    model,
+    processor,
+    samples: list[dict],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    desc: str = "",
+    sort_by_length: bool = True,
+    cache_implementation: str | None = None,
+) -> list:
     """Greedy answers for chat samples (their last user turn is the query): `post_process_grounding` dicts with the
-    pixel boxes of the original images, in sample order."""
+    pixel boxes of the original images, in sample order. Batches are formed over the samples sorted by prompt length
+    (`sort_by_length`); greedy answers do not depend on the batching (tests/groma/test_groma_batched_bf16.py).
+    `cache_implementation`: passed to `generate` (None: the model's generation_config)."""
     model.eval()
     device = next(model.parameters()).device
-    results = []
+    all_prompts = [build_groma_prompt(s["messages"], add_generation_prompt=True) for s in samples]
+    order = length_sorted_order(all_prompts, processor.tokenizer) if sort_by_length else list(range(len(samples)))
+    results = [None] * len(samples)
     for start in tqdm(range(0, len(samples), batch_size), desc=desc or "generate", unit="batch"):
-        chunk = samples[start : start + batch_size]
-        prompts = [build_groma_prompt(s["messages"], add_generation_prompt=True) for s in chunk]
+        where = order[start : start + batch_size]
+        chunk = [samples[i] for i in where]
+        prompts = [all_prompts[i] for i in where]
         refer = [s["refer_boxes"] for s in chunk]
         inputs = processor(images=[s["image"] for s in chunk], text=prompts, refer_boxes=refer if any(refer) else None)
         sizes = inputs.pop("image_sizes")
         if "refer_boxes" in inputs:
             inputs["refer_boxes"] = [b.to(device) for b in inputs["refer_boxes"]]
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True)
+        kwargs = {"cache_implementation": cache_implementation} if cache_implementation else {}
+        out = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True, **kwargs
+        )
         answers = out.sequences[:, inputs["input_ids"].shape[1] :]
-        results += processor.post_process_grounding(
+        parsed = processor.post_process_grounding(
             answers, [b.cpu() for b in out.region_boxes], sizes, skip_prompt=False
         )
+        for i, answer in zip(where, parsed):
+            results[i] = answer
     return results
 
 
