@@ -2,7 +2,7 @@
 object, on a toy scene or an uploaded image, and see the boxes drawn with their phrases.
 
     python recipes/demo.py                                   # untrained defaults (see below), http://127.0.0.1:7860
-    python recipes/demo.py --groma runs/groma/default/instruct/final --pin runs/pin/default/pin/final --port 8080
+    python recipes/demo.py --groma runs/groma/toy_cpu/instruct/final --pin runs/pin/default/pin/final --port 8080
 
 Defaults (nothing given): Groma is a tiny random model built in memory and PIN is an untrained insert on the
 committed toy caption VLM (`recipes/toy_checkpoints/vlm-caption`); both run end to end but their boxes mean nothing,
