@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -24,18 +22,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pin", metavar="PATH", help="a saved PIN folder (default: untrained insert on the toy VLM)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--scenes", type=int, default=4, help="toy scenes offered (default 4, seed 0)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    import torch
+
     from groundvlm.recipes.systems.demo.app import build_demo, launch
     from groundvlm.recipes.systems.demo.models import load_groma, load_pin
     from groundvlm.recipes.systems.demo.scenes import toy_scenes
 
-    systems = {"groma": load_groma(args.groma, args.device), "pin": load_pin(args.pin, args.device)}
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    systems = {"groma": load_groma(args.groma, device), "pin": load_pin(args.pin, device)}
     for name, system in systems.items():
         print(f"{name}: {system.description}")
     launch(build_demo(systems, toy_scenes(args.scenes)), host=args.host, port=args.port)

@@ -120,6 +120,7 @@ def _image_loaded(driver, selector: str) -> bool:
     return driver.execute_script(script, selector)
 
 
+@pytest.mark.timeout(180)
 def test_demo_page_grounds_a_picked_scene_and_an_upload(demo_url, browser, tmp_path):
     browser.get(demo_url)
     WebDriverWait(browser, ANSWER_S).until(lambda d: d.find_elements(By.ID, "submit"))
