@@ -338,13 +338,15 @@ def _build_data(folder: Path, p: Preset) -> dict:
 
 
 def _build_tokenizer(folder: Path, family: str, p: Preset) -> dict:
-    from .corpus import PIN_PROMPT, grid_ticks
+    from groundvlm.processing.processing_pin import pin_prompt
+
+    from .corpus import box_codec
     from .tokenizers import train_tokenizer
 
     corpus = _corpus(p.corpus_scenes, SEED)
     tok = train_tokenizer(family, corpus)
     tok.save_pretrained(folder)
-    ticks = [str(t) for t in grid_ticks()]
+    ticks = box_codec().ticks
     whole = sum(len(tok(t, add_special_tokens=False).input_ids) == 1 for t in ticks)
     lengths = [len(tok(t).input_ids) for t in corpus[:2000]]
     return {
@@ -352,11 +354,7 @@ def _build_tokenizer(folder: Path, family: str, p: Preset) -> dict:
         "corpus_texts": len(corpus),
         "ticks_as_one_token": f"{whole}/{len(ticks)}",
         "mean_tokens_per_text": round(sum(lengths) / len(lengths), 2),
-        "example": " ".join(
-            tok.convert_ids_to_tokens(
-                tok(PIN_PROMPT.format(article="a", name="red star") + " [14,28,70,112]").input_ids
-            )
-        ),
+        "example": " ".join(tok.convert_ids_to_tokens(tok(pin_prompt("red star") + " [14,28,70,112]").input_ids)),
     }
 
 
@@ -364,8 +362,9 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from . import texts
-    from .corpus import PIN_PROMPT, VQA_FORMATS, grid_ticks
+    from groundvlm.processing.processing_pin import pin_prompt
+
+    from .corpus import VQA_FORMATS, box_codec
     from .lms import LM_FAMILY, box_syntax_rate, evaluate_lm, lm_model, pretrain_lm
     from .world import ToyWorld
 
@@ -393,7 +392,7 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
     marker = VQA_FORMATS[1 if LM_FAMILY[lm] == "t5" else 0].split("{a}")[0].split("{q}")[1]
     vqa = [t for t in held if t.startswith("Question:") and marker in t][: p.lm_eval_texts]
     names = ToyWorld(seed=SEED, split="all").categories
-    prompts = [PIN_PROMPT.format(article=texts.article(n), name=n) for n in names][:32]
+    prompts = [pin_prompt(n) for n in names][:32]
     return {
         "parameters": sum(t.numel() for t in model.parameters()),
         "first_loss": round(train["losses"][0], 4),
@@ -401,7 +400,7 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
         "loss_curve": _curve(train["losses"]),
         "eval_loss": round(evaluate_lm(lm, model, tok, held[: p.lm_eval_texts], device=p.device)["loss"], 4),
         "vqa_next_token_accuracy": round(evaluate_lm(lm, model, tok, vqa, device=p.device)["next_token_accuracy"], 4),
-        "box_syntax_rate": round(box_syntax_rate(lm, model, tok, prompts, grid_ticks(), device=p.device), 4),
+        "box_syntax_rate": round(box_syntax_rate(lm, model, tok, prompts, box_codec(), device=p.device), 4),
     }
 
 

@@ -18,8 +18,11 @@ import numpy as np
 from PIL import Image
 
 from .backgrounds import ProceduralBackgrounds
-from .compose import compose, pin_size_ranges
+from .compose import GRID_SIZE, compose, pin_size_ranges
 from .objects import DEFAULT_SPLIT, CategorySplit, ProceduralObjects
+
+# The toy world's image side: 112 px, 16 cells of 7 px (one patch of the toy ViTs per cell).
+IMAGE_SIZE = 112
 
 SPLITS: tuple[str, ...] = ("train", "validation", "held_out", "all")
 
@@ -78,8 +81,8 @@ class ToyWorld:
     def __init__(
         self,
         seed: int = 0,
-        image_size: int = 112,
-        grid_size: int = 16,
+        image_size: int = IMAGE_SIZE,
+        grid_size: int = GRID_SIZE,
         split: str = "train",
         objects=None,
         backgrounds=None,
