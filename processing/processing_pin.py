@@ -8,8 +8,8 @@ import json
 
 import torch
 from transformers import BatchFeature, ProcessorMixin
-from transformers.utils import cached_file
 from transformers.processing_utils import ProcessingKwargs, Unpack
+from transformers.utils import cached_file
 
 from .pin_grid_codec import GRID_SIZE, PinGridCodec
 
