@@ -300,8 +300,9 @@ def _versions() -> dict:
     }
 
 
-def _corpus(n_scenes: int, seed: int) -> list[str]:
-    """The LM corpus, memoised per process: the tokenizers and every LM of one build share it."""
+def lm_corpus_memo(n_scenes: int, seed: int) -> list[str]:
+    """The LM corpus (`corpus.lm_corpus`), memoised per process: the tokenizers and every LM of one build, and the
+    VPGTrans captioner's text replay, share it."""
     from .corpus import lm_corpus
 
     key = (n_scenes, seed)
@@ -343,7 +344,7 @@ def _build_tokenizer(folder: Path, family: str, p: Preset) -> dict:
     from .corpus import box_codec
     from .tokenizers import train_tokenizer
 
-    corpus = _corpus(p.corpus_scenes, SEED)
+    corpus = lm_corpus_memo(p.corpus_scenes, SEED)
     tok = train_tokenizer(family, corpus)
     tok.save_pretrained(folder)
     ticks = box_codec().ticks
@@ -370,7 +371,7 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
 
     torch.manual_seed(SEED)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    corpus = _corpus(p.corpus_scenes, SEED)
+    corpus = lm_corpus_memo(p.corpus_scenes, SEED)
     model = lm_model(lm, tok, p.lm_sizes[lm])
     train = pretrain_lm(
         lm,
@@ -388,7 +389,7 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
     tok.save_pretrained(folder)
 
     # Held-out text: scenes of another seed. VQA in this family's prompt format (the VPGTrans reference's VQA prompts).
-    held = _corpus(max(1, p.lm_eval_texts // 8), SEED + 1)
+    held = lm_corpus_memo(max(1, p.lm_eval_texts // 8), SEED + 1)
     marker = VQA_FORMATS[1 if LM_FAMILY[lm] == "t5" else 0].split("{a}")[0].split("{q}")[1]
     vqa = [t for t in held if t.startswith("Question:") and marker in t][: p.lm_eval_texts]
     names = ToyWorld(seed=SEED, split="all").categories

@@ -30,7 +30,7 @@ from groundvlm.modeling.vpgtrans_transfer import (
 from groundvlm.processing import VPGTransProcessor
 from groundvlm.recipes.common.arguments import RunArguments
 from groundvlm.recipes.common.checkpointing import save_safetensors_atomic, train_resuming
-from groundvlm.recipes.common.run_dir import write_metrics
+from groundvlm.recipes.common.run_dir import prepare_run_dir, write_metrics
 from groundvlm.recipes.systems.vpgtrans.arguments import (
     VPGTransEvalArguments,
     VPGTransModelArguments,
@@ -226,3 +226,20 @@ def run_stage(
     if script_args.stage == "qformer_pretrain":
         return run_qformer_pretrain(script_args, model_args, training_args, run_args, run_dir)
     return run_training(script_args, model_args, eval_args, training_args, run_args, run_dir)
+
+
+def run_vpgtrans(
+    run_args: RunArguments,
+    script_args: VPGTransScriptArguments,
+    model_args: VPGTransModelArguments,
+    eval_args: VPGTransEvalArguments,
+    training_args: VPGTransTrainingArguments,
+):
+    """The recipe on parsed arguments: check the stage, take the run directory `training_args.output_dir` (arguments
+    recorded, lock held), run the stage there and log its summary. Returns what `run_stage` returns."""
+    check_stage(script_args, training_args)
+    run_dir = prepare_run_dir(training_args.output_dir, run_args, script_args, model_args, eval_args, training_args)
+    result = run_stage(run_args, script_args, model_args, eval_args, training_args, run_dir)
+    summary = result[-1] if isinstance(result, tuple) else result  # the metrics, or the written folder / file
+    logger.info("Stage %s finished: %s", script_args.stage, summary)  # train.log keeps it with the run
+    return result
