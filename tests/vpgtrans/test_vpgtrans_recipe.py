@@ -458,6 +458,24 @@ def test_toy_datasets_are_deterministic_per_index():
     assert q["question"] and len(q["answers"]) == 1
 
 
+@pytest.mark.skipif(not _toy_world_available(), reason="toyworld.ToyWorld not available")
+def test_toy_datasets_render_their_scenes_once(monkeypatch):
+    """Scenes are rendered when the dataset is built; epochs read them back (the same pixels, no re-rendering)."""
+    import numpy as np
+
+    from groundvlm.recipes.systems.vpgtrans.data import ToyCaptions
+    from groundvlm.recipes.toyworld import ToyWorld
+
+    data = ToyCaptions(3, split="all", seed=5, offset=2)
+    first = [np.asarray(data[i]["image"]) for i in range(3)]
+    monkeypatch.setattr(ToyWorld, "scene", lambda self, index: pytest.fail("a scene was rendered again"))
+    for _epoch in range(2):
+        assert all(np.array_equal(np.asarray(data[i]["image"]), first[i]) for i in range(3))
+    monkeypatch.undo()
+    world = ToyWorld(seed=5, split="all")
+    assert np.array_equal(first[1], np.asarray(world.scene(3).image.convert("RGB")))
+
+
 def test_caption_asset_copies_the_committed_checkpoint(tmp_path, monkeypatch):
     import json as _json
 

@@ -70,7 +70,7 @@ def run_converter(
     source = VPGTransModel.from_pretrained(source_path)
     source_tokenizer = AutoTokenizer.from_pretrained(source_path)
     target_lm, target_tokenizer = load_language_model(lm_path)
-    data = train_data(script_args, training_args.seed)
+    data = train_data(script_args, training_args.seed, render_workers=training_args.dataloader_num_workers)
     n = min(training_args.converter_captions, len(data))
     captions = [data[i]["text"] for i in range(n)]
     pairs = pair_caption_tokens(captions, source_tokenizer, target_tokenizer)
@@ -144,7 +144,7 @@ def run_qformer_pretrain(
     trainer = VPGTransTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_data(script_args, training_args.seed),
+        train_dataset=train_data(script_args, training_args.seed, render_workers=training_args.dataloader_num_workers),
         data_collator=collator,
         stage=script_args.stage,
     )
@@ -191,7 +191,7 @@ def run_training(
     trainer = VPGTransTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_data(script_args, training_args.seed),
+        train_dataset=train_data(script_args, training_args.seed, render_workers=training_args.dataloader_num_workers),
         data_collator=CaptionCollator(processor),
         stage=stage,
         replay=replay,
