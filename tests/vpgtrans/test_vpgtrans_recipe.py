@@ -394,6 +394,18 @@ def test_text_replay_behind_image_scores_text_after_unrelated_visual_prompts(tmp
     assert total.item() == pytest.approx(caption.item() + 0.5 * text.item(), rel=1e-5)
 
 
+def test_caption_scores_report_one_cider_and_a_missing_meteor_without_java(monkeypatch):
+    from groundvlm.recipes.systems.vpgtrans import evaluation
+
+    preds = ["A red star, and a blue ring.", "a green circle"]
+    refs = [["a red star and a blue ring", "red star blue ring"], ["a green circle", "the green circle"]]
+    monkeypatch.setattr(evaluation, "_java_available", lambda: False)
+    without = evaluation.caption_scores(preds, refs)
+    assert without["cider"] == evaluation.cider_d(preds, refs)
+    assert without["meteor"] is None and without["missing_metrics"] == {"meteor": "needs Java (java on PATH)"}
+    assert without["bleu_1"] is not None and without["rouge_l"] is not None
+
+
 def test_cider_d_without_java_equals_pycocoevalcap():
     from pycocoevalcap.cider.cider import Cider
 
