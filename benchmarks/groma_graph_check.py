@@ -27,46 +27,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests._groma_tiny
 
 from groundvlm.modeling import GromaConfig, GromaForConditionalGeneration  # noqa: E402
+from tests._groma_tiny import tiny_groma_config  # noqa: E402
 
 RESULTS: list[tuple[str, bool]] = []
 
 
 def tiny_config() -> GromaConfig:
-    base = 1000
-    return GromaConfig(
-        vision_config=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, image_size=518, patch_size=14),
-        text_config=dict(
-            model_type="llama",
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            vocab_size=base + 114,
-            pad_token_id=base,
-            bos_token_id=1,
-            eos_token_id=2,
-            tie_word_embeddings=False,
-        ),
-        image_size=112,
-        proposer_d_model=32,
-        proposer_encoder_layers=2,
-        proposer_decoder_layers=2,
-        proposer_attention_heads=4,
-        proposer_ffn_dim=64,
-        proposer_num_queries=40,
-        region_gn_groups=4,
-        region_pos_embed_dim=16,
-        pad_token_id=base,
-        image_token_id=base + 8,
-        region_token_id=base + 9,
-        refer_box_token_id=base + 10,
-        ground_box_token_id=base + 11,
-        refer_feat_token_id=base + 12,
-        proxy_token_start_id=base + 14,
-    )
+    """The tests' tiny Groma (tests/_groma_tiny.py) with a wider ViT and 40 proposer queries."""
+    vision = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, image_size=518, patch_size=14)
+    return tiny_groma_config(vision_config=vision, proposer_num_queries=40)
 
 
 def lite_7b_config() -> GromaConfig:

@@ -125,15 +125,17 @@ class SlotPrefix(nn.Module):
 
 def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, steps: int, batch: int, lr: float) -> dict:
     from groundvlm.recipes.systems.pin.evaluation import center_correlation
-    from groundvlm.recipes.toyworld.corpus import grid_ticks
-    from groundvlm.recipes.toyworld.lms import parse_box
+    from groundvlm.recipes.toyworld.corpus import box_codec
 
     colours = sorted({o.colour for s in scenes for o in s.objects})
     shapes = sorted({o.shape for s in scenes + test_scenes for o in s.objects})
+    codec = box_codec()
     n_query, dim = vlm.config.num_query_tokens, vlm.config.text_config.hidden_size
     if n_query % 4:
         raise ValueError(f"the slot probe needs num_query_tokens divisible by 4, got {n_query}")
-    writer = SlotPrefix(colours, shapes, 16, dim, 4, n_query // 4, with_identity=(mode == "bind")).to(device)
+    writer = SlotPrefix(colours, shapes, codec.grid_size, dim, 4, n_query // 4, with_identity=(mode == "bind")).to(
+        device
+    )
     current = {}
     original = vlm.language_projection.forward
     vlm.language_projection.forward = lambda hidden: current["prefix"].to(hidden.dtype)
@@ -176,8 +178,7 @@ def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, step
                 ids = vlm.generate(**enc, max_new_tokens=12, do_sample=False)
                 texts = processor.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
                 for text, s, j in zip(texts, part, idx):
-                    box = parse_box(text, grid_ticks())
-                    preds.append(list(box) if box is not None else [0, 0, 7, 7])
+                    preds.append(codec.decode(" " + text.lstrip())[0])  # unparsed: the reference's cell [0,0,0,0]
                     refs.append(list(s.objects[j].box))
     finally:
         vlm.language_projection.forward = original

@@ -73,6 +73,7 @@ from groma_speed import (  # noqa: E402
 
 from groundvlm.modeling import PinForLocalization  # noqa: E402
 from groundvlm.processing import PinProcessor  # noqa: E402
+from groundvlm.processing.processing_pin import pin_prompt  # noqa: E402
 from groundvlm.recipes.systems.pin.baselines import PeftBaseline  # noqa: E402
 from groundvlm.recipes.systems.pin.models import load_base  # noqa: E402
 from groundvlm.recipes.toyworld.tokenizers import train_tokenizer  # noqa: E402
@@ -125,11 +126,11 @@ def shape_processor() -> PinProcessor:
     """PIN's processor for the BLIP-2 OPT-2.7B shape: a toy OPT-style tokenizer (ids 0-3 `<s> <pad> </s> <unk>` as
     OPT's) trained on PIN's prompts and box texts, plus `<image>`; 224 px squashing image processor."""
     ticks = " ".join(str(14 * i) for i in range(17))
-    corpus = [f"In the image is {PinProcessor.article(n)} {n} located at [14,28,112,210]" for n in OBJECTS]
+    corpus = [f"{pin_prompt(n)} [14,28,112,210]" for n in OBJECTS]
     tok = train_tokenizer("opt", [*corpus, ticks] * 4)
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
     image_processor = BlipImageProcessor(size={"height": 224, "width": 224})
-    return PinProcessor(image_processor, tok, num_image_tokens=32, grid_size=16, image_size=224)
+    return PinProcessor(image_processor, tok, num_image_tokens=32, image_size=224)
 
 
 def load_bases(args, device: torch.device) -> tuple:

@@ -82,8 +82,10 @@ TINY_ARGS = [
 
 def _run(name: str, argv: list[str], out: Path) -> Path:
     """One recipe run in `out/name`, skipped when it finished before; records its wall time in metrics.json."""
-    from groundvlm.recipes import vpgtrans
+    from groundvlm.recipes.common.arguments import parse_recipe_args
     from groundvlm.recipes.common.run_dir import write_metrics
+    from groundvlm.recipes.systems.vpgtrans.arguments import VPGTRANS_ARGUMENTS
+    from groundvlm.recipes.systems.vpgtrans.stages import run_vpgtrans
 
     run_dir = out / name
     if (run_dir / "model").is_dir():
@@ -93,7 +95,8 @@ def _run(name: str, argv: list[str], out: Path) -> Path:
     print(f"[vpgtrans benchmark] {name}: {' '.join(argv)}", flush=True)
     # No checkpoints: a benchmark run that is cut short is started over (and still reports its evaluated epochs).
     try:
-        vpgtrans.main(argv + ["--output_dir", str(run_dir), "--no_resume", "--save_strategy", "no"])
+        argv = argv + ["--output_dir", str(run_dir), "--no_resume", "--save_strategy", "no"]
+        run_vpgtrans(*parse_recipe_args(VPGTRANS_ARGUMENTS, argv, recipe="vpgtrans"))
     finally:
         _detach_log_file(run_dir)
     seconds = time.time() - start

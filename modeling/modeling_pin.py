@@ -240,7 +240,7 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
         cls,
         base_model: PreTrainedModel,
         base_model_name_or_path: str | None = None,
-        grid_size: int = 16,
+        grid_size: int | None = None,
         image_size: int | None = None,
         sinusoid_dim: int = 64,
         hidden_dims: tuple[int, ...] = (512, 768),
@@ -252,7 +252,7 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
             base_model: a `Blip2ForConditionalGeneration`, `VPGTransModel` or `LlavaForConditionalGeneration`.
             base_model_name_or_path: where `from_pretrained` will reload the base from; defaults to the path the
                 base was loaded from (`base_model.config._name_or_path`).
-            grid_size / image_size: the box grid (defaults: 16 cells over the base's input image size).
+            grid_size / image_size: the box grid (defaults: `PinConfig`'s grid over the base's input image size).
         """
         if not isinstance(base_model, PreTrainedModel):
             raise TypeError(f"from_base expects a transformers PreTrainedModel, got {type(base_model).__name__}")
@@ -266,8 +266,8 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
             sinusoid_dim=sinusoid_dim,
             hidden_dims=list(hidden_dims),
             layer_norm_eps=layer_norm_eps,
-            grid_size=grid_size,
             image_size=image_size or point.image_size,
+            **({} if grid_size is None else {"grid_size": grid_size}),
         )
         return cls(config, base_model=base_model)
 

@@ -14,18 +14,21 @@ import re
 # The reference's pattern, verbatim: the space before '[' is required.
 BOX_PATTERN = re.compile(r" \[(.+?),(.+?),(.+?),(.+?)\]")
 
+# The reference's grid: 16 x 16 cells over the 224 px image (QUVA-Lab/PIN `utils/grid_codec.py`, grid_size=16).
+GRID_SIZE = 16
+
 
 class PinGridCodec:
     """Encode boxes to / decode boxes from PIN's text format.
 
     Args:
-        grid_size: cells per side (16 in the paper).
+        grid_size: cells per side (`GRID_SIZE`, 16, in the paper).
         image_size: side S of the squashed image the boxes live on (224 in the paper; 112 in the toy world).
         range_max_value: value of the last tick (default: `image_size`, i.e. pixel ticks; the reference's
             ablation uses 1 for normalised ticks).
     """
 
-    def __init__(self, grid_size: int = 16, image_size: int = 224, range_max_value: float | None = None):
+    def __init__(self, grid_size: int = GRID_SIZE, image_size: int = 224, range_max_value: float | None = None):
         if grid_size < 1 or image_size < 1:
             raise ValueError(f"PinGridCodec needs positive grid_size and image_size, got {grid_size}, {image_size}")
         self.grid_size = grid_size

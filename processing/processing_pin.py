@@ -4,13 +4,30 @@ Wraps the base VLM's image processor and tokenizer. Text follows the reference's
 (QUVA-Lab/PIN `utils/text_constructor.py`); boxes follow its `GridCodec` (see `pin_grid_codec.py`).
 """
 
+import json
+
 import torch
 from transformers import BatchFeature, ProcessorMixin
 from transformers.processing_utils import ProcessingKwargs, Unpack
+from transformers.utils import cached_file
 
-from .pin_grid_codec import PinGridCodec
+from .pin_grid_codec import GRID_SIZE, PinGridCodec
 
 _VOWELS = "aeiou"
+
+# The reference's prompt, "In the image is a(n) {name} located at" (QUVA-Lab/PIN `utils/text_constructor.py`).
+START_PROMPT = "In the image is"
+MIDDLE_PROMPT = "located at"
+
+
+def article(name: str) -> str:
+    """ "an" when the name starts with a vowel letter, else "a" (the reference's rule)."""
+    return "an" if name[0].lower() in _VOWELS else "a"
+
+
+def pin_prompt(name: str, start_prompt: str = START_PROMPT, middle_prompt: str = MIDDLE_PROMPT) -> str:
+    """PIN's prompt for one object name, without image tokens: `"In the image is a(n) {name} located at"`."""
+    return f"{start_prompt} {article(name)} {name} {middle_prompt}"
 
 
 def _image_size_hw(image) -> tuple[int, int]:
@@ -73,10 +90,10 @@ class PinProcessor(ProcessorMixin):
         image_token: str = "<image>",
         image_tokens_before_text: bool = True,
         text_prefix: str = "",
-        start_prompt: str = "In the image is",
-        middle_prompt: str = "located at",
+        start_prompt: str = START_PROMPT,
+        middle_prompt: str = MIDDLE_PROMPT,
         end_text: str | None = None,
-        grid_size: int = 16,
+        grid_size: int = GRID_SIZE,
         image_size: int = 224,
         range_max_value: float | None = None,
         chat_template=None,
@@ -106,6 +123,40 @@ class PinProcessor(ProcessorMixin):
             raise ValueError(f"the tokenizer has no {image_token!r} token: add it as a special token first")
         self.codec = PinGridCodec(grid_size=grid_size, image_size=image_size, range_max_value=range_max_value)
 
+    def check_model_config(self, config) -> None:
+        """Raise when a PIN model's config (a `PinConfig` or its dict) writes boxes on another grid than this
+        processor: the model was trained on `config.grid_size`² cells over `config.image_size` px, and the processor
+        must encode and decode boxes on the same grid."""
+        get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+        for key in ("grid_size", "image_size"):
+            mine, theirs = getattr(self, key), get(key)
+            if theirs is not None and int(theirs) != int(mine):
+                raise ValueError(
+                    f"grid mismatch: the PinProcessor has {key}={mine} but the model's PinConfig has "
+                    f"{key}={theirs}; build the processor with {key}={theirs} (PinProcessor.from_base_processor("
+                    f"..., {key}={theirs})) or load a PIN trained with {key}={mine}"
+                )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`ProcessorMixin.from_pretrained`, then, when the folder also holds a PIN's `config.json`, a check that
+        both use one box grid (`check_model_config`)."""
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        hub = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+        config_file = cached_file(
+            pretrained_model_name_or_path,
+            "config.json",
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **{k: kwargs[k] for k in hub if k in kwargs},
+        )
+        if config_file is not None and isinstance(processor, PinProcessor):
+            with open(config_file, encoding="utf-8") as f:
+                config = json.load(f)
+            if config.get("model_type") == "pin":
+                processor.check_model_config(config)
+        return processor
+
     @staticmethod
     def _check_squash(image_processor, image_size: int) -> None:
         size = getattr(image_processor, "size", None) or {}
@@ -122,7 +173,7 @@ class PinProcessor(ProcessorMixin):
             )
 
     @classmethod
-    def from_base_processor(cls, base_processor, grid_size: int = 16, image_size: int | None = None, **kwargs):
+    def from_base_processor(cls, base_processor, grid_size: int = GRID_SIZE, image_size: int | None = None, **kwargs):
         """Build a PinProcessor from a `Blip2Processor`, a VPGTrans processor or a `LlavaProcessor`.
 
         A LLaVA image processor that resizes the shortest edge and center-crops is copied and set to squash to its
@@ -170,10 +221,7 @@ class PinProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ text
 
-    @staticmethod
-    def article(name: str) -> str:
-        """ "an" when the name starts with a vowel letter, else "a" (the reference's rule)."""
-        return "an" if name[0].lower() in _VOWELS else "a"
+    article = staticmethod(article)
 
     max_name_tokens = 64
     """The longest object name (in tokens) a prompt takes; a longer one is an error rather than a prompt that
@@ -193,7 +241,7 @@ class PinProcessor(ProcessorMixin):
     def build_prompt(self, name: str) -> str:
         """`"{text_prefix}In the image is a(n) {name} located at"`."""
         name = self._check_name(name)
-        return f"{self.text_prefix}{self.start_prompt} {self.article(name)} {name} {self.middle_prompt}"
+        return f"{self.text_prefix}{pin_prompt(name, self.start_prompt, self.middle_prompt)}"
 
     def build_target(self, name: str, box_text: str, reconstruct_name: bool = False) -> tuple[str, str]:
         """`(full_text, unsupervised_prefix)` of one training sample, as the reference's `construct_prompt_train`.

@@ -20,27 +20,14 @@ or `--dataset coco` with `--train_file` (LAVIS / Karpathy COCO json), `--image_r
 
 from __future__ import annotations
 
-import logging
-
 from groundvlm.recipes.common.arguments import parse_recipe_args, run_recipe
-from groundvlm.recipes.common.run_dir import prepare_run_dir
-from groundvlm.recipes.systems.vpgtrans.arguments import VPGTRANS_ARGUMENTS, check_stage
-from groundvlm.recipes.systems.vpgtrans.stages import run_stage
-
-logger = logging.getLogger("groundvlm")
+from groundvlm.recipes.systems.vpgtrans.arguments import VPGTRANS_ARGUMENTS
+from groundvlm.recipes.systems.vpgtrans.stages import run_vpgtrans
 
 
 def main(argv=None):
     """Run one stage; returns what `run_stage` returns (the stage writes its model, metrics and curve itself)."""
-    run_args, script_args, model_args, eval_args, training_args = parse_recipe_args(
-        VPGTRANS_ARGUMENTS, argv, recipe="vpgtrans"
-    )
-    check_stage(script_args, training_args)
-    run_dir = prepare_run_dir(training_args.output_dir, run_args, script_args, model_args, eval_args, training_args)
-    result = run_stage(run_args, script_args, model_args, eval_args, training_args, run_dir)
-    summary = result[-1] if isinstance(result, tuple) else result  # the metrics, or the written folder / file
-    logger.info("Stage %s finished: %s", script_args.stage, summary)  # train.log keeps it with the run
-    return result
+    return run_vpgtrans(*parse_recipe_args(VPGTRANS_ARGUMENTS, argv, recipe="vpgtrans"))
 
 
 if __name__ == "__main__":

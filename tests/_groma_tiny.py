@@ -1,8 +1,7 @@
 """Tiny Groma pieces that share one vocabulary: a toy Llama tokenizer with Groma's 114 tokens, a tiny
 `GromaConfig` whose token ids are that tokenizer's, and the matching `GromaProcessor`.
 
-Shared by the Groma tests that run the processor and the model together (the tiny shapes follow
-tests/groma/test_groma_model.py: DINOv2 with 4 blocks fed 112 px -> an 8x8 patch grid -> 16 image tokens).
+The one tiny Groma config of the tests and benchmarks (`tiny_groma_config`), with or without a tokenizer.
 """
 
 from __future__ import annotations
@@ -36,9 +35,30 @@ def word_token_ids(tokenizer) -> list[int]:
     return ids
 
 
-def tiny_groma_config(tokenizer, **overrides) -> GromaConfig:
-    """A tiny Groma whose vocabulary and special-token ids are `tokenizer`'s (base vocabulary + 114 rows)."""
-    to_id = tokenizer.convert_tokens_to_ids
+# Without a tokenizer, ids follow the reference's added-token order at BASE_VOCAB + offset (add_groma_tokens).
+BASE_VOCAB = 1000
+FIXED_TOKEN_IDS = dict(
+    pad=BASE_VOCAB,
+    image=BASE_VOCAB + 8,
+    region=BASE_VOCAB + 9,
+    refer_box=BASE_VOCAB + 10,
+    ground_box=BASE_VOCAB + 11,
+    refer_feat=BASE_VOCAB + 12,
+    proxy_start=BASE_VOCAB + 14,
+)
+
+
+def tiny_groma_config(tokenizer=None, **overrides) -> GromaConfig:
+    """The tiny Groma of every test and benchmark: DINOv2 with 4 blocks fed 112 px (an 8x8 patch grid, 16 image
+    tokens), a 2-layer Llama, a 2+2-layer proposer with 20 queries. Vocabulary and special-token ids are
+    `tokenizer`'s (base vocabulary + 114 rows) or, without one, `FIXED_TOKEN_IDS` over `BASE_VOCAB`."""
+    if tokenizer is None:
+        ids, vocab_size, bos, eos = FIXED_TOKEN_IDS, BASE_VOCAB + 114, 1, 2
+    else:
+        to_id = tokenizer.convert_tokens_to_ids
+        names = ("[PAD]", "<image>", "<region>", "<refer_box>", "<ground_box>", "<refer_feat>", "<r0>")
+        ids = dict(zip(FIXED_TOKEN_IDS, (to_id(n) for n in names)))
+        vocab_size, bos, eos = len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id
     kwargs = dict(
         vision_config=dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=518, patch_size=14),
         text_config=dict(
@@ -48,10 +68,10 @@ def tiny_groma_config(tokenizer, **overrides) -> GromaConfig:
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=4,
-            vocab_size=len(tokenizer),
-            pad_token_id=to_id("[PAD]"),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            vocab_size=vocab_size,
+            pad_token_id=ids["pad"],
+            bos_token_id=bos,
+            eos_token_id=eos,
             tie_word_embeddings=False,
             rms_norm_eps=1e-6,
         ),
@@ -64,13 +84,13 @@ def tiny_groma_config(tokenizer, **overrides) -> GromaConfig:
         proposer_num_queries=20,
         region_gn_groups=4,
         region_pos_embed_dim=16,
-        pad_token_id=to_id("[PAD]"),
-        image_token_id=to_id("<image>"),
-        region_token_id=to_id("<region>"),
-        refer_box_token_id=to_id("<refer_box>"),
-        ground_box_token_id=to_id("<ground_box>"),
-        refer_feat_token_id=to_id("<refer_feat>"),
-        proxy_token_start_id=to_id("<r0>"),
+        pad_token_id=ids["pad"],
+        image_token_id=ids["image"],
+        region_token_id=ids["region"],
+        refer_box_token_id=ids["refer_box"],
+        ground_box_token_id=ids["ground_box"],
+        refer_feat_token_id=ids["refer_feat"],
+        proxy_token_start_id=ids["proxy_start"],
         num_proxy_tokens=100,
     )
     kwargs.update(overrides)

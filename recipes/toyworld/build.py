@@ -300,8 +300,9 @@ def _versions() -> dict:
     }
 
 
-def _corpus(n_scenes: int, seed: int) -> list[str]:
-    """The LM corpus, memoised per process: the tokenizers and every LM of one build share it."""
+def lm_corpus_memo(n_scenes: int, seed: int) -> list[str]:
+    """The LM corpus (`corpus.lm_corpus`), memoised per process: the tokenizers and every LM of one build, and the
+    VPGTrans captioner's text replay, share it."""
     from .corpus import lm_corpus
 
     key = (n_scenes, seed)
@@ -338,13 +339,15 @@ def _build_data(folder: Path, p: Preset) -> dict:
 
 
 def _build_tokenizer(folder: Path, family: str, p: Preset) -> dict:
-    from .corpus import PIN_PROMPT, grid_ticks
+    from groundvlm.processing.processing_pin import pin_prompt
+
+    from .corpus import box_codec
     from .tokenizers import train_tokenizer
 
-    corpus = _corpus(p.corpus_scenes, SEED)
+    corpus = lm_corpus_memo(p.corpus_scenes, SEED)
     tok = train_tokenizer(family, corpus)
     tok.save_pretrained(folder)
-    ticks = [str(t) for t in grid_ticks()]
+    ticks = box_codec().ticks
     whole = sum(len(tok(t, add_special_tokens=False).input_ids) == 1 for t in ticks)
     lengths = [len(tok(t).input_ids) for t in corpus[:2000]]
     return {
@@ -352,11 +355,7 @@ def _build_tokenizer(folder: Path, family: str, p: Preset) -> dict:
         "corpus_texts": len(corpus),
         "ticks_as_one_token": f"{whole}/{len(ticks)}",
         "mean_tokens_per_text": round(sum(lengths) / len(lengths), 2),
-        "example": " ".join(
-            tok.convert_ids_to_tokens(
-                tok(PIN_PROMPT.format(article="a", name="red star") + " [14,28,70,112]").input_ids
-            )
-        ),
+        "example": " ".join(tok.convert_ids_to_tokens(tok(pin_prompt("red star") + " [14,28,70,112]").input_ids)),
     }
 
 
@@ -364,14 +363,15 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from . import texts
-    from .corpus import PIN_PROMPT, VQA_FORMATS, grid_ticks
+    from groundvlm.processing.processing_pin import pin_prompt
+
+    from .corpus import VQA_FORMATS, box_codec
     from .lms import LM_FAMILY, box_syntax_rate, evaluate_lm, lm_model, pretrain_lm
     from .world import ToyWorld
 
     torch.manual_seed(SEED)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    corpus = _corpus(p.corpus_scenes, SEED)
+    corpus = lm_corpus_memo(p.corpus_scenes, SEED)
     model = lm_model(lm, tok, p.lm_sizes[lm])
     train = pretrain_lm(
         lm,
@@ -389,11 +389,11 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
     tok.save_pretrained(folder)
 
     # Held-out text: scenes of another seed. VQA in this family's prompt format (the VPGTrans reference's VQA prompts).
-    held = _corpus(max(1, p.lm_eval_texts // 8), SEED + 1)
+    held = lm_corpus_memo(max(1, p.lm_eval_texts // 8), SEED + 1)
     marker = VQA_FORMATS[1 if LM_FAMILY[lm] == "t5" else 0].split("{a}")[0].split("{q}")[1]
     vqa = [t for t in held if t.startswith("Question:") and marker in t][: p.lm_eval_texts]
     names = ToyWorld(seed=SEED, split="all").categories
-    prompts = [PIN_PROMPT.format(article=texts.article(n), name=n) for n in names][:32]
+    prompts = [pin_prompt(n) for n in names][:32]
     return {
         "parameters": sum(t.numel() for t in model.parameters()),
         "first_loss": round(train["losses"][0], 4),
@@ -401,7 +401,7 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
         "loss_curve": _curve(train["losses"]),
         "eval_loss": round(evaluate_lm(lm, model, tok, held[: p.lm_eval_texts], device=p.device)["loss"], 4),
         "vqa_next_token_accuracy": round(evaluate_lm(lm, model, tok, vqa, device=p.device)["next_token_accuracy"], 4),
-        "box_syntax_rate": round(box_syntax_rate(lm, model, tok, prompts, grid_ticks(), device=p.device), 4),
+        "box_syntax_rate": round(box_syntax_rate(lm, model, tok, prompts, box_codec(), device=p.device), 4),
     }
 
 

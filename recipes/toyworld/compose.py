@@ -26,6 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+# The toy world's grid when none is given: 16 cells per side, as the PIN reference composes its scenes (a
+# system's recipe passes its own grid, e.g. PIN's `--grid_size`).
+GRID_SIZE = 16
 # PIN's per-object-count size factors (reference defaults for 1, 2, 3 objects): s = round(grid * factor).
 PIN_MIN_SIZE_FACTORS: tuple[float, ...] = (0.3, 0.2, 0.1)
 PIN_MAX_SIZE_FACTORS: tuple[float, ...] = (1.0, 1.0, 1.0)
@@ -49,7 +52,7 @@ class PlacedObject:
 
 
 def pin_size_ranges(
-    grid_size: int = 16,
+    grid_size: int = GRID_SIZE,
     min_factors: tuple[float, ...] = PIN_MIN_SIZE_FACTORS,
     max_factors: tuple[float, ...] = PIN_MAX_SIZE_FACTORS,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -141,7 +144,7 @@ def compose(
     objects: list[tuple[str, Image.Image]],
     rng: np.random.Generator,
     *,
-    grid_size: int = 16,
+    grid_size: int = GRID_SIZE,
     a_max: int = 3,
     s_min: tuple[int, ...] = (5, 3, 2),
     s_max: tuple[int, ...] = (16, 16, 16),

@@ -21,29 +21,21 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from groundvlm.processing.pin_grid_codec import PinGridCodec
+from groundvlm.processing.processing_pin import pin_prompt
 
 from . import texts
-from .world import ToyWorld
+from .compose import GRID_SIZE
+from .world import IMAGE_SIZE, ToyWorld
 
 VQA_FORMATS = ("Question: {q} Answer: {a}", "Question: {q} Short answer: {a}")
-PIN_PROMPT = "In the image is {article} {name} located at"
-
-# The toy world's default geometry (toyworld.ToyWorld): 112 px, 16 x 16 grid of 7-px cells.
-IMAGE_SIZE = 112
-GRID_SIZE = 16
 
 
-def grid_ticks(image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE) -> list[int]:
-    """The pixel values a box coordinate may take: 0, c, 2c, ..., image_size (c = image_size / grid_size)."""
-    return [image_size // grid_size * i for i in range(grid_size + 1)]
+def box_codec(image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE) -> PinGridCodec:
+    """PIN's box codec on the toy world's geometry (default: 112 px, 16 x 16 cells of 7 px; ticks 0, 7, ..., 112)."""
+    return PinGridCodec(grid_size=grid_size, image_size=image_size)
 
 
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-
-
-def box_text(grid_box, image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE) -> str:
-    """PIN's box string for inclusive grid cells (gx1, gy1, gx2, gy2), e.g. "[14,28,70,112]" (PinGridCodec)."""
-    return PinGridCodec(grid_size=grid_size, image_size=image_size).encode_cells([int(v) for v in grid_box])
 
 
 def random_grid_box(rng: np.random.Generator, grid_size: int) -> tuple[int, int, int, int]:
@@ -55,14 +47,16 @@ def random_grid_box(rng: np.random.Generator, grid_size: int) -> tuple[int, int,
 
 def pin_sentence(name: str, box: str) -> str:
     """PIN's training target without the image/end tokens: "In the image is a {name} located at {box}"."""
-    return PIN_PROMPT.format(article=texts.article(name), name=name) + " " + box
+    return pin_prompt(name) + " " + box
 
 
 def scene_texts(scene, rng: np.random.Generator, image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE) -> list[str]:
     """The corpus texts drawn from one scene (see the module docstring)."""
 
+    codec = box_codec(image_size, grid_size)
+
     def box(cells) -> str:
-        return box_text(cells, image_size, grid_size)
+        return codec.encode_cells(cells)
 
     out = [texts.caption(scene, rng), texts.grounded_caption(scene, rng)[0]]
     for q, a, _kind in texts.vqa(scene, rng):
@@ -83,14 +77,14 @@ def scene_texts(scene, rng: np.random.Generator, image_size: int = IMAGE_SIZE, g
 
 def number_texts(rng: np.random.Generator, image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE) -> list[str]:
     """Number fluency: a run of grid ticks, a counting sequence and a list of random ticks."""
-    ticks = grid_ticks(image_size, grid_size)
+    ticks = box_codec(image_size, grid_size).ticks
     start = int(rng.integers(0, grid_size))
     stop = int(rng.integers(start + 1, grid_size + 1))
-    run = ", ".join(str(t) for t in ticks[start : stop + 1])
+    run = ", ".join(ticks[start : stop + 1])
     first = int(rng.integers(0, 20))
     count = " ".join(str(i) for i in range(first, first + int(rng.integers(3, 10))))
     # No brackets: "[..]" is kept for valid boxes, so the LM's box prior stays clean.
-    picks = " ".join(str(ticks[int(i)]) for i in rng.integers(0, grid_size + 1, size=int(rng.integers(2, 6))))
+    picks = " ".join(ticks[int(i)] for i in rng.integers(0, grid_size + 1, size=int(rng.integers(2, 6))))
     return [run, count, picks]
 
 

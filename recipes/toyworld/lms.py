@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +29,6 @@ LM_FAMILY = {"opt-small": "opt", "opt-base": "opt", "llama": "llama", "t5": "t5"
 
 # The T5 prefix/suffix split points, longest first ("Short answer:" contains "answer:").
 _SPLIT_MARKERS = ("Short answer:", "Answer:", "located at")
-
-_BOX_RE = re.compile(r"^\s*\[(\d+),(\d+),(\d+),(\d+)\]")
 
 
 @dataclass(frozen=True)
@@ -213,21 +210,10 @@ def evaluate_lm(name: str, model, tokenizer, texts: list[str], batch_size: int =
     return {"loss": total_loss / max(count, 1), "next_token_accuracy": correct / max(count, 1)}
 
 
-def parse_box(text: str, ticks: list[int]) -> tuple[int, int, int, int] | None:
-    """A generated "[x1,y1,x2,y2]" at the start of `text` whose values are grid ticks with x1<x2, y1<y2."""
-    m = _BOX_RE.match(text)
-    if not m:
-        return None
-    x1, y1, x2, y2 = (int(v) for v in m.groups())
-    allowed = set(ticks)
-    if not {x1, y1, x2, y2} <= allowed or not (x1 < x2 and y1 < y2):
-        return None
-    return x1, y1, x2, y2
-
-
 @torch.no_grad()
-def box_syntax_rate(name: str, model, tokenizer, prompts: list[str], ticks: list[int], device: str = "cpu") -> float:
-    """Fraction of greedy continuations of `prompts` (ending in "located at") that parse as a grid box."""
+def box_syntax_rate(name: str, model, tokenizer, prompts: list[str], codec, device: str = "cpu") -> float:
+    """Fraction of greedy continuations of `prompts` (ending in "located at") that `codec` (a `PinGridCodec`)
+    decodes as a box: the continuation is read as PIN's processor reads text after "located at"."""
     family = LM_FAMILY[name]
     model.to(device).eval()
     ok = 0
@@ -235,5 +221,5 @@ def box_syntax_rate(name: str, model, tokenizer, prompts: list[str], ticks: list
         enc = tokenizer(prompt, return_tensors="pt").to(device)
         out = model.generate(**enc, max_new_tokens=16, do_sample=False)
         new = out[0] if family == "t5" else out[0, enc.input_ids.shape[1] :]
-        ok += parse_box(tokenizer.decode(new, skip_special_tokens=True), ticks) is not None
+        ok += codec.decode(" " + tokenizer.decode(new, skip_special_tokens=True).lstrip())[1]
     return ok / max(len(prompts), 1)

@@ -222,28 +222,13 @@ def scene_labels(objects: list[list[tuple]], labels: list[str]) -> torch.Tensor:
     return out
 
 
-def _render_one(args) -> tuple[np.ndarray, list[tuple]]:
-    world, i = args
-    scene = world.scene(i)
-    return np.asarray(scene.image.convert("RGB"), dtype=np.uint8), [(o.name, o.colour, o.shape) for o in scene.objects]
-
-
 def render_scenes(world, indices, workers: int = 1) -> tuple[torch.Tensor, list[list[tuple]]]:
-    """Render scenes `indices` of a ToyWorld: (uint8 images [N, H, W, 3], per-scene (name, colour, shape) lists).
+    """Scenes `indices` of a ToyWorld as the probe takes them: (uint8 images [N, H, W, 3], per-scene
+    (name, colour, shape) lists); rendered by `world.render_scenes`."""
+    from .world import render_scenes as render
 
-    `workers` > 1 renders in a process pool (the GPU preset renders tens of thousands of images).
-    """
-    indices = list(indices)
-    jobs = [(world, i) for i in indices]
-    if workers > 1:
-        import multiprocessing
-
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            results = list(tqdm(pool.imap(_render_one, jobs, chunksize=64), total=len(jobs), desc="render", unit="img"))
-    else:
-        results = [_render_one(j) for j in tqdm(jobs, desc="render", unit="img")]
-    images = torch.from_numpy(np.stack([r[0] for r in results]))
-    return images, [r[1] for r in results]
+    images, objects = render(world, indices, workers=workers)
+    return torch.from_numpy(images), [[(o.name, o.colour, o.shape) for o in objs] for objs in objects]
 
 
 def name_recall(probs: torch.Tensor, objects: list[list[tuple]], labels: list[str]) -> dict:

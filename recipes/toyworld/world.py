@@ -18,8 +18,11 @@ import numpy as np
 from PIL import Image
 
 from .backgrounds import ProceduralBackgrounds
-from .compose import compose, pin_size_ranges
+from .compose import GRID_SIZE, compose, pin_size_ranges
 from .objects import DEFAULT_SPLIT, CategorySplit, ProceduralObjects
+
+# The toy world's image side: 112 px, 16 cells of 7 px (one patch of the toy ViTs per cell).
+IMAGE_SIZE = 112
 
 SPLITS: tuple[str, ...] = ("train", "validation", "held_out", "all")
 
@@ -78,8 +81,8 @@ class ToyWorld:
     def __init__(
         self,
         seed: int = 0,
-        image_size: int = 112,
-        grid_size: int = 16,
+        image_size: int = IMAGE_SIZE,
+        grid_size: int = GRID_SIZE,
         split: str = "train",
         objects=None,
         backgrounds=None,
@@ -169,6 +172,34 @@ class ToyWorld:
         return Scene(index=int(index), image=image, objects=objects)
 
     __getitem__ = scene
+
+
+def _render_one(args) -> tuple[np.ndarray, list[SceneObject]]:
+    world, index = args
+    scene = world.scene(index)
+    return np.asarray(scene.image.convert("RGB"), dtype=np.uint8), scene.objects
+
+
+def render_scenes(world: ToyWorld, indices, workers: int = 1) -> tuple[np.ndarray, list[list[SceneObject]]]:
+    """Render scenes `indices` of `world` once: (uint8 RGB images `[N, S, S, 3]`, each scene's objects).
+
+    The one way datasets of toy scenes get their images: a dataset renders its fixed scenes here when it is built and
+    reads them from the array in every epoch. `workers` > 1 renders in a process pool (GPU presets render tens of
+    thousands of scenes); the result does not depend on `workers`.
+    """
+    from tqdm.auto import tqdm
+
+    jobs = [(world, int(i)) for i in indices]
+    if not jobs:
+        raise ValueError("render_scenes needs at least one scene index")
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = list(tqdm(pool.imap(_render_one, jobs, chunksize=64), total=len(jobs), desc="render", unit="img"))
+    else:
+        results = [_render_one(job) for job in tqdm(jobs, desc="render", unit="img", leave=False)]
+    return np.stack([r[0] for r in results]), [r[1] for r in results]
 
 
 def _size_factors(a_max: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

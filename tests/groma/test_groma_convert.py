@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaModel
 from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
 from groundvlm.recipes.convert.groma import convert_checkpoint, convert_config, convert_state_dict
 from tests import groma_reference_math as ref
+from tests._groma_tiny import tiny_groma_config
 from tests.groma.test_groma_model import (
     BASE_VOCAB,
     IMAGE,
@@ -17,7 +18,6 @@ from tests.groma.test_groma_model import (
     REFER_FEAT,
     REGION,
     static_prompt,
-    tiny_config,
 )
 
 V, VL, VH, MLP = 32, 4, 4, 128  # DINOv2 hidden, layers, heads, mlp
@@ -155,7 +155,7 @@ def converted_model(reference_sd, tmp_path_factory):
 
     src = tmp_path_factory.mktemp("reference")
     save_file({k: v.contiguous() for k, v in reference_sd.items()}, str(src / "model.safetensors"))
-    return convert_checkpoint(src, tmp_path_factory.mktemp("converted"), config=tiny_config())
+    return convert_checkpoint(src, tmp_path_factory.mktemp("converted"), config=tiny_groma_config())
 
 
 def _permutation(n):
@@ -267,7 +267,7 @@ def test_detector_only_layout(reference_sd, converted_model):
     assert not any(k.startswith(("language_model.", "region_encoder.", "multi_modal_projector.")) for k in converted)
     assert all(torch.equal(converted[k], full[k]) for k in converted)
     # loads into the perceiver part of the model (LLM etc. come from elsewhere)
-    fresh = GromaForConditionalGeneration(tiny_config())
+    fresh = GromaForConditionalGeneration(tiny_groma_config())
     fresh.load_state_dict(
         {k: v for k, v in converted_model.state_dict().items() if k.startswith(("vision_model.", "region_proposer."))},
         strict=False,
@@ -308,10 +308,10 @@ def test_convert_checkpoint_writes_safetensors_and_refuses_pickle(tmp_path, refe
     torch.save(reference_sd, src / "pytorch_model.bin")
     (src / "config.json").write_text(json.dumps({"model_type": "groma"}))
     with pytest.raises(ValueError, match="allow-pickle"):
-        convert_checkpoint(src, tmp_path / "out", config=tiny_config())
+        convert_checkpoint(src, tmp_path / "out", config=tiny_groma_config())
     (src / "pytorch_model.bin").unlink()
     save_file({k: v.contiguous() for k, v in reference_sd.items()}, str(src / "model.safetensors"))
-    model = convert_checkpoint(src, tmp_path / "out", config=tiny_config())
+    model = convert_checkpoint(src, tmp_path / "out", config=tiny_groma_config())
     assert json.loads((tmp_path / "out" / "config.json").read_text())["auto_map"]["AutoModelForImageTextToText"]
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert "model.safetensors" in files and "modeling_groma.py" in files and not any(f.endswith(".bin") for f in files)

@@ -6,7 +6,8 @@ import copy
 import torch
 
 from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
-from tests.groma.test_groma_model import static_prompt, tiny_config
+from tests._groma_tiny import tiny_groma_config
+from tests.groma.test_groma_model import static_prompt
 
 
 def covered(model):
@@ -15,7 +16,7 @@ def covered(model):
 
 def test_cpu_runs_eagerly_and_region_encoder_split_equals_forward():
     torch.manual_seed(0)
-    model = GromaForConditionalGeneration(tiny_config()).eval()
+    model = GromaForConditionalGeneration(tiny_groma_config()).eval()
     assert model.config.vision_cuda_graphs is True
     px = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
@@ -33,7 +34,7 @@ def test_cpu_runs_eagerly_and_region_encoder_split_equals_forward():
 
 def test_module_state_decides_graph_use():
     torch.manual_seed(0)
-    model = GromaForConditionalGeneration(tiny_config()).eval()
+    model = GromaForConditionalGeneration(tiny_groma_config()).eval()
     graphs, cpu = model._vision_graphs, torch.device("cpu")
     with torch.no_grad():
         model(input_ids=torch.tensor([static_prompt(model.config)]), pixel_values=torch.randn(1, 3, 112, 112))
@@ -57,7 +58,7 @@ def test_module_state_decides_graph_use():
 
 def test_apply_train_and_load_state_dict_reset_the_runner():
     torch.manual_seed(0)
-    model = GromaForConditionalGeneration(tiny_config()).eval()
+    model = GromaForConditionalGeneration(tiny_groma_config()).eval()
     graphs = model._vision_graphs
     for action in (
         lambda: model.to(torch.float64),

@@ -3,51 +3,11 @@
 import pytest
 import torch
 
-from groundvlm.modeling.configuration_groma import GromaConfig
 from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
+from tests._groma_tiny import BASE_VOCAB, tiny_groma_config
 
-BASE_VOCAB = 1000  # tiny vocabularies keep the reference's added-token order at base + offset
 IMAGE, REGION, REFER_BOX, REFER_FEAT, ROI, ROI_END = (BASE_VOCAB + k for k in (8, 9, 10, 12, 4, 5))
 PROXY = BASE_VOCAB + 14
-
-
-def tiny_config(**overrides) -> GromaConfig:
-    kwargs = dict(
-        vision_config=dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=518, patch_size=14),
-        text_config=dict(
-            model_type="llama",
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            vocab_size=BASE_VOCAB + 114,
-            pad_token_id=BASE_VOCAB,
-            bos_token_id=1,
-            eos_token_id=2,
-            tie_word_embeddings=False,
-            rms_norm_eps=1e-6,
-        ),
-        image_size=112,
-        proposer_d_model=32,
-        proposer_encoder_layers=2,
-        proposer_decoder_layers=2,
-        proposer_attention_heads=4,
-        proposer_ffn_dim=64,
-        proposer_num_queries=20,
-        region_gn_groups=4,
-        region_pos_embed_dim=16,
-        pad_token_id=BASE_VOCAB,
-        image_token_id=IMAGE,
-        region_token_id=REGION,
-        refer_box_token_id=REFER_BOX,
-        ground_box_token_id=BASE_VOCAB + 11,
-        refer_feat_token_id=REFER_FEAT,
-        proxy_token_start_id=PROXY,
-        num_proxy_tokens=100,
-    )
-    kwargs.update(overrides)
-    return GromaConfig(**kwargs)
 
 
 def static_prompt(cfg, before=(1, 5, 6), after=(8, 9), n_refer=0):
@@ -68,7 +28,7 @@ def left_pad(rows, pad):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return GromaForConditionalGeneration(tiny_config()).eval()
+    return GromaForConditionalGeneration(tiny_groma_config()).eval()
 
 
 def test_forward_fills_slots_and_masks_unused_pairs(model):
@@ -175,7 +135,7 @@ def test_generate_runs_the_perceiver_once(model):
 
 
 def test_bf16_forward_accepts_fp32_pixels():
-    model = GromaForConditionalGeneration(tiny_config()).eval().to(torch.bfloat16)
+    model = GromaForConditionalGeneration(tiny_groma_config()).eval().to(torch.bfloat16)
     out = model(input_ids=torch.tensor([static_prompt(model.config)]), pixel_values=torch.randn(1, 3, 112, 112))
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits.float()).all()
 

@@ -5,14 +5,15 @@ import torch
 
 from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
 from groundvlm.recipes.convert.groma import AUTO_MAP, REMOTE_CODE_FILES
+from tests._groma_tiny import tiny_groma_config
 from tests._isolated import run_isolated
-from tests.groma.test_groma_model import static_prompt, tiny_config
+from tests.groma.test_groma_model import static_prompt
 
 
 @pytest.mark.remote_code
 def test_remote_code_load_in_fresh_process(tmp_path):
     torch.manual_seed(0)
-    model = GromaForConditionalGeneration(tiny_config()).eval()
+    model = GromaForConditionalGeneration(tiny_groma_config()).eval()
     # save_pretrained (on-disk key names of this transformers version, which every 5.x maps on load)
     model.config.auto_map = dict(AUTO_MAP)
     type(model.config).register_for_auto_class()
@@ -52,7 +53,7 @@ def test_save_pretrained_writes_auto_map_and_code_without_help(tmp_path):
     import json
 
     torch.manual_seed(0)
-    GromaForConditionalGeneration(tiny_config()).save_pretrained(tmp_path / "groma")
+    GromaForConditionalGeneration(tiny_groma_config()).save_pretrained(tmp_path / "groma")
     assert json.loads((tmp_path / "groma" / "config.json").read_text())["auto_map"] == AUTO_MAP
     for name in REMOTE_CODE_FILES:
         assert (tmp_path / "groma" / name).exists(), name

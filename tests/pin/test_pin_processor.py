@@ -167,3 +167,26 @@ def test_112_pixel_world(tokenizer):
     assert tokenizer.decode(supervised) == " [7,14,63,112]</s>"
     (result,) = processor.post_process_localization([" [7,14,63,112]"], target_sizes=[(224, 224)])
     assert torch.equal(result["boxes"], torch.tensor([[14.0, 28.0, 126.0, 224.0]]))
+
+
+def test_processor_and_model_config_must_share_one_grid(processor, tmp_path):
+    """A PinProcessor loaded beside a PIN's config.json checks that both use one box grid; a mismatch names both."""
+    from groundvlm.modeling import PinConfig
+
+    processor.check_model_config(PinConfig(grid_size=16, image_size=processor.image_size))
+    with pytest.raises(ValueError, match=r"PinProcessor has grid_size=16 but the model's PinConfig has grid_size=8"):
+        processor.check_model_config(PinConfig(grid_size=8, image_size=processor.image_size))
+
+    processor.save_pretrained(tmp_path)
+    PinConfig(grid_size=16, image_size=processor.image_size).save_pretrained(tmp_path)
+    assert PinProcessor.from_pretrained(tmp_path).grid_size == 16
+    PinConfig(grid_size=8, image_size=processor.image_size).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"grid_size=16 .* grid_size=8"):
+        PinProcessor.from_pretrained(tmp_path)
+
+
+def test_pin_prompt_is_the_processors_prompt(processor):
+    from groundvlm.processing.processing_pin import pin_prompt
+
+    assert pin_prompt("apple") == "In the image is an apple located at"
+    assert processor.build_prompt("red star") == pin_prompt("red star")

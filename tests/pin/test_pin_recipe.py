@@ -336,3 +336,24 @@ def test_comparison_says_in_words_whether_pin_beat_the_best_constant_box_and_wri
     loaded = json.loads(text)
     assert loaded["full_image"]["held_out"]["center_corr"] is None
     assert not any(isinstance(v, float) and math.isnan(v) for v in loaded["pin"]["held_out"].values())
+
+
+def test_grid_size_is_one_recipe_argument_checked_against_the_model(tok):
+    """`--grid_size` builds the processor and the model; evaluation refuses a model trained on another grid."""
+    from groundvlm.recipes.common.arguments import RecipeError
+    from groundvlm.recipes.systems.pin.evaluation import predict, samples_from_pool
+
+    with pytest.raises(RecipeError, match="grid_size"):
+        PinArguments(grid_size=0)
+    args = PinArguments(grid_size=8)
+    proc = PinProcessor.from_base_processor(
+        Blip2Processor(
+            image_processor=BlipImageProcessor(size={"height": S, "width": S}), tokenizer=tok, num_query_tokens=4
+        ),
+        grid_size=args.grid_size,
+    )
+    model = pin_models.build_model("pin", tiny_base(tok), args, proc, "base")
+    assert (model.config.grid_size, proc.codec.grid_size) == (8, 8)
+    samples = samples_from_pool(build_pool(SquareWorld(0, TRAIN), 1, TRAIN))
+    with pytest.raises(ValueError, match=r"PinProcessor has grid_size=16 but the model's PinConfig has grid_size=8"):
+        predict(model, processor(tok), samples)

@@ -20,9 +20,9 @@ from groundvlm.processing import PinProcessor, VPGTransProcessor
 from groundvlm.recipes.convert.groma import AUTO_MAP as GROMA_AUTO_MAP
 from groundvlm.recipes.push.cards import build_model_card, eval_results_from_metrics
 from groundvlm.recipes.push.push_to_hub import NotSelfContainedError, check_self_contained, main, push_to_hub
+from tests._groma_tiny import tiny_groma_config
 from tests._pin_tiny import blip_image_processor, make_tokenizer, tiny_blip2
 from tests._vpgtrans_toys import add_image_token, blip2_config, opt_text_config, opt_tokenizer
-from tests.groma.test_groma_model import tiny_config as tiny_groma_config
 
 PIN_BASE_ID = "org/tiny-blip2"
 

@@ -178,7 +178,13 @@ def _parse_command(argv: list[str], stop_after_parse: bool) -> Parsed:
             def stop_at_run_dir(output_dir, *parsed):
                 raise Stop((output_dir, *parsed))
 
-            patch.setattr(module, "prepare_run_dir", stop_at_run_dir)
+            # The entry script takes the run dir itself, or through its system's function entry (VPGTrans:
+            # systems.vpgtrans.stages.run_vpgtrans).
+            from groundvlm.recipes.systems.vpgtrans import stages as vpgtrans_stages
+
+            for owner in (module, vpgtrans_stages):
+                if hasattr(owner, "prepare_run_dir"):
+                    patch.setattr(owner, "prepare_run_dir", stop_at_run_dir)
             kind = "recipe"
         elif name == "systems.vpgtrans.captioner":
 

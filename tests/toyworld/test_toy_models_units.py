@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BatchEncoding
 
 from groundvlm.recipes.toyworld import ToyWorld, caption
-from groundvlm.recipes.toyworld.corpus import lm_corpus
-from groundvlm.recipes.toyworld.lms import LMSize, evaluate_lm, lm_model, parse_box, pretrain_lm, t5_split
+from groundvlm.recipes.toyworld.corpus import box_codec, lm_corpus
+from groundvlm.recipes.toyworld.lms import LMSize, box_syntax_rate, evaluate_lm, lm_model, pretrain_lm, t5_split
 from groundvlm.recipes.toyworld.tokenizers import paired_token_ids, train_tokenizer
 from groundvlm.recipes.toyworld.vision import (
     label_names,
@@ -117,12 +117,36 @@ def test_t5_split_rules():
     assert f"{prefix} {suffix}" == "a b c d" and prefix and suffix
 
 
-def test_parse_box():
-    ticks = [7 * i for i in range(17)]
-    assert parse_box(" [14,28,70,112] ok", ticks) == (14, 28, 70, 112)
-    assert parse_box("[14,28,70,113]", ticks) is None  # not a tick
-    assert parse_box("[70,28,14,112]", ticks) is None  # x1 >= x2
-    assert parse_box("a [14,28,70,112]", ticks) is None
+def test_toy_box_codec_round_trips_scene_boxes():
+    """The toy world writes and reads boxes with PIN's codec: every scene object's grid cells encode to text that
+    decodes back to the object's pixel box; text that is no box of the grid is refused."""
+    codec = box_codec()
+    assert (codec.grid_size, codec.image_size) == (16, 112) and codec.ticks[:3] == ["0", "7", "14"]
+    world = ToyWorld(seed=3, split="all")
+    for i in range(20):
+        for obj in world.scene(i).objects:
+            text = codec.encode_cells(obj.grid_box)
+            box, ok, _ = codec.decode(" " + text)
+            assert ok and box == [float(v) for v in obj.box], (text, obj.box)
+    assert codec.decode(" [14,28,70,113]")[1] is False  # not a tick
+    assert codec.decode(" [70,28,14,112]")[1] is False  # x1 >= x2
+
+
+def test_box_syntax_rate_reads_continuations_with_the_codec():
+    class Tokenizer:  # decodes every continuation to `text`
+        def __init__(self, text):
+            self.text = text
+
+        def __call__(self, prompt, return_tensors=None):
+            return BatchEncoding({"input_ids": torch.zeros(1, 2, dtype=torch.long)})
+
+        def decode(self, ids, skip_special_tokens=True):
+            return self.text
+
+    model = torch.nn.Linear(1, 1)
+    model.generate = lambda input_ids, **kwargs: torch.zeros(1, 4, dtype=torch.long)
+    for text, expected in (("[14,28,70,112]", 1.0), (" [14,28,70,112] x", 1.0), ("[14,28,70,113]", 0.0)):
+        assert box_syntax_rate("opt-small", model, Tokenizer(text), ["p"], box_codec()) == expected
 
 
 @pytest.mark.parametrize("name", ["opt-small", "llama", "t5"])

@@ -91,3 +91,15 @@ def test_tokenizer_check(bench, tmp_path):
         bench.check_tokenizers("size", source, larger)
     with pytest.raises(SystemExit, match="expects another tokenizer"):
         bench.check_tokenizers("type", source, same)
+
+
+def test_runs_call_the_recipe_function_with_parsed_arguments(bench, tmp_path, monkeypatch):
+    from groundvlm.recipes.systems.vpgtrans import stages
+    from groundvlm.recipes.systems.vpgtrans.arguments import VPGTransScriptArguments
+
+    calls = []
+    monkeypatch.setattr(stages, "run_vpgtrans", lambda *args: calls.append(args))
+    bench._run("tfs", ["--stage", "tfs", "--config", "tfs"], tmp_path)
+    (run_args, script_args, *_, training_args) = calls[0]
+    assert isinstance(script_args, VPGTransScriptArguments) and script_args.stage == "tfs"
+    assert training_args.output_dir == str(tmp_path / "tfs") and run_args.resume is False

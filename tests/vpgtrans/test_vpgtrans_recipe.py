@@ -394,6 +394,18 @@ def test_text_replay_behind_image_scores_text_after_unrelated_visual_prompts(tmp
     assert total.item() == pytest.approx(caption.item() + 0.5 * text.item(), rel=1e-5)
 
 
+def test_caption_scores_report_one_cider_and_a_missing_meteor_without_java(monkeypatch):
+    from groundvlm.recipes.systems.vpgtrans import evaluation
+
+    preds = ["A red star, and a blue ring.", "a green circle"]
+    refs = [["a red star and a blue ring", "red star blue ring"], ["a green circle", "the green circle"]]
+    monkeypatch.setattr(evaluation, "_java_available", lambda: False)
+    without = evaluation.caption_scores(preds, refs)
+    assert without["cider"] == evaluation.cider_d(preds, refs)
+    assert without["meteor"] is None and without["missing_metrics"] == {"meteor": "needs Java (java on PATH)"}
+    assert without["bleu_1"] is not None and without["rouge_l"] is not None
+
+
 def test_cider_d_without_java_equals_pycocoevalcap():
     from pycocoevalcap.cider.cider import Cider
 
@@ -456,6 +468,24 @@ def test_toy_datasets_are_deterministic_per_index():
     assert len(ev["references"]) == 3 and ev["image_id"] == "1"
     q = ToyVQA(2, split="all", seed=5)[0]
     assert q["question"] and len(q["answers"]) == 1
+
+
+@pytest.mark.skipif(not _toy_world_available(), reason="toyworld.ToyWorld not available")
+def test_toy_datasets_render_their_scenes_once(monkeypatch):
+    """Scenes are rendered when the dataset is built; epochs read them back (the same pixels, no re-rendering)."""
+    import numpy as np
+
+    from groundvlm.recipes.systems.vpgtrans.data import ToyCaptions
+    from groundvlm.recipes.toyworld import ToyWorld
+
+    data = ToyCaptions(3, split="all", seed=5, offset=2)
+    first = [np.asarray(data[i]["image"]) for i in range(3)]
+    monkeypatch.setattr(ToyWorld, "scene", lambda self, index: pytest.fail("a scene was rendered again"))
+    for _epoch in range(2):
+        assert all(np.array_equal(np.asarray(data[i]["image"]), first[i]) for i in range(3))
+    monkeypatch.undo()
+    world = ToyWorld(seed=5, split="all")
+    assert np.array_equal(first[1], np.asarray(world.scene(3).image.convert("RGB")))
 
 
 def test_caption_asset_copies_the_committed_checkpoint(tmp_path, monkeypatch):

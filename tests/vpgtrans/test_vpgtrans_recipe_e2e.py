@@ -92,10 +92,9 @@ def bases(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tfs_run(bases, tmp_path_factory):
     out = tmp_path_factory.mktemp("tfs")
-    # CIDEr through the Java-free CIDEr-D (equal to pycocoevalcap's, tested in test_vpgtrans_recipe.py): two
-    # Java start-ups per evaluation would dominate this file's run time.
+    # No METEOR (reported as None): two Java start-ups per evaluation would dominate this file's run time.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vpgtrans_eval, "_reference_metrics_available", lambda: False)
+        patch.setattr(vpgtrans_eval, "_java_available", lambda: False)
         _run_tfs(bases, out)
     return out
 

@@ -11,6 +11,8 @@ CIDEr weighs n-grams by their document frequency over the references of the eval
 meaningful on a corpus: on a single sample every n-gram has IDF log(1/1) = 0 and CIDEr is 0.
 """
 
+import shutil
+
 import datasets
 import evaluate
 from pycocoevalcap.bleu.bleu import Bleu
@@ -43,7 +45,7 @@ _CITATION = """\
 
 _DESCRIPTION = """\
 COCO caption evaluation (pycocoevalcap): BLEU-1..4, METEOR, ROUGE-L and CIDEr(-D) of one generated caption per
-image against one or more reference captions, after PTB tokenisation. Needs Java.
+image against one or more reference captions, after PTB tokenisation (Java). Without Java: `tokenize=False` on normalised captions, and `meteor` is None.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -54,7 +56,7 @@ Args:
         COCOEvalCap does. False scores the strings split on whitespace as given.
 Returns:
     bleu_1, bleu_2, bleu_3, bleu_4, meteor, rouge_l, cider (`float`): corpus scores, as COCOEvalCap reports them
-        (CIDEr on its usual x10 scale, e.g. 1.2 for "120"; the others in [0, 1]).
+        (CIDEr on its usual x10 scale, e.g. 1.2 for "120"; the others in [0, 1]); `meteor` is None without Java.
 Examples:
     >>> metric = evaluate.load("recipes/metrics/caption_metrics")
     >>> sorted(metric.compute(predictions=["a red star"], references=[["a red star", "a star"]]))
@@ -98,17 +100,24 @@ class CaptionMetrics(evaluate.Metric):
                 raise ValueError(f"predictions[{i}] is None; pass an empty string for an empty caption")
             if not refs or any(not isinstance(r, str) or not r.strip() for r in refs):
                 raise ValueError(f"references[{i}] must be a non-empty list of non-empty strings, got {refs!r}")
+        java = shutil.which("java") is not None
         if tokenize:
+            if not java:
+                raise RuntimeError(
+                    "caption_metrics: PTB tokenisation (tokenize=True) runs Java and `java` is not on PATH; install "
+                    "Java, or pass tokenize=False with captions already lower-cased and stripped of punctuation"
+                )
             res, gts = _tokenize(predictions, references)
         else:
             res = {i: [" ".join(p.split())] for i, p in enumerate(predictions)}
             gts = {i: [" ".join(r.split()) for r in refs] for i, refs in enumerate(references)}
 
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-        # Meteor starts a Java process that lives as long as the scorer object, i.e. for this call only.
-        meteor, _ = Meteor().compute_score(gts, res)
+        # Meteor starts a Java process that lives as long as the scorer object, i.e. for this call only. Without Java
+        # METEOR is reported as None (missing), never replaced by another score.
+        meteor = float(Meteor().compute_score(gts, res)[0]) if java else None
         rouge, _ = Rouge().compute_score(gts, res)
         cider, _ = Cider().compute_score(gts, res)
         result = {f"bleu_{n + 1}": float(score) for n, score in enumerate(bleu)}
-        result.update(meteor=float(meteor), rouge_l=float(rouge), cider=float(cider))
+        result.update(meteor=meteor, rouge_l=float(rouge), cider=float(cider))
         return result

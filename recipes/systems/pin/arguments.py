@@ -38,6 +38,13 @@ class PinArguments:
     held_out_categories: list[str] | None = field(
         default=None, metadata={"help": "With objects_dir: categories kept out of training (evaluated zero-shot)."}
     )
+    grid_size: int = field(
+        default=16,
+        metadata={
+            "help": "Cells per side of PIN's box grid (the reference: 16): scenes are composed on it, the processor "
+            "writes and reads boxes on it, and the trained PIN's config records it."
+        },
+    )
     scene_seed: int = field(default=0, metadata={"help": "Seed of the scene composition."})
     train_images: int = field(default=2000, metadata={"help": "Images per training pool (curriculum and main)."})
     val_images: int = field(default=60, metadata={"help": "Validation images (training categories, new images)."})
@@ -107,7 +114,9 @@ class PinArguments:
 
     def __post_init__(self):
         """Check ranges when the arguments are parsed, before any model or data is loaded."""
-        check_positive(self, "train_images", "epochs", "curriculum_num_objects", "coop_tokens", "vpt_tokens")
+        check_positive(
+            self, "grid_size", "train_images", "epochs", "curriculum_num_objects", "coop_tokens", "vpt_tokens"
+        )
         check_positive(self, "lora_r", "lora_alpha", "num_beams", "max_new_tokens", "eval_batch_size", "grid_columns")
         check_positive(self, "val_images", "test_images", allow_zero=True)
         check_positive(self, "eval_max_images", allow_none=True)

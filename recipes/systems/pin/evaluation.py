@@ -67,6 +67,9 @@ def predict(
     Returns:
         Per sample `{"box": [x1, y1, x2, y2] on the sample's image, "parsed": bool, "text": str}`.
     """
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) == "pin":
+        processor.check_model_config(config)
     model.eval()
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype

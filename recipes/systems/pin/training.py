@@ -84,10 +84,10 @@ def run_methods(
     device = training_args.device
     base_path = resolve_base_model(pin_args, run_args.preset)
     base, base_processor = load_base(base_path, device)
-    processor = PinProcessor.from_base_processor(base_processor)
+    processor = PinProcessor.from_base_processor(base_processor, grid_size=pin_args.grid_size)
     size = processor.image_size
 
-    train_src, val_src, test_src, train_cats, held_cats = scene_sources(pin_args, size, processor.grid_size)
+    train_src, val_src, test_src, train_cats, held_cats = scene_sources(pin_args, size, pin_args.grid_size)
     name_epochs = round(pin_args.epochs * pin_args.name_reconstruction_fraction)
     logger.info(
         "Composing %d + %d training scenes of %d categories",
@@ -134,7 +134,7 @@ def run_methods(
     cache_dtype = getattr(torch, pin_args.feature_cache_dtype)
     features = None
     if pin_args.use_feature_cache and any(m in TRAINED_METHODS and m in CACHEABLE_METHODS for m in methods):
-        encoder = PinForLocalization.from_base(base)
+        encoder = PinForLocalization.from_base(base, grid_size=processor.grid_size, image_size=size)
         features = {
             name: build_feature_cache(encoder, processor.image_processor, pool.images, dtype=cache_dtype, progress=True)
             for name, pool in (("main", main_pool), ("curriculum", curriculum_pool))

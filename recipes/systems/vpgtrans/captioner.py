@@ -110,9 +110,9 @@ def caption_checks(
 ) -> dict:
     """Greedy captions of `n_images` toy scenes the captioner never trained on (another seed):
     name recall, plus the raw box-parse rate of PIN's prompt on each object ("In the image is a {name} located at")."""
-    from groundvlm.recipes.toyworld import ToyWorld, texts
-    from groundvlm.recipes.toyworld.corpus import PIN_PROMPT, grid_ticks
-    from groundvlm.recipes.toyworld.lms import parse_box
+    from groundvlm.processing.processing_pin import pin_prompt
+    from groundvlm.recipes.toyworld import ToyWorld
+    from groundvlm.recipes.toyworld.corpus import box_codec
 
     world = ToyWorld(seed=seed, split=split)
     scenes = [world.scene(i) for i in range(n_images)]
@@ -121,7 +121,8 @@ def caption_checks(
     device = next(model.parameters()).device
     model.eval()
     captions, parsed, prompts_total, ious, full_ious, pairs = [], 0, 0, [], [], []
-    ticks = grid_ticks()
+    codec = box_codec(world.image_size, world.grid_size)
+    full_image = (0, 0, codec.image_size, codec.image_size)
 
     def boxes_of(start):
         return [o.box for s in scenes[start : start + batch_size] for o in s.objects]
@@ -135,15 +136,16 @@ def caption_checks(
         for image, scene_names in zip(batch, names[start : start + batch_size]):
             for name in scene_names:
                 prompt_images.append(image)
-                prompts.append(PIN_PROMPT.format(article=texts.article(name), name=name))
+                prompts.append(pin_prompt(name))
         inputs = processor(images=prompt_images, text=prompts).to(device)
         ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=16)
         answers = processor.post_process_generation(ids, inputs["input_ids"])
         for answer, true_box in zip(answers, boxes_of(start)):
-            box = parse_box(answer, ticks)
-            parsed += box is not None
+            decoded, ok, _ = codec.decode(" " + answer.lstrip())
+            box = tuple(decoded) if ok else None
+            parsed += ok
             ious.append(0.0 if box is None else _iou(box, true_box))
-            full_ious.append(_iou((0, 0, ticks[-1], ticks[-1]), true_box))
+            full_ious.append(_iou(full_image, true_box))
             if box is not None:
                 pairs.append((list(box), list(true_box)))
         prompts_total += len(prompts)
@@ -190,18 +192,19 @@ def box_prefix_loss(
     loss) cannot be taught to localise by PIN: PIN's cheapest way down the loss is then to blind the VLM until the
     LM falls back to its text-only box prior. Decoder-only LLMs only.
     """
-    from groundvlm.recipes.toyworld import ToyWorld, texts
-    from groundvlm.recipes.toyworld.corpus import PIN_PROMPT, box_text
+    from groundvlm.processing.processing_pin import pin_prompt
+    from groundvlm.recipes.toyworld import ToyWorld
+    from groundvlm.recipes.toyworld.corpus import box_codec
 
     if getattr(processor, "is_encoder_decoder", False):
         raise ValueError("box_prefix_loss scores decoder-only LLMs (the toy captioner is OPT-style).")
     world = ToyWorld(seed=seed, split=split)
+    codec = box_codec(world.image_size, world.grid_size)
     rows = []
     for i in range(n_images):
         scene = world.scene(i)
         for obj in scene.objects:
-            prompt = PIN_PROMPT.format(article=texts.article(obj.name), name=obj.name)
-            rows.append((scene.image.convert("RGB"), prompt, " " + box_text(obj.grid_box)))
+            rows.append((scene.image.convert("RGB"), pin_prompt(obj.name), " " + codec.encode_cells(obj.grid_box)))
     device = next(model.parameters()).device
     model.eval()
     n_q = processor.num_query_tokens

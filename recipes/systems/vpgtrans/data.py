@@ -15,7 +15,8 @@ Real formats (paths given by the user; images are opened lazily):
 | `load_vqa`               | VQAv2 / OK-VQA `*_questions.json` + `*_annotations.json`        | `image_root / COCO_<subtype>_<id:012d>.jpg` |
 | `load_gqa`               | GQA `*_balanced_questions.json` (`{qid: {...}}`)                | `image_root / <imageId>.jpg`        |
 
-Toy data (`ToyCaptions`, `ToyVQA`) render scenes of `groundvlm.recipes.toyworld.ToyWorld` on demand, with the
+Toy data (`ToyCaptions`, `ToyVQA`) render their scenes of `groundvlm.recipes.toyworld.ToyWorld` once, when the
+dataset is built (`toyworld.world.render_scenes`), and read them back in every epoch, with the
 position-free captions and colour/shape/count questions of `groundvlm.recipes.toyworld.texts`; the per-example text is drawn
 from a generator seeded by (seed, index), so an example is the same in every epoch, process and run.
 """
@@ -182,15 +183,26 @@ def load_gqa(questions_file: str | os.PathLike, image_root: str | os.PathLike) -
 
 
 class _ToyScenes(Dataset):
-    """Scenes `offset .. offset + size - 1` of a ToyWorld split, rendered on demand."""
+    """Scenes `offset .. offset + size - 1` of a ToyWorld split, rendered once when the dataset is built
+    (`render_workers` > 1: in a process pool)."""
 
-    def __init__(self, size: int, split: str = "train", seed: int = 0, offset: int = 0, image_size: int = 112):
+    def __init__(
+        self,
+        size: int,
+        split: str = "train",
+        seed: int = 0,
+        offset: int = 0,
+        image_size: int = 112,
+        render_workers: int = 1,
+    ):
         from groundvlm.recipes.toyworld import ToyWorld
+        from groundvlm.recipes.toyworld.world import render_scenes
 
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}.")
         self.world = ToyWorld(seed=seed, image_size=image_size, split=split)
         self.size, self.seed, self.offset = size, seed, offset
+        self.images, self.objects = render_scenes(self.world, range(offset, offset + size), workers=render_workers)
 
     def __len__(self) -> int:
         return self.size
@@ -198,7 +210,9 @@ class _ToyScenes(Dataset):
     def _scene(self, index: int):
         if not 0 <= index < self.size:
             raise IndexError(index)
-        scene = self.world.scene(self.offset + index)
+        from groundvlm.recipes.toyworld.world import Scene
+
+        scene = Scene(self.offset + index, Image.fromarray(self.images[index]), self.objects[index])
         # One generator per example: the same text every time the example is drawn.
         return scene, np.random.default_rng((self.seed, self.offset + index))
 
@@ -215,8 +229,9 @@ class ToyCaptions(_ToyScenes):
         offset: int = 0,
         references: int = 0,
         image_size: int = 112,
+        render_workers: int = 1,
     ):
-        super().__init__(size, split, seed, offset, image_size)
+        super().__init__(size, split, seed, offset, image_size, render_workers)
         self.references = references
 
     def __getitem__(self, index: int) -> dict:
@@ -272,9 +287,9 @@ class CaptionCollator:
 __all__ = ["CaptionCollator", "ToyCaptions", "ToyVQA", "load_coco_karpathy", "load_gqa", "load_vqa"]
 
 
-def train_data(args: VPGTransScriptArguments, seed: int):
+def train_data(args: VPGTransScriptArguments, seed: int, render_workers: int = 1):
     if args.dataset == "toy":
-        return ToyCaptions(args.toy_train_size, split="all", seed=seed)
+        return ToyCaptions(args.toy_train_size, split="all", seed=seed, render_workers=render_workers)
     if not (args.train_file and args.image_root):
         raise ValueError("--dataset coco needs --train_file and --image_root.")
     return load_coco_karpathy(args.train_file, args.image_root, split="train", train=True)

@@ -11,6 +11,7 @@ which the recipe logs after every (inner) epoch.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import shutil
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from groundvlm.recipes.systems.vpgtrans.arguments import VPGTransEvalArguments
+
+logger = logging.getLogger("groundvlm")
 
 
 @dataclass
@@ -91,16 +94,9 @@ def generate_answers(model, processor, dataset, settings: GenerationSettings | N
     return out
 
 
-def _reference_metrics_available() -> bool:
-    """The reference protocol (pycocoevalcap with Java's PTB tokenizer and METEOR, through `evaluate`) can run."""
-    if shutil.which("java") is None:
-        return False
-    try:
-        import evaluate  # noqa: F401
-        import pycocoevalcap  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _java_available() -> bool:
+    """METEOR (pycocoevalcap's Meteor 1.5 jar) runs Java."""
+    return shutil.which("java") is not None
 
 
 def _words(text: str) -> list[str]:
@@ -151,22 +147,44 @@ def cider_d(predictions: list[str], references: list[list[str]], sigma: float = 
     return sum(scores) / len(scores)
 
 
+def caption_scores(predictions: list[str], references: list[list[str]]) -> dict:
+    """COCO caption scores, all on one tokenisation (lower case, punctuation removed), whatever is installed.
+
+    `cider`: CIDEr-D by `cider_d` (x10 scale, e.g. 1.2 for "120"), the score VPGTrans reports, computed the same way
+    on every machine (equal to pycocoevalcap's `Cider` on the same tokens). `bleu_1`..`bleu_4`, `rouge_l`:
+    pycocoevalcap's scorers; `meteor`: pycocoevalcap's METEOR 1.5, which runs Java. A score whose scorer cannot run
+    here is None, and `missing_metrics` names it and says what it needs; no score stands in for another.
+    """
+    scores: dict = {"cider": cider_d(predictions, references)}
+    missing: dict[str, str] = {}
+    gts = {i: [" ".join(_words(r)) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [" ".join(_words(p))] for i, p in enumerate(predictions)}
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.meteor.meteor import Meteor
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError:
+        for name in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l"):
+            scores[name], missing[name] = None, "needs pycocoevalcap"
+    else:
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        scores.update({f"bleu_{n + 1}": float(v) for n, v in enumerate(bleu)})
+        scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+        if _java_available():
+            scores["meteor"] = float(Meteor().compute_score(gts, res)[0])
+        else:
+            scores["meteor"], missing["meteor"] = None, "needs Java (java on PATH)"
+    if missing:
+        scores["missing_metrics"] = missing
+        logger.warning("caption scores not computed here: %s", ", ".join(f"{k} ({v})" for k, v in missing.items()))
+    return scores
+
+
 def load_metric(name: str):
-    # Imported here: `evaluate` (and `datasets`) may be absent on a GPU machine, where the fallbacks below run.
+    # Imported here: `evaluate` (and `datasets`) load only when a metric module is used.
     from groundvlm.recipes.metrics import load_metric as _load
 
     return _load(name)
-
-
-def caption_scores(predictions: list[str], references: list[list[str]]) -> dict:
-    """COCO caption metrics (CIDEr on its x10 scale, e.g. 1.2 for "120"). Where Java / pycocoevalcap / evaluate are
-    missing (e.g. a bare GPU machine) only CIDEr-D is computed, by `cider_d` (whitespace tokens, no PTB)."""
-    if _reference_metrics_available():
-        return {
-            **load_metric("caption_metrics").compute(predictions=predictions, references=references),
-            "metric_backend": "pycocoevalcap",
-        }
-    return {"cider": cider_d(predictions, references), "metric_backend": "cider_d"}
 
 
 def _simple_answer(text: str) -> str:
@@ -216,7 +234,7 @@ def evaluate_vl_llm(
     if caption_data is not None and len(caption_data):
         captions = generate_captions(model, processor, caption_data, settings)
         refs = [caption_data[i]["references"] for i in range(len(caption_data))]
-        metrics.update({k: v if isinstance(v, str) else float(v) for k, v in caption_scores(captions, refs).items()})
+        metrics.update(caption_scores(captions, refs))
         metrics["sample_caption"] = captions[0]
     if vqa_data is not None and len(vqa_data):
         answers = generate_answers(model, processor, vqa_data, settings)

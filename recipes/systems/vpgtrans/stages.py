@@ -30,7 +30,7 @@ from groundvlm.modeling.vpgtrans_transfer import (
 from groundvlm.processing import VPGTransProcessor
 from groundvlm.recipes.common.arguments import RunArguments
 from groundvlm.recipes.common.checkpointing import save_safetensors_atomic, train_resuming
-from groundvlm.recipes.common.run_dir import write_metrics
+from groundvlm.recipes.common.run_dir import prepare_run_dir, write_metrics
 from groundvlm.recipes.systems.vpgtrans.arguments import (
     VPGTransEvalArguments,
     VPGTransModelArguments,
@@ -70,7 +70,7 @@ def run_converter(
     source = VPGTransModel.from_pretrained(source_path)
     source_tokenizer = AutoTokenizer.from_pretrained(source_path)
     target_lm, target_tokenizer = load_language_model(lm_path)
-    data = train_data(script_args, training_args.seed)
+    data = train_data(script_args, training_args.seed, render_workers=training_args.dataloader_num_workers)
     n = min(training_args.converter_captions, len(data))
     captions = [data[i]["text"] for i in range(n)]
     pairs = pair_caption_tokens(captions, source_tokenizer, target_tokenizer)
@@ -144,7 +144,7 @@ def run_qformer_pretrain(
     trainer = VPGTransTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_data(script_args, training_args.seed),
+        train_dataset=train_data(script_args, training_args.seed, render_workers=training_args.dataloader_num_workers),
         data_collator=collator,
         stage=script_args.stage,
     )
@@ -191,7 +191,7 @@ def run_training(
     trainer = VPGTransTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_data(script_args, training_args.seed),
+        train_dataset=train_data(script_args, training_args.seed, render_workers=training_args.dataloader_num_workers),
         data_collator=CaptionCollator(processor),
         stage=stage,
         replay=replay,
@@ -226,3 +226,20 @@ def run_stage(
     if script_args.stage == "qformer_pretrain":
         return run_qformer_pretrain(script_args, model_args, training_args, run_args, run_dir)
     return run_training(script_args, model_args, eval_args, training_args, run_args, run_dir)
+
+
+def run_vpgtrans(
+    run_args: RunArguments,
+    script_args: VPGTransScriptArguments,
+    model_args: VPGTransModelArguments,
+    eval_args: VPGTransEvalArguments,
+    training_args: VPGTransTrainingArguments,
+):
+    """The recipe on parsed arguments: check the stage, take the run directory `training_args.output_dir` (arguments
+    recorded, lock held), run the stage there and log its summary. Returns what `run_stage` returns."""
+    check_stage(script_args, training_args)
+    run_dir = prepare_run_dir(training_args.output_dir, run_args, script_args, model_args, eval_args, training_args)
+    result = run_stage(run_args, script_args, model_args, eval_args, training_args, run_dir)
+    summary = result[-1] if isinstance(result, tuple) else result  # the metrics, or the written folder / file
+    logger.info("Stage %s finished: %s", script_args.stage, summary)  # train.log keeps it with the run
+    return result

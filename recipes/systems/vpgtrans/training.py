@@ -23,7 +23,7 @@ from groundvlm.recipes.common.run_dir import METRICS_NAME, write_metrics
 from groundvlm.recipes.systems.vpgtrans.arguments import VPGTransTrainingArguments
 from groundvlm.recipes.systems.vpgtrans.evaluation import evaluate_vl_llm
 from groundvlm.recipes.toyworld import PRESETS, SEED
-from groundvlm.recipes.toyworld.build import _corpus
+from groundvlm.recipes.toyworld.build import lm_corpus_memo
 from groundvlm.recipes.toyworld.lms import collate, encode_examples
 
 logger = logging.getLogger("groundvlm")
@@ -167,7 +167,7 @@ class TextReplay:
 
 def toy_replay(training_args: VPGTransTrainingArguments, processor, preset: str, seed: int) -> TextReplay:
     """Text replay over the toy LLM's own pretraining corpus (the toy-asset preset's)."""
-    corpus = _corpus(PRESETS[preset].corpus_scenes, SEED)
+    corpus = lm_corpus_memo(PRESETS[preset].corpus_scenes, SEED)
     tokenizer = processor.tokenizer
     return TextReplay(
         guess_tokenizer_family(tokenizer),
