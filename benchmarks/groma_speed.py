@@ -397,12 +397,16 @@ def rotated_orders(names: list[str], repeats: int) -> list[list[str]]:
     return [names[r % len(names) :] + names[: r % len(names)] for r in range(repeats)]
 
 
-def run_rounds(units: list[Unit], repeats: int, warmup: int) -> tuple[dict, dict, list[list[str]], float]:
+def run_rounds(
+    units: list[Unit], repeats: int, warmup: int, on_round: Callable[[dict], None] | None = None
+) -> tuple[dict, dict, list[list[str]], float]:
     """`warmup` untimed rounds in the base order (Groma's graph capture, cuBLAS/SDPA kernel choice and the caching
     allocator settle there), then `repeats` rounds in rotated orders.
     The garbage collector never runs inside a unit (a pause inside a host-bound decode would land on a random unit)
     but between any two, so no unit's garbage (KV caches held by reference cycles) is left to the next; the objects
     that exist before the rounds (the models) are frozen out of those collections, which keeps them short.
+    `on_round({"samples", "warm", "rounds_done", "seconds"})` runs after every round (the partial record that
+    survives a run cut short by a time limit).
     Returns (samples: name -> per-repeat dicts, warm: name -> warm-up dicts, orders, wall seconds)."""
     units = sorted(units, key=lambda u: u.place)
     by_name = {u.name: u for u in units}
@@ -419,6 +423,10 @@ def run_rounds(units: list[Unit], repeats: int, warmup: int) -> tuple[dict, dict
             for name in order:
                 gc.collect()
                 (samples if timed else warm)[name].append(by_name[name].run())
+            if on_round is not None:
+                on_round(
+                    {"samples": samples, "warm": warm, "rounds_done": r + 1, "seconds": time.perf_counter() - start}
+                )
             label = f"repeat {r - warmup + 1}/{repeats}" if timed else f"warm-up {r + 1}/{warmup}"
             print(
                 f"{label}: {len(order)} units in {time.perf_counter() - round_start:.1f} s, first {order[0]}",
@@ -699,13 +707,28 @@ def llava_bench(config, tok, args, device, dtype, clock) -> Bench:
     return Bench(units, rows, resident_bytes(model))
 
 
+def partial_writer(args, kinds: list[str]) -> Callable[[dict], None] | None:
+    """Writes `groma_speed_partial_<models>.json` (every unit's values so far) to the output folder after each
+    round, so that a run stopped by a time limit still leaves what it measured; None without an output folder."""
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else args.out
+    if out_dir is None:
+        return None
+    path = out_dir / f"groma_speed_partial_{'_'.join(kinds)}.json"
+
+    def write(state: dict) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"commit": git_commit(), **state}, indent=1))
+
+    return write
+
+
 @torch.no_grad()
 def measure(kinds: list[str], setup: dict, args) -> dict:
     """Build the models named in `kinds` (all resident at once), run their units in interleaved rounds, and return
     everything model-free: {"samples", "warm", "rows", "resident_bytes", "round"}. The models die with this call."""
     benches = {kind: setup[kind]() for kind in kinds}
     units = [u for bench in benches.values() for u in bench.units]
-    samples, warm, orders, wall = run_rounds(units, args.repeats, args.warmup)
+    samples, warm, orders, wall = run_rounds(units, args.repeats, args.warmup, partial_writer(args, kinds))
     rows = {name: row for bench in benches.values() for name, row in bench.rows.items()}
     owner = {u.name: kind for kind, bench in benches.items() for u in bench.units}
     return {

@@ -67,6 +67,9 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
     ]
     report = bench.main(argv)
     assert json.loads((tmp_path / "groma_speed.json").read_text()) == json.loads(json.dumps(report))
+    # the partial record after the last round holds every timed value of the report (a cut-short run keeps them)
+    partial = json.loads((tmp_path / "groma_speed_partial_groma_llava.json").read_text())
+    assert partial["rounds_done"] == 3 and partial["samples"] == json.loads(json.dumps(report["samples"]))
     assert set(report) == {
         "meta",
         "results",
