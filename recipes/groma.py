@@ -108,7 +108,10 @@ def run_all(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run_all(argv) if _value(argv, "--stage", "all") == "all" else run_stage(argv)
+    stage = _value(argv, "--stage")
+    if stage is None and _value(argv, "--config") is not None:
+        return run_stage(argv)  # a stage's config names its stage (`stage: align`)
+    return run_all(argv) if (stage or "all") == "all" else run_stage(argv)
 
 
 if __name__ == "__main__":

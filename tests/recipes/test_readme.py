@@ -28,7 +28,7 @@ from groundvlm.recipes.systems.vpgtrans.stages import MODEL_DIR
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SECTIONS = ("Quickstart", "Using the models", "Recipes")
-RECIPES = ("pin", "vpgtrans")  # recipe scripts recipes/<name>.py driven by parse_recipe_args
+RECIPES = ("pin", "vpgtrans", "groma")  # recipe scripts recipes/<name>.py driven by parse_recipe_args
 
 
 # ------------------------------------------------------------------------------------------- reading the README
@@ -165,8 +165,9 @@ def _parse_command(argv: list[str], stop_after_parse: bool) -> Parsed:
 
     with pytest.MonkeyPatch.context() as patch:
         if name in RECIPES:
-            # TrainingArguments refuses bf16 on a machine without a GPU unless use_cpu; it changes nothing else here.
-            args = [*args, "--use_cpu"]
+            # TrainingArguments refuses bf16 on a machine without a GPU unless use_cpu, and tf32 (paper configs) without
+            # an Ampere GPU; neither changes anything else here.
+            args = [*args, "--use_cpu", "--tf32", "false"]
             if stop_after_parse:
                 real = module.parse_recipe_args
 
@@ -249,6 +250,7 @@ def test_every_command_parses(parsed_commands):
     for target in (
         "recipes/pin.py",
         "recipes/vpgtrans.py",
+        "recipes/groma.py",
         "groundvlm.recipes.systems.vpgtrans.captioner",
         "groundvlm.recipes.convert.groma",
         "groundvlm.recipes.convert.lavis_blip2",
