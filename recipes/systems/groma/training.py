@@ -130,5 +130,9 @@ class GromaSFTTrainer(TrainableCheckpoints, SFTTrainer):
     `ground_boxes` travel to the model, and checkpoints are full `save_pretrained` folders."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        # transformers' `Trainer.compute_loss` (not SFTTrainer's, whose token metrics expect text-only batches):
+        # it hands `num_items_in_batch` (the target tokens of the whole step, over accumulated batches and
+        # processes) to the model, so the loss is the step's token mean whatever the batch split. The Trainer
+        # assumes exactly that for a model whose forward takes **kwargs: it neither divides the loss by the
+        # accumulation steps nor averages over processes.
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
