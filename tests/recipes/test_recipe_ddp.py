@@ -155,3 +155,29 @@ def test_groma_align_two_processes_match_one(tmp_path):
         rtol=1e-4,
         atol=0,
     )
+
+
+def test_only_the_main_process_saves_the_final_model(tmp_path, monkeypatch):
+    import accelerate
+
+    from groundvlm.recipes.common.checkpointing import save_pretrained_once
+
+    class Saver:
+        def save_pretrained(self, directory):
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            (Path(directory) / "weights").write_text("w")
+
+    waits = []
+
+    class OtherRank:
+        is_main_process = False
+
+        def wait_for_everyone(self):
+            waits.append(1)
+
+    monkeypatch.setattr(accelerate, "PartialState", OtherRank)
+    assert save_pretrained_once(tmp_path / "a", Saver()) == tmp_path / "a"
+    assert not (tmp_path / "a").exists() and waits == [1]
+    monkeypatch.setattr(accelerate, "PartialState", type("Main", (OtherRank,), {"is_main_process": True}))
+    save_pretrained_once(tmp_path / "b", Saver(), Saver())
+    assert (tmp_path / "b" / "weights").is_file() and waits == [1, 1]
