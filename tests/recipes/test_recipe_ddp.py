@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from transformers import Blip2Processor, Blip2VisionConfig, Blip2VisionModel, BlipImageProcessor, OPTForCausalLM
 
 from groundvlm.modeling import GromaForConditionalGeneration, PinForLocalization, VPGTransModel
@@ -155,6 +156,31 @@ def test_groma_align_two_processes_match_one(tmp_path):
         rtol=1e-4,
         atol=0,
     )
+
+
+def test_groma_det_trains_on_two_processes(tmp_path):
+    """The det stage trains the proposer through its own forward (`ProposerDetection`), which DDP wraps. No loss
+    parity: the flip augmentation draws from each process's generator and single-source batches are cut by
+    the per-device batch size."""
+    tok = groma_tokenizer()
+    config = tiny_groma_config(tok, proposer_dropout=0.0)
+    torch.manual_seed(0)
+    start = tmp_path / "start"
+    GromaForConditionalGeneration(config).save_pretrained(start)
+    tiny_groma_processor(tok, config).save_pretrained(start)
+    out = tmp_path / "det"
+    args = ["--stage", "det", "--model_name_or_path", str(start), "--toy_train_scenes", "4", "--max_steps", "2",
+            "--per_device_train_batch_size", "1", "--output_dir", str(out), *COMMON]  # fmt: skip
+    _launch(REPO / "recipes" / "groma.py", args, 2)
+    assert json.loads((out / "run_info.json").read_text())["distributed"]["num_processes"] == 2
+    curve = _losses(out / "det" / "checkpoint-2" / "trainer_state.json")
+    assert len(curve) == 2 and all(loss > 0 for loss in curve)
+    trained = load_file(str(out / "det" / "checkpoint-2" / "trained.safetensors"))
+    assert trained and all(name.startswith("region_proposer.") for name in trained)
+    before = GromaForConditionalGeneration.from_pretrained(start).state_dict()
+    after = GromaForConditionalGeneration.from_pretrained(out / "det" / "final").state_dict()
+    changed = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {"region_proposer"}
 
 
 def test_only_the_main_process_saves_the_final_model(tmp_path, monkeypatch):
