@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors.torch import load_file
@@ -207,3 +208,11 @@ def test_only_the_main_process_saves_the_final_model(tmp_path, monkeypatch):
     monkeypatch.setattr(accelerate, "PartialState", type("Main", (OtherRank,), {"is_main_process": True}))
     save_pretrained_once(tmp_path / "b", Saver(), Saver())
     assert (tmp_path / "b" / "weights").is_file() and waits == [1, 1]
+
+
+def test_pin_results_are_written_by_the_main_process_only(tmp_path, monkeypatch):
+    from groundvlm.recipes import pin as pin_recipe
+
+    monkeypatch.setattr(pin_recipe, "PartialState", lambda: SimpleNamespace(is_main_process=False))
+    pin_recipe.write_results(tmp_path, None, None)  # returns before it reads the arguments or the run
+    assert list(tmp_path.iterdir()) == []
