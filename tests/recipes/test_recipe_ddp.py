@@ -72,8 +72,8 @@ def _compare(run, script, args, batch, state_path, rtol):
     one, two = run / "one", run / "two"
     _launch(script, [*args, "--output_dir", str(one), "--per_device_train_batch_size", str(2 * batch)], 1)
     _launch(script, [*args, "--output_dir", str(two), "--per_device_train_batch_size", str(batch)], 2)
-    for run, processes in ((one, 1), (two, 2)):
-        assert json.loads((run / "run_info.json").read_text())["distributed"]["num_processes"] == processes
+    for folder, processes in ((one, 1), (two, 2)):
+        assert json.loads((folder / "run_info.json").read_text())["distributed"]["num_processes"] == processes
     curve_one, curve_two = _losses(one / state_path), _losses(two / state_path)
     print(f"{script.name}: 1 process {curve_one}\n{script.name}: 2 processes {curve_two}")
     assert len(curve_one) == len(curve_two) >= 2
