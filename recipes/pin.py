@@ -25,6 +25,8 @@ import json
 import logging
 import sys
 
+from accelerate import PartialState
+
 from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args, run_recipe
 from groundvlm.recipes.common.run_dir import prepare_run_dir, write_metrics
 from groundvlm.recipes.systems.pin.arguments import (
@@ -41,7 +43,12 @@ logger = logging.getLogger("groundvlm")
 
 
 def write_results(run_dir, pin_args: PinArguments, run: PinRun) -> None:
-    """The comparison table (md + json), the predictions grid and, on a real set, the predicted pixel boxes."""
+    """The comparison table (md + json), the predictions grid and, on a real set, the predicted pixel boxes.
+
+    Written by the main process only: under `accelerate launch` every process evaluates and holds the same
+    results, and plain file writes from all of them would interleave in the same files."""
+    if not PartialState().is_main_process:
+        return
     where = {"toy": "held-out categories", "none": "validation"}.get(pin_args.eval_format, pin_args.eval_format)
     title = f"PIN comparison, {where} ({len(run.shown)} prompts), base {run.base_path}"
     write_comparison(run_dir, run.results, title)

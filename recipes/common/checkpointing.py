@@ -197,3 +197,19 @@ def train_resuming(trainer: Any, output_dir: str | os.PathLike | None = None, re
         step = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text(encoding="utf-8"))["global_step"]
         logger.info("Resuming from checkpoint %s (global step %d).", checkpoint, step)
     return trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def save_pretrained_once(directory: str | os.PathLike, *objects: Any) -> Path:
+    """`save_pretrained(directory)` of each of `objects` (a model, its processor) by the main process only.
+
+    Under `accelerate launch` every process holds the same trained model; writing it from all of them would race
+    on the same files. Every process returns once the folder is complete, so any of them may read it next.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        for obj in objects:
+            obj.save_pretrained(directory)
+    state.wait_for_everyone()
+    return Path(directory)

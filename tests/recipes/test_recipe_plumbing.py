@@ -268,7 +268,10 @@ def test_accelerate_configs_load_with_installed_accelerate():
     from accelerate.utils import DistributedType
 
     configs = {p.stem: ClusterConfig.from_yaml_file(str(p)) for p in ACCELERATE_CONFIGS.glob("*.yaml")}
-    assert set(configs) == {"cpu", "single_gpu", "multi_gpu", "fsdp"}
+    assert set(configs) == {"cpu", "cpu_2proc", "single_gpu", "multi_gpu", "fsdp"}
+    # torchrun's launcher (MULTI_GPU) starts the two processes; --use_cpu puts them on gloo (test_recipe_ddp.py)
+    assert configs["cpu_2proc"].distributed_type == DistributedType.MULTI_GPU and configs["cpu_2proc"].use_cpu
+    assert configs["cpu_2proc"].num_processes == 2 and configs["cpu_2proc"].mixed_precision == "no"
     assert configs["cpu"].use_cpu and configs["cpu"].num_processes == 1 and configs["cpu"].mixed_precision == "no"
     assert configs["single_gpu"].distributed_type == DistributedType.NO and configs["single_gpu"].num_processes == 1
     assert configs["multi_gpu"].distributed_type == DistributedType.MULTI_GPU

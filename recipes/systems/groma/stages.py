@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 from torch.utils.data import Dataset
 
-from groundvlm.recipes.common.checkpointing import train_resuming
+from groundvlm.recipes.common.checkpointing import save_pretrained_once, train_resuming
 from groundvlm.recipes.toyworld import ToyWorld
 
 from . import data, evaluation, models
@@ -114,8 +114,7 @@ def run_training_stage(stage: str, args, training_args, run_dir: Path, preset: s
     output = train_resuming(trainer, resume=resume)
     if stage == "instruct" and args.use_lora:
         models.merge_lora(model)
-    model.save_pretrained(out_dir / "final")
-    processor.save_pretrained(out_dir / "final")
+    save_pretrained_once(out_dir / "final", model, processor)
     entry.update(train_loss=output.training_loss, train_seconds=time.perf_counter() - start, train_samples=len(samples))
     return entry
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 from transformers import Trainer
 from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher, DeformableDetrImageLoss
 from trl import SFTTrainer
@@ -70,6 +71,25 @@ def detection_loss(model, pixel_values, targets: list[dict], source: str, criter
     return total, {k: v.item() for k, v in terms.items()}
 
 
+class ProposerDetection(nn.Module):
+    """The det stage's training module: `forward` is `detection_loss` of the Groma model it holds. The Trainer
+    wraps the module it trains (DistributedDataParallel under several processes), and DDP synchronises gradients
+    only of work done inside the wrapper's forward, so the detection loss has to be a forward."""
+
+    def __init__(self, groma: nn.Module):
+        super().__init__()
+        self.groma = groma
+        self.criterion = detection_criterion()
+
+    def forward(self, pixel_values, targets, source):
+        return detection_loss(self.groma, pixel_values, targets, source, self.criterion)[0]
+
+
+def _checkpointed(model: nn.Module) -> nn.Module:
+    """The Groma model whose trained parameters a checkpoint holds (inside `ProposerDetection` in det)."""
+    return model.groma if isinstance(model, ProposerDetection) else model
+
+
 class TrainableCheckpoints:
     """Trainer checkpoints that hold the trained parameters only, under the model's own names (safetensors,
     written atomically): frozen weights never change, so a resume needs only these, and a 7B LLM frozen in det /
@@ -78,13 +98,14 @@ class TrainableCheckpoints:
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = Path(output_dir or self.args.output_dir)
-        trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items() if k in trained}
+        model = _checkpointed(self.model)
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in trained}
         save_safetensors_atomic(tensors, output_dir / TRAINED_WEIGHTS, metadata={"format": "pt"})
         torch.save(self.args, output_dir / "training_args.bin")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        model = model or self.model
+        model = _checkpointed(model or self.model)
         state = load_file(str(Path(resume_from_checkpoint) / TRAINED_WEIGHTS))
         trained = {n for n, p in model.named_parameters() if p.requires_grad}
         if set(state) != trained:
@@ -101,16 +122,15 @@ class TrainableCheckpoints:
 class DetectionTrainer(TrainableCheckpoints, Trainer):
     """Trains the proposer: single-source batches, the detection criterion, 0.1x lr for sampling offsets."""
 
-    def __init__(self, *args, sources: list[str], **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, model, sources: list[str], **kwargs):
+        super().__init__(model=ProposerDetection(model), **kwargs)
         self.sources = sources
-        self.criterion = detection_criterion()
 
     def _get_train_sampler(self, train_dataset=None):
         return SourceBatchSampler(self.sources, self.args.per_device_train_batch_size, seed=self.args.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, _ = detection_loss(model, inputs["pixel_values"], inputs["targets"], inputs["source"], self.criterion)
+        loss = model(inputs["pixel_values"], inputs["targets"], inputs["source"])
         return (loss, None) if return_outputs else loss
 
     def create_optimizer(self, model=None):
@@ -130,5 +150,9 @@ class GromaSFTTrainer(TrainableCheckpoints, SFTTrainer):
     `ground_boxes` travel to the model, and checkpoints are full `save_pretrained` folders."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        # transformers' `Trainer.compute_loss` (not SFTTrainer's, whose token metrics expect text-only batches):
+        # it hands `num_items_in_batch` (the target tokens of the whole step, over accumulated batches and
+        # processes) to the model, so the loss is the step's token mean whatever the batch split. The Trainer
+        # assumes exactly that for a model whose forward takes **kwargs: it neither divides the loss by the
+        # accumulation steps nor averages over processes.
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)

@@ -19,7 +19,7 @@ from transformers import Trainer
 
 from groundvlm.modeling import PinForLocalization
 from groundvlm.processing import PinProcessor
-from groundvlm.recipes.common.checkpointing import save_safetensors_atomic, train_resuming
+from groundvlm.recipes.common.checkpointing import save_pretrained_once, save_safetensors_atomic, train_resuming
 from groundvlm.recipes.common.run_dir import write_metrics
 from groundvlm.recipes.systems.pin.arguments import PinArguments, PinTrainingArguments
 from groundvlm.recipes.systems.pin.baselines import CACHEABLE_METHODS, TRAINED_METHODS, trainable_parameter_names
@@ -181,8 +181,7 @@ def run_methods(
             entry["train_loss"] = output.training_loss
             entry["train_samples"] = len(dataset)
             if method == "pin":
-                model.save_pretrained(run_dir / "pin" / "final")
-                proc.save_pretrained(run_dir / "pin" / "final")
+                save_pretrained_once(run_dir / "pin" / "final", model, proc)
         else:
             entry["trainable_parameters"] = 0
         use_pin = {"pin": True, "raw": False}.get(method)

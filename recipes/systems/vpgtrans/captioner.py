@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from groundvlm.recipes.common.arguments import parse_recipe_args
+from groundvlm.recipes.common.checkpointing import save_pretrained_once
 from groundvlm.recipes.common.provenance import git_commit
 from groundvlm.recipes.common.run_dir import prepare_run_dir
 from groundvlm.recipes.systems.vpgtrans.arguments import VPGTRANS_ARGUMENTS, check_stage
@@ -292,8 +293,7 @@ def build_caption_vlm(
         tfs_args += ["--unfreeze_lm", "false", "--text_replay_weight", "0"]
     model, processor, train_metrics = _run_stage(tfs_args + extra)
     model_dir = out_dir / "model"
-    model.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
+    save_pretrained_once(model_dir, model, processor)
     seconds = time.time() - start
     checks = {
         "held_out_images": caption_checks(model, processor, eval_images, split="all"),

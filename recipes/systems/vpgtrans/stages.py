@@ -29,7 +29,7 @@ from groundvlm.modeling.vpgtrans_transfer import (
 )
 from groundvlm.processing import VPGTransProcessor
 from groundvlm.recipes.common.arguments import RunArguments
-from groundvlm.recipes.common.checkpointing import save_safetensors_atomic, train_resuming
+from groundvlm.recipes.common.checkpointing import save_pretrained_once, save_safetensors_atomic, train_resuming
 from groundvlm.recipes.common.run_dir import prepare_run_dir, write_metrics
 from groundvlm.recipes.systems.vpgtrans.arguments import (
     VPGTransEvalArguments,
@@ -91,8 +91,7 @@ def run_converter(
     target = build_target_model(source, target_lm, target_tokenizer, converter)
     source_processor = VPGTransProcessor.from_pretrained(source_path)
     processor = make_processor(source_processor.image_processor, target_tokenizer, target, model_args.max_txt_len)
-    target.save_pretrained(run_dir / MODEL_DIR)
-    processor.save_pretrained(run_dir / MODEL_DIR)
+    save_pretrained_once(run_dir / MODEL_DIR, target, processor)
     write_metrics(
         run_dir,
         "converter",
@@ -200,8 +199,7 @@ def run_training(
         callback = EpochEvalCallback(trainer, processor, caption_eval, vqa_eval, settings, run_dir, script_args.dataset)
         trainer.add_callback(callback)
     result = train_resuming(trainer, resume=run_args.resume)
-    model.save_pretrained(run_dir / MODEL_DIR)
-    processor.save_pretrained(run_dir / MODEL_DIR)
+    save_pretrained_once(run_dir / MODEL_DIR, model, processor)
     write_metrics(run_dir, "train", result.metrics)
     return model, processor, result.metrics
 
