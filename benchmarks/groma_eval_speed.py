@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     else:
         device, dtype = torch.device("cuda"), torch.bfloat16
     tok, base = toy_tokenizer()
-    config = tiny_configs(base)[0] if args.tiny else groma_7b_config_for(base)
+    config = tiny_configs(tok, base)[0] if args.tiny else groma_7b_config_for(base)
     model, build_s = build(GromaForConditionalGeneration, config, device, dtype)
     size = config.image_size
     processor = GromaProcessor(

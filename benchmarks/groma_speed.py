@@ -60,12 +60,14 @@ from PIL import Image
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/_groma_tiny.py
 
 from groundvlm.modeling import GromaConfig, GromaForConditionalGeneration  # noqa: E402
 from groundvlm.processing import GromaImageProcessor, GromaProcessor, add_groma_tokens, build_groma_prompt  # noqa: E402
 from groundvlm.processing.processing_groma import FIRST_ASSISTANT_TURN, FIRST_USER_TURN, SYSTEM_PROMPT  # noqa: E402
 from groundvlm.recipes.common.provenance import git_commit  # noqa: E402
 from groundvlm.recipes.toyworld.tokenizers import train_tokenizer  # noqa: E402
+from tests._groma_tiny import tiny_groma_config  # noqa: E402
 
 # Grounding questions in Groma's formats (REC with <p>..</p>, [grounding] captions), of different lengths so that
 # batches are left-padded. Batch b takes the first b (cycled) with the image sizes below (height, width).
@@ -117,8 +119,9 @@ def llava_7b_config() -> LlavaConfig:
     )
 
 
-def tiny_configs(base_vocab: int) -> tuple[GromaConfig, LlavaConfig]:
-    """CPU-sized stand-ins with the same structure (112 px, 16 image tokens; LLaVA: 64 image tokens)."""
+def tiny_configs(tok, base_vocab: int) -> tuple[GromaConfig, LlavaConfig]:
+    """CPU-sized stand-ins with the same structure: the tests' tiny Groma (tests/_groma_tiny.py: 112 px, 16 image
+    tokens) with `tok`'s token ids, and a LLaVA of the same LLM size with 64 image tokens."""
     text = dict(
         model_type="llama",
         hidden_size=64,
@@ -130,26 +133,7 @@ def tiny_configs(base_vocab: int) -> tuple[GromaConfig, LlavaConfig]:
         eos_token_id=2,
         tie_word_embeddings=False,
     )
-    groma = GromaConfig(
-        vision_config=dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=518, patch_size=14),
-        text_config=dict(text, vocab_size=base_vocab + 114, pad_token_id=base_vocab),
-        image_size=112,
-        proposer_d_model=32,
-        proposer_encoder_layers=2,
-        proposer_decoder_layers=2,
-        proposer_attention_heads=4,
-        proposer_ffn_dim=64,
-        proposer_num_queries=20,
-        region_gn_groups=4,
-        region_pos_embed_dim=16,
-        pad_token_id=base_vocab,
-        image_token_id=base_vocab + 8,
-        region_token_id=base_vocab + 9,
-        refer_box_token_id=base_vocab + 10,
-        ground_box_token_id=base_vocab + 11,
-        refer_feat_token_id=base_vocab + 12,
-        proxy_token_start_id=base_vocab + 14,
-    )
+    groma = tiny_groma_config(tok)
     llava = LlavaConfig(
         vision_config=dict(
             model_type="clip_vision_model",
@@ -1053,7 +1037,7 @@ def main(argv=None) -> dict:
     clock = Clock(device)
     tok, base_vocab = toy_tokenizer()
     if args.tiny:
-        groma_config, llava_config = tiny_configs(base_vocab)
+        groma_config, llava_config = tiny_configs(tok, base_vocab)
     else:
         groma_config, llava_config = GromaConfig(), llava_7b_config()
     setup = {
