@@ -133,3 +133,26 @@ def test_eval_generate_sorts_by_length_and_keeps_sample_order():
     assert len(sorted_batched) == len(samples)
     for a, b in zip(sorted_batched, one_by_one):
         assert a["text"] == b["text"] and torch.allclose(a["boxes"], b["boxes"], atol=1e-4)
+
+
+def test_region_caption_eval_reports_caption_scores():
+    """Region captions are scored by the one caption path (CIDEr-D without Java, pycocoevalcap's BLEU / ROUGE-L)."""
+    tok = groma_tokenizer()
+    config = tiny_groma_config(tok)
+    torch.manual_seed(0)
+    model = GromaForConditionalGeneration(config).eval()
+    processor = tiny_groma_processor(tok, config)
+    samples = [
+        {
+            "image": random_image(100, 112, seed=i),
+            "messages": [{"role": "user", "content": "What is in <refer>?"}],
+            "refer_boxes": [[10.0, 10.0, 60.0, 70.0]],
+            "reference": ["a red star", "red star"],
+        }
+        for i in range(2)
+    ]
+    scores = evaluation.evaluate_region_captions(model, processor, samples, batch_size=2)
+    assert {"region_caption_cider", "region_caption_bleu_4", "region_caption_rouge_l", "region_caption_meteor"} <= set(
+        scores
+    )
+    assert scores["region_caption_cider"] >= 0.0 and "region_caption_cider_whitespace_tokens" not in scores

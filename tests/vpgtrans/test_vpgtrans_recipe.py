@@ -399,7 +399,9 @@ def test_caption_scores_report_one_cider_and_a_missing_meteor_without_java(monke
 
     preds = ["A red star, and a blue ring.", "a green circle"]
     refs = [["a red star and a blue ring", "red star blue ring"], ["a green circle", "the green circle"]]
-    monkeypatch.setattr(evaluation, "_java_available", lambda: False)
+    from groundvlm.recipes.common import caption_scores as scores_module
+
+    monkeypatch.setattr(scores_module, "_java_available", lambda: False)
     without = evaluation.caption_scores(preds, refs)
     assert without["cider"] == evaluation.cider_d(preds, refs)
     assert without["meteor"] is None and without["missing_metrics"] == {"meteor": "needs Java (java on PATH)"}

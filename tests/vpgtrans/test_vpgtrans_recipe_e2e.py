@@ -18,7 +18,7 @@ from transformers import (
 
 from groundvlm.modeling import VPGTransModel
 from groundvlm.recipes import vpgtrans
-from groundvlm.recipes.systems.vpgtrans import evaluation as vpgtrans_eval
+from groundvlm.recipes.common import caption_scores as caption_scores_module
 from tests._vpgtrans_toys import VISION, llama_tokenizer, opt_text_config, opt_tokenizer
 
 COCO = Path(__file__).parents[1] / "fixtures" / "vpgtrans" / "coco"
@@ -94,7 +94,7 @@ def tfs_run(bases, tmp_path_factory):
     out = tmp_path_factory.mktemp("tfs")
     # No METEOR (reported as None): two Java start-ups per evaluation would dominate this file's run time.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vpgtrans_eval, "_java_available", lambda: False)
+        patch.setattr(caption_scores_module, "_java_available", lambda: False)
         _run_tfs(bases, out)
     return out
 

@@ -8,7 +8,7 @@
   and one of its boxes has IoU >= 0.5 with that phrase's box) and AR@100 of all grounded boxes (pycocotools).
 - LVIS-Ground style AR (groma/eval/eval_lvis.py): every predicted box of "Locate all <p>cat</p>" with score 1.
 - Region captions (groma/eval/model_vg.py + eval_cap.py): greedy captions of user boxes; special tokens dropped;
-  `caption_metrics` (pycocoevalcap: CIDEr, METEOR (Java), BLEU, ROUGE-L).
+  `caption_scores` (CIDEr-D without Java; BLEU, ROUGE-L, METEOR (Java) from pycocoevalcap on the same tokens).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torchvision.ops import box_iou
 from tqdm.auto import tqdm
 
 from groundvlm.processing.processing_groma import build_groma_prompt
+from groundvlm.recipes.common.caption_scores import caption_scores
 from groundvlm.recipes.metrics import load_metric
 
 logger = logging.getLogger("groundvlm")
@@ -167,18 +168,8 @@ def evaluate_lvis_ground(model, processor, samples, batch_size: int = 32) -> dic
 
 
 def evaluate_region_captions(model, processor, samples, batch_size: int = 32) -> dict:
+    """Greedy region captions scored by `caption_scores` (CIDEr-D without Java; METEOR None where Java is missing)."""
     parsed = generate(model, processor, samples, MAX_NEW_TOKENS["region_caption"], batch_size, desc="region captions")
     captions = [p["text"] or "." for p in parsed]
-    references = [s["reference"] for s in samples]
-    try:
-        scores = load_metric("caption_metrics").compute(predictions=captions, references=references)
-    except Exception as err:  # METEOR and the PTB tokenizer need Java; say so instead of failing the whole eval
-        logger.warning("caption_metrics failed (%s); reporting CIDEr on whitespace tokens only", err)
-        from pycocoevalcap.cider.cider import Cider
-
-        tok = lambda t: " ".join(t.lower().replace(".", " ").split())  # noqa: E731
-        cider, _ = Cider().compute_score({i: [tok(r) for r in refs] for i, refs in enumerate(references)},
-                                         {i: [tok(c)] for i, c in enumerate(captions)})  # fmt: skip
-        return {"region_caption_cider_whitespace_tokens": float(cider), "region_caption_meteor": None,
-                "region_caption_metrics_note": f"caption_metrics unavailable: {err}"}  # fmt: skip
+    scores = caption_scores(captions, [s["reference"] for s in samples])
     return {f"region_caption_{k.lower()}": v for k, v in scores.items()}
