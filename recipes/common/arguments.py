@@ -88,6 +88,17 @@ def run_recipe(main: Callable[[list[str] | None], Any], argv: list[str] | None =
         if logger.handlers:  # a crash: its traceback goes to train.log too, then up as usual
             logger.exception("The recipe failed")
         raise
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Tear down the torch.distributed process group a multi-process launch opened, on every rank: left to the
+    interpreter's exit, gloo's threads can abort a rank ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @dataclass
