@@ -1,6 +1,6 @@
 """VPGTrans transfer pieces: token pairing, word-embedding converter, projector merge, target-model construction.
 
-VPGTrans (Zhang et al., NeurIPS 2023, spec A2) initialises the projector of a *target* LLM from the projector of
+VPGTrans (Zhang et al., NeurIPS 2023, §3.2 Stage-1 (b); reference: VPGTrans train_linear_proj_opt_and_llama.py) initialises the projector of a *target* LLM from the projector of
 a *source* BLIP-2 model: a linear "word converter" g is trained to map source input-word embeddings onto target
 ones (1 - cosine loss, over tokens that both tokenizers produce for the same caption), then the new projector
 is g applied after the source projector. Each step is one function here; the recipe strings them together:
@@ -104,7 +104,7 @@ def pair_caption_tokens(
     target_family: str | None = None,
     normalize: bool = True,
 ) -> TokenPairs:
-    """Pair source and target token ids over `captions` with the reference's same-length rule (spec A2).
+    """Pair source and target token ids over `captions` with the reference's same-length rule (VPGTrans train_linear_proj_opt_and_llama.py).
 
     Each caption (through `pre_caption` when `normalize`) is tokenized by both tokenizers (with their special
     tokens, then the BOS/EOS rules of `_strip_for_pairing`); it is kept only if both id lists have the same
@@ -197,7 +197,7 @@ def train_word_converter(
     device: str | torch.device | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> WordConverter:
-    """Train the word converter as the reference (spec A2).
+    """Train the word converter as the reference (VPGTrans train_linear_proj_opt_and_llama.py).
 
     Args:
         source_embeddings, target_embeddings: frozen input-embedding tables [V_src, d_src], [V_tgt, d_tgt]
@@ -258,7 +258,7 @@ def merge_projector(converter: nn.Linear, source_projection: nn.Linear) -> nn.Li
 
     With converter x -> W_c x + b_c ([d_tgt, d_src]) and source projector q -> W_s q + b_s ([d_src, d_q]):
     W_t = W_c @ W_s and b_t = W_c @ b_s + b_c, so merged(q) == converter(source_projection(q)).
-    This is the reference *code's* convention (spec A2/D1). The paper's Eq. 2, f_t(x) = f_s(g_w(x)), does not
+    This is the reference *code's* convention (VPGTrans train_linear_proj_opt_and_llama.py). The paper's Eq. 2, f_t(x) = f_s(g_w(x)), does not
     type-check (g_w maps word space to word space), and the released transfer checkpoints were made by the code.
     Returns an `nn.Linear(d_q, d_tgt)` with the source projector's dtype and device.
     """

@@ -3,7 +3,7 @@
 Layout of one row (as transformers' Blip2Processor and LAVIS): `[<image>] * num_query_tokens` then the
 tokenized text; the model replaces the placeholders with the projected Q-Former queries.
 
-Reference text handling (LAVIS blip2_opt / VPGTrans blip2_llama, spec A3):
+Reference text handling (LAVIS blip2_opt / VPGTrans blip2_llama):
 - decoder-only LLMs (OPT, LLaMA): the training text is `prompt + target + "\n"`, tokenized with BOS, truncated
   to `max_txt_len` (32) text tokens, right-padded; labels are -100 on padding, the `<image>` positions and the
   prompt tokens. Generation stops on the "\n" id (`newline_token_id`). Batched generation pads on the left.
@@ -16,7 +16,7 @@ import torch
 from transformers import AddedToken, BatchFeature, ProcessorMixin
 from transformers.processing_utils import ProcessingKwargs, Unpack
 
-# Zero-shot VQA prompts of the reference evaluation configs (spec A7): "Short answer:" is used for T5 only.
+# Zero-shot VQA prompts of the reference evaluation configs (LAVIS configs of the vqav2 / okvqa / gqa zero-shot evals): "Short answer:" is used for T5 only.
 VQA_PROMPT_DECODER_ONLY = "Question: {} Answer:"
 VQA_PROMPT_ENCODER_DECODER = "Question: {} Short answer:"
 
@@ -87,7 +87,7 @@ class VPGTransProcessor(ProcessorMixin):
         return ids[-1]
 
     def vqa_prompt(self, question: str) -> str:
-        """The reference zero-shot VQA prompt for this LLM type (spec A7)."""
+        """The reference zero-shot VQA prompt for this LLM type (LAVIS zero-shot VQA eval configs)."""
         template = VQA_PROMPT_ENCODER_DECODER if self.is_encoder_decoder else VQA_PROMPT_DECODER_ONLY
         return template.format(question)
 
