@@ -1,9 +1,10 @@
 """VPGTrans transfer pieces: token pairing, word-embedding converter, projector merge, target-model construction.
 
 VPGTrans (Zhang et al., NeurIPS 2023, §3.2 Stage-1 (b); reference: VPGTrans train_linear_proj_opt_and_llama.py)
-initialises the projector of a *target* LLM from the projector of a *source* BLIP-2 model: a linear "word
-converter" g is trained to map source input-word embeddings onto target ones (1 - cosine loss, over tokens that both tokenizers produce for the same caption), then the new projector
-is g applied after the source projector. Each step is one function here; the recipe strings them together:
+initialises the projector of a *target* LLM from the projector of a *source* BLIP-2 model: a linear "word converter"
+g is trained to map source input-word embeddings onto target ones (1 - cosine loss, over tokens that both tokenizers
+produce for the same caption), then the new projector is g applied after the source projector. Each step is one
+function here; the recipe strings them together:
 
     pairs = pair_caption_tokens(captions, source_tokenizer, target_tokenizer)
     converter = train_word_converter(input_word_embeddings(source.language_model),
