@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import box_iou, nms
+from torchvision.ops import box_convert, box_iou, nms
 from transformers import AutoModelForCausalLM, Dinov2Model, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -42,9 +42,8 @@ GROUND_BOX_SCORE = 0.2
 
 
 def center_to_corners(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) cxcywh -> (..., 4) xyxy."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
+    """(..., 4) cxcywh -> (..., 4) xyxy (torchvision's `box_convert`)."""
+    return box_convert(boxes, "cxcywh", "xyxy")
 
 
 # The keyword that carries the KV cache between `generate`, `forward` and the LLM, and the output field that returns

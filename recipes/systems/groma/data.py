@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Sampler
+from torchvision.ops import box_convert
 
 from groundvlm.processing.processing_groma import ASSISTANT_SEP, build_groma_prompt
 from groundvlm.recipes.systems.pin.loaders import _load_refs, _resolve_refs
@@ -348,13 +349,12 @@ def render(messages: list[dict], template: str) -> tuple[str, list[tuple[int, in
 
 
 def _normalised_cxcywh(boxes, size_hw) -> torch.Tensor:
+    """Pixel xyxy boxes of an image of `size_hw` -> normalised cxcywh in [0, 1] (n, 4)."""
     if not len(boxes):
         return torch.zeros(0, 4)
     h, w = size_hw
-    b = torch.tensor(boxes, dtype=torch.float32)
-    b = torch.stack(((b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h, (b[:, 2] - b[:, 0]) / w,
-                     (b[:, 3] - b[:, 1]) / h), 1)  # fmt: skip
-    return b.clamp(0, 1)
+    b = box_convert(torch.tensor(boxes, dtype=torch.float32), "xyxy", "cxcywh")
+    return (b / torch.tensor([w, h, w, h], dtype=torch.float32)).clamp(0, 1)
 
 
 class GromaChatCollator:

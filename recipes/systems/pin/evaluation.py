@@ -112,9 +112,12 @@ def constant_predictions(method: str, samples: list[EvalSample], train_boxes, im
     return [{"box": b, "parsed": True, "text": ""} for b in boxes]
 
 
-def _to_square(box, size_hw, image_size: int) -> list[float]:
+def squash_box(box, size_hw: tuple[int, int], image_size: int) -> list[float]:
+    """An xyxy pixel box on an image of `size_hw` (height, width) -> the S×S squashed image, clipped to it."""
     h, w = size_hw
-    return [box[0] * image_size / w, box[1] * image_size / h, box[2] * image_size / w, box[3] * image_size / h]
+    sx, sy = image_size / w, image_size / h
+    clip = lambda v: min(max(float(v), 0.0), float(image_size))
+    return [clip(box[0] * sx), clip(box[1] * sy), clip(box[2] * sx), clip(box[3] * sy)]
 
 
 def score(predictions: list[dict], samples: list[EvalSample], image_size: int) -> dict:
@@ -122,8 +125,8 @@ def score(predictions: list[dict], samples: list[EvalSample], image_size: int) -
     if len(predictions) != len(samples):
         raise ValueError(f"{len(predictions)} predictions for {len(samples)} samples")
     metric = load_metric("box_miou")
-    preds = [_to_square(p["box"], s.size_hw, image_size) for p, s in zip(predictions, samples)]
-    refs = [_to_square(s.box, s.size_hw, image_size) for s in samples]
+    preds = [squash_box(p["box"], s.size_hw, image_size) for p, s in zip(predictions, samples)]
+    refs = [squash_box(s.box, s.size_hw, image_size) for s in samples]
     result = metric.compute(
         predictions=preds, references=refs, image_size=image_size, parsed=[p["parsed"] for p in predictions]
     )

@@ -45,7 +45,7 @@ from pathlib import Path
 from PIL import Image
 
 from groundvlm.recipes.metrics import load_metric
-from groundvlm.recipes.systems.pin.evaluation import EvalSample
+from groundvlm.recipes.systems.pin.evaluation import EvalSample, squash_box
 
 logger = logging.getLogger("groundvlm")
 
@@ -71,14 +71,6 @@ class AnnotatedSample(EvalSample):
         """A box `[x1, y1, x2, y2]` in the squashed S×S space -> pixels of the original image."""
         (h, w), (sh, sw) = self.original_size_hw, self.size_hw
         return [box[0] * w / sw, box[1] * h / sh, box[2] * w / sw, box[3] * h / sh]
-
-
-def squash_box(box, size_hw: tuple[int, int], image_size: int) -> list[float]:
-    """An xyxy pixel box on an image of `size_hw` (height, width) -> the S×S squashed image, clipped to it."""
-    h, w = size_hw
-    sx, sy = image_size / w, image_size / h
-    clip = lambda v: min(max(float(v), 0.0), float(image_size))
-    return [clip(box[0] * sx), clip(box[1] * sy), clip(box[2] * sx), clip(box[3] * sy)]
 
 
 @dataclass
