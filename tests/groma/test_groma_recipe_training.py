@@ -156,3 +156,33 @@ def test_region_caption_eval_reports_caption_scores():
         scores
     )
     assert scores["region_caption_cider"] >= 0.0 and "region_caption_cider_whitespace_tokens" not in scores
+
+
+def test_lora_instruct_trains_adapters_only_and_merges_into_a_plain_groma(tmp_path):
+    """--use_lora: LoRA adapters on the LLM's attention (peft) train, the LLM's own weights stay frozen; merging folds
+    them in (same outputs) and the saved folder is an ordinary Groma checkpoint."""
+    tok = groma_tokenizer()
+    config = tiny_groma_config(tok)
+    torch.manual_seed(0)
+    model = GromaForConditionalGeneration(config)
+    models.freeze_for_stage(model, "instruct", train_llm=False)
+    models.apply_lora(model, r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable) and any("lora_B" in n for n in trainable)
+    assert not any(n.startswith("language_model.") and "lora_" not in n and "embed" not in n and "lm_head" not in n
+                   for n in trainable)  # fmt: skip
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)  # a trained adapter: non-zero B
+    model.eval()
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    with torch.no_grad():
+        adapted = model.language_model(input_ids=ids).logits
+        models.merge_lora(model)
+        merged = model.language_model(input_ids=ids).logits
+    assert torch.allclose(adapted, merged, atol=1e-4)
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    model.save_pretrained(tmp_path)
+    reloaded = GromaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded.language_model(input_ids=ids).logits, merged, atol=1e-5)
