@@ -16,40 +16,28 @@ Writes groma_eval_speed.{json,md} to $OUT if set, else to --out if given.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from groma_speed import IMAGE_SIZES, build, noise_image, tiny_configs, toy_tokenizer, write_report  # noqa: E402
+from groma_speed import IMAGE_SIZES, build, noise_image, run_meta, tiny_configs, toy_tokenizer, write_report  # noqa: E402
 
 from groundvlm.modeling import GromaConfig, GromaForConditionalGeneration  # noqa: E402
 from groundvlm.processing import GromaImageProcessor, GromaProcessor  # noqa: E402
-from groundvlm.recipes.common.provenance import git_commit  # noqa: E402
 from groundvlm.recipes.systems.groma.evaluation import MAX_NEW_TOKENS, generate, length_sorted_order  # noqa: E402
+from tests._groma_tiny import groma_token_id_kwargs  # noqa: E402
 
 WORDS = "the red star left of a big blue square near top small green circle under one two bright dark".split()
 
 
-def groma_7b_config_for(base_vocab: int) -> GromaConfig:
-    """The released Groma-7B shape with the added tokens' ids where the toy tokenizer puts them (base + k)."""
-    ids = dict(
-        pad_token_id=base_vocab,
-        image_token_id=base_vocab + 8,
-        region_token_id=base_vocab + 9,
-        refer_box_token_id=base_vocab + 10,
-        ground_box_token_id=base_vocab + 11,
-        refer_feat_token_id=base_vocab + 12,
-        proxy_token_start_id=base_vocab + 14,
-    )
-    return GromaConfig(**ids)
+def groma_7b_config_for(tok) -> GromaConfig:
+    """The released Groma-7B shape with the added tokens' ids where the toy tokenizer `tok` has them."""
+    return GromaConfig(**groma_token_id_kwargs(tok))
 
 
 def rec_samples(n: int) -> list[dict]:
@@ -66,8 +54,8 @@ def rec_samples(n: int) -> list[dict]:
     return samples
 
 
-def padding_per_batch(prompts: list[str], tok, order: list[int], batch: int) -> float:
-    lengths = [len(x) for x in tok(prompts, add_special_tokens=False)["input_ids"]]
+def padding_per_batch(lengths: list[int], order: list[int], batch: int) -> float:
+    """Mean left padding per sequence, averaged over the batches `order` is cut into."""
     pads = []
     for start in range(0, len(order), batch):
         chunk = [lengths[i] for i in order[start : start + batch]]
@@ -92,7 +80,7 @@ def main(argv=None) -> dict:
     else:
         device, dtype = torch.device("cuda"), torch.bfloat16
     tok, base = toy_tokenizer()
-    config = tiny_configs(tok, base)[0] if args.tiny else groma_7b_config_for(base)
+    config = tiny_configs(tok, base)[0] if args.tiny else groma_7b_config_for(tok)
     model, build_s = build(GromaForConditionalGeneration, config, device, dtype)
     size = config.image_size
     processor = GromaProcessor(
@@ -103,6 +91,7 @@ def main(argv=None) -> dict:
     )
     samples = rec_samples(args.examples)
     prompts = [s["messages"][0]["content"] for s in samples]
+    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
     rows, answers = [], {}
     for cache in args.caches:
         for batch in args.batch_sizes:
@@ -129,7 +118,7 @@ def main(argv=None) -> dict:
                         "examples": len(samples),
                         "seconds": seconds,
                         "examples_per_s": len(samples) / seconds,
-                        "mean_left_padding_tokens": padding_per_batch(prompts, tok, order, batch),
+                        "mean_left_padding_tokens": padding_per_batch(lengths, order, batch),
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
@@ -137,17 +126,9 @@ def main(argv=None) -> dict:
     agree = {f"{c}/b{b}/{'sorted' if s else 'given'}": a == reference for (c, b, s), a in answers.items()}
     report = {
         "meta": {
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "dtype": str(dtype).removeprefix("torch."),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "git_commit": git_commit(),
-            "command": " ".join(
-                ["python benchmarks/groma_eval_speed.py", *(argv if argv is not None else sys.argv[1:])]
-            ),
+            **run_meta("benchmarks/groma_eval_speed.py", argv, device, dtype),
             "build_s": build_s,
-            "prompt_tokens": [min(map(len, tok(prompts)["input_ids"])), max(map(len, tok(prompts)["input_ids"]))],
+            "prompt_tokens": [min(lengths) + 1, max(lengths) + 1],  # with <s>
         },
         "results": rows,
         "answers_equal_to_first_row": agree,

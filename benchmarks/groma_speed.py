@@ -1062,13 +1062,7 @@ def main(argv=None) -> dict:
 
     report = {
         "meta": {
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "dtype": str(dtype).removeprefix("torch."),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "git_commit": git_commit(),
-            "command": " ".join(["python benchmarks/groma_speed.py", *(argv if argv is not None else sys.argv[1:])]),
+            **run_meta("benchmarks/groma_speed.py", argv, device, dtype),
             "batch_sizes": args.batch_sizes,
             "new_tokens": args.new_tokens,
             "repeats": args.repeats,
@@ -1097,6 +1091,19 @@ def main(argv=None) -> dict:
     }
     write_report("groma_speed", report, markdown(report), args.out)
     return report
+
+
+def run_meta(script: str, argv: list[str] | None, device: torch.device, dtype: torch.dtype) -> dict:
+    """Device, versions, dtype, date, commit and command line of a benchmark run (the report's provenance)."""
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "dtype": str(dtype).removeprefix("torch."),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git_commit": git_commit(),
+        "command": " ".join([f"python {script}", *(argv if argv is not None else sys.argv[1:])]),
+    }
 
 
 def write_report(name: str, report: dict, text: str, out: Path | None) -> None:

@@ -48,16 +48,25 @@ FIXED_TOKEN_IDS = dict(
 )
 
 
+def groma_token_id_kwargs(tokenizer=None) -> dict:
+    """GromaConfig's special-token keyword arguments (`pad_token_id`, `image_token_id`, ..., `proxy_token_start_id`):
+    `tokenizer`'s ids of Groma's added tokens, or `FIXED_TOKEN_IDS` without one."""
+    if tokenizer is None:
+        ids = FIXED_TOKEN_IDS
+    else:
+        names = ("[PAD]", "<image>", "<region>", "<refer_box>", "<ground_box>", "<refer_feat>", "<r0>")
+        ids = dict(zip(FIXED_TOKEN_IDS, tokenizer.convert_tokens_to_ids(list(names))))
+    return {("proxy_token_start_id" if k == "proxy_start" else f"{k}_token_id"): v for k, v in ids.items()}
+
+
 def tiny_groma_config(tokenizer=None, **overrides) -> GromaConfig:
     """The tiny Groma of every test and benchmark: DINOv2 with 4 blocks fed 112 px (an 8x8 patch grid, 16 image
     tokens), a 2-layer Llama, a 2+2-layer proposer with 20 queries. Vocabulary and special-token ids are
     `tokenizer`'s (base vocabulary + 114 rows) or, without one, `FIXED_TOKEN_IDS` over `BASE_VOCAB`."""
+    ids = groma_token_id_kwargs(tokenizer)
     if tokenizer is None:
-        ids, vocab_size, bos, eos = FIXED_TOKEN_IDS, BASE_VOCAB + 114, 1, 2
+        vocab_size, bos, eos = BASE_VOCAB + 114, 1, 2
     else:
-        to_id = tokenizer.convert_tokens_to_ids
-        names = ("[PAD]", "<image>", "<region>", "<refer_box>", "<ground_box>", "<refer_feat>", "<r0>")
-        ids = dict(zip(FIXED_TOKEN_IDS, (to_id(n) for n in names)))
         vocab_size, bos, eos = len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id
     kwargs = dict(
         vision_config=dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=518, patch_size=14),
@@ -69,7 +78,7 @@ def tiny_groma_config(tokenizer=None, **overrides) -> GromaConfig:
             num_attention_heads=4,
             num_key_value_heads=4,
             vocab_size=vocab_size,
-            pad_token_id=ids["pad"],
+            pad_token_id=ids["pad_token_id"],
             bos_token_id=bos,
             eos_token_id=eos,
             tie_word_embeddings=False,
@@ -84,13 +93,7 @@ def tiny_groma_config(tokenizer=None, **overrides) -> GromaConfig:
         proposer_num_queries=20,
         region_gn_groups=4,
         region_pos_embed_dim=16,
-        pad_token_id=ids["pad"],
-        image_token_id=ids["image"],
-        region_token_id=ids["region"],
-        refer_box_token_id=ids["refer_box"],
-        ground_box_token_id=ids["ground_box"],
-        refer_feat_token_id=ids["refer_feat"],
-        proxy_token_start_id=ids["proxy_start"],
+        **ids,
         num_proxy_tokens=100,
     )
     kwargs.update(overrides)

@@ -133,13 +133,18 @@ def test_vpgtrans_stage1_two_processes_match_one(tmp_path):
         assert VPGTransModel.from_pretrained(run / "model").config.num_query_tokens == 4
 
 
-def test_groma_align_two_processes_match_one(tmp_path):
+def _tiny_groma_folder(folder: Path) -> Path:
+    """A saved tiny random Groma with its processor (dropout off), the start model of the Groma stages here."""
     tok = groma_tokenizer()
     config = tiny_groma_config(tok, proposer_dropout=0.0)
     torch.manual_seed(0)
-    start = tmp_path / "start"
-    GromaForConditionalGeneration(config).save_pretrained(start)
-    tiny_groma_processor(tok, config).save_pretrained(start)
+    GromaForConditionalGeneration(config).save_pretrained(folder)
+    tiny_groma_processor(tok, config).save_pretrained(folder)
+    return folder
+
+
+def test_groma_align_two_processes_match_one(tmp_path):
+    start = _tiny_groma_folder(tmp_path / "start")
     args = ["--stage", "align", "--model_name_or_path", str(start), "--toy_train_scenes", "2",
             "--max_steps", "2", "--learning_rate", "1e-3", "--warmup_ratio", "0", *COMMON]  # fmt: skip
     one, two = _compare(tmp_path, REPO / "recipes" / "groma.py", args, 2,
@@ -163,12 +168,7 @@ def test_groma_det_trains_on_two_processes(tmp_path):
     """The det stage trains the proposer through its own forward (`ProposerDetection`), which DDP wraps. No loss
     parity: the flip augmentation draws from each process's generator and single-source batches are cut by
     the per-device batch size."""
-    tok = groma_tokenizer()
-    config = tiny_groma_config(tok, proposer_dropout=0.0)
-    torch.manual_seed(0)
-    start = tmp_path / "start"
-    GromaForConditionalGeneration(config).save_pretrained(start)
-    tiny_groma_processor(tok, config).save_pretrained(start)
+    start = _tiny_groma_folder(tmp_path / "start")
     out = tmp_path / "det"
     args = ["--stage", "det", "--model_name_or_path", str(start), "--toy_train_scenes", "4", "--max_steps", "2",
             "--per_device_train_batch_size", "1", "--output_dir", str(out), *COMMON]  # fmt: skip
