@@ -17,7 +17,13 @@ from groundvlm.recipes import pin as pin_recipe
 from groundvlm.recipes.systems.pin import models as pin_models
 from groundvlm.recipes.systems.pin.arguments import PinArguments, PinTrainingArguments
 from groundvlm.recipes.systems.pin.baselines import PeftBaseline, check_method, trainable_parameter_names
-from groundvlm.recipes.systems.pin.data import EpochBlockSampler, PinCollator, PinTrainingSet, build_pool
+from groundvlm.recipes.systems.pin.data import (
+    EpochBlockSampler,
+    FreshSceneSet,
+    PinCollator,
+    PinTrainingSet,
+    build_pool,
+)
 from tests._pin_tiny import make_tokenizer
 
 S = 112
@@ -202,6 +208,63 @@ def test_clear_errors(tok, tmp_path, monkeypatch):
         pin_models.resolve_base_model(PinArguments(), "cpu")
     with pytest.raises(FileNotFoundError, match="neither a folder nor a Hub id"):
         pin_models.load_base(str(tmp_path / "missing"), torch.device("cpu"))
+
+
+def test_fresh_scenes_compose_a_new_scene_per_sample_curriculum_first_and_deterministic():
+    source = SquareWorld(0, TRAIN)
+    data = FreshSceneSet(source, 40, TRAIN, curriculum_samples=10, curriculum_num_objects=3, seed=1)
+    items = [data[k] for k in range(40)]
+    assert all(it["reconstruct_name"] for it in items[:10]) and not any(it["reconstruct_name"] for it in items[10:])
+    assert len({it["image"].tobytes() for it in items}) == 40  # no image is seen twice
+    for k in range(10, 40):  # the main stream is the source's scene k; the target is one of its objects
+        objs = source.scene(k).objects
+        assert (items[k]["name"], items[k]["box"]) in [(o.name, [float(v) for v in o.box]) for o in objs]
+    again = FreshSceneSet(SquareWorld(0, TRAIN), 40, TRAIN, curriculum_samples=10, seed=1)
+    assert all(again[k]["box"] == items[k]["box"] and (again[k]["image"] == items[k]["image"]).all() for k in (0, 9, 33))
+    assert items[0]["image"].dtype == np.uint8 and items[0]["image"].shape == (S, S, 3)
+    with pytest.raises(ValueError, match="outside the training categories"):
+        FreshSceneSet(SquareWorld(1, HELD), 3, TRAIN)[0]
+    with pytest.raises(ValueError, match="without exactly 7 objects"):
+        FreshSceneSet(source, 3, TRAIN, curriculum_samples=3, curriculum_num_objects=7)[0]
+    with pytest.raises(ValueError, match="curriculum_samples"):
+        FreshSceneSet(source, 3, TRAIN, curriculum_samples=4)
+
+
+def test_fresh_scenes_train_and_resume_through_the_recipe(tok, tmp_path, monkeypatch):
+    base = tmp_path / "base"
+    tiny_base(tok).save_pretrained(base)
+    Blip2Processor(BlipImageProcessor(size={"height": S, "width": S}), tok, num_query_tokens=4).save_pretrained(base)
+    from groundvlm.recipes import toyworld as data
+
+    seen = []
+
+    class Recording(SquareWorld):
+        def scene(self, i):
+            seen.append((self.seed, i))
+            return super().scene(i)
+
+    worlds = {"train": TRAIN, "held_out": HELD}
+    monkeypatch.setattr(data, "ToyWorld", lambda seed, split, **kw: Recording(seed, worlds[split]), raising=False)
+    monkeypatch.setattr(data, "DEFAULT_SPLIT", NS(train=TRAIN, held_out=HELD), raising=False)
+    out = tmp_path / "run"
+    args = ["--base_model", str(base), "--output_dir", str(out), "--fresh_scenes", "true", "--train_images", "8"]
+    args += ["--val_images", "2", "--test_images", "0", "--name_reconstruction_fraction", "0.25"]
+    args += ["--per_device_train_batch_size", "4", "--max_new_tokens", "4", "--use_cpu", "true", "--method", "pin"]
+    args += ["--save_steps", "2", "--dataloader_num_workers", "0"]
+    first = pin_recipe.main(args + ["--epochs", "1"])  # 8 samples, 2 steps
+    assert first["pin"]["train_samples"] == 8
+    # The first quarter (items 0-1) came from the curriculum stream, items 2-7 are the source's scenes 2-7.
+    assert [i for seed, i in seen if seed == 0 and i >= FreshSceneSet.CURRICULUM_OFFSET][:1] == [
+        FreshSceneSet.CURRICULUM_OFFSET
+    ]
+    assert (out / "pin" / "checkpoint-2" / "model.safetensors").is_file()
+    seen.clear()
+    second = pin_recipe.main(args + ["--epochs", "2", "--resume", "true"])  # resumes at step 2 of 4
+    assert second["pin"]["train_samples"] == 16
+    # The 4 curriculum samples (items 0-3) were consumed before the checkpoint: the resumed run composes none of
+    # them, only items 8-15 (after the random baseline's 8-scene box pool, scenes 0-7 of the same source).
+    assert not [i for seed, i in seen if seed == 0 and i >= FreshSceneSet.CURRICULUM_OFFSET]
+    assert [i for seed, i in seen if seed == 0] == list(range(8)) + list(range(8, 16))
 
 
 def test_main_end_to_end_writes_table_and_png(tok, tmp_path, monkeypatch):

@@ -61,6 +61,13 @@ class PinArguments:
     referral_probability: float = field(
         default=0.0, metadata={"help": "Share of box-only samples named positionally ('red star on the left')."}
     )
+    fresh_scenes: bool = field(
+        default=False,
+        metadata={
+            "help": "Compose a new scene for every training sample (the reference): train_images x epochs samples "
+            "in all, the first name_reconstruction_fraction of them the curriculum; no pool, no feature cache."
+        },
+    )
     use_feature_cache: bool = field(
         default=True, metadata={"help": "Cache the frozen vision encoder's outputs (not for vpt_phi / lora_phi)."}
     )

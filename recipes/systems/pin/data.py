@@ -4,13 +4,15 @@ The PIN reference draws a fresh composition for every sample of every epoch (160
 supervises one random pasted object per sample; the first quarter of the epochs uses exactly 3 objects and
 also supervises the object's name ("name reconstruction"), the rest 1–3 objects and the box only.
 
-Here the scenes of a run are a fixed pool, so the frozen vision encoder's outputs can be computed once per
+By default the scenes of a run are a fixed pool, so the frozen vision encoder's outputs can be computed once per
 image (`build_feature_cache`) and a training step costs the fusion network and the LLM only. Two pools of equal
 size: the curriculum pool (exactly `curriculum_num_objects` objects per image) for the first
 `name_reconstruction_epochs` passes, the main pool (whatever the scene source draws: 1–3 objects) after.
 Every pass re-draws which object of each image is supervised, deterministically from (seed, pass, image), so a
 resumed run sees the same samples. `PinTrainingSet` lays the passes out as one long index range and
 `EpochBlockSampler` shuffles within each pass only, so the curriculum order survives shuffling.
+With `fresh_scenes`, `FreshSceneSet` composes a new scene for every sample instead (the reference's regime; the
+vision encoder then runs on every step).
 
 A scene source is anything with `scene(i)` returning an object with `.image` (RGB PIL, S×S) and `.objects`
 (each with `.name` and `.box` = `[x1, y1, x2, y2]` pixels on that image): the toy world's `ToyWorld`, or the
@@ -229,6 +231,78 @@ class PinTrainingSet(Dataset):
         if features is not None:
             item["vision_embeds"] = features[i]
         return item
+
+
+class FreshSceneSet(Dataset):
+    """A new composition for every training sample, as the PIN reference draws them (no fixed pool).
+
+    Item `k` composes scene `k` of the source on the fly (in the data-loader workers): the first
+    `curriculum_samples` items come from the curriculum stream (exactly `curriculum_num_objects` objects, the name
+    supervised too), the rest from the main stream (whatever the source draws, box only). Everything is a function
+    of (source seed, `seed`, k), so a resumed run and every process of a distributed run see the same samples, and
+    `Trainer`'s resume skips consumed batches without composing them (its sampler is sequential).
+
+    Items are `PinTrainingSet`'s, without `vision_embeds`: the frozen vision encoder runs on every step.
+    """
+
+    CURRICULUM_OFFSET = 10**9  # the curriculum stream's scene indices start here
+    MAX_DRAWS = 64  # scene indices tried per curriculum item for the requested object count
+
+    def __init__(
+        self,
+        source,
+        samples: int,
+        allowed_categories: Iterable[str],
+        curriculum_samples: int = 0,
+        curriculum_num_objects: int = 3,
+        seed: int = 0,
+        referral_probability: float = 0.0,
+    ):
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        if not 0 <= curriculum_samples <= samples:
+            raise ValueError(f"curriculum_samples must be in [0, {samples}], got {curriculum_samples}")
+        if curriculum_num_objects < 1:
+            raise ValueError(f"curriculum_num_objects must be >= 1, got {curriculum_num_objects}")
+        if not 0.0 <= referral_probability <= 1.0:
+            raise ValueError(f"referral_probability must be in [0, 1], got {referral_probability}")
+        self.source, self.samples, self.allowed = source, samples, frozenset(allowed_categories)
+        self.curriculum_samples, self.curriculum_num_objects = curriculum_samples, curriculum_num_objects
+        self.seed, self.referral_probability = seed, referral_probability
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def _scene(self, k: int, curriculum: bool):
+        if not curriculum:
+            return self.source.scene(k)
+        base = self.CURRICULUM_OFFSET + k * self.MAX_DRAWS
+        for r in range(self.MAX_DRAWS):
+            scene = self.source.scene(base + r)
+            if len(scene.objects) == self.curriculum_num_objects:
+                return scene
+        raise ValueError(
+            f"the scene source drew {self.MAX_DRAWS} scenes in a row without exactly {self.curriculum_num_objects} "
+            "objects; lower curriculum_num_objects or raise the source's maximum object count"
+        )
+
+    def __getitem__(self, k: int) -> dict:
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        k = int(k)
+        curriculum = k < self.curriculum_samples
+        scene = self._scene(k, curriculum)
+        objects = [(obj.name, [float(v) for v in obj.box]) for obj in scene.objects]
+        unknown = sorted({name for name, _ in objects} - self.allowed)
+        if unknown:
+            raise ValueError(f"scene {k} holds categories {unknown} outside the training categories")
+        rng = np.random.default_rng(_seed_int("fresh", self.seed, k))
+        j = int(rng.integers(len(objects)))  # one random pasted object per sample, as the reference
+        name, box = objects[j]
+        if not curriculum and self.referral_probability and rng.random() < self.referral_probability:
+            name = referral_name(objects, j, rng) or name
+        image = np.array(scene.image.convert("RGB"), dtype=np.uint8)
+        return {"image": image, "name": name, "box": box, "reconstruct_name": curriculum}
 
 
 class EpochBlockSampler(Sampler[int]):

@@ -25,6 +25,7 @@ from groundvlm.recipes.systems.pin.arguments import PinArguments, PinTrainingArg
 from groundvlm.recipes.systems.pin.baselines import CACHEABLE_METHODS, TRAINED_METHODS, trainable_parameter_names
 from groundvlm.recipes.systems.pin.data import (
     EpochBlockSampler,
+    FreshSceneSet,
     PinCollator,
     PinTrainingSet,
     build_feature_cache,
@@ -40,10 +41,12 @@ logger = logging.getLogger("groundvlm")
 
 class PinTrainer(Trainer):
     """`Trainer` whose checkpoints hold the trainable parameters only (the frozen base is never copied), and
-    whose sampler keeps PIN's curriculum order (passes in order, shuffled within)."""
+    whose sampler keeps PIN's curriculum order (passes in order, shuffled within; fresh scenes in order)."""
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(dataset, FreshSceneSet):  # every item is a new scene: in order, curriculum first
+            return torch.utils.data.SequentialSampler(dataset)
         return EpochBlockSampler(dataset.pool_size, dataset.epochs, seed=self.args.seed)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -89,13 +92,24 @@ def run_methods(
 
     train_src, val_src, test_src, train_cats, held_cats = scene_sources(pin_args, size, pin_args.grid_size)
     name_epochs = round(pin_args.epochs * pin_args.name_reconstruction_fraction)
-    logger.info(
-        "Composing %d + %d training scenes of %d categories",
-        pin_args.train_images,
-        pin_args.train_images if name_epochs else 0,
-        len(train_cats),
+    if pin_args.fresh_scenes:
+        logger.info(
+            "Fresh scenes: %d training samples of %d categories, each a new composition",
+            pin_args.train_images * pin_args.epochs,
+            len(train_cats),
+        )
+    else:
+        logger.info(
+            "Composing %d + %d training scenes of %d categories",
+            pin_args.train_images,
+            pin_args.train_images if name_epochs else 0,
+            len(train_cats),
+        )
+    fresh = pin_args.fresh_scenes
+    # With fresh scenes the pool only feeds the random baseline's box distribution.
+    main_pool = build_pool(
+        train_src, min(pin_args.train_images, 2000) if fresh else pin_args.train_images, train_cats, progress=True
     )
-    main_pool = build_pool(train_src, pin_args.train_images, train_cats, progress=True)
     curriculum_pool = (
         build_pool(
             train_src,
@@ -105,10 +119,10 @@ def run_methods(
             start=10**8,
             progress=True,
         )
-        if name_epochs
+        if name_epochs and not fresh
         else None
     )
-    val_samples = samples_from_pool(build_pool(val_src, pin_args.val_images, train_cats))
+    val_samples = samples_from_pool(build_pool(val_src, pin_args.val_images, train_cats)) if pin_args.val_images else []
     if pin_args.eval_format in REAL_FORMATS:
         test_samples = load_eval_samples(
             pin_args.eval_format,
@@ -119,11 +133,11 @@ def run_methods(
             max_images=pin_args.eval_max_images,
             allow_pickle=pin_args.eval_allow_pickle,
         )
-    elif pin_args.eval_format == "toy":
+    elif pin_args.eval_format == "toy" and pin_args.test_images:
         test_samples = samples_from_pool(build_pool(test_src, pin_args.test_images, held_cats))
     else:
         test_samples = []
-    eval_sets = [("val", val_samples)] + ([("held_out", test_samples)] if test_samples else [])
+    eval_sets = ([("val", val_samples)] if val_samples else []) + ([("held_out", test_samples)] if test_samples else [])
 
     def score_split(split, preds, samples):
         result = score(preds, samples, size)
@@ -133,7 +147,7 @@ def run_methods(
 
     cache_dtype = getattr(torch, pin_args.feature_cache_dtype)
     features = None
-    if pin_args.use_feature_cache and any(m in TRAINED_METHODS and m in CACHEABLE_METHODS for m in methods):
+    if pin_args.use_feature_cache and not fresh and any(m in TRAINED_METHODS and m in CACHEABLE_METHODS for m in methods):
         encoder = PinForLocalization.from_base(base, grid_size=processor.grid_size, image_size=size)
         features = {
             name: build_feature_cache(encoder, processor.image_processor, pool.images, dtype=cache_dtype, progress=True)
@@ -161,16 +175,28 @@ def run_methods(
             model.train()
             entry["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
             cached = features is not None and method in CACHEABLE_METHODS
-            dataset = PinTrainingSet(
-                main_pool,
-                pin_args.epochs,
-                curriculum_pool=curriculum_pool,
-                name_reconstruction_epochs=name_epochs,
-                seed=training_args.seed,
-                main_features=features["main"] if cached else None,
-                curriculum_features=features.get("curriculum") if cached else None,
-                referral_probability=pin_args.referral_probability,
-            )
+            if fresh:
+                total = pin_args.train_images * pin_args.epochs
+                dataset = FreshSceneSet(
+                    train_src,
+                    total,
+                    train_cats,
+                    curriculum_samples=round(total * pin_args.name_reconstruction_fraction),
+                    curriculum_num_objects=pin_args.curriculum_num_objects,
+                    seed=training_args.seed,
+                    referral_probability=pin_args.referral_probability,
+                )
+            else:
+                dataset = PinTrainingSet(
+                    main_pool,
+                    pin_args.epochs,
+                    curriculum_pool=curriculum_pool,
+                    name_reconstruction_epochs=name_epochs,
+                    seed=training_args.seed,
+                    main_features=features["main"] if cached else None,
+                    curriculum_features=features.get("curriculum") if cached else None,
+                    referral_probability=pin_args.referral_probability,
+                )
             args = copy.deepcopy(training_args)
             args.output_dir = str(run_dir / method)
             args.num_train_epochs = 1  # one pass over PinTrainingSet = `epochs` passes over the pool
