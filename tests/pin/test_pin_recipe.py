@@ -220,7 +220,9 @@ def test_fresh_scenes_compose_a_new_scene_per_sample_curriculum_first_and_determ
         objs = source.scene(k).objects
         assert (items[k]["name"], items[k]["box"]) in [(o.name, [float(v) for v in o.box]) for o in objs]
     again = FreshSceneSet(SquareWorld(0, TRAIN), 40, TRAIN, curriculum_samples=10, seed=1)
-    assert all(again[k]["box"] == items[k]["box"] and (again[k]["image"] == items[k]["image"]).all() for k in (0, 9, 33))
+    assert all(
+        again[k]["box"] == items[k]["box"] and (again[k]["image"] == items[k]["image"]).all() for k in (0, 9, 33)
+    )
     assert items[0]["image"].dtype == np.uint8 and items[0]["image"].shape == (S, S, 3)
     with pytest.raises(ValueError, match="outside the training categories"):
         FreshSceneSet(SquareWorld(1, HELD), 3, TRAIN)[0]

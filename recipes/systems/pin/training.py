@@ -147,7 +147,11 @@ def run_methods(
 
     cache_dtype = getattr(torch, pin_args.feature_cache_dtype)
     features = None
-    if pin_args.use_feature_cache and not fresh and any(m in TRAINED_METHODS and m in CACHEABLE_METHODS for m in methods):
+    if (
+        pin_args.use_feature_cache
+        and not fresh
+        and any(m in TRAINED_METHODS and m in CACHEABLE_METHODS for m in methods)
+    ):
         encoder = PinForLocalization.from_base(base, grid_size=processor.grid_size, image_size=size)
         features = {
             name: build_feature_cache(encoder, processor.image_processor, pool.images, dtype=cache_dtype, progress=True)
