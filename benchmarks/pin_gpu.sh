@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PIN's toy Table-1 analogue and the position probes in ONE device call (<= 10 min) on one GPU:
-# every method / PIN variant (a second seed, the reference's constant lr, fresh scenes per sample) is its own `recipes/pin.py --preset gpu` process (benchmarks/pin_table.py), all
+# every method / PIN variant (a second seed, lr 1e-4, fresh scenes per sample) is its own `recipes/pin.py --preset gpu` process (benchmarks/pin_table.py), all
 # concurrent with benchmarks/pin_probe.py; the tiny toy models leave the GPU launch-bound, so they share it well.
 #
 #   GIT_COMMIT=<sha> bash benchmarks/pin_gpu.sh [OUT_DIR]      # from the repo root on a CUDA machine
@@ -26,7 +26,7 @@ probe=$!
 timeout "$BUDGET_S" python benchmarks/pin_table.py --out "$OUT/table" --base_model "$BASE" --common "$COMMON" --variants \
   main:"--methods raw random full_image pin" \
   pin_seed1:"--method pin --seed 1" \
-  pin_constant:"--method pin --lr_scheduler_type constant --warmup_steps 0" \
+  pin_lr1e-4:"--method pin --learning_rate 1e-4" \
   pin_fresh:"--method pin --fresh_scenes true --dataloader_num_workers 4" \
   prompts:"--methods coop vpt_f" \
   vision:"--methods vpt_phi lora_phi" \
@@ -34,5 +34,5 @@ timeout "$BUDGET_S" python benchmarks/pin_table.py --out "$OUT/table" --base_mod
 wait $probe
 # Runs cut by the budget are listed as "did not finish"; the merge reads whatever comparison.json files exist.
 python benchmarks/pin_table.py --out "$OUT/table" --merge-only \
-  --variants main:"" pin_seed1:"" pin_constant:"" pin_fresh:"" prompts:"" vision:"" >> "$OUT/table.log" 2>&1
+  --variants main:"" pin_seed1:"" pin_lr1e-4:"" pin_fresh:"" prompts:"" vision:"" >> "$OUT/table.log" 2>&1
 cat "$OUT/table/table.md" "$OUT/probe/probe.json" 2>/dev/null

@@ -14,6 +14,10 @@ prompt names, among 1–3 objects. The probes measure each link alone (nothing h
    LLM read a box from its prefix at all?); `bind`: every object's box *and* its colour/shape one-hot, each in its
    own random slot (can it find the named object's entry and copy its box — what a real LLM does in context?).
    Trained with PIN's prompt and loss, then greedy mIoU and centre correlation on new scenes.
+   `lm_region`: PIN's best case on the LLM side — the prefix is a learned constant plus the mean of a learned
+   per-grid-cell code over the cells the prompted object covers (linear in the object's occupancy, as the path
+   π → Q-Former values → projection is when the queries attend to the object). If this fails where `oracle`
+   works, the frozen LLM cannot turn an averaged position code into box text and no π can teach it to.
 
 0. `box_loss` (runs first, cheap): the per-token loss of PIN's box target behind the image prefix vs text only
    (`recipes.systems.vpgtrans.captioner.box_prefix_loss`). A ratio far above 1 means the LM stops writing boxes
@@ -123,6 +127,27 @@ class SlotPrefix(nn.Module):
         return y.view(batch, self.slots * self.per_slot, self.dim)
 
 
+class RegionPrefix(nn.Module):
+    """PIN's best case on the LLM side: the whole prefix is a constant plus the mean, over the grid cells the prompted
+    object covers, of a learned per-cell code — what the Q-Former's value path would carry if every query attended
+    to exactly the object's tokens and π were that code. Linear in the object's occupancy, as π's path is."""
+
+    def __init__(self, grid: int, dim: int, n_prefix: int):
+        super().__init__()
+        self.grid, self.dim, self.n_prefix = grid, dim, n_prefix
+        self.code = nn.Parameter(torch.randn(grid * grid, n_prefix * dim) * 0.02)
+        self.constant = nn.Parameter(torch.zeros(n_prefix * dim))
+
+    def forward(self, object_sets, rng: np.random.Generator) -> torch.Tensor:
+        masks = torch.zeros(len(object_sets), self.grid, self.grid)
+        for b, objs in enumerate(object_sets):
+            x1, y1, x2, y2 = objs[0].grid_box
+            masks[b, y1 : y2 + 1, x1 : x2 + 1] = 1
+        masks = masks.flatten(1).to(self.code.device)
+        y = self.constant + (masks @ self.code) / masks.sum(1, keepdim=True)
+        return y.view(len(object_sets), self.n_prefix, self.dim)
+
+
 def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, steps: int, batch: int, lr: float) -> dict:
     from groundvlm.recipes.systems.pin.evaluation import center_correlation
     from groundvlm.recipes.toyworld.corpus import box_codec
@@ -133,9 +158,12 @@ def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, step
     n_query, dim = vlm.config.num_query_tokens, vlm.config.text_config.hidden_size
     if n_query % 4:
         raise ValueError(f"the slot probe needs num_query_tokens divisible by 4, got {n_query}")
-    writer = SlotPrefix(colours, shapes, codec.grid_size, dim, 4, n_query // 4, with_identity=(mode == "bind")).to(
-        device
-    )
+    if mode == "region":
+        writer = RegionPrefix(codec.grid_size, dim, n_query).to(device)
+    else:
+        writer = SlotPrefix(colours, shapes, codec.grid_size, dim, 4, n_query // 4, with_identity=(mode == "bind")).to(
+            device
+        )
     current = {}
     original = vlm.language_projection.forward
     vlm.language_projection.forward = lambda hidden: current["prefix"].to(hidden.dtype)
@@ -144,7 +172,7 @@ def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, step
     def pick(pool, n):
         chosen = [pool[int(i)] for i in rng.integers(0, len(pool), n)]
         idx = [int(rng.integers(len(s.objects))) for s in chosen]
-        sets = [[s.objects[i]] if mode == "oracle" else s.objects for s, i in zip(chosen, idx)]
+        sets = [[s.objects[i]] if mode != "bind" else s.objects for s, i in zip(chosen, idx)]
         return chosen, idx, sets
 
     optimizer = torch.optim.Adam(writer.parameters(), lr=lr)
@@ -169,7 +197,7 @@ def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, step
             for i in range(0, len(test_scenes), 128):
                 part = test_scenes[i : i + 128]
                 idx = [int(rng.integers(len(s.objects))) for s in part]
-                sets = [[s.objects[j]] if mode == "oracle" else s.objects for s, j in zip(part, idx)]
+                sets = [[s.objects[j]] if mode != "bind" else s.objects for s, j in zip(part, idx)]
                 enc = processor(
                     images=[s.image.convert("RGB") for s in part],
                     objects=[s.objects[j].name for s, j in zip(part, idx)],
@@ -207,7 +235,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--probes", nargs="*", default=["box_loss", "qformer_linear", "lm_oracle", "lm_bind"])
+    parser.add_argument(
+        "--probes", nargs="*", default=["box_loss", "qformer_linear", "lm_oracle", "lm_region", "lm_bind"]
+    )
     args = parser.parse_args(argv)
     from transformers import AutoProcessor
 
@@ -239,7 +269,7 @@ def main(argv=None) -> int:
             report[probe]["passed"] = report[probe]["ratio"] <= BOX_LOSS_RATIO_MAX
         elif probe == "qformer_linear":
             report[probe] = qformer_linear(vlm, base_processor.image_processor, scenes, device)
-        elif probe in ("lm_oracle", "lm_bind"):
+        elif probe in ("lm_oracle", "lm_bind", "lm_region"):
             report[probe] = lm_prefix_probe(
                 vlm, processor, scenes, test_scenes, device, probe[3:], args.steps, args.batch, args.lr
             )
