@@ -211,6 +211,10 @@ def run_methods(
             entry["train_loss"] = output.training_loss
             entry["train_samples"] = len(dataset)
             if method == "pin":
+                # ‖π‖ next to nothing else tells whether PIN drowned the image (a π far above the vision tokens'
+                # norm makes the Q-Former's attention position-driven: the "blinding" failure on the toy base).
+                with torch.no_grad():
+                    entry["pi_norm"] = float(model.positional_insert().float().norm(dim=-1).mean())
                 save_pretrained_once(run_dir / "pin" / "final", model, proc)
         else:
             entry["trainable_parameters"] = 0
