@@ -5,18 +5,22 @@ Objects (procedural or an X-Paste style folder pool), backgrounds (procedural or
 ``compose`` (PIN's composition C, as the PIN reference's ``XPaste`` dataset), ``ToyWorld`` scenes deterministic from
 (seed, split, index), texts for every task and exports to ``datasets.Dataset`` / COCO json; and the toy base
 models (tokenizers, LMs, vision encoders) built and cached by ``toy_asset`` (``python -m groundvlm.recipes.toyworld
-build|list``). This package knows no system: the caption VL-LLM asset is trained by the VPGTrans captioner.
+build|list``; Groma's cpu-preset ones are copied from ``recipes/toy_checkpoints``). This package knows no system: the caption VL-LLM asset is trained by the VPGTrans captioner.
 """
 
 from .backgrounds import BACKGROUND_KINDS, FolderBackgrounds, ProceduralBackgrounds
 from .build import (  # noqa: E402  (after the scene API: build's helpers import it)
     ARTEFACTS,
     COMMITTED_CAPTION_VLM,
+    COMMITTED_TOY_ASSETS,
     MAIN_ARTEFACTS,
     PRESETS,
     SEED,
+    TOY_CHECKPOINTS,
     cache_root,
     caption_asset_metrics,
+    committed_asset,
+    committed_files,
     main,
     read_build_info,
     toy_asset,
@@ -50,11 +54,15 @@ from .world import Scene, SceneObject, ToyWorld
 __all__ = [
     "ARTEFACTS",
     "COMMITTED_CAPTION_VLM",
+    "COMMITTED_TOY_ASSETS",
     "MAIN_ARTEFACTS",
     "PRESETS",
     "SEED",
+    "TOY_CHECKPOINTS",
     "cache_root",
     "caption_asset_metrics",
+    "committed_asset",
+    "committed_files",
     "main",
     "read_build_info",
     "toy_asset",

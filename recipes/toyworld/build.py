@@ -3,6 +3,7 @@
     python -m groundvlm.recipes.toyworld build                 # what the main job needs (CPU preset)
     python -m groundvlm.recipes.toyworld build --preset gpu --only all
     python -m groundvlm.recipes.toyworld build --only lm-llama vision-dinov2
+    python -m groundvlm.recipes.toyworld build --only lm-llama vision-dinov2 --from-source   # train, don't copy
     python -m groundvlm.recipes.toyworld list
 
 Artefacts live under `$GROUNDVLM_CACHE` (default ~/.cache/groundvlm) as `toyworld/<preset>/<artefact>/`:
@@ -18,6 +19,13 @@ Each folder ends with `build_info.json` (seed, preset, seconds, metrics, version
 a folder without it is an interrupted build and is redone; one whose recorded fingerprint (preset
 parameters + the fingerprints of what it was built from) differs from the current one is rebuilt. Recipes
 call `toy_asset(name, preset)`, which builds what is missing (dependencies first) and returns the folder.
+
+Committed artefacts (cpu preset): `recipes/toy_checkpoints/<name>/` holds vlm-caption (trained by the VPGTrans
+captioner) and Groma's tokenizer-llama, lm-llama and vision-dinov2 (`COMMITTED_TOY_ASSETS`, built by this module,
+with their `build_info.json` and a `SHA256SUMS`). The cpu preset copies them into the cache instead of building:
+a Groma CPU default on a fresh clone trains no base model. A committed artefact is copied only when its recorded
+fingerprint is the current one (else it is built, with a warning), and each copied file is checked against
+`SHA256SUMS`; `build --from-source` (`toy_asset(..., from_source=True)`) trains them as before.
 """
 
 from __future__ import annotations
@@ -50,9 +58,14 @@ ARTEFACTS = (
     # preset copies the committed GPU-built checkpoint (recipes/toy_checkpoints/vlm-caption).
     + ("vlm-caption",)
 )
-COMMITTED_CAPTION_VLM = Path(__file__).resolve().parent.parent / "toy_checkpoints" / "vlm-caption"
+TOY_CHECKPOINTS = Path(__file__).resolve().parent.parent / "toy_checkpoints"
+"""recipes/toy_checkpoints: the committed toy artefacts of the cpu preset, one folder each."""
+COMMITTED_CAPTION_VLM = TOY_CHECKPOINTS / "vlm-caption"
 """The committed caption VL-LLM (GPU-built with the cpu preset's sizes, 9.4 MB, with its `captioner.json`), so the
 CPU default starts from it instead of a weak 8-minute CPU build."""
+COMMITTED_TOY_ASSETS = ("tokenizer-llama", "lm-llama", "vision-dinov2")
+"""Artefacts this module builds whose cpu-preset build is committed under `TOY_CHECKPOINTS/<name>/` (build_info.json
++ SHA256SUMS + PROVENANCE.md): Groma's base models, 7 MB together, which took ~28 min to build on 2 shared cores."""
 
 Builder = Callable[[Path, str], dict]
 """`builder(folder, preset) -> metrics`: fills `folder` with an artefact toyworld does not train itself."""
@@ -60,15 +73,15 @@ Builder = Callable[[Path, str], dict]
 ARTEFACT_HELP = {
     "data": "toy world scenes and their texts (captions, VQA, referring expressions, boxes)",
     "tokenizer-opt": "toy tokenizer with OPT's special-token conventions",
-    "tokenizer-llama": "toy tokenizer with LLaMA's special-token conventions",
+    "tokenizer-llama": "toy tokenizer with LLaMA's special-token conventions (cpu: committed)",
     "tokenizer-t5": "toy tokenizer with T5's special-token conventions",
     "lm-opt-small": "OPT-style toy LM, stand-in for OPT-2.7B (VPGTrans' source LLM)",
     "lm-opt-base": "larger OPT-style toy LM, stand-in for OPT-6.7B (VPGTrans' target LLM)",
-    "lm-llama": "Llama-style toy LM, stand-in for Vicuna / LLaMA-7B (Groma's LLM)",
+    "lm-llama": "Llama-style toy LM, stand-in for Vicuna / LLaMA-7B (Groma's LLM; cpu: committed)",
     "lm-t5": "T5-style toy LM, stand-in for Flan-T5",
     "vision-blip2": "toy vision encoder shaped as BLIP-2's EVA ViT",
     "vision-clip": "toy vision encoder shaped as CLIP ViT-L/14 (LLaVA)",
-    "vision-dinov2": "toy vision encoder shaped as DINOv2 (Groma)",
+    "vision-dinov2": "toy vision encoder shaped as DINOv2 (Groma; cpu: committed)",
     "vlm-caption": "the caption-only toy VL-LLM PIN runs on (cpu: copied from recipes/toy_checkpoints/)",
 }
 """One line per artefact for `toyworld list`."""
@@ -80,6 +93,8 @@ LIST_LEGEND = "\n".join(
         '         "-" = not built yet: a recipe builds it on first use, or run',
         "         python -m groundvlm.recipes.toyworld build --only NAME [--preset PRESET]",
         "  presets: cpu = sizes for 2 CPU cores; gpu = larger, built on a GPU; gpu-small = cpu sizes built on a GPU",
+        f"  committed: the cpu preset copies {' '.join(COMMITTED_TOY_ASSETS)} vlm-caption from recipes/toy_checkpoints/",
+        "         (build --from-source trains all but vlm-caption, which the VPGTrans captioner trains)",
         *(f"  {name:<16} {ARTEFACT_HELP[name]}" for name in ARTEFACTS),
     ]
 )
@@ -476,9 +491,70 @@ def caption_asset_metrics(report: dict, source: str) -> dict:
     }
 
 
-def _build(name: str, preset: str, folder: Path, deps: dict[str, Path], builder: Builder | None = None) -> dict:
-    """Build artefact `name` into the empty `folder`; returns its metrics."""
+def committed_asset(name: str, preset: str) -> Path | None:
+    """The committed folder of toyworld-built artefact `name` (see `COMMITTED_TOY_ASSETS`) for `preset`, or None."""
+    folder = TOY_CHECKPOINTS / name
+    if preset != "cpu" or name not in COMMITTED_TOY_ASSETS or not (folder / "SHA256SUMS").is_file():
+        return None
+    return folder
+
+
+def committed_files(folder: Path) -> dict[str, str]:
+    """{file name: sha256} of a committed artefact, from its `SHA256SUMS` (`sha256sum` format)."""
+    sums = {}
+    for line in (Path(folder) / "SHA256SUMS").read_text().splitlines():
+        if line.strip():
+            digest, file = line.split(maxsplit=1)
+            sums[file.lstrip("*")] = digest
+    return sums
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _copy_committed(name: str, source: Path, folder: Path) -> dict:
+    """Copy the files `SHA256SUMS` lists from committed `source` into `folder`, checking each copy's sha256; the
+    metrics are the committed build's, with source=committed and its build time."""
+    for file, digest in committed_files(source).items():
+        shutil.copy2(source / file, folder / file)
+        if _sha256(folder / file) != digest:
+            raise RuntimeError(
+                f"committed toy asset {name}: {file} does not match {source / 'SHA256SUMS'} (corrupt checkout or a "
+                "git LFS pointer?); rebuild it with `python -m groundvlm.recipes.toyworld build --from-source "
+                f"--only {name}`"
+            )
+    record = read_build_info(source)
+    return {"source": "committed", "built_in_seconds": record["seconds"], **record["metrics"]}
+
+
+def _build(
+    name: str,
+    preset: str,
+    folder: Path,
+    deps: dict[str, Path],
+    builder: Builder | None = None,
+    fingerprint: str | None = None,
+    from_source: bool = False,
+    verbose: bool = True,
+) -> dict:
+    """Build artefact `name` into the empty `folder` (or copy its committed build whose recorded fingerprint is
+    `fingerprint`, unless `from_source`); returns its metrics."""
     p = PRESETS[preset]
+    committed = None if from_source else committed_asset(name, preset)
+    if committed is not None:
+        record = read_build_info(committed) or {}
+        if record.get("fingerprint") == fingerprint:
+            return _copy_committed(name, committed, folder)
+        if verbose:
+            print(
+                f"[toyworld] {name}: the committed build at {committed} was made with other settings "
+                f"(fingerprint {record.get('fingerprint')} != {fingerprint}); building from source"
+            )
     if name == "data":
         return _build_data(folder, p)
     if name.startswith("tokenizer-"):
@@ -508,47 +584,70 @@ def toy_asset(
     *,
     verbose: bool = True,
     builder: Builder | None = None,
+    from_source: bool = False,
 ) -> Path:
     """The folder of toy artefact `name` (see ARTEFACTS) for `preset`, building it (and its inputs) if needed.
 
     `vlm-caption` is a model a system recipe trains: the cpu preset copies the committed checkpoint
     (`COMMITTED_CAPTION_VLM`); other presets need `builder(folder, preset) -> metrics` (the VPGTrans captioner's
-    `build_caption_asset`).
+    `build_caption_asset`). The cpu preset's `COMMITTED_TOY_ASSETS` are copied from `TOY_CHECKPOINTS`;
+    `from_source=True` builds them (and their inputs) instead, replacing a copied one in the cache.
 
     Loadable with the ordinary classes: `AutoTokenizer` for tokenizer-*, `AutoModelForCausalLM` (or
     `AutoModelForSeq2SeqLM` for lm-t5) + `AutoTokenizer` for lm-*, `AutoImageProcessor` + `AutoModel`
     for vision-clip/-dinov2 and `Blip2VisionModel` for vision-blip2 (AutoModel has no entry for
     Blip2VisionConfig); data/ holds `<split>/annotations.json` + `<split>/images/`.
     """
-    return _ensure(name, preset, cache_dir, verbose, builder=builder)[0]
+    return _ensure(name, preset, cache_dir, verbose, builder=builder, from_source=from_source)[0]
 
 
 def _ensure(
-    name: str, preset: str, cache_dir, verbose: bool, is_dependency: bool = False, builder: Builder | None = None
+    name: str,
+    preset: str,
+    cache_dir,
+    verbose: bool,
+    is_dependency: bool = False,
+    builder: Builder | None = None,
+    from_source: bool = False,
 ) -> tuple[Path, dict, bool]:
     """(folder, build_info, reused?) for `name`, building dependencies first (silent when they are cached)."""
     _check(name, preset)
-    deps = {d: _ensure(d, preset, cache_dir, verbose, is_dependency=True) for d in dependencies(name)}
+    deps = {
+        d: _ensure(d, preset, cache_dir, verbose, is_dependency=True, from_source=from_source)
+        for d in dependencies(name)
+    }
     folder = cache_root(cache_dir) / "toyworld" / preset / name
     spec = _spec(name, preset)
     inputs = {d: info["fingerprint"] for d, (_, info, _) in deps.items()}
     fingerprint = _fingerprint(spec, inputs)
     with _lock(folder.parent / f".{name}.lock"):
         info = read_build_info(folder)
-        if info is not None and info.get("fingerprint") == fingerprint:
+        copied = (
+            name in COMMITTED_TOY_ASSETS and info is not None and info.get("metrics", {}).get("source") == "committed"
+        )
+        if info is not None and info.get("fingerprint") == fingerprint and not (from_source and copied):
             if verbose and not is_dependency:
                 print(f"[toyworld] {name}: cached at {folder} (reused, built in {info['seconds']:.0f} s)")
             return folder, info, True
         if folder.exists():
-            why = "interrupted build" if info is None else "built with other settings"
+            why = (
+                "interrupted build"
+                if info is None
+                else "copied from the committed build"
+                if info.get("fingerprint") == fingerprint
+                else "built with other settings"
+            )
             if verbose:
                 print(f"[toyworld] {name}: {why} at {folder}; rebuilding")
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
+        committed = None if from_source else committed_asset(name, preset)
         if verbose:
-            print(f"[toyworld] {name}: building ({preset} preset) into {folder}")
+            how = f"copying the committed build from {committed}" if committed else f"building ({preset} preset)"
+            print(f"[toyworld] {name}: {how} into {folder}")
         start, cpu_start = time.time(), time.process_time()
-        metrics = _build(name, preset, folder, {d: f for d, (f, _, _) in deps.items()}, builder)
+        deps_folders = {d: f for d, (f, _, _) in deps.items()}
+        metrics = _build(name, preset, folder, deps_folders, builder, fingerprint, from_source, verbose)
         info = {
             "artefact": name,
             "preset": preset,
@@ -595,7 +694,7 @@ def _format_metrics(metrics: dict) -> str:
 def _table(rows: list[tuple[str, Path, dict, bool]]) -> str:
     lines = [f"{'artefact':<16} {'status':<8} {'seconds':>8}  metrics", "-" * 100]
     for name, folder, info, reused in rows:
-        status = "cached" if reused else "built"
+        status = "cached" if reused else "copied" if info["metrics"].get("source") == "committed" else "built"
         lines.append(f"{name:<16} {status:<8} {info['seconds']:>8.1f}  {_format_metrics(info['metrics'])}")
         lines.append(f"{'':<16} -> {folder}")
     return "\n".join(lines)
@@ -608,6 +707,11 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     build.add_argument("--only", nargs="+", metavar="ARTEFACT", help=f"'all' or some of: {' '.join(ARTEFACTS)}")
     build.add_argument("--cache-dir", default=None, help="default: $GROUNDVLM_CACHE or ~/.cache/groundvlm")
+    build.add_argument(
+        "--from-source",
+        action="store_true",
+        help=f"train the committed cpu artefacts ({' '.join(COMMITTED_TOY_ASSETS)}) instead of copying them",
+    )
     lst = sub.add_parser("list", help="list the artefacts and which are built")
     lst.add_argument("--preset", choices=sorted(PRESETS), default=None)
     lst.add_argument("--cache-dir", default=None)
@@ -634,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     rows = []
     for name in names:
-        folder, info, reused = _ensure(name, args.preset, args.cache_dir, verbose=True)
+        folder, info, reused = _ensure(name, args.preset, args.cache_dir, verbose=True, from_source=args.from_source)
         rows.append((name, folder, info, reused))
     print()
     print(_table(rows))
