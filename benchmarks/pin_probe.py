@@ -19,6 +19,12 @@ prompt names, among 1–3 objects. The probes measure each link alone (nothing h
    π → Q-Former values → projection is when the queries attend to the object). If this fails where `oracle`
    works, the frozen LLM cannot turn an averaged position code into box text and no π can teach it to.
 
+3. `qformer_attention` (cheap): share of the frozen Q-Former's cross-attention on the object of single-object
+   scenes, per layer, against the object's share of the image (and with a trained π added, given `--pin`);
+   `trained_insert` (needs `--pin`): ‖π‖ against the ViT tokens' norm and the ridge R² of the box from the projected
+   Q-Former outputs with and without that π — does the trained insert carry position into the prefix, and does it
+   drown the image (π far above the tokens' norm)?
+
 0. `box_loss` (runs first, cheap): the per-token loss of PIN's box target behind the image prefix vs text only
    (`recipes.systems.vpgtrans.captioner.box_prefix_loss`). A ratio far above 1 means the LM stops writing boxes
    once an image is in front; PIN then learns to blind the VLM instead of localising. Fix the base first.
@@ -93,6 +99,83 @@ def qformer_linear(vlm, image_processor, scenes, device, alphas=(0.0, 0.3, 1.0, 
             hidden = vlm.qformer(query_embeds=q, encoder_hidden_states=f).last_hidden_state
             prefix.append(vlm.language_projection(hidden).flatten(1).cpu())
         out[f"prefix_r2_alpha{alpha}"] = ridge_r2(torch.cat(prefix).numpy(), boxes)
+    return out
+
+
+def _single_object(scenes):
+    single = [s for s in scenes if len(s.objects) == 1]
+    if len(single) < 8:
+        raise ValueError(f"only {len(single)} single-object scenes among {len(scenes)}; raise --images")
+    return single
+
+
+def _vit_tokens(vlm, image_processor, scenes, device) -> torch.Tensor:
+    feats = []
+    for i in range(0, len(scenes), 128):
+        px = image_processor([s.image.convert("RGB") for s in scenes[i : i + 128]], return_tensors="pt")["pixel_values"]
+        feats.append(vlm.vision_model(pixel_values=px.to(device)).last_hidden_state.float())
+    return torch.cat(feats)
+
+
+def _cell_masks(scenes, n_tokens: int, grid: int) -> torch.Tensor:
+    """(B, n_tokens) 0/1 masks of the grid cells each scene's single object covers (leading CLS tokens get 0)."""
+    if n_tokens < grid * grid:
+        raise ValueError(f"{n_tokens} vision tokens cannot hold a {grid}x{grid} patch grid")
+    masks = torch.zeros(len(scenes), grid, grid)
+    for b, s in enumerate(scenes):
+        x1, y1, x2, y2 = s.objects[0].grid_box
+        masks[b, y1 : y2 + 1, x1 : x2 + 1] = 1
+    return torch.cat([torch.zeros(len(scenes), n_tokens - grid * grid), masks.flatten(1)], dim=1)
+
+
+@torch.no_grad()
+def qformer_attention(vlm, image_processor, scenes, device, insert: torch.Tensor | None = None) -> dict:
+    """How much of the frozen Q-Former's cross-attention lands on the object (single-object scenes; the patch grid
+    equals the box grid on the toy world), per layer, against the object's share of the image; with `insert` (a
+    trained π) added to the ViT tokens as well."""
+    from groundvlm.recipes.toyworld.corpus import box_codec
+
+    single = _single_object(scenes)[:256]
+    feats = _vit_tokens(vlm, image_processor, single, device)
+    masks = _cell_masks(single, feats.shape[1], box_codec().grid_size).to(device)
+    out = {"images": len(single), "object_area_share": float(masks.sum(1).mean() / (masks.shape[1] - 1))}
+    for name, add in (("attention_on_object", None), ("attention_on_object_with_insert", insert)):
+        if name.endswith("with_insert") and add is None:
+            continue
+        f = feats if add is None else feats + add.to(device=device, dtype=feats.dtype)
+        q = vlm.query_tokens.expand(f.shape[0], -1, -1).float()
+        previous = vlm.qformer.config._attn_implementation
+        vlm.qformer.config._attn_implementation = "eager"  # attention weights come from the eager path only
+        try:
+            result = vlm.qformer(query_embeds=q, encoder_hidden_states=f, output_attentions=True)
+        finally:
+            vlm.qformer.config._attn_implementation = previous
+        layers = [a for a in result.cross_attentions if a is not None]
+        out[name] = [float((a.mean(1) * masks[:, None, :]).sum(-1).mean()) for a in layers]
+    return out
+
+
+@torch.no_grad()
+def trained_insert(vlm, image_processor, scenes, device, insert: torch.Tensor) -> dict:
+    """A trained π against the frozen link it must pass: ‖π‖ vs the ViT tokens' norm, and the held-out R² of a ridge
+    read-out of the box from the projected Q-Former outputs with and without π (single-object scenes)."""
+    single = _single_object(scenes)
+    boxes = np.array([s.objects[0].box for s in single], dtype=np.float64)
+    feats = _vit_tokens(vlm, image_processor, single, device)
+    insert = insert.to(device=device, dtype=feats.dtype)
+    out = {
+        "images": len(single),
+        "vit_token_norm": float(feats.norm(dim=-1).mean()),
+        "insert_norm": float(insert.norm(dim=-1).mean()),
+    }
+    for name, add in (("prefix_r2_without_insert", 0 * insert), ("prefix_r2_with_insert", insert)):
+        prefix = []
+        for i in range(0, len(feats), 128):
+            f = feats[i : i + 128] + add
+            q = vlm.query_tokens.expand(f.shape[0], -1, -1).float()
+            hidden = vlm.qformer(query_embeds=q, encoder_hidden_states=f).last_hidden_state
+            prefix.append(vlm.language_projection(hidden).flatten(1).cpu())
+        out[name] = ridge_r2(torch.cat(prefix).numpy(), boxes)
     return out
 
 
@@ -236,6 +319,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
+        "--pin", default=None, help="a trained PIN folder (recipes/pin.py's <run>/pin/final) for trained_insert"
+    )
+    parser.add_argument(
         "--probes", nargs="*", default=["box_loss", "qformer_linear", "lm_oracle", "lm_region", "lm_bind"]
     )
     args = parser.parse_args(argv)
@@ -267,6 +353,16 @@ def main(argv=None) -> int:
 
             report[probe] = box_prefix_loss(vlm, base_processor, n_images=min(args.test_images, 64), split="held_out")
             report[probe]["passed"] = report[probe]["ratio"] <= BOX_LOSS_RATIO_MAX
+        elif probe in ("trained_insert", "qformer_attention"):
+            insert = None
+            if args.pin:
+                from groundvlm.modeling import PinForLocalization
+
+                insert = PinForLocalization.from_pretrained(args.pin).positional_insert().detach().float()
+            elif probe == "trained_insert":
+                raise SystemExit("the trained_insert probe needs --pin <trained PIN folder>")
+            fn = trained_insert if probe == "trained_insert" else qformer_attention
+            report[probe] = fn(vlm, base_processor.image_processor, scenes, device, insert)
         elif probe == "qformer_linear":
             report[probe] = qformer_linear(vlm, base_processor.image_processor, scenes, device)
         elif probe in ("lm_oracle", "lm_bind", "lm_region"):

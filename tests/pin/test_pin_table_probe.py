@@ -83,3 +83,23 @@ def test_slot_prefix_places_each_object_in_its_own_slot(probe):
     assert out.shape == (2, 8, 8)
     filled = (out.abs().sum(-1) > 0).view(2, 4, 2).all(-1)  # per sample and slot: written?
     assert filled.sum(1).tolist() == [1, 2]  # one slot per object, the others stay zero
+
+
+def test_region_prefix_is_the_mean_cell_code_over_the_object(probe):
+    torch.manual_seed(0)
+    writer = probe.RegionPrefix(grid=4, dim=3, n_prefix=2)
+    small, large = NS(grid_box=(1, 1, 1, 1)), NS(grid_box=(0, 0, 1, 1))  # one cell; cells (0,0),(1,0),(0,1),(1,1)
+    out = writer([[small], [large]], np.random.default_rng(0))
+    assert out.shape == (2, 2, 3)
+    code = writer.code.detach()
+    torch.testing.assert_close(out[0].flatten(), code[1 * 4 + 1])
+    torch.testing.assert_close(out[1].flatten(), code[[0, 1, 4, 5]].mean(0))
+
+
+def test_cell_masks_cover_the_object_cells_after_the_cls_token(probe):
+    scenes = [NS(objects=[NS(grid_box=(1, 0, 2, 1))])]
+    masks = probe._cell_masks(scenes, n_tokens=17, grid=4)
+    assert masks.shape == (1, 17) and masks[0, 0] == 0  # the CLS token is never the object
+    assert (masks[0, 1:].view(4, 4).nonzero().tolist()) == [[0, 1], [0, 2], [1, 1], [1, 2]]
+    with pytest.raises(ValueError, match="cannot hold a 4x4 patch grid"):
+        probe._cell_masks(scenes, n_tokens=9, grid=4)
