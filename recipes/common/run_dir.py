@@ -20,6 +20,7 @@ import datetime
 import enum
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -229,7 +230,11 @@ def prepare_run_dir(output_dir: str | os.PathLike, *arg_dataclasses: Any) -> Pat
 
 
 def _json_value(key: str, value: Any) -> Any:
-    """A metric value as JSON: numbers, strings, bools, None, lists/dicts of those; scalar tensors via `.item()`."""
+    """A metric value as JSON: numbers, strings, bools, None, lists/dicts of those; scalar tensors via `.item()`.
+    NaN and infinities (a metric undefined on its data, e.g. a correlation of constant boxes) become null: bare NaN is
+    not JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     if isinstance(value, dict):
@@ -237,7 +242,7 @@ def _json_value(key: str, value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_value(f"{key}[{i}]", v) for i, v in enumerate(value)]
     if hasattr(value, "item") and tuple(getattr(value, "shape", (None,))) == ():
-        return value.item()  # numpy / torch scalars
+        return _json_value(key, value.item())  # numpy / torch scalars
     raise TypeError(f"Metric {key!r} has a value of type {type(value).__name__}, which JSON cannot hold.")
 
 
@@ -261,5 +266,5 @@ def write_metrics(run_dir: str | os.PathLike, name: str, metrics: dict[str, Any]
         path.parent.mkdir(parents=True, exist_ok=True)
         existing = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         existing[name] = entry
-        _write_atomic(path, json.dumps(existing, indent=2, sort_keys=True) + "\n")
+        _write_atomic(path, json.dumps(existing, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path

@@ -409,3 +409,11 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
         assert torch.equal(resumed_weights[key], reference_weights[key]), key
         assert not torch.allclose(resumed_weights[key], initial_weights[key]), key  # training did move them
     assert "train" in json.loads((run_dir_ / "metrics.json").read_text())
+
+
+def test_write_metrics_writes_undefined_values_as_null_never_bare_nan(tmp_path):
+    nan = float("nan")
+    path = write_metrics(tmp_path, "eval", {"r": nan, "n": {"inf": float("inf")}, "t": torch.tensor(nan), "x": [nan]})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"eval": {"r": None, "n": {"inf": None}, "t": None, "x": [None]}}
