@@ -44,5 +44,9 @@ from transformers import AutoModelForImageTextToText  # noqa: E402
 from .configuration_groma import GromaConfig  # noqa: E402
 from .modeling_groma import GromaForConditionalGeneration  # noqa: E402
 
-_register(GromaConfig, (AutoModel, GromaForConditionalGeneration), (AutoModelForImageTextToText, GromaForConditionalGeneration))
+_register(
+    GromaConfig,
+    (AutoModel, GromaForConditionalGeneration),
+    (AutoModelForImageTextToText, GromaForConditionalGeneration),
+)
 __all__ += ["GromaConfig", "GromaForConditionalGeneration"]

@@ -96,7 +96,9 @@ class VPGTransModel(Blip2ForConditionalGeneration, GenerationMixin):
         if pixel_values is None and kwargs.get("mm_encoder_outputs") is None:
             raise ValueError("VPGTransModel.forward needs `pixel_values` [B, 3, H, W].")
         if input_ids is None and inputs_embeds is None:
-            raise ValueError("VPGTransModel.forward needs `input_ids` (with the '<image>' placeholders) or `inputs_embeds`.")
+            raise ValueError(
+                "VPGTransModel.forward needs `input_ids` (with the '<image>' placeholders) or `inputs_embeds`."
+            )
         self._check_image_placeholders(pixel_values, input_ids)
         return super().forward(
             pixel_values=pixel_values,
@@ -132,13 +134,17 @@ class VPGTransModel(Blip2ForConditionalGeneration, GenerationMixin):
         """
         if input_ids is None and inputs_embeds is None:
             text_config = self.config.text_config
-            start_id = text_config.bos_token_id if self.config.use_decoder_only_language_model else text_config.eos_token_id
+            start_id = (
+                text_config.bos_token_id if self.config.use_decoder_only_language_model else text_config.eos_token_id
+            )
             if self.config.image_token_index is None:
                 raise ValueError("config.image_token_index is not set; cannot build the '<image>' placeholders.")
             start = [self.config.image_token_index] * self.config.num_query_tokens
             if start_id is not None:
                 start.append(start_id)
-            input_ids = torch.tensor([start], dtype=torch.long, device=pixel_values.device).repeat(pixel_values.shape[0], 1)
+            input_ids = torch.tensor([start], dtype=torch.long, device=pixel_values.device).repeat(
+                pixel_values.shape[0], 1
+            )
         self._check_image_placeholders(pixel_values, input_ids)
         return super().generate(
             pixel_values=pixel_values,

@@ -20,10 +20,10 @@ except TypeError:  # older signatures without exist_ok
     AutoProcessor.register(_VPGTransConfig, VPGTransProcessor)
 __all__ += ["VPGTransProcessor"]
 # [pin]
+from groundvlm.modeling.configuration_pin import PinConfig as _PinConfig  # noqa: E402
+
 from .pin_grid_codec import PinGridCodec  # noqa: E402
 from .processing_pin import PinProcessor  # noqa: E402
-
-from groundvlm.modeling.configuration_pin import PinConfig as _PinConfig  # noqa: E402
 
 try:  # native lookup (registry keyed by config class; registration only, never shipped)
     AutoProcessor.register(_PinConfig, PinProcessor, exist_ok=True)

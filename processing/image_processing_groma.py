@@ -25,6 +25,7 @@ try:  # PIL ships with transformers' vision extra; keep the import guarded for t
 except ImportError:  # pragma: no cover - PilBackend itself requires PIL
     Image = None
 
+
 class GromaImageProcessor(PilBackend):
     r"""
     Groma image processor: resize to 448x448 (bicubic, no crop), rescale by 1/255, normalise with ImageNet
@@ -68,7 +69,9 @@ class GromaImageProcessor(PilBackend):
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu().numpy()
         if not isinstance(image, np.ndarray):
-            raise TypeError(f"Groma images must be PIL images, numpy arrays or torch tensors, got {type(image).__name__}")
+            raise TypeError(
+                f"Groma images must be PIL images, numpy arrays or torch tensors, got {type(image).__name__}"
+            )
         if image.ndim != 3:
             raise ValueError(
                 f"Groma expects one RGB image per entry (H, W, 3) or (3, H, W); got an array of shape {image.shape}. "
@@ -96,7 +99,7 @@ class GromaImageProcessor(PilBackend):
     def _preprocess(self, images: list[np.ndarray], **kwargs) -> BatchFeature:
         """Run the resize/rescale/normalise pipeline and record every image's original (height, width)."""
         image_sizes = [tuple(int(s) for s in image.shape[-2:]) for image in images]
-        for (height, width) in image_sizes:
+        for height, width in image_sizes:
             if height < 1 or width < 1:
                 raise ValueError(f"Groma got an empty image of size (h={height}, w={width})")
         return_tensors = kwargs.get("return_tensors")
