@@ -103,3 +103,15 @@ def test_cell_masks_cover_the_object_cells_after_the_cls_token(probe):
     assert (masks[0, 1:].view(4, 4).nonzero().tolist()) == [[0, 1], [0, 2], [1, 1], [1, 2]]
     with pytest.raises(ValueError, match="cannot hold a 4x4 patch grid"):
         probe._cell_masks(scenes, n_tokens=9, grid=4)
+
+
+def test_insert_variants_zero_mean_and_clip():
+    variants = load_benchmark("pin_insert_variants")
+    pi = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    original = lambda self: pi  # noqa: E731
+    zero = variants.variant_forward("zero_mean", original)(None)
+    torch.testing.assert_close(zero.mean(0), torch.zeros(2))
+    clipped = variants.variant_forward("clip:2", original)(None)
+    torch.testing.assert_close(clipped, torch.tensor([[1.2, 1.6], [0.0, 1.0]]))  # row 1 (norm 1) is kept
+    with pytest.raises(ValueError, match="unknown variant"):
+        variants.variant_forward("bigger", original)
