@@ -71,6 +71,26 @@ def _seed_int(*parts) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def checked_scene(scene, index: int, allowed: set[str] | frozenset[str]):
+    """`(image (S, S, 3) uint8, [(name, [x1, y1, x2, y2]), ...])` of a source's scene `index`, after checking what
+    every PIN training scene must be: an RGB image, at least one object, only categories in `allowed` (this is where
+    "held-out categories never reach PIN training" is enforced, whatever the source does)."""
+    image = scene.image
+    if getattr(image, "mode", "RGB") != "RGB":
+        raise ValueError(f"scene {index} has a {image.mode} image; scene sources must give RGB images")
+    objects = []
+    for obj in scene.objects:
+        if obj.name not in allowed:
+            raise ValueError(
+                f"scene {index} holds {obj.name!r}, outside the training categories "
+                "(held-out categories must never reach PIN training)"
+            )
+        objects.append((obj.name, [float(v) for v in obj.box]))
+    if not objects:
+        raise ValueError(f"scene {index} has no objects")
+    return np.array(image, dtype=np.uint8), objects
+
+
 def build_pool(
     source,
     count: int,
@@ -113,20 +133,8 @@ def build_pool(
                     f"the scene source drew {misses} scenes in a row without exactly {num_objects} objects; "
                     "lower curriculum_num_objects or raise the source's maximum object count"
                 )
-        image = scene.image
-        if getattr(image, "mode", "RGB") != "RGB":
-            raise ValueError(f"scene {index - 1} has a {image.mode} image; scene sources must give RGB images")
-        objs = []
-        for obj in scene.objects:
-            if obj.name not in allowed:
-                raise ValueError(
-                    f"scene {index - 1} holds {obj.name!r}, which is not among the allowed training categories "
-                    "(held-out categories must never reach PIN training)"
-                )
-            objs.append((obj.name, [float(v) for v in obj.box]))
-        if not objs:
-            raise ValueError(f"scene {index - 1} has no objects")
-        images.append(np.asarray(image, dtype=np.uint8))
+        image, objs = checked_scene(scene, index - 1, allowed)
+        images.append(image)
         objects.append(objs)
     sizes = {im.shape for im in images}
     if len(sizes) != 1:
@@ -291,17 +299,12 @@ class FreshSceneSet(Dataset):
             raise IndexError(k)
         k = int(k)
         curriculum = k < self.curriculum_samples
-        scene = self._scene(k, curriculum)
-        objects = [(obj.name, [float(v) for v in obj.box]) for obj in scene.objects]
-        unknown = sorted({name for name, _ in objects} - self.allowed)
-        if unknown:
-            raise ValueError(f"scene {k} holds categories {unknown} outside the training categories")
+        image, objects = checked_scene(self._scene(k, curriculum), k, self.allowed)
         rng = np.random.default_rng(_seed_int("fresh", self.seed, k))
         j = int(rng.integers(len(objects)))  # one random pasted object per sample, as the reference
         name, box = objects[j]
         if not curriculum and self.referral_probability and rng.random() < self.referral_probability:
             name = referral_name(objects, j, rng) or name
-        image = np.array(scene.image.convert("RGB"), dtype=np.uint8)
         return {"image": image, "name": name, "box": box, "reconstruct_name": curriculum}
 
 

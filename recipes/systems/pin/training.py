@@ -92,11 +92,11 @@ def run_methods(
 
     train_src, val_src, test_src, train_cats, held_cats = scene_sources(pin_args, size, pin_args.grid_size)
     name_epochs = round(pin_args.epochs * pin_args.name_reconstruction_fraction)
-    if pin_args.fresh_scenes:
+    fresh = pin_args.fresh_scenes
+    fresh_samples = pin_args.train_images * pin_args.epochs  # every one a new scene when `fresh`
+    if fresh:
         logger.info(
-            "Fresh scenes: %d training samples of %d categories, each a new composition",
-            pin_args.train_images * pin_args.epochs,
-            len(train_cats),
+            "Fresh scenes: %d training samples of %d categories, each a new composition", fresh_samples, len(train_cats)
         )
     else:
         logger.info(
@@ -105,7 +105,6 @@ def run_methods(
             pin_args.train_images if name_epochs else 0,
             len(train_cats),
         )
-    fresh = pin_args.fresh_scenes
     # With fresh scenes the pool only feeds the random baseline's box distribution.
     main_pool = build_pool(
         train_src, min(pin_args.train_images, 2000) if fresh else pin_args.train_images, train_cats, progress=True
@@ -180,12 +179,11 @@ def run_methods(
             entry["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
             cached = features is not None and method in CACHEABLE_METHODS
             if fresh:
-                total = pin_args.train_images * pin_args.epochs
                 dataset = FreshSceneSet(
                     train_src,
-                    total,
+                    fresh_samples,
                     train_cats,
-                    curriculum_samples=round(total * pin_args.name_reconstruction_fraction),
+                    curriculum_samples=round(fresh_samples * pin_args.name_reconstruction_fraction),
                     curriculum_num_objects=pin_args.curriculum_num_objects,
                     seed=training_args.seed,
                     referral_probability=pin_args.referral_probability,
