@@ -75,33 +75,6 @@ def ridge_r2(x: np.ndarray, y: np.ndarray, train_fraction: float = 0.75) -> floa
     return float(r2(*fit(x[:n], y[:n], best), x[n:], y[n:]))
 
 
-@torch.no_grad()
-def qformer_linear(vlm, image_processor, scenes, device, alphas=(0.0, 0.3, 1.0, 3.0)) -> dict:
-    from groundvlm.modeling.pin_insert import sinusoid_table
-
-    single = [s for s in scenes if len(s.objects) == 1]
-    boxes = np.array([s.objects[0].box for s in single], dtype=np.float64)
-    feats = []
-    for i in range(0, len(single), 128):
-        px = image_processor([s.image.convert("RGB") for s in single[i : i + 128]], return_tensors="pt")["pixel_values"]
-        feats.append(vlm.vision_model(pixel_values=px.to(device)).last_hidden_state.float())
-    feats = torch.cat(feats)
-    gen = torch.Generator().manual_seed(0)
-    n_tok, dim = feats.shape[1:]
-    code = sinusoid_table(n_tok, 64) @ torch.randn(64, dim, generator=gen)
-    code = (code / code.norm(dim=-1, keepdim=True) * feats.norm(dim=-1).mean().cpu()).to(device)
-    out = {"images": len(single), "vit_tokens_r2": ridge_r2(feats[:, 1:].flatten(1).cpu().numpy(), boxes)}
-    for alpha in alphas:
-        prefix = []
-        for i in range(0, len(feats), 128):
-            f = feats[i : i + 128] + alpha * code
-            q = vlm.query_tokens.expand(f.shape[0], -1, -1).float()
-            hidden = vlm.qformer(query_embeds=q, encoder_hidden_states=f).last_hidden_state
-            prefix.append(vlm.language_projection(hidden).flatten(1).cpu())
-        out[f"prefix_r2_alpha{alpha}"] = ridge_r2(torch.cat(prefix).numpy(), boxes)
-    return out
-
-
 def _single_object(scenes):
     single = [s for s in scenes if len(s.objects) == 1]
     if len(single) < 8:
@@ -117,15 +90,43 @@ def _vit_tokens(vlm, image_processor, scenes, device) -> torch.Tensor:
     return torch.cat(feats)
 
 
-def _cell_masks(scenes, n_tokens: int, grid: int) -> torch.Tensor:
-    """(B, n_tokens) 0/1 masks of the grid cells each scene's single object covers (leading CLS tokens get 0)."""
+def _cell_masks(grid_boxes, n_tokens: int, grid: int) -> torch.Tensor:
+    """(B, n_tokens) 0/1 masks of the cells of each inclusive grid box (x1, y1, x2, y2) on a `grid`x`grid` raster that
+    fills the last grid² tokens (leading CLS tokens get 0)."""
     if n_tokens < grid * grid:
         raise ValueError(f"{n_tokens} vision tokens cannot hold a {grid}x{grid} patch grid")
-    masks = torch.zeros(len(scenes), grid, grid)
-    for b, s in enumerate(scenes):
-        x1, y1, x2, y2 = s.objects[0].grid_box
+    masks = torch.zeros(len(grid_boxes), grid, grid)
+    for b, (x1, y1, x2, y2) in enumerate(grid_boxes):
         masks[b, y1 : y2 + 1, x1 : x2 + 1] = 1
-    return torch.cat([torch.zeros(len(scenes), n_tokens - grid * grid), masks.flatten(1)], dim=1)
+    return torch.cat([torch.zeros(len(grid_boxes), n_tokens - grid * grid), masks.flatten(1)], dim=1)
+
+
+def _prefix_r2(vlm, feats: torch.Tensor, add, boxes: np.ndarray) -> float:
+    """Held-out ridge R² of `boxes` from the projected Q-Former outputs (the LLM's visual prefix) of `feats + add`."""
+    prefix = []
+    for i in range(0, len(feats), 128):
+        f = feats[i : i + 128] + add
+        q = vlm.query_tokens.expand(f.shape[0], -1, -1).float()
+        hidden = vlm.qformer(query_embeds=q, encoder_hidden_states=f).last_hidden_state
+        prefix.append(vlm.language_projection(hidden).flatten(1).cpu())
+    return ridge_r2(torch.cat(prefix).numpy(), boxes)
+
+
+@torch.no_grad()
+def qformer_linear(vlm, image_processor, scenes, device, alphas=(0.0, 0.3, 1.0, 3.0)) -> dict:
+    from groundvlm.modeling.pin_insert import sinusoid_table
+
+    single = [s for s in scenes if len(s.objects) == 1]
+    boxes = np.array([s.objects[0].box for s in single], dtype=np.float64)
+    feats = _vit_tokens(vlm, image_processor, single, device)
+    gen = torch.Generator().manual_seed(0)
+    n_tok, dim = feats.shape[1:]
+    code = sinusoid_table(n_tok, 64) @ torch.randn(64, dim, generator=gen)
+    code = (code / code.norm(dim=-1, keepdim=True) * feats.norm(dim=-1).mean().cpu()).to(device)
+    out = {"images": len(single), "vit_tokens_r2": ridge_r2(feats[:, 1:].flatten(1).cpu().numpy(), boxes)}
+    for alpha in alphas:
+        out[f"prefix_r2_alpha{alpha}"] = _prefix_r2(vlm, feats, alpha * code, boxes)
+    return out
 
 
 @torch.no_grad()
@@ -137,7 +138,7 @@ def qformer_attention(vlm, image_processor, scenes, device, insert: torch.Tensor
 
     single = _single_object(scenes)[:256]
     feats = _vit_tokens(vlm, image_processor, single, device)
-    masks = _cell_masks(single, feats.shape[1], box_codec().grid_size).to(device)
+    masks = _cell_masks([s.objects[0].grid_box for s in single], feats.shape[1], box_codec().grid_size).to(device)
     out = {"images": len(single), "object_area_share": float(masks.sum(1).mean() / (masks.shape[1] - 1))}
     for name, add in (("attention_on_object", None), ("attention_on_object_with_insert", insert)):
         if name.endswith("with_insert") and add is None:
@@ -168,14 +169,8 @@ def trained_insert(vlm, image_processor, scenes, device, insert: torch.Tensor) -
         "vit_token_norm": float(feats.norm(dim=-1).mean()),
         "insert_norm": float(insert.norm(dim=-1).mean()),
     }
-    for name, add in (("prefix_r2_without_insert", 0 * insert), ("prefix_r2_with_insert", insert)):
-        prefix = []
-        for i in range(0, len(feats), 128):
-            f = feats[i : i + 128] + add
-            q = vlm.query_tokens.expand(f.shape[0], -1, -1).float()
-            hidden = vlm.qformer(query_embeds=q, encoder_hidden_states=f).last_hidden_state
-            prefix.append(vlm.language_projection(hidden).flatten(1).cpu())
-        out[name] = ridge_r2(torch.cat(prefix).numpy(), boxes)
+    out["prefix_r2_without_insert"] = _prefix_r2(vlm, feats, 0 * insert, boxes)
+    out["prefix_r2_with_insert"] = _prefix_r2(vlm, feats, insert, boxes)
     return out
 
 
@@ -222,11 +217,8 @@ class RegionPrefix(nn.Module):
         self.constant = nn.Parameter(torch.zeros(n_prefix * dim))
 
     def forward(self, object_sets, rng: np.random.Generator) -> torch.Tensor:
-        masks = torch.zeros(len(object_sets), self.grid, self.grid)
-        for b, objs in enumerate(object_sets):
-            x1, y1, x2, y2 = objs[0].grid_box
-            masks[b, y1 : y2 + 1, x1 : x2 + 1] = 1
-        masks = masks.flatten(1).to(self.code.device)
+        cells = self.grid * self.grid
+        masks = _cell_masks([objs[0].grid_box for objs in object_sets], cells, self.grid).to(self.code.device)
         y = self.constant + (masks @ self.code) / masks.sum(1, keepdim=True)
         return y.view(len(object_sets), self.n_prefix, self.dim)
 
@@ -330,6 +322,7 @@ def main(argv=None) -> int:
     from groundvlm.modeling import VPGTransModel
     from groundvlm.processing import PinProcessor
     from groundvlm.recipes.common.provenance import git_commit
+    from groundvlm.recipes.common.run_dir import json_safe
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -371,8 +364,8 @@ def main(argv=None) -> int:
             )
         else:
             raise SystemExit(f"unknown probe {probe!r}")
-        print(probe, json.dumps(report[probe]), flush=True)
-        (out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(probe, json.dumps(json_safe(report[probe])), flush=True)
+        (out / "probe.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     return 0
 
 

@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from accelerate import PartialState
 
@@ -229,13 +230,26 @@ def prepare_run_dir(output_dir: str | os.PathLike, *arg_dataclasses: Any) -> Pat
     return run_dir
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with NaN / infinities as None (JSON has no NaN: a metric undefined on its data, e.g. a correlation of
+    constant boxes, is written as null) and numpy scalars as Python numbers; dicts, lists and tuples recursively."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def _json_value(key: str, value: Any) -> Any:
-    """A metric value as JSON: numbers, strings, bools, None, lists/dicts of those; scalar tensors via `.item()`.
-    NaN and infinities (a metric undefined on its data, e.g. a correlation of constant boxes) become null: bare NaN is
-    not JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (bool, int, float, str)) or value is None:
+    """A metric value as JSON: numbers, strings, bools, None, lists/dicts of those; scalar tensors via `.item()`;
+    NaN and infinities as null (`json_safe`)."""
+    if isinstance(value, float):
+        return json_safe(value)
+    if isinstance(value, (bool, int, str)) or value is None:
         return value
     if isinstance(value, dict):
         return {str(k): _json_value(f"{key}.{k}", v) for k, v in value.items()}

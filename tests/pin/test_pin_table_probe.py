@@ -97,12 +97,12 @@ def test_region_prefix_is_the_mean_cell_code_over_the_object(probe):
 
 
 def test_cell_masks_cover_the_object_cells_after_the_cls_token(probe):
-    scenes = [NS(objects=[NS(grid_box=(1, 0, 2, 1))])]
-    masks = probe._cell_masks(scenes, n_tokens=17, grid=4)
+    boxes = [(1, 0, 2, 1)]
+    masks = probe._cell_masks(boxes, n_tokens=17, grid=4)
     assert masks.shape == (1, 17) and masks[0, 0] == 0  # the CLS token is never the object
     assert (masks[0, 1:].view(4, 4).nonzero().tolist()) == [[0, 1], [0, 2], [1, 1], [1, 2]]
     with pytest.raises(ValueError, match="cannot hold a 4x4 patch grid"):
-        probe._cell_masks(scenes, n_tokens=9, grid=4)
+        probe._cell_masks(boxes, n_tokens=9, grid=4)
 
 
 def test_insert_variants_zero_mean_and_clip():

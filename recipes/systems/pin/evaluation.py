@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from groundvlm.recipes.common.run_dir import json_safe
 from groundvlm.recipes.metrics import load_metric
 from groundvlm.recipes.systems.pin.baselines import TABLE_NAMES, full_image_box, random_training_boxes
 
@@ -212,19 +213,6 @@ def verdict(results: dict[str, dict], method: str = "pin") -> str | None:
     return f"{head}; box-centre correlation {r_text} ({reads} — a constant box scores ~0)."
 
 
-def _json_safe(value):
-    """NaN / inf become null (JSON has no NaN); containers recursively."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def write_comparison(run_dir: str | Path, results: dict[str, dict], title: str) -> tuple[Path, Path]:
     """`comparison.md` (table + verdict) and `comparison.json` (NaN written as null) in `run_dir`."""
     run_dir = Path(run_dir)
@@ -235,7 +223,7 @@ def write_comparison(run_dir: str | Path, results: dict[str, dict], title: str) 
     if sentence:
         text += f"\n**Verdict:** {sentence}\n"
     md.write_text(text, encoding="utf-8")
-    js.write_text(json.dumps(_json_safe(results), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+    js.write_text(json.dumps(json_safe(results), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
     return md, js
 
 
