@@ -2,6 +2,8 @@
 
 * ``caption``: position-free captions naming every object ("a red star and a striped blue ring.") -- the
   caption-pretraining data of the caption VL-LLM, which must see objects without learning positions;
+* ``located_caption``: the same with a coarse location word per object ("a red star at the top left and a
+  striped blue ring in the middle."), as real web captions sometimes say where things are -- never coordinates;
 * ``vqa``: (question, answer, kind) with kind colour / shape / count; answers are single words or digits;
 * ``referring``: (expression, object index) incl. left/right/top/bottom/largest/smallest when unambiguous;
 * ``region_caption``: "a striped blue ring" for one object (Groma's region captions);
@@ -90,6 +92,42 @@ def caption(scene: Scene, rng: np.random.Generator, templates: tuple[str, ...] =
         return "an empty background."
     prefix, suffix, order = _caption_parts(scene, rng, templates)
     return prefix + _join([region_caption(scene.objects[i]) for i in order]) + suffix
+
+
+# Coarse location of an object's centre on a 3 x 3 split of the image: (row, column) -> phrase. Words a web caption
+# would use ("a dog on the left"); no coordinates, so a model trained on them learns *where* only in words.
+LOCATION_PHRASES: dict[tuple[int, int], str] = {
+    (0, 0): "at the top left",
+    (0, 1): "at the top",
+    (0, 2): "at the top right",
+    (1, 0): "on the left",
+    (1, 1): "in the middle",
+    (1, 2): "on the right",
+    (2, 0): "at the bottom left",
+    (2, 1): "at the bottom",
+    (2, 2): "at the bottom right",
+}
+
+
+def location_phrase(obj: SceneObject, width: int, height: int) -> str:
+    """Where the object's box centre lies on a 3 x 3 split of the image: "at the top left", "in the middle", ..."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width} x {height}")
+    x1, y1, x2, y2 = obj.box
+    column = min(2, max(0, int(3 * (x1 + x2) / 2 / width)))
+    row = min(2, max(0, int(3 * (y1 + y2) / 2 / height)))
+    return LOCATION_PHRASES[(row, column)]
+
+
+def located_caption(scene: Scene, rng: np.random.Generator, templates: tuple[str, ...] = CAPTION_TEMPLATES) -> str:
+    """Caption naming every object with its coarse location: "a photo of a red star at the top left and a striped
+    blue ring in the middle." Objects in a random order, as in ``caption``."""
+    if not scene.objects:
+        return "an empty background."
+    prefix, suffix, order = _caption_parts(scene, rng, templates)
+    width, height = scene.size
+    phrases = [f"{region_caption(scene.objects[i])} {location_phrase(scene.objects[i], width, height)}" for i in order]
+    return prefix + _join(phrases) + suffix
 
 
 def grounded_caption(

@@ -14,6 +14,8 @@ from groundvlm.recipes.toyworld import (
     caption,
     detection,
     grounded_caption,
+    located_caption,
+    location_phrase,
     pin_queries,
     referring,
     region_caption,
@@ -80,6 +82,37 @@ def test_caption_joins_with_commas_and_and():
         "a red star and a blue star.",
         "a blue star and a red star.",
     )
+
+
+def test_location_phrase_splits_the_image_in_thirds():
+    # centres (14, 14), (87.5, 31.5), (56, 91): top left, top right, bottom (middle column)
+    assert [location_phrase(o, 112, 112) for o in STARS.objects] == [
+        "at the top left",
+        "at the top right",
+        "at the bottom",
+    ]
+    assert location_phrase(_obj("red", "star", (35, 35, 77, 77)), 112, 112) == "in the middle"
+    assert location_phrase(_obj("red", "star", (0, 42, 28, 70)), 112, 112) == "on the left"
+    assert location_phrase(_obj("red", "star", (84, 42, 112, 70)), 112, 112) == "on the right"
+    with pytest.raises(ValueError, match="image size"):
+        location_phrase(STARS.objects[0], 0, 112)
+
+
+def test_located_caption_says_where_each_object_is_in_words():
+    rng = np.random.default_rng(0)
+    orders = set()
+    for _ in range(30):
+        text = located_caption(STARS, rng, templates=("{objects}.",))
+        for phrase in (
+            "a red star at the top left",
+            "a blue star at the top right",
+            "a striped orange ring at the bottom",
+        ):
+            assert phrase in text
+        assert not re.search(r"\d", text)  # words only, never coordinates
+        orders.add(text.index("red star") < text.index("blue star"))
+    assert orders == {True, False}  # random object order, as in caption()
+    assert located_caption(_scene(), rng) == "an empty background."
 
 
 def test_grounded_caption_spans_point_at_the_phrases():

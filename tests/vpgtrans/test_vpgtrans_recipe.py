@@ -472,6 +472,25 @@ def test_toy_datasets_are_deterministic_per_index():
     assert q["question"] and len(q["answers"]) == 1
 
 
+def test_toy_captions_located_fraction():
+    """located_fraction=0 draws exactly the position-free captions; 1 names every object's location; out of range
+    is refused."""
+    from groundvlm.recipes.systems.vpgtrans.data import ToyCaptions
+
+    plain, zero = ToyCaptions(4, split="all", seed=5), ToyCaptions(4, split="all", seed=5, located_fraction=0.0)
+    assert [plain[i]["text"] for i in range(4)] == [zero[i]["text"] for i in range(4)]
+    located = ToyCaptions(4, split="all", seed=5, located_fraction=1.0)
+    from groundvlm.recipes.toyworld import location_phrase, region_caption
+
+    for i in range(4):
+        text = located[i]["text"]
+        assert text == located[i]["text"]  # the same caption each time the example is drawn
+        for obj in located.objects[i]:
+            assert f"{region_caption(obj)} {location_phrase(obj, 112, 112)}" in text
+    with pytest.raises(ValueError, match="located_fraction"):
+        ToyCaptions(2, split="all", seed=5, located_fraction=1.5)
+
+
 @pytest.mark.skipif(not _toy_world_available(), reason="toyworld.ToyWorld not available")
 def test_toy_datasets_render_their_scenes_once(monkeypatch):
     """Scenes are rendered when the dataset is built; epochs read them back (the same pixels, no re-rendering)."""

@@ -29,6 +29,13 @@ class VPGTransScriptArguments:
     stage: str | None = field(default=None, metadata={"help": f"One of {STAGES}."})
     dataset: Literal["toy", "coco"] = "toy"
     toy_train_size: int = 2000
+    toy_located_caption_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of toy training captions that name each object's coarse location in words ('a red star "
+            "at the top left'; never coordinates), as some real captions do. 0: position-free captions only."
+        },
+    )
     toy_eval_size: int = 64
     toy_references: int = 5
     train_file: str | None = None
@@ -43,6 +50,12 @@ class VPGTransScriptArguments:
     def __post_init__(self):
         check_arg(self.stage is None or self.stage in STAGES, "stage", self.stage, f"one of {', '.join(STAGES)}")
         check_positive(self, "toy_train_size", "toy_eval_size", "toy_references")
+        check_arg(
+            0.0 <= self.toy_located_caption_fraction <= 1.0,
+            "toy_located_caption_fraction",
+            self.toy_located_caption_fraction,
+            "a share in [0, 1]",
+        )
         check_positive(self, "eval_max_examples", allow_none=True)
 
 

@@ -50,7 +50,11 @@ CONFIGS = {
     "gpu-small": ("captioner_gpu_small", "qformer_pretrain_gpu", "gpu-small"),
     # v2: continue a built caption VL-LLM with the replay behind unrelated images (stage2 from --init_model).
     "cpu-continue": ("captioner_continue_cpu", None, "cpu"),
+    # v3: continue with a share of captions that say where each object is in words ("at the top left").
+    "cpu-located": ("captioner_located_cpu", None, "cpu"),
 }
+# Presets that continue a built caption VL-LLM (stage2 from its --init_model) rather than train a new one (tfs).
+CONTINUE_PRESETS = ("cpu-continue", "cpu-located")
 # What a base VLM must show before PIN trains on it: it sees (names the objects), its LM keeps writing boxes behind
 # an image prefix (a frozen BLIP-2 LLM does), and it does not already localise (raw mIoU near the random box).
 NAME_RECALL_TARGET = 0.85
@@ -269,7 +273,7 @@ def build_caption_vlm(
     eval_images = eval_images or (100 if preset.startswith("cpu") else 200)
     start = time.time()
     config, qformer_config, asset_preset = CONFIGS[preset]
-    stage = "stage2" if preset == "cpu-continue" else "tfs"
+    stage = "stage2" if preset in CONTINUE_PRESETS else "tfs"
     tfs_args = ["--stage", stage, "--config", config, "--output_dir", str(out_dir / "tfs"), "--preset", asset_preset]
     if qformer_pretrain and qformer_config is None:
         raise ValueError(f"--qformer_pretrain starts a new Q-Former; preset {preset!r} continues a built model.")

@@ -219,7 +219,11 @@ class _ToyScenes(Dataset):
 
 class ToyCaptions(_ToyScenes):
     """Toy caption data. `references=0`: training examples `{"image", "text"}` (one caption, as drawn for this
-    index); `references=k`: evaluation examples `{"image", "references": k captions, "image_id"}`."""
+    index); `references=k`: evaluation examples `{"image", "references": k captions, "image_id"}`.
+
+    `located_fraction`: the share of training examples whose caption names each object's coarse location in words
+    ("a red star at the top left", `texts.located_caption`), drawn per example; 0 (the default) keeps every caption
+    position-free and draws exactly the captions it always did."""
 
     def __init__(
         self,
@@ -230,9 +234,13 @@ class ToyCaptions(_ToyScenes):
         references: int = 0,
         image_size: int = 112,
         render_workers: int = 1,
+        located_fraction: float = 0.0,
     ):
+        if not 0.0 <= located_fraction <= 1.0:
+            raise ValueError(f"located_fraction must lie in [0, 1], got {located_fraction}.")
         super().__init__(size, split, seed, offset, image_size, render_workers)
         self.references = references
+        self.located_fraction = located_fraction
 
     def __getitem__(self, index: int) -> dict:
         from groundvlm.recipes.toyworld import texts
@@ -242,6 +250,8 @@ class ToyCaptions(_ToyScenes):
         if self.references:
             refs = [pre_caption(texts.caption(scene, rng)) for _ in range(self.references)]
             return {"image": image, "references": refs, "image_id": str(self.offset + index)}
+        if self.located_fraction and rng.random() < self.located_fraction:
+            return {"image": image, "text": pre_caption(texts.located_caption(scene, rng))}
         return {"image": image, "text": pre_caption(texts.caption(scene, rng))}
 
 
@@ -289,7 +299,13 @@ __all__ = ["CaptionCollator", "ToyCaptions", "ToyVQA", "load_coco_karpathy", "lo
 
 def train_data(args: VPGTransScriptArguments, seed: int, render_workers: int = 1):
     if args.dataset == "toy":
-        return ToyCaptions(args.toy_train_size, split="all", seed=seed, render_workers=render_workers)
+        return ToyCaptions(
+            args.toy_train_size,
+            split="all",
+            seed=seed,
+            render_workers=render_workers,
+            located_fraction=args.toy_located_caption_fraction,
+        )
     if not (args.train_file and args.image_root):
         raise ValueError("--dataset coco needs --train_file and --image_root.")
     return load_coco_karpathy(args.train_file, args.image_root, split="train", train=True)
