@@ -6,7 +6,8 @@
 #   GIT_COMMIT=<sha> bash benchmarks/pin_gpu.sh [OUT_DIR]      # from the repo root on a CUDA machine
 #
 # Environment knobs: BASE (default: the committed caption VL-LLM), IMAGES x EPOCHS (training budget per method),
-# BUDGET_S (wall seconds before unfinished runs are left out of the merge).
+# BUDGET_S (wall seconds before unfinished runs are left out of the merge), COMPARE_BASE (another base VLM: its
+# constant baselines, PIN and PIN on fresh scenes run in the same call, as rows `cmp_main` / `cmp_fresh`).
 set -uo pipefail
 export GROUNDVLM_CACHE=${GROUNDVLM_CACHE:-$PWD/runs/cache}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
@@ -23,16 +24,24 @@ COMMON="--train_images $IMAGES --epochs $EPOCHS --dataloader_num_workers 1 --sav
 
 timeout "$BUDGET_S" python benchmarks/pin_probe.py --base_model "$BASE" --out "$OUT/probe" > "$OUT/probe.log" 2>&1 &
 probe=$!
-timeout "$BUDGET_S" python benchmarks/pin_table.py --out "$OUT/table" --base_model "$BASE" --common "$COMMON" --variants \
-  main:"--methods raw random full_image pin" \
-  pin_seed1:"--method pin --seed 1" \
-  pin_lr1e-4:"--method pin --learning_rate 1e-4" \
-  pin_fresh:"--method pin --fresh_scenes true --dataloader_num_workers 4" \
-  prompts:"--methods coop vpt_f" \
-  vision:"--methods vpt_phi lora_phi" \
-  > "$OUT/table.log" 2>&1
+VARIANTS=(
+  main:"--methods raw random full_image pin"
+  pin_seed1:"--method pin --seed 1"
+  pin_lr1e-4:"--method pin --learning_rate 1e-4"
+  pin_fresh:"--method pin --fresh_scenes true --dataloader_num_workers 4"
+  prompts:"--methods coop vpt_f"
+  vision:"--methods vpt_phi lora_phi"
+)
+if [ -n "${COMPARE_BASE:-}" ]; then
+  # A later --base_model overrides the common one (the recipe's parser keeps the last).
+  VARIANTS+=(
+    cmp_main:"--base_model $COMPARE_BASE --methods raw random full_image pin"
+    cmp_fresh:"--base_model $COMPARE_BASE --method pin --fresh_scenes true --dataloader_num_workers 4"
+  )
+fi
+timeout "$BUDGET_S" python benchmarks/pin_table.py --out "$OUT/table" --base_model "$BASE" --common "$COMMON" \
+  --variants "${VARIANTS[@]}" > "$OUT/table.log" 2>&1
 wait $probe
 # Runs cut by the budget are listed as "did not finish"; the merge reads whatever comparison.json files exist.
-python benchmarks/pin_table.py --out "$OUT/table" --merge-only \
-  --variants main:"" pin_seed1:"" pin_lr1e-4:"" pin_fresh:"" prompts:"" vision:"" >> "$OUT/table.log" 2>&1
+python benchmarks/pin_table.py --out "$OUT/table" --merge-only --variants "${VARIANTS[@]/:*/:}" >> "$OUT/table.log" 2>&1
 cat "$OUT/table/table.md" "$OUT/probe/probe.json" 2>/dev/null
