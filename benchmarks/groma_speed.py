@@ -21,6 +21,13 @@ vision variants. Peak memory: the model's own parameters and buffers + the large
 one of its generate runs (warm-ups included, so Groma's graph capture counts; the other model's weights do not).
 CUDA events time the GPU (no host sync inside a timed region).
 
+After the timed rounds, untimed: why the Groma variants' greedy tokens differ, if they do. Per batch size, one
+generate with `output_scores=True` on a reference path (eager vision, dynamic cache: no CUDA graphs, no compiled
+decoding step) and one per variant; per batch row the first step where the tokens part, the reference's margin
+(top-1 minus top-2 score) there, whether the variant's token was the reference's top-2, and the paths' score
+difference on the steps before. A flip at a gap within `--tie-tolerance` (default 0.1) is a tie-flip (bf16 rounding
+noise on near-flat random-weight logits), above it a real divergence (report key `token_divergence`).
+
 Prompts: there is no Llama tokenizer offline, so a toy Llama-style tokenizer (groundvlm.recipes.toyworld.tokenizers,
 `<unk> <s> </s>` = 0 1 2, trained on the prompt text, so about one token per word) gets Groma's 114 tokens with
 `add_groma_tokens`, and `GromaProcessor` builds the real Groma template (system prompt, fixed first turn with 256
@@ -339,8 +346,13 @@ def generate_once(
         "decode_ms": decode,
         "decode_tokens_per_s": (new_tokens - 1) / (decode / 1e3),
         "memory_rise_bytes": rise,
-        "tokens": hashlib.sha1(out[:, -new_tokens:].cpu().numpy().tobytes()).hexdigest()[:16],
+        "tokens": tokens_digest(out[:, -new_tokens:]),
     }
+
+
+def tokens_digest(tokens: torch.Tensor) -> str:
+    """Short sha1 of generated ids (batch, steps): equal digests, equal tokens."""
+    return hashlib.sha1(tokens.cpu().numpy().tobytes()).hexdigest()[:16]
 
 
 def ttft_breakdown_once(model, inputs: dict, modules: dict, clock: Clock, nested: dict | None = None) -> dict:
@@ -362,6 +374,191 @@ def ttft_breakdown_once(model, inputs: dict, modules: dict, clock: Clock, nested
     run["ttft"] = clock.ms(start, marker.first)
     run["other"] = run["ttft"] - sum(run[name] for name in modules)
     return {f"in_ttft_{name}_ms": run[name] for name in [*modules, *nested, "other", "ttft"]}
+
+
+# ---------------------------------------------------------------------------------------------------- divergence
+# Greedy tokens of two generate paths part at the first step where the argmax differs. On random weights the logits
+# are nearly flat, so a top-1/top-2 gap below the rounding noise of a bf16 forward (a different reduction order in a
+# compiled or graph-captured kernel) flips the argmax without anything being wrong: a tie-flip. A flip at a gap
+# well above that noise is a real difference between the paths. The default tolerance lies between one bf16 spacing
+# of logits of magnitude 8-16 (2^-4) and of 16-32 (2^-3); `--tie-tolerance` sets another.
+TIE_TOLERANCE = 0.1
+
+
+def bf16_spacing(value: float) -> float | None:
+    """Distance between adjacent bfloat16 numbers (8 significant bits) at |value|; None for 0 or non-finite."""
+    if value == 0 or not np.isfinite(value):
+        return None
+    _, exponent = np.frexp(abs(value))  # |value| = m * 2^exponent, m in [0.5, 1)
+    return float(2.0 ** (int(exponent) - 8))
+
+
+def finite_abs_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| where both are finite, 0 elsewhere (tokens masked to -inf by a logits processor in both)."""
+    both = torch.isfinite(a) & torch.isfinite(b)
+    return torch.where(both, (a.float() - b.float()).abs(), torch.zeros((), device=a.device))
+
+
+def token_divergence(
+    ref_tokens: torch.Tensor,
+    ref_scores,
+    other_tokens: torch.Tensor,
+    other_scores=None,
+    tie_tolerance: float = TIE_TOLERANCE,
+) -> list[dict]:
+    """Per batch row, where greedy `other_tokens` first part from `ref_tokens` (both (batch, steps) generated ids)
+    and how close that call was. `ref_scores` / `other_scores`: per step a (batch, vocab) tensor of the scores the
+    argmax was taken over (generate's `scores` with `output_scores=True`, i.e. after the logits processors), or one
+    (steps, batch, vocab) tensor. Step 0 is the first generated token (the prefill's logits).
+
+    Each row: `step` (first differing step, None if identical) and `kind` ("identical", "tie-flip": the reference
+    scored the other path's token within `tie_tolerance` of its own, "real": further apart). With `other_scores`,
+    `max_abs_score_diff_before`: the largest |score difference| between the paths over the steps before `step` (all
+    steps if identical), where both saw the same prefix: the paths' own noise on these logits. At `step` also:
+    the two tokens, the reference's `ref_top1` and its bf16 spacing, `ref_margin` (top-1 minus top-2),
+    `ref_gap_to_other` (its top-1 minus its score of the other path's token; = the margin when that token is its
+    top-2), `other_rank_in_ref` (2 = top-2; an exact tie with the top-1 counts as 2), `other_is_ref_top2`, and with
+    `other_scores` the other path's `other_margin` and `other_gap_to_ref` (its score of its token minus its score
+    of the reference's token)."""
+    ref_tokens, other_tokens = ref_tokens.cpu(), other_tokens.cpu()
+    batch, steps = ref_tokens.shape
+    if other_tokens.shape != ref_tokens.shape or len(ref_scores) != steps:
+        raise ValueError(
+            f"tokens {tuple(ref_tokens.shape)} vs {tuple(other_tokens.shape)} and {len(ref_scores)} score steps "
+            "do not match"
+        )
+    if other_scores is not None and len(other_scores) != steps:
+        raise ValueError(f"{len(other_scores)} score steps of the other path for {steps} tokens")
+    noise = None
+    if other_scores is not None:  # (batch, steps): max |difference| over the vocabulary per row and step
+        noise = torch.stack([finite_abs_diff(a, b).amax(-1) for a, b in zip(ref_scores, other_scores)], 1).cpu()
+    differ = ref_tokens != other_tokens
+    rows = []
+    for i in range(batch):
+        hits = differ[i].nonzero()
+        step = int(hits[0, 0]) if len(hits) else None
+        row: dict = {"step": step}
+        if noise is not None:
+            before = noise[i, : steps if step is None else step]
+            row["max_abs_score_diff_before"] = float(before.max()) if len(before) else None
+        if step is None:
+            rows.append({**row, "kind": "identical"})
+            continue
+        ref_token, other_token = int(ref_tokens[i, step]), int(other_tokens[i, step])
+        scores = ref_scores[step][i].float().cpu()
+        top = scores.topk(2).values
+        gap = float(scores[ref_token] - scores[other_token])
+        above = scores > scores[other_token]
+        above[ref_token] = True  # the reference's own token ranks above the other one (exact ties included)
+        above[other_token] = False
+        rank = int(above.sum()) + 1
+        row.update(
+            ref_token=ref_token,
+            other_token=other_token,
+            ref_top1=float(top[0]),
+            ref_top1_bf16_spacing=bf16_spacing(float(top[0])),
+            ref_margin=float(top[0] - top[1]),
+            ref_gap_to_other=gap,
+            other_rank_in_ref=rank,
+            other_is_ref_top2=rank == 2,
+        )
+        if other_scores is not None:
+            theirs = other_scores[step][i].float().cpu()
+            their_top = theirs.topk(2).values
+            row["other_margin"] = float(their_top[0] - their_top[1])
+            row["other_gap_to_ref"] = float(theirs[other_token] - theirs[ref_token])
+        row["kind"] = "tie-flip" if gap <= tie_tolerance else "real"
+        rows.append(row)
+    return rows
+
+
+def divergence_summary(rows: list[dict]) -> dict:
+    """One (path, batch size)'s rows of `token_divergence` in a few numbers; None where no row diverged. Verdict:
+    "identical", "tie-flips only", "regions differ" (a row's region count differs, so its prompt does: the tokens
+    are not comparable step by step) or "real divergence" (some row flipped at a gap above the tolerance)."""
+    diverged = [r for r in rows if r["step"] is not None]
+    flips = [r for r in diverged if r["kind"] == "tie-flip"]
+    real = [r for r in diverged if r["kind"] == "real"]
+    regions = [r for r in rows if r.get("region_count_equal") is False]
+    noise = [r["max_abs_score_diff_before"] for r in rows if r.get("max_abs_score_diff_before") is not None]
+    pick = lambda fn, key: fn(r[key] for r in diverged) if diverged else None
+    if real:
+        verdict = "real divergence"
+    elif regions:
+        verdict = "regions differ"
+    elif flips:
+        verdict = "tie-flips only"
+    else:
+        verdict = "identical"
+    return {
+        "rows": len(rows),
+        "identical_rows": len(rows) - len(diverged),
+        "identical_fraction": (len(rows) - len(diverged)) / len(rows),
+        "median_first_divergence_step": pick(statistics.median, "step"),
+        "min_first_divergence_step": pick(min, "step"),
+        "max_ref_margin_at_divergence": pick(max, "ref_margin"),
+        "max_ref_gap_at_divergence": pick(max, "ref_gap_to_other"),
+        "other_is_ref_top2_rows": sum(r["other_is_ref_top2"] for r in diverged),
+        "tie_flips": len(flips),
+        "real_divergences": len(real),
+        "region_count_mismatches": len(regions),
+        "max_abs_score_diff_before_divergence": max(noise) if noise else None,
+        "verdict": verdict,
+    }
+
+
+def scored_generate(model, inputs: dict, new_tokens: int, cache: str | None):
+    """The greedy generation of `generate_once` (same length, same cache choice), untimed, returning generate's
+    dict with the per-step `scores` the argmax was taken over."""
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+    if cache is not None:
+        kwargs["cache_implementation"] = cache
+    return model.generate(**inputs, return_dict_in_generate=True, output_scores=True, **kwargs)
+
+
+# The reference for the divergence check: no vision CUDA graphs, a dynamic KV cache (so no compiled decoding step):
+# every kernel eager. Each Groma variant differs from it in its vision side, its cache, or (the default) both.
+GROMA_REFERENCE = ("eager vision, dynamic cache", False, "dynamic")
+
+
+def groma_divergence(model, inputs: dict, new_tokens: int, variant, tie_tolerance: float) -> list[dict]:
+    """Per batch size: one untimed scored generate on the reference path (`GROMA_REFERENCE`), then one per Groma
+    variant, each compared with the reference by `token_divergence`; rows also tell whether the variant selected
+    as many regions as the reference (`region_count_equal`; a different count changes the prompt), the largest
+    difference of the selected boxes (`max_region_box_diff`, None when the counts differ) and of the image
+    embeddings (`max_image_embeds_abs_diff`): noise that starts on the vision side shows there."""
+    entries = []
+    _, ref_graphs, ref_cache = GROMA_REFERENCE
+    for batch, inp in inputs.items():
+        ref = variant(ref_graphs, lambda inp=inp: scored_generate(model, inp, new_tokens, ref_cache))()
+        ref_tokens = ref.sequences[:, -new_tokens:]
+        for vision, graphs, cache in GROMA_VARIANTS:
+            out = variant(graphs, lambda inp=inp, cache=cache: scored_generate(model, inp, new_tokens, cache))()
+            tokens = out.sequences[:, -new_tokens:]
+            rows = token_divergence(ref_tokens, ref.scores, tokens, out.scores, tie_tolerance)
+            for i, row in enumerate(rows):
+                a, b = ref.region_boxes[i], out.region_boxes[i]
+                row["region_count_equal"] = len(a) == len(b)
+                row["max_region_box_diff"] = float((a - b).abs().max()) if len(a) == len(b) and len(a) else None
+                row["max_image_embeds_abs_diff"] = float(
+                    finite_abs_diff(ref.image_hidden_states[i], out.image_hidden_states[i]).max()
+                )
+                if not row["region_count_equal"] and row["step"] is not None:
+                    row["kind"] = "regions differ"
+            entries.append(
+                {
+                    "path": vision,
+                    "unit": f"groma/{vision}/b{batch}",
+                    "batch_size": batch,
+                    **divergence_summary(rows),
+                    "tokens": tokens_digest(tokens),
+                    "reference_tokens": tokens_digest(ref_tokens),
+                    "per_row": rows,
+                }
+            )
+            del out
+        del ref
+    return entries
 
 
 # ---------------------------------------------------------------------------------------------------- repeats
@@ -471,11 +668,12 @@ def release(device):
 
 class Bench(NamedTuple):
     """A built model's units and, per generate unit, the result row's fixed fields (no tensors: the rows outlive the
-    model)."""
+    model); `diagnose()`, if any, runs once after the timed rounds and returns tensor-free entries."""
 
     units: list[Unit]
     rows: dict[str, dict]
     resident_bytes: int
+    diagnose: Callable[[], list[dict]] | None = None
 
 
 # Groma rows: (name, vision CUDA graphs, cache_implementation). The default: vision graphs on (eager off CUDA) and
@@ -550,7 +748,8 @@ def groma_bench(config, tok, base_vocab, args, device, dtype, clock) -> Bench:
             }
     if 1 in inputs:
         units += groma_batch1_units(model, inputs[1], clock, args, len(args.batch_sizes), variant)
-    return Bench(units, rows, resident_bytes(model))
+    diagnose = lambda: groma_divergence(model, inputs, args.new_tokens, variant, args.tie_tolerance)
+    return Bench(units, rows, resident_bytes(model), diagnose)
 
 
 def groma_batch1_units(model, inputs: dict, clock: Clock, args, group: int, variant) -> list[Unit]:
@@ -708,19 +907,29 @@ def partial_writer(args, kinds: list[str]) -> Callable[[dict], None] | None:
 
 @torch.no_grad()
 def measure(kinds: list[str], setup: dict, args) -> dict:
-    """Build the models named in `kinds` (all resident at once), run their units in interleaved rounds, and return
-    everything model-free: {"samples", "warm", "rows", "resident_bytes", "round"}. The models die with this call."""
+    """Build the models named in `kinds` (all resident at once), run their units in interleaved rounds, then each
+    model's untimed diagnostic (the token divergence between Groma's paths), and return everything model-free:
+    {"samples", "warm", "rows", "resident_bytes", "round", "divergence"}. The models die with this call."""
     benches = {kind: setup[kind]() for kind in kinds}
     units = [u for bench in benches.values() for u in bench.units]
     samples, warm, orders, wall = run_rounds(units, args.repeats, args.warmup, partial_writer(args, kinds))
     rows = {name: row for bench in benches.values() for name, row in bench.rows.items()}
     owner = {u.name: kind for kind, bench in benches.items() for u in bench.units}
+    start = time.perf_counter()
+    divergence = [entry for bench in benches.values() if bench.diagnose for entry in bench.diagnose()]
+    for entry in divergence:  # did the scored generate reproduce the timed runs' tokens?
+        timed = sorted({s["tokens"] for s in [*warm.get(entry["unit"], []), *samples.get(entry["unit"], [])]})
+        entry["timed_tokens"] = timed
+        entry["tokens_match_timed"] = timed == [entry["tokens"]]
+    if divergence:
+        print(f"token divergence: {len(divergence)} comparisons in {time.perf_counter() - start:.1f} s", flush=True)
     return {
         "samples": samples,
         "warm": warm,
         "rows": rows,
         "resident_bytes": {name: benches[owner[name]].resident_bytes for name in rows},
         "round": {"models": kinds, "warmup_rounds": args.warmup, "orders": orders, "wall_s": wall},
+        "divergence": divergence,
     }
 
 
@@ -968,6 +1177,7 @@ def markdown(report: dict) -> str:
             op = "<=" if g["at_most"] else ">="
             note = f" ({g['note']})" if g.get("note") else ""
             lines.append(f"- {name}: {g['value']:.3f} {op} {g['limit']} -> {'PASS' if g['pass'] else 'FAIL'}{note}")
+    lines += divergence_markdown(report["token_divergence"])
     lines += [
         "",
         "| model | batch | visual tokens | prompt tokens | TTFT ms | decode tok/s per seq | decode tok/s total "
@@ -987,6 +1197,37 @@ def markdown(report: dict) -> str:
             f"{span(r['ttft_ms_range'], '.1f')} | {span(r['decode_tokens_per_s_range'], '.1f')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def divergence_markdown(div: dict) -> list[str]:
+    """The token-divergence section: one line per (Groma path, batch size); nothing if no Groma ran."""
+    if not div["entries"]:
+        return []
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)
+    lines = [
+        "",
+        f"Greedy-token divergence from the reference path ({div['reference']}: no CUDA graphs, no compiled decoding "
+        f"step), one untimed generate with scores per path and batch size. Step 0 = the first generated token; "
+        f"margin = the reference's top-1 minus top-2 score at a row's first differing step; tie-flip = the reference "
+        f"scored the other path's token within {div['tie_tolerance']} of its own (rounding noise on near-flat "
+        f"logits), real = further apart; noise = the largest |score difference| between the paths on the steps "
+        f"before (same prefix). Tokens = timed: this generate reproduced the timed runs' tokens.",
+        "",
+        "| path | batch | rows identical | median first step | first step | max margin | other = ref top-2 "
+        "| tie-flips | real | noise before | max image-embeds diff | tokens = timed | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for e in div["entries"]:
+        diverged = e["rows"] - e["identical_rows"]
+        image = max(r["max_image_embeds_abs_diff"] for r in e["per_row"])
+        lines.append(
+            f"| {e['path']} | {e['batch_size']} | {e['identical_rows']}/{e['rows']} | "
+            f"{fmt(e['median_first_divergence_step'], 'g')} | {fmt(e['min_first_divergence_step'], 'd')} | "
+            f"{fmt(e['max_ref_margin_at_divergence'], '.4g')} | {e['other_is_ref_top2_rows']}/{diverged} | "
+            f"{e['tie_flips']} | {e['real_divergences']} | {fmt(e['max_abs_score_diff_before_divergence'], '.3g')} | "
+            f"{image:.3g} | {'yes' if e['tokens_match_timed'] else 'no'} | {e['verdict']} |"
+        )
+    return lines
 
 
 def parse_args(argv=None):
@@ -1009,6 +1250,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT if set, else none)")
     parser.add_argument("--models", nargs="+", choices=("groma", "llava"), default=["groma", "llava"])
+    parser.add_argument(
+        "--tie-tolerance",
+        type=float,
+        default=TIE_TOLERANCE,
+        help="token divergence: a flip where the reference scored the other path's token within this of its own "
+        "top-1 counts as a tie-flip (rounding noise), above it as a real divergence",
+    )
     args = parser.parse_args(argv)
     if (
         args.new_tokens < 2
@@ -1016,9 +1264,11 @@ def parse_args(argv=None):
         or args.warmup < 0
         or args.component_calls < 1
         or min(args.batch_sizes) < 1
+        or not args.tie_tolerance >= 0
     ):
         parser.error(
-            "need --new-tokens >= 2, --repeats >= 1, --warmup >= 0, --component-calls >= 1 and positive batch sizes"
+            "need --new-tokens >= 2, --repeats >= 1, --warmup >= 0, --component-calls >= 1, positive batch sizes "
+            "and --tie-tolerance >= 0"
         )
     if len(set(args.batch_sizes)) != len(args.batch_sizes):
         parser.error(f"--batch-sizes must not repeat a size: {args.batch_sizes}")
@@ -1086,6 +1336,16 @@ def main(argv=None) -> dict:
             torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             args.new_tokens,
         ),
+        "token_divergence": {
+            "reference": GROMA_REFERENCE[0],
+            "reference_vision_cuda_graphs": GROMA_REFERENCE[1],
+            "reference_cache": GROMA_REFERENCE[2],
+            "tie_tolerance": args.tie_tolerance,
+            "note": "one untimed greedy generate per path and batch size with output_scores; step 0 = the first "
+            "generated token; margin = the reference's top-1 minus top-2 score at the first differing step; "
+            "tie-flip = the reference scored the other path's token within tie_tolerance of its own",
+            "entries": [entry for run in runs for entry in run["divergence"]],
+        },
         "rounds": [run["round"] for run in runs],
         "samples": samples,
     }

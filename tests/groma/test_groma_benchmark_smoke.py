@@ -1,8 +1,10 @@
 """benchmarks/groma_speed.py: the `--tiny` CPU run produces the report's keys, interleaves the units in rotated
-orders and pairs the acceptance ratios within a repeat; the 7B-shape inputs and configs have the layout the GPU run
+orders and pairs the acceptance ratios within a repeat, and its Groma paths give the reference path's greedy tokens;
+the token-divergence arithmetic on hand-made scores; the 7B-shape inputs and configs have the layout the GPU run
 measures (checked without building the 7B models)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -79,6 +81,7 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
         "batch1_component_ranges",
         "goals",
         "acceptance",
+        "token_divergence",
         "rounds",
         "samples",
     }
@@ -222,6 +225,106 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
             + sorted(s["ttft_ms"] / (d + p) for s, d, p in zip(samples["groma/cuda graphs/b1"], dinov2, prefill))[1] / 2
         )
     )
+
+    # token divergence: in fp32 on the CPU every Groma path gives the reference path's (eager vision, dynamic
+    # cache) greedy tokens on every row, and its untimed scored generate reproduces the timed runs' tokens
+    div = report["token_divergence"]
+    assert div["reference"] == "eager vision, dynamic cache" and div["tie_tolerance"] == 0.1
+    assert (div["reference_vision_cuda_graphs"], div["reference_cache"]) == (False, "dynamic")
+    entries = div["entries"]
+    assert [(e["path"], e["batch_size"]) for e in entries] == [
+        (path, batch) for batch in (1, 2) for path in ("cuda graphs", "eager", "dynamic cache")
+    ]
+    for e in entries:
+        assert e["unit"] == f"groma/{e['path']}/b{e['batch_size']}"
+        assert e["rows"] == e["identical_rows"] == len(e["per_row"]) == e["batch_size"]
+        assert e["identical_fraction"] == 1.0 and e["verdict"] == "identical"
+        assert e["median_first_divergence_step"] is None and e["max_ref_margin_at_divergence"] is None
+        assert e["tie_flips"] == e["real_divergences"] == e["region_count_mismatches"] == 0
+        assert all(r["step"] is None and r["kind"] == "identical" and r["region_count_equal"] for r in e["per_row"])
+        assert e["tokens"] == e["reference_tokens"]
+        assert e["tokens_match_timed"] and e["timed_tokens"] == [samples[e["unit"]][0]["tokens"]]
+    section = markdown[markdown.index("Greedy-token divergence") : markdown.index("| model | batch |")]
+    assert "| cuda graphs | 2 | 2/2 | – | – | – | 0/0 | 0 | 0 |" in section
+    assert section.count("| yes | identical |") == len(entries)
+
+
+def test_token_divergence_on_hand_made_scores(bench):
+    """First differing step, margins, ranks and kinds on scores built so that each row parts in a known way."""
+    steps, rows = 4, 4
+    # every step and row: token 0 on top by 0.5; token 5 masked to -inf in both paths (as min_new_tokens masks EOS)
+    ref = torch.tensor([2.5, 2.0, 1.5, 1.0, 0.5, -math.inf]).repeat(steps, rows, 1)
+    other = ref.clone()
+    other[:, 0, 1] += 0.01  # row 0: noise only, the same argmax everywhere
+    other[1, 1, 3] += 0.02  # row 1: noise at step 1, then a near-tie at step 2 that flips
+    ref[2, 1, 1], other[2, 1, 1] = 2.45, 2.55
+    other[1, 2, 3] = 3.0  # row 2: the other path prefers the reference's 4th token by far at step 1
+    ref[0, 3, 1] = other[0, 3, 1] = 2.5  # row 3: an exact tie at step 0 (argmax takes token 0), broken the other way
+    other[0, 3, 0] = 2.49
+    ref_tokens, other_tokens = ref.argmax(-1).T, other.argmax(-1).T  # (rows, steps), greedy
+    assert other_tokens.tolist() == [[0, 0, 0, 0], [0, 0, 1, 0], [0, 3, 0, 0], [1, 0, 0, 0]]
+
+    out = bench.token_divergence(ref_tokens, tuple(ref), other_tokens, tuple(other))
+    assert [r["step"] for r in out] == [None, 2, 1, 0]
+    assert [r["kind"] for r in out] == ["identical", "tie-flip", "real", "tie-flip"]
+    assert out[0] == {"step": None, "max_abs_score_diff_before": pytest.approx(0.01), "kind": "identical"}
+    flip, real, tie = out[1], out[2], out[3]
+    assert (flip["ref_token"], flip["other_token"], flip["other_rank_in_ref"], flip["other_is_ref_top2"]) == (
+        0,
+        1,
+        2,
+        True,
+    )
+    assert flip["ref_margin"] == flip["ref_gap_to_other"] == pytest.approx(0.05)
+    assert flip["other_margin"] == flip["other_gap_to_ref"] == pytest.approx(0.05)
+    assert flip["max_abs_score_diff_before"] == pytest.approx(0.02)
+    assert flip["ref_top1"] == 2.5 and flip["ref_top1_bf16_spacing"] == 2**-6  # bf16 spacing on [2, 4)
+    assert (real["ref_token"], real["other_token"], real["other_rank_in_ref"], real["other_is_ref_top2"]) == (
+        0,
+        3,
+        4,
+        False,
+    )
+    assert real["ref_margin"] == pytest.approx(0.5) and real["ref_gap_to_other"] == pytest.approx(1.5)
+    assert real["other_margin"] == real["other_gap_to_ref"] == pytest.approx(0.5)
+    assert real["max_abs_score_diff_before"] == 0.0
+    assert tie["ref_margin"] == tie["ref_gap_to_other"] == 0.0 and tie["other_rank_in_ref"] == 2
+    assert tie["max_abs_score_diff_before"] is None  # nothing before step 0
+    # a tighter tolerance makes the 0.05 flip real; the exact tie stays a tie-flip
+    tight = bench.token_divergence(ref_tokens, ref, other_tokens, other, tie_tolerance=0.01)
+    assert [r["kind"] for r in tight] == ["identical", "real", "real", "tie-flip"]
+    # without the other path's scores: no noise or other-side fields, the same steps and kinds
+    bare = bench.token_divergence(ref_tokens, ref, other_tokens)
+    assert [r["kind"] for r in bare] == [r["kind"] for r in out] and "other_margin" not in bare[1]
+    assert "max_abs_score_diff_before" not in bare[0]
+
+    summary = bench.divergence_summary(out)
+    assert summary == {
+        "rows": 4,
+        "identical_rows": 1,
+        "identical_fraction": 0.25,
+        "median_first_divergence_step": 1,
+        "min_first_divergence_step": 0,
+        "max_ref_margin_at_divergence": pytest.approx(0.5),
+        "max_ref_gap_at_divergence": pytest.approx(1.5),
+        "other_is_ref_top2_rows": 2,
+        "tie_flips": 2,
+        "real_divergences": 1,
+        "region_count_mismatches": 0,
+        "max_abs_score_diff_before_divergence": pytest.approx(0.02),
+        "verdict": "real divergence",
+    }
+    assert bench.divergence_summary([out[0], out[1], out[3]])["verdict"] == "tie-flips only"
+    assert (
+        bench.divergence_summary([out[0], {**out[1], "kind": "regions differ", "region_count_equal": False}])["verdict"]
+        == "regions differ"
+    )
+    only = bench.divergence_summary(out[:1])
+    assert only["verdict"] == "identical" and only["median_first_divergence_step"] is None
+    for value, spacing in ((2.5, 2**-6), (20.0, 2**-3), (-0.3, 2**-9)):  # as torch's bfloat16 steps
+        t = torch.tensor(value, dtype=torch.bfloat16)
+        assert bench.bf16_spacing(value) == spacing == abs(float(torch.nextafter(t, t * 2) - t))
+    assert bench.bf16_spacing(0.0) is None and bench.bf16_spacing(-math.inf) is None
 
 
 def test_hardware_goals_arithmetic(bench):
