@@ -101,6 +101,10 @@ LIST_LEGEND = "\n".join(
 
 # What the main job (PIN on a BLIP-2-style OPT VLM) needs; the default of `build`.
 MAIN_ARTEFACTS = ("data", "tokenizer-opt", "lm-opt-small", "vision-blip2")
+# How each toy ViT's position embeddings start (toyworld.vision.vision_model): the BLIP-2-shaped one, under the
+# caption VL-LLM PIN runs on, starts at 2-D sine-cosine values so its output tokens keep their position as a real
+# ViT's do; CLIP/DINOv2-shaped ones keep their family's random init.
+VISION_POSITION_INIT = {"blip2": "sincos"}
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,8 @@ def _spec(name: str, preset: str) -> dict:
             lr=p.vision_lr,
             bf16=p.bf16,
         )
+        if name == "vision-blip2":
+            spec["position_init"] = VISION_POSITION_INIT["blip2"]
     return spec
 
 
@@ -428,10 +434,12 @@ def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
         image_processor,
         label_names,
         name_recall,
+        normalise,
         pretrain_vision,
         probe_predictions,
         render_scenes,
         scene_labels,
+        token_position_r2,
         vision_model,
     )
     from .world import ToyWorld
@@ -441,7 +449,9 @@ def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
     labels = label_names(world.categories)
     images, objects = render_scenes(world, range(p.vision_images), workers=p.render_workers)
     targets = scene_labels(objects, labels)
-    model = vision_model(kind, p.vision_hidden, p.vision_layers, p.vision_heads)
+    model = vision_model(
+        kind, p.vision_hidden, p.vision_layers, p.vision_heads, VISION_POSITION_INIT.get(kind, "learned")
+    )
     head, train = pretrain_vision(
         kind,
         model,
@@ -474,6 +484,9 @@ def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
         probs = probe_predictions(kind, model, head, ev_images, device=p.device)
         for k, v in name_recall(probs, ev_objects, labels).items():
             metrics[f"{split}_{k}"] = round(v, 4)
+    # Do the output tokens still say where they are (a real ViT's do)? On held-out scenes.
+    model.float().to("cpu")
+    metrics["token_position_r2"] = token_position_r2(model, normalise(kind, ev_images[:32]))
     return metrics
 
 
