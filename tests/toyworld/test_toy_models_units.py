@@ -16,6 +16,8 @@ from groundvlm.recipes.toyworld.vision import (
     normalise,
     pretrain_vision,
     scene_labels,
+    sincos_2d,
+    token_position_r2,
     vision_model,
 )
 
@@ -198,6 +200,33 @@ def test_vision_encoder_shape_init_and_image_dependence(kind, tmp_path):
     with torch.no_grad():
         again = loaded.eval()(pixel_values=normalise(kind, images)).last_hidden_state
     assert torch.allclose(again, out, atol=1e-5)
+
+
+def test_sincos_position_init_makes_tokens_say_where_they_are():
+    table = sincos_2d(16, 32)
+    assert table.shape == (256, 32)
+    # Patch (row 0, column 1) = index 1: the column half encodes 1, the row half encodes 0 (sin 0, cos 1).
+    assert torch.allclose(table[1, :8], torch.sin(torch.tensor(1.0) / 10000 ** (torch.arange(8) / 8)), atol=1e-6)
+    assert torch.allclose(table[1, 16:24], torch.zeros(8)) and torch.allclose(table[1, 24:], torch.ones(8))
+    assert len({tuple(r.tolist()) for r in table}) == 256  # every patch its own code
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(16, 30)
+
+    images = normalise("blip2", torch.randint(0, 256, (8, 112, 112, 3), dtype=torch.uint8))
+    torch.manual_seed(0)
+    learned = vision_model("blip2", hidden_size=32, num_layers=1, num_heads=2).eval()
+    torch.manual_seed(0)
+    sincos = vision_model("blip2", hidden_size=32, num_layers=1, num_heads=2, position_init="sincos").eval()
+    assert torch.equal(sincos.embeddings.position_embedding[0, 0], torch.zeros(32))  # CLS row
+    assert torch.allclose(sincos.embeddings.position_embedding[0, 1:], sincos_2d(16, 32))
+    # Untrained, a token's own column/row is read off linearly from the sine-cosine encoder, hardly from the
+    # random-init one (its std-0.02 table is tiny next to the noise images' patch embeddings).
+    good, poor = token_position_r2(sincos, images), token_position_r2(learned, images)
+    assert min(good.values()) > 0.8 and max(poor.values()) < 0.2, (good, poor)
+    with pytest.raises(ValueError, match="position_init"):
+        vision_model("blip2", 32, 1, 2, position_init="rope")
+    with pytest.raises(ValueError, match="blip2 kind only"):
+        vision_model("clip", 32, 1, 2, position_init="sincos")
 
 
 def test_vision_normalise_matches_image_processor():
