@@ -115,3 +115,54 @@ def test_insert_variants_zero_mean_and_clip():
     torch.testing.assert_close(clipped, torch.tensor([[1.2, 1.6], [0.0, 1.0]]))  # row 1 (norm 1) is kept
     with pytest.raises(ValueError, match="unknown variant"):
         variants.variant_forward("bigger", original)
+
+
+def test_insert_variants_values_only_and_keys_only_split_the_path():
+    """With the Q-Former's key weights zeroed, attention ignores its input: full PIN must then equal values-only PIN,
+    and keys-only PIN must equal no PIN. With the real key weights, values-only differs from both."""
+    from transformers import Blip2Processor
+
+    from groundvlm.modeling import PinForLocalization, modeling_pin
+    from groundvlm.processing import PinProcessor
+    from tests._pin_tiny import blip_image_processor, make_tokenizer, tiny_blip2
+
+    variants = load_benchmark("pin_insert_variants")
+    tokenizer = make_tokenizer("opt")
+    torch.manual_seed(0)
+    base = tiny_blip2(tokenizer)
+    pin = PinForLocalization.from_base(base).eval()
+    processor = PinProcessor.from_base_processor(
+        Blip2Processor(image_processor=blip_image_processor(), tokenizer=tokenizer, num_query_tokens=4)
+    )
+    from PIL import Image
+
+    inputs = processor(images=[Image.new("RGB", (64, 48), (200, 30, 30))], objects=["cat"])
+    original = modeling_pin.PinForLocalization._insert_active
+
+    def logits(variant=None, use_pin=True):
+        if variant:
+            modeling_pin.PinForLocalization._insert_active = variants.split_insert_active(variant)
+        try:
+            with torch.no_grad():
+                return pin(**inputs, use_pin=use_pin).logits
+        finally:
+            modeling_pin.PinForLocalization._insert_active = original
+
+    with torch.no_grad():
+        # A π that varies over positions (a constant shift of every key leaves the softmax unchanged), and attention
+        # sharper than the random init's near-uniform one, so that the keys matter.
+        pin.pin.psi[-1].weight.normal_(0, 1)
+        base.query_tokens.normal_(0, 1)  # transformers starts them at zero: zero queries attend uniformly
+        for name, module in base.named_modules():
+            if name.endswith("crossattention.attention.key"):
+                module.weight.mul_(50)
+    none, full, values = logits(use_pin=False), logits(), logits("value")
+    assert (values - none).abs().max() > 1e-4 and (values - full).abs().max() > 1e-4
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if name.endswith("crossattention.attention.key"):
+                module.weight.zero_()
+    torch.testing.assert_close(logits("value"), logits())
+    torch.testing.assert_close(logits("key"), logits(use_pin=False))
+    with pytest.raises(ValueError, match="unknown variant"):
+        variants.variant_forward("values", lambda self: None)
