@@ -530,9 +530,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _copy_committed(name: str, source: Path, folder: Path) -> dict:
-    """Copy the files `SHA256SUMS` lists from committed `source` into `folder`, checking each copy's sha256; the
-    metrics are the committed build's, with source=committed and its build time."""
+def _copy_checked(name: str, source: Path, folder: Path) -> None:
+    """Copy the files `SHA256SUMS` lists from committed `source` into `folder`, checking each copy's sha256."""
+    if not (source / "SHA256SUMS").is_file():
+        raise FileNotFoundError(f"committed toy asset {name} at {source} has no SHA256SUMS listing its files")
     for file, digest in committed_files(source).items():
         shutil.copy2(source / file, folder / file)
         if _sha256(folder / file) != digest:
@@ -541,6 +542,11 @@ def _copy_committed(name: str, source: Path, folder: Path) -> dict:
                 "git LFS pointer?); rebuild it with `python -m groundvlm.recipes.toyworld build --from-source "
                 f"--only {name}`"
             )
+
+
+def _copy_committed(name: str, source: Path, folder: Path) -> dict:
+    """`_copy_checked`; the metrics are the committed build's, with source=committed and its build time."""
+    _copy_checked(name, source, folder)
     record = read_build_info(source)
     return {"source": "committed", "built_in_seconds": record["seconds"], **record["metrics"]}
 
@@ -576,7 +582,7 @@ def _build(
         return _build_lm(folder, name[3:], deps[dependencies(name)[0]], p)
     if name == "vlm-caption":
         if preset == "cpu" and (COMMITTED_CAPTION_VLM / "captioner.json").is_file():
-            shutil.copytree(COMMITTED_CAPTION_VLM, folder, dirs_exist_ok=True)
+            _copy_checked(name, COMMITTED_CAPTION_VLM, folder)
             return caption_asset_metrics(
                 json.loads((COMMITTED_CAPTION_VLM / "captioner.json").read_text()), "committed"
             )

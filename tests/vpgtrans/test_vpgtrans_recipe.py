@@ -523,6 +523,10 @@ def test_caption_asset_copies_the_committed_checkpoint(tmp_path, monkeypatch):
     }
     (committed / "captioner.json").write_text(_json.dumps({"checks": checks, "meets_target": True}))
     monkeypatch.setattr(build, "COMMITTED_CAPTION_VLM", committed)
+    with pytest.raises(FileNotFoundError, match="no SHA256SUMS"):
+        toy_asset("vlm-caption", "cpu", cache_dir=tmp_path / "nosums", verbose=False)
+    sums = "".join(f"{build._sha256(committed / f)}  {f}\n" for f in ("config.json", "captioner.json"))
+    (committed / "SHA256SUMS").write_text(sums)
     folder = toy_asset(
         "vlm-caption",
         "cpu",
@@ -539,5 +543,9 @@ def test_caption_asset_copies_the_committed_checkpoint(tmp_path, monkeypatch):
         "meets_target": True,
     }
     assert (folder / "config.json").is_file()
+    # A committed file that does not match its SHA256SUMS (a corrupt checkout, an LFS pointer) is refused.
+    (committed / "config.json").write_text('{"changed": 1}')
+    with pytest.raises(RuntimeError, match="does not match"):
+        toy_asset("vlm-caption", "cpu", cache_dir=tmp_path / "corrupt", verbose=False)
     with pytest.raises(FileNotFoundError, match="VPGTrans captioner builds it"):
         toy_asset("vlm-caption", "gpu", cache_dir=tmp_path / "cache", verbose=False)
