@@ -54,6 +54,9 @@ ARTEFACTS = (
     + tuple(f"tokenizer-{f}" for f in FAMILIES)
     + tuple(f"lm-{n}" for n in LM_NAMES)
     + tuple(f"vision-{k}" for k in VISION_KINDS)
+    # The BLIP-2-shaped ViT again, its position embeddings started at 2-D sine-cosine values, so that its output
+    # tokens keep saying where they are, as a real ViT's do (toyworld.vision.vision_model).
+    + ("vision-blip2-pos",)
     # The caption-only VL-LLM (VPGTrans trained from scratch on position-free captions) that PIN runs on. The cpu
     # preset copies the committed GPU-built checkpoint (recipes/toy_checkpoints/vlm-caption).
     + ("vlm-caption",)
@@ -80,6 +83,7 @@ ARTEFACT_HELP = {
     "lm-llama": "Llama-style toy LM, stand-in for Vicuna / LLaMA-7B (Groma's LLM; cpu: committed)",
     "lm-t5": "T5-style toy LM, stand-in for Flan-T5",
     "vision-blip2": "toy vision encoder shaped as BLIP-2's EVA ViT",
+    "vision-blip2-pos": "the same with sine-cosine-initialised positions: its tokens keep their position, as a real ViT's",
     "vision-clip": "toy vision encoder shaped as CLIP ViT-L/14 (LLaVA)",
     "vision-dinov2": "toy vision encoder shaped as DINOv2 (Groma; cpu: committed)",
     "vlm-caption": "the caption-only toy VL-LLM PIN runs on (cpu: copied from recipes/toy_checkpoints/)",
@@ -101,10 +105,8 @@ LIST_LEGEND = "\n".join(
 
 # What the main job (PIN on a BLIP-2-style OPT VLM) needs; the default of `build`.
 MAIN_ARTEFACTS = ("data", "tokenizer-opt", "lm-opt-small", "vision-blip2")
-# How each toy ViT's position embeddings start (toyworld.vision.vision_model): the BLIP-2-shaped one, under the
-# caption VL-LLM PIN runs on, starts at 2-D sine-cosine values so its output tokens keep their position as a real
-# ViT's do; CLIP/DINOv2-shaped ones keep their family's random init.
-VISION_POSITION_INIT = {"blip2": "sincos"}
+# Vision artefact -> (encoder kind, position-embedding init); see toyworld.vision.vision_model.
+VISION_ARTEFACTS = {f"vision-{k}": (k, "learned") for k in VISION_KINDS} | {"vision-blip2-pos": ("blip2", "sincos")}
 
 
 @dataclass(frozen=True)
@@ -270,8 +272,8 @@ def _spec(name: str, preset: str) -> dict:
             lr=p.vision_lr,
             bf16=p.bf16,
         )
-        if name == "vision-blip2":
-            spec["position_init"] = VISION_POSITION_INIT["blip2"]
+        if VISION_ARTEFACTS[name][1] != "learned":  # (the learned init's fingerprints predate this field)
+            spec["position_init"] = VISION_ARTEFACTS[name][1]
     return spec
 
 
@@ -426,7 +428,7 @@ def _build_lm(folder: Path, lm: str, tokenizer_dir: Path, p: Preset) -> dict:
     }
 
 
-def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
+def _build_vision(folder: Path, kind: str, p: Preset, position_init: str = "learned") -> dict:
     import torch
     from safetensors.torch import save_file
 
@@ -449,9 +451,7 @@ def _build_vision(folder: Path, kind: str, p: Preset) -> dict:
     labels = label_names(world.categories)
     images, objects = render_scenes(world, range(p.vision_images), workers=p.render_workers)
     targets = scene_labels(objects, labels)
-    model = vision_model(
-        kind, p.vision_hidden, p.vision_layers, p.vision_heads, VISION_POSITION_INIT.get(kind, "learned")
-    )
+    model = vision_model(kind, p.vision_hidden, p.vision_layers, p.vision_heads, position_init)
     head, train = pretrain_vision(
         kind,
         model,
@@ -593,7 +593,8 @@ def _build(
                 "`build_caption_asset` as toy_asset(..., builder=...)"
             )
         return builder(folder, preset)
-    return _build_vision(folder, name.split("-", 1)[1], p)
+    kind, position_init = VISION_ARTEFACTS[name]
+    return _build_vision(folder, kind, p, position_init)
 
 
 def toy_asset(

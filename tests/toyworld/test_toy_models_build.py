@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from transformers import (
     AutoImageProcessor,
     AutoModelForCausalLM,
@@ -61,6 +62,26 @@ def test_vision_encoder_loads_with_its_processor(cache):
     assert {"held_out_name_recall", "held_out_colour_recall", "validation_name_recall"} <= set(metrics)
     labels = json.loads((folder / "probe_labels.json").read_text())
     assert "category:red heart" in labels  # held-out categories are seen by base models
+    assert set(metrics["token_position_r2"]) == {"column_r2", "row_r2"}
+
+
+def test_position_keeping_vision_encoder_is_its_own_artefact(cache):
+    """vision-blip2-pos: the BLIP-2-shaped ViT with sine-cosine-initialised positions, fingerprinted apart from
+    vision-blip2 (whose fingerprint does not change), and its tokens say where they are."""
+    from groundvlm.recipes.toyworld import build
+    from groundvlm.recipes.toyworld.vision import sincos_2d
+
+    assert "position_init" not in build._spec("vision-blip2", "test")
+    assert build._spec("vision-blip2-pos", "test")["position_init"] == "sincos"
+    folder = toy_asset("vision-blip2-pos", preset="test", cache_dir=cache)
+    model = Blip2VisionModel.from_pretrained(folder)
+    plain = Blip2VisionModel.from_pretrained(toy_asset("vision-blip2", preset="test", cache_dir=cache))
+    # A few training steps move the table only a little from its sine-cosine start (the plain one starts near 0).
+    table = model.embeddings.position_embedding[0, 1:].detach()
+    assert torch.nn.functional.cosine_similarity(table.flatten(), sincos_2d(16, 32).flatten(), dim=0) > 0.9
+    assert plain.embeddings.position_embedding.detach().norm() < 0.2 * table.norm()
+    r2 = read_build_info(folder)["metrics"]["token_position_r2"]
+    assert min(r2.values()) > 0.5, r2
 
 
 def test_data_sample_is_a_coco_export(cache):

@@ -48,6 +48,8 @@ CONFIGS = {
     "cpu": ("captioner_cpu", "qformer_pretrain_cpu", "cpu"),
     "gpu": ("captioner_gpu", "qformer_pretrain_gpu", "gpu"),
     "gpu-small": ("captioner_gpu_small", "qformer_pretrain_gpu", "gpu-small"),
+    # A candidate next base: a position-keeping ViT, half located captions, behind-image replay from the start.
+    "gpu-small-located": ("captioner_gpu_small_located", "qformer_pretrain_gpu", "gpu-small"),
     # v2: continue a built caption VL-LLM with the replay behind unrelated images (stage2 from --init_model).
     "cpu-continue": ("captioner_continue_cpu", None, "cpu"),
     # v3: continue with a share of captions that say where each object is in words ("at the top left").
@@ -289,8 +291,11 @@ def build_caption_vlm(
             "--preset",
             asset_preset,
         ]
-        if preset == "gpu-small":
+        if asset_preset == "gpu-small":
             qf_args += ["--qformer_hidden_size", "128"]
+        # Pretrain the Q-Former on the ViT the caption stage uses.
+        caption_config = Path(__file__).resolve().parents[2] / "vpgtrans" / f"{config}.yaml"
+        qf_args += ["--vision_model", yaml.safe_load(caption_config.read_text(encoding="utf-8"))["vision_model"]]
         _run_stage(qf_args + extra)
         tfs_args += ["--qformer_init", str(qf_dir / QFORMER_WEIGHTS_NAME)]
     if frozen_lm:
