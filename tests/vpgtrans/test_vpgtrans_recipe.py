@@ -16,7 +16,7 @@ from groundvlm.recipes.systems.vpgtrans.arguments import (
     VPGTransModelArguments,
     VPGTransTrainingArguments,
 )
-from groundvlm.recipes.systems.vpgtrans.captioner import object_name_recall
+from groundvlm.recipes.systems.vpgtrans.captioner import location_word_accuracy, object_name_recall
 from groundvlm.recipes.systems.vpgtrans.data import load_coco_karpathy, load_gqa, load_vqa
 from groundvlm.recipes.systems.vpgtrans.models import freeze_for_stage, qformer_config, trainable_prefixes
 from groundvlm.recipes.systems.vpgtrans.qformer import (
@@ -322,6 +322,27 @@ def test_qformer_checkpoint_with_other_hidden_size_is_refused():
         load_pretrained_qformer(tiny_model()[0], _save(pre.vpgtrans_state_dict()))
     with pytest.raises(ValueError, match="encoder_hidden_size"):
         QFormerPretrainer(model.vision_model, qformer_config(args, 48, text_input=True), 4)
+
+
+def test_location_word_accuracy_hand_case():
+    from PIL import Image
+
+    from groundvlm.recipes.toyworld import Scene, SceneObject
+
+    def obj(name, box):
+        return SceneObject(name, *name.split(), None, box, tuple(v // 7 for v in box))
+
+    scenes = [
+        Scene(0, Image.new("RGB", (112, 112)), [obj("red star", (0, 0, 28, 28)), obj("blue ring", (84, 84, 112, 112))]),
+        Scene(1, Image.new("RGB", (112, 112)), [obj("pink moon", (35, 35, 77, 77))]),
+    ]
+    captions = [
+        "a red star at the top left, and a blue ring in the middle.",  # right, wrong
+        "a photo of a pink moon.",  # no location said
+    ]
+    out = location_word_accuracy(captions, scenes)
+    assert out == {"objects_with_a_location": 2, "accuracy": 0.5, "modal_share": pytest.approx(1 / 3)}
+    assert location_word_accuracy(["a red star."], scenes[:1])["accuracy"] is None
 
 
 def test_object_name_recall_hand_case():

@@ -111,6 +111,40 @@ def object_name_recall(captions: list[str], scene_objects: list[list[str]]) -> f
     return hits / total
 
 
+def location_word_accuracy(captions: list[str], scenes) -> dict:
+    """Where a caption names an object and follows it with a location phrase ("a red star at the top left"): how often
+    the phrase is right (`toyworld.location_phrase` of the object's box). A base that only learned the most frequent
+    phrase scores that phrase's share of the objects (`modal_share`), not more."""
+    from collections import Counter
+
+    from groundvlm.recipes.toyworld import location_phrase
+    from groundvlm.recipes.toyworld.texts import LOCATION_PHRASES
+
+    phrases = sorted(LOCATION_PHRASES.values(), key=len, reverse=True)  # "at the top left" before "at the top"
+    said = correct = 0
+    truths = Counter()
+    for caption, scene in zip(captions, scenes):
+        text = " ".join(re.sub(r"[^\w\s]", " ", caption.lower()).split())
+        width, height = scene.size
+        for obj in scene.objects:
+            truth = location_phrase(obj, width, height)
+            truths[truth] += 1
+            at = text.find(obj.name.lower())
+            if at < 0:
+                continue
+            rest = text[at + len(obj.name) :]
+            phrase = next((p for p in phrases if rest.startswith(" " + p)), None)
+            if phrase is not None:
+                said += 1
+                correct += phrase == truth
+    total = sum(truths.values())
+    return {
+        "objects_with_a_location": said,
+        "accuracy": correct / said if said else None,
+        "modal_share": truths.most_common(1)[0][1] / total if total else None,
+    }
+
+
 @torch.no_grad()
 def caption_checks(
     model, processor, n_images: int = 200, seed: int = 10_000, split: str = "all", batch_size: int = 32
@@ -158,6 +192,7 @@ def caption_checks(
         prompts_total += len(prompts)
     return {
         "name_recall": object_name_recall(captions, names),
+        "location_words": location_word_accuracy(captions, scenes),
         "raw_box_parse_rate": parsed / max(prompts_total, 1),
         # A base that sees but does not localise scores at most the best constant box (its LM's prior box).
         "raw_miou": float(sum(ious) / max(len(ious), 1)),
