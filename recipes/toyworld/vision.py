@@ -86,7 +86,7 @@ def vision_model(
     "sincos" (BLIP-2 kind only) starts them at 2-D sine-cosine values, a signal as large as the patch embeddings,
     so that the trained encoder's output tokens still say where they are, as a real ViT's do. (Trained from the
     random init on the position-free objective below, the toy ViT's tokens kept little of their position: a
-    linear read-out of a token's own column / row reached R² 0.17 / 0.41.)
+    linear read-out of a token's own column / row reaches R² 0.26 / 0.41 on the committed caption VL-LLM's ViT.)
     """
     _check_kind(kind)
     if position_init not in POSITION_INITS:
