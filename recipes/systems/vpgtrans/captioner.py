@@ -52,7 +52,8 @@ CONFIGS = {
     "gpu-small-located": ("captioner_gpu_small_located", "qformer_pretrain_gpu", "gpu-small"),
     # v2: continue a built caption VL-LLM with the replay behind unrelated images (stage2 from --init_model).
     "cpu-continue": ("captioner_continue_cpu", None, "cpu"),
-    # v3: continue with a share of captions that say where each object is in words ("at the top left").
+    # An experiment: continue with half the captions saying where each object is in words ("at the top left").
+    # 400-600 CPU steps did not teach the base where (benchmarks/RESULTS.md, 2026-12-06).
     "cpu-located": ("captioner_located_cpu", None, "cpu"),
 }
 # Presets that continue a built caption VL-LLM (stage2 from its --init_model) rather than train a new one (tfs).
