@@ -140,3 +140,21 @@ def test_paper_scale_shape(bench):
 def test_shape_needs_cuda(bench):
     with pytest.raises(SystemExit):
         bench.parse_args(["--base", "blip2-opt-2.7b-shape", "--device", "cpu"])
+
+
+def test_pin_base_gpu_assets_step_packs_the_toy_cache(tmp_path):
+    """benchmarks/pin_base_gpu.sh's first call, on the seconds-sized test preset: the four toy assets the
+    located-caption base needs, packed so that the second call can unpack them into its cache."""
+    import os
+    import subprocess
+    import tarfile
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "pin_base_gpu.sh"
+    env = {**os.environ, "PRESET": "test", "GROUNDVLM_CACHE": str(tmp_path / "cache")}
+    subprocess.run(["bash", str(script), "assets", str(tmp_path / "out")], check=True, env=env, capture_output=True)
+    with tarfile.open(tmp_path / "out" / "toy_cache.tgz") as tar:
+        built = {Path(n).parent.name for n in tar.getnames() if n.endswith("build_info.json")}
+    assert built == {"data", "tokenizer-opt", "lm-opt-small", "vision-blip2-pos"}
+    bad = subprocess.run(["bash", str(script), "train", str(tmp_path / "x")], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "assets or caption" in bad.stderr
