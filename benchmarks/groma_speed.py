@@ -325,9 +325,7 @@ def generate_once(
     after the first token (ms, and as tokens/s per sequence), how far allocated memory rose above its level at
     the start (bytes; None off CUDA) and a digest of the generated ids (`tokens`, to compare variants).
     `cache`: the `cache_implementation` to ask for; None = the model's own generation_config (Groma: "static")."""
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True)
-    if cache is not None:
-        kwargs["cache_implementation"] = cache
+    kwargs = greedy_kwargs(new_tokens, cache)
     marker = FirstLogitsMark(clock)
     clock.sync()
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
@@ -348,6 +346,15 @@ def generate_once(
         "memory_rise_bytes": rise,
         "tokens": tokens_digest(out[:, -new_tokens:]),
     }
+
+
+def greedy_kwargs(new_tokens: int, cache: str | None) -> dict:
+    """`generate` arguments of every Groma/LLaVA run here: greedy, exactly `new_tokens` tokens, KV cache on;
+    `cache`: the `cache_implementation` to ask for (None = the model's own generation_config)."""
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+    if cache is not None:
+        kwargs["cache_implementation"] = cache
+    return kwargs
 
 
 def tokens_digest(tokens: torch.Tensor) -> str:
@@ -510,10 +517,9 @@ def divergence_summary(rows: list[dict]) -> dict:
 def scored_generate(model, inputs: dict, new_tokens: int, cache: str | None):
     """The greedy generation of `generate_once` (same length, same cache choice), untimed, returning generate's
     dict with the per-step `scores` the argmax was taken over."""
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True)
-    if cache is not None:
-        kwargs["cache_implementation"] = cache
-    return model.generate(**inputs, return_dict_in_generate=True, output_scores=True, **kwargs)
+    return model.generate(
+        **inputs, return_dict_in_generate=True, output_scores=True, **greedy_kwargs(new_tokens, cache)
+    )
 
 
 # The reference for the divergence check: no vision CUDA graphs, a dynamic KV cache (so no compiled decoding step):

@@ -570,3 +570,22 @@ def test_caption_asset_copies_the_committed_checkpoint(tmp_path, monkeypatch):
         toy_asset("vlm-caption", "cpu", cache_dir=tmp_path / "corrupt", verbose=False)
     with pytest.raises(FileNotFoundError, match="VPGTrans captioner builds it"):
         toy_asset("vlm-caption", "gpu", cache_dir=tmp_path / "cache", verbose=False)
+
+
+def test_qformer_pretraining_uses_the_caption_stage_vit(tmp_path, monkeypatch):
+    """--qformer_pretrain trains the Q-Former on the ViT the preset's caption stage uses (its config's vision_model)."""
+    from groundvlm.recipes.systems.vpgtrans import captioner
+
+    calls = []
+
+    def fake_stage(args):
+        calls.append(args)
+        raise RuntimeError("stop after the Q-Former stage")
+
+    monkeypatch.setattr(captioner, "_run_stage", fake_stage)
+    for preset, vit in (("gpu-small", "toy:vision-blip2"), ("gpu-small-located", "toy:vision-blip2-pos")):
+        with pytest.raises(RuntimeError, match="stop after"):
+            captioner.build_caption_vlm(tmp_path / preset, preset, qformer_pretrain=True)
+        args = calls[-1]
+        assert args[args.index("--stage") + 1] == "qformer_pretrain"
+        assert args[args.index("--vision_model") + 1] == vit

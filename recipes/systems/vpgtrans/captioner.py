@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from groundvlm.recipes.common.arguments import parse_recipe_args
+from groundvlm.recipes.common.arguments import parse_recipe_args, resolve_config_path
 from groundvlm.recipes.common.checkpointing import save_pretrained_once
 from groundvlm.recipes.common.provenance import git_commit
 from groundvlm.recipes.common.run_dir import prepare_run_dir
@@ -330,8 +330,8 @@ def build_caption_vlm(
         if asset_preset == "gpu-small":
             qf_args += ["--qformer_hidden_size", "128"]
         # Pretrain the Q-Former on the ViT the caption stage uses.
-        caption_config = Path(__file__).resolve().parents[2] / "vpgtrans" / f"{config}.yaml"
-        qf_args += ["--vision_model", yaml.safe_load(caption_config.read_text(encoding="utf-8"))["vision_model"]]
+        caption_config = resolve_config_path("vpgtrans", config).read_text(encoding="utf-8")
+        qf_args += ["--vision_model", yaml.safe_load(caption_config)["vision_model"]]
         _run_stage(qf_args + extra)
         tfs_args += ["--qformer_init", str(qf_dir / QFORMER_WEIGHTS_NAME)]
     if frozen_lm:
