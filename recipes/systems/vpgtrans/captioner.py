@@ -99,11 +99,16 @@ def base_gates(checks: dict) -> dict:
     }
 
 
+def plain_words(caption: str) -> str:
+    """The caption lower-cased, punctuation dropped, words joined by single spaces ("A red star," -> "a red star")."""
+    return " ".join(re.sub(r"[^\w\s]", " ", caption.lower()).split())
+
+
 def object_name_recall(captions: list[str], scene_objects: list[list[str]]) -> float:
     """Fraction of objects whose full name ("red star") occurs in their image's caption (lower-cased)."""
     hits = total = 0
     for caption, names in zip(captions, scene_objects):
-        caption = " " + " ".join(re.sub(r"[^\w\s]", " ", caption.lower()).split()) + " "  # "star," counts
+        caption = f" {plain_words(caption)} "  # "star," counts
         for name in names:
             total += 1
             hits += f" {name.lower()} " in caption
@@ -125,7 +130,7 @@ def location_word_accuracy(captions: list[str], scenes) -> dict:
     said = correct = 0
     truths = Counter()
     for caption, scene in zip(captions, scenes):
-        text = " ".join(re.sub(r"[^\w\s]", " ", caption.lower()).split())
+        text = plain_words(caption)
         width, height = scene.size
         for obj in scene.objects:
             truth = location_phrase(obj, width, height)
