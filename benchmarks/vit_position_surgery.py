@@ -23,10 +23,10 @@ def main(argv=None) -> dict:
     parser.add_argument("out", help="where to save the changed model and its processor")
     args = parser.parse_args(argv)
 
-    import groundvlm.modeling  # noqa: F401  (registers the auto classes)
-    import groundvlm.processing  # noqa: F401
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    import groundvlm.modeling  # noqa: F401  (registers the auto classes)
+    import groundvlm.processing  # noqa: F401
     from groundvlm.recipes.toyworld import ToyWorld
     from groundvlm.recipes.toyworld.vision import IMAGE_SIZE, PATCH_SIZE, normalise, sincos_2d, token_position_r2
 
