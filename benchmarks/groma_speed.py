@@ -319,13 +319,14 @@ def time_call(clock: Clock, fn, calls: int) -> float:
 
 
 def generate_once(
-    model, inputs: dict, clock: Clock, new_tokens: int, device: torch.device, cache: str | None = None
+    model, inputs: dict, clock: Clock, new_tokens: int, device: torch.device, cache: str | None = None, **extra
 ) -> dict:
     """One greedy generation of exactly `new_tokens` tokens: TTFT (ms), the decode time of the `new_tokens - 1` steps
     after the first token (ms, and as tokens/s per sequence), how far allocated memory rose above its level at
     the start (bytes; None off CUDA) and a digest of the generated ids (`tokens`, to compare variants).
-    `cache`: the `cache_implementation` to ask for; None = the model's own generation_config (Groma: "static")."""
-    kwargs = greedy_kwargs(new_tokens, cache)
+    `cache`: the `cache_implementation` to ask for; None = the model's own generation_config (Groma: "static");
+    `extra`: more `generate` arguments of the path (Groma: `defer_stop_check`)."""
+    kwargs = {**greedy_kwargs(new_tokens, cache), **extra}
     marker = FirstLogitsMark(clock)
     clock.sync()
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
@@ -514,17 +515,17 @@ def divergence_summary(rows: list[dict]) -> dict:
     }
 
 
-def scored_generate(model, inputs: dict, new_tokens: int, cache: str | None):
-    """The greedy generation of `generate_once` (same length, same cache choice), untimed, returning generate's
-    dict with the per-step `scores` the argmax was taken over."""
+def scored_generate(model, inputs: dict, new_tokens: int, cache: str | None, **extra):
+    """The greedy generation of `generate_once` (same length, same cache choice and extra arguments), untimed,
+    returning generate's dict with the per-step `scores` the argmax was taken over."""
     return model.generate(
-        **inputs, return_dict_in_generate=True, output_scores=True, **greedy_kwargs(new_tokens, cache)
+        **inputs, return_dict_in_generate=True, output_scores=True, **greedy_kwargs(new_tokens, cache), **extra
     )
 
 
 # The reference for the divergence check: no vision CUDA graphs, a dynamic KV cache (so no compiled decoding step):
 # every kernel eager. Each Groma variant differs from it in its vision side, its cache, or (the default) both.
-GROMA_REFERENCE = ("eager vision, dynamic cache", False, "dynamic")
+GROMA_REFERENCE = ("eager vision, dynamic cache", False, "dynamic", {})
 
 
 def groma_divergence(model, inputs: dict, new_tokens: int, variant, tie_tolerance: float) -> list[dict]:
@@ -534,12 +535,15 @@ def groma_divergence(model, inputs: dict, new_tokens: int, variant, tie_toleranc
     difference of the selected boxes (`max_region_box_diff`, None when the counts differ) and of the image
     embeddings (`max_image_embeds_abs_diff`): noise that starts on the vision side shows there."""
     entries = []
-    _, ref_graphs, ref_cache = GROMA_REFERENCE
+    _, ref_graphs, ref_cache, ref_extra = GROMA_REFERENCE
     for batch, inp in inputs.items():
-        ref = variant(ref_graphs, lambda inp=inp: scored_generate(model, inp, new_tokens, ref_cache))()
+        ref = variant(ref_graphs, lambda inp=inp: scored_generate(model, inp, new_tokens, ref_cache, **ref_extra))()
         ref_tokens = ref.sequences[:, -new_tokens:]
-        for vision, graphs, cache in GROMA_VARIANTS:
-            out = variant(graphs, lambda inp=inp, cache=cache: scored_generate(model, inp, new_tokens, cache))()
+        for vision, graphs, cache, extra in GROMA_VARIANTS:
+            out = variant(
+                graphs,
+                lambda inp=inp, cache=cache, extra=extra: scored_generate(model, inp, new_tokens, cache, **extra),
+            )()
             tokens = out.sequences[:, -new_tokens:]
             rows = token_divergence(ref_tokens, ref.scores, tokens, out.scores, tie_tolerance)
             for i, row in enumerate(rows):
@@ -682,10 +686,17 @@ class Bench(NamedTuple):
     diagnose: Callable[[], list[dict]] | None = None
 
 
-# Groma rows: (name, vision CUDA graphs, cache_implementation). The default: vision graphs on (eager off CUDA) and
-# the model's own static KV cache, with which transformers compiles the decoding step on a GPU; the same model with
-# an eager vision side; and with vision graphs but a dynamic cache (the project's default before the static one).
-GROMA_VARIANTS = (("cuda graphs", True, None), ("eager", False, None), ("dynamic cache", True, "dynamic"))
+# Groma rows: (name, vision CUDA graphs, cache_implementation, more generate arguments). The default: vision graphs on
+# (eager off CUDA), the model's own static KV cache, with which transformers compiles the decoding step on a GPU, and
+# the stop check read one step late on CUDA (`defer_stop_check`); the same model with an eager vision side; with
+# transformers' per-token stop check (the default before the deferred one); and with vision graphs but a dynamic
+# cache (the project's default before the static one).
+GROMA_VARIANTS = (
+    ("cuda graphs", True, None, {}),
+    ("eager", False, None, {}),
+    ("per-token stop check", True, None, {"defer_stop_check": False}),
+    ("dynamic cache", True, "dynamic", {}),
+)
 # LLaVA rows: (name, cache_implementation): transformers' default (dynamic) and its static-cache, compiled decode.
 LLAVA_VARIANTS = (("", None), ("static cache", "static"))
 ALONE_GROUP_OFFSET = 1  # components alone: the group after the TTFT breakdowns
@@ -729,11 +740,11 @@ def groma_bench(config, tok, base_vocab, args, device, dtype, clock) -> Bench:
         )()
         selected[batch] = ([len(b) for b in prepared.region_boxes], prepared.attention_mask.sum(1).tolist())
         del prepared
-    for slot, (vision, graphs, cache) in enumerate(GROMA_VARIANTS):
+    for slot, (vision, graphs, cache, extra) in enumerate(GROMA_VARIANTS):
         for group, batch in enumerate(args.batch_sizes):
             name = f"groma/{vision}/b{batch}"
-            run = lambda inp=inputs[batch], cache=cache: generate_once(
-                model, inp, clock, args.new_tokens, device, cache
+            run = lambda inp=inputs[batch], cache=cache, extra=extra: generate_once(
+                model, inp, clock, args.new_tokens, device, cache, **extra
             )
             units.append(Unit(name, (group, slot), variant(graphs, run)))
             rows[name] = {
@@ -741,6 +752,7 @@ def groma_bench(config, tok, base_vocab, args, device, dtype, clock) -> Bench:
                 "vision": vision,
                 "vision_mode": "cuda graphs" if graphs else "eager",
                 "cache": cache or model.generation_config.cache_implementation or "dynamic",
+                "stop_check": "per token" if extra.get("defer_stop_check") is False else "deferred on CUDA",
                 "batch_size": batch,
                 "visual_tokens": config.num_image_tokens + config.num_proxy_tokens,
                 "image_tokens": config.num_image_tokens,
@@ -791,7 +803,7 @@ def groma_batch1_units(model, inputs: dict, clock: Clock, args, group: int, vari
         "region_fuse": (model.region_encoder, "fuse"),
     }
     units = []
-    for slot, (vision, graphs, _) in enumerate(GROMA_VARIANTS[:2]):  # TTFT does not depend on the cache kind
+    for slot, (vision, graphs, *_) in enumerate(GROMA_VARIANTS[:2]):  # TTFT does not depend on the cache kind
         nested = {} if graphs else eager_nested
         run = lambda nested=nested: ttft_breakdown_once(model, inputs, stages, clock, nested)
         units.append(Unit(f"groma/{vision}/breakdown", (group, slot), variant(graphs, run)))
@@ -997,7 +1009,7 @@ def acceptance(samples: dict, paired: bool) -> dict:
     batch size, each ratio formed within one repeat (`paired`: the units ran in the same round; with --sequential
     repeat r of Groma meets repeat r of LLaVA, minutes apart). The default variant's checks keep the plain names."""
     checks = {}
-    for vision, _, _ in GROMA_VARIANTS[:2]:
+    for vision, *_ in GROMA_VARIANTS[:2]:
         suffix = "" if vision == GROMA_VARIANTS[0][0] else f"_{vision.replace(' ', '_')}_vision"
         ttft = samples.get(f"groma/{vision}/b1")
         if ttft and "groma/dinov2_alone" in samples:
@@ -1108,7 +1120,7 @@ def hardware_goals(results: list[dict], samples: dict, device: str, new_tokens: 
         goal("groma_b8_peak_memory_gib", default[8]["peak_memory_gib"], 18.0, True)
     for batch in default:
         base = samples.get(f"groma/{GROMA_VARIANTS[0][0]}/b{batch}")
-        for vision, _, _ in GROMA_VARIANTS[1:]:
+        for vision, *_ in GROMA_VARIANTS[1:]:
             other = samples.get(f"groma/{vision}/b{batch}")
             if base and other:
                 same = float(base[0]["tokens"] == other[0]["tokens"])
@@ -1197,6 +1209,8 @@ def markdown(report: dict) -> str:
             visual = f"{r['image_tokens']} + {r['region_slots']} slots ({min(regions)}-{max(regions)} regions used)"
         model = f"{r['model']}, {r['vision_mode']} vision" if "vision" in r else r["model"]
         model += f", {r['cache']} cache"
+        if r.get("stop_check") == "per token":
+            model += ", per-token stop check"
         lines.append(
             f"| {model} | {r['batch_size']} | {visual} | {r['prompt_tokens']} | {r['ttft_ms']:.1f} | "
             f"{r['decode_tokens_per_s']:.1f} | {r['decode_tokens_per_s_total']:.1f} | {fmt(r['peak_memory_gib'], '.2f')} | "

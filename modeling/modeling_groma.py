@@ -18,6 +18,7 @@ Region order is deterministic (NMS order = descending score); the reference's ra
 re-introduced only through the `region_permutation` hook (used by parity tests).
 """
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_groma import GromaConfig
 from .groma_cuda_graphs import GromaVisionCudaGraphs
+from .groma_deferred_stop import deferred_stop_check
 from .groma_proposer import GromaChannelLayerNorm, GromaRegionProposer
 from .groma_region_encoder import GromaRegionEncoder
 
@@ -616,6 +618,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         refer_boxes: list[torch.Tensor] | None = None,
         image_sizes=None,
         inputs_embeds: torch.Tensor | None = None,
+        defer_stop_check: bool = True,
         **kwargs,
     ):
         """Encode the images once (one batched vision pass and prefill), then decode with the KV cache.
@@ -623,6 +626,9 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         Decoding uses the model's `generation_config` like any transformers model. Groma's default is a static KV
         cache (`cache_implementation="static"`), with which transformers compiles the decoding step on a GPU; results
         equal the dynamic cache's. `cache_implementation="dynamic"` (or passing your own cache) turns it off.
+        On CUDA the stop check after each token is read one step late (`defer_stop_check=True`, transformers'
+        `DeferredStopCheck`, which it enables only on MPS): the host queues the next step while the GPU runs this one,
+        instead of waiting on it every token; the tokens are the same (groma_deferred_stop.py).
 
         With `return_dict_in_generate=True` the output also carries `region_boxes` (per image (N_i, 4) normalised
         xyxy in slot order, `<r_j>` -> row j), `image_hidden_states` and `attention_mask` (the mask of `sequences`,
@@ -645,8 +651,9 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
                     raise ValueError(
                         "the prompt holds <image> tokens (beyond the given cache) but no pixel_values were given"
                     )
-            return super().generate(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                                    **kwargs)  # fmt: skip
+            with deferred_stop_check() if defer_stop_check else contextlib.nullcontext():
+                return super().generate(input_ids=input_ids, attention_mask=attention_mask,
+                                        inputs_embeds=inputs_embeds, **kwargs)  # fmt: skip
         if inputs_embeds is not None:
             raise ValueError(
                 "pass input_ids, not inputs_embeds, with pixel_values: Groma writes the image and region tokens into "
@@ -655,12 +662,13 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         if input_ids is None:
             raise ValueError("input_ids are required with pixel_values (the image slots live in the prompt)")
         prepared = self.prepare_multimodal_inputs(input_ids, pixel_values, attention_mask, refer_boxes)
-        outputs = super().generate(
-            input_ids=prepared.input_ids,
-            attention_mask=prepared.attention_mask,
-            inputs_embeds=prepared.inputs_embeds,
-            **kwargs,
-        )
+        with deferred_stop_check() if defer_stop_check else contextlib.nullcontext():
+            outputs = super().generate(
+                input_ids=prepared.input_ids,
+                attention_mask=prepared.attention_mask,
+                inputs_embeds=prepared.inputs_embeds,
+                **kwargs,
+            )
         if isinstance(outputs, ModelOutput):
             sequences = outputs["sequences"]
             mask = prepared.attention_mask.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
