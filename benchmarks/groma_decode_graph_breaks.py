@@ -241,14 +241,16 @@ def compiled_generate_check(owner: torch.nn.Module, generate: Callable[..., obje
     config._compile_all_devices = True  # transformers' switch to compile the decoding step off the GPU
     torch._dynamo.reset()
     try:
-        compiled = generate(compile_config=config, max_new_tokens=new_tokens)
+        compiled = generate(compile_config=config, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
         first_call = len(graphs)
-        again = generate(compile_config=config, max_new_tokens=new_tokens)  # reuses the compiled call
+        again = generate(
+            compile_config=config, max_new_tokens=new_tokens, min_new_tokens=new_tokens
+        )  # reuses the compiled call
     finally:
         torch._dynamo.reset()
         owner.__dict__.pop("_compiled_call", None)  # `get_compiled_call` keeps the compiled callable on the module
         owner.__dict__.pop("_last_compile_config", None)
-    dynamic = generate(cache_implementation="dynamic", max_new_tokens=new_tokens)
+    dynamic = generate(cache_implementation="dynamic", max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     compiled, again, dynamic = (getattr(o, "sequences", o) for o in (compiled, again, dynamic))
     return {
         "decoding_steps": new_tokens - 1,

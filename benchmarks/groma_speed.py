@@ -332,7 +332,8 @@ def generate_once(
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     reset_peak(device)
     start = clock.mark()
-    out = model.generate(**inputs, logits_processor=LogitsProcessorList([marker]), **kwargs)
+    with counting_deferred_stop_checks() as deferred:
+        out = model.generate(**inputs, logits_processor=LogitsProcessorList([marker]), **kwargs)
     end = clock.mark()
     clock.sync()
     generated = out.shape[1] - inputs["input_ids"].shape[1]
@@ -346,7 +347,31 @@ def generate_once(
         "decode_tokens_per_s": (new_tokens - 1) / (decode / 1e3),
         "memory_rise_bytes": rise,
         "tokens": tokens_digest(out[:, -new_tokens:]),
+        "deferred_stop_check": deferred[0] > 0,  # observed: transformers built its DeferredStopCheck in this generate
     }
+
+
+@contextmanager
+def counting_deferred_stop_checks():
+    """Counts the `DeferredStopCheck`s transformers builds inside the block (a one-element list; [0] without one)."""
+    from transformers.generation import utils
+
+    count = [0]
+    check = getattr(utils, "DeferredStopCheck", None)
+    if check is None:
+        yield count
+        return
+    init = check.__init__
+
+    def counted(self, *args, **kwargs):
+        count[0] += 1
+        init(self, *args, **kwargs)
+
+    check.__init__ = counted
+    try:
+        yield count
+    finally:
+        check.__init__ = init
 
 
 def greedy_kwargs(new_tokens: int, cache: str | None) -> dict:
@@ -752,7 +777,7 @@ def groma_bench(config, tok, base_vocab, args, device, dtype, clock) -> Bench:
                 "vision": vision,
                 "vision_mode": "cuda graphs" if graphs else "eager",
                 "cache": cache or model.generation_config.cache_implementation or "dynamic",
-                "stop_check": "per token" if extra.get("defer_stop_check") is False else "deferred on CUDA",
+                "stop_check": "per token" if extra.get("defer_stop_check") is False else "deferred on CUDA",  # asked
                 "batch_size": batch,
                 "visual_tokens": config.num_image_tokens + config.num_proxy_tokens,
                 "image_tokens": config.num_image_tokens,
@@ -960,8 +985,10 @@ def result_row(row: dict, samples: list[dict], warm: list[dict], resident: int) 
     decode = [s["decode_tokens_per_s"] for s in samples]
     rises = [s["memory_rise_bytes"] for s in [*warm, *samples] if s["memory_rise_bytes"] is not None]
     per_seq = statistics.median(decode)
+    observed = {s.get("deferred_stop_check") for s in samples}
     return {
         **row,
+        "stop_check_observed": "deferred" if observed == {True} else "per token" if observed == {False} else "mixed",
         "ttft_ms": statistics.median(ttft),
         "decode_ms": statistics.median(s["decode_ms"] for s in samples),
         "decode_tokens_per_s": per_seq,
@@ -1190,7 +1217,10 @@ def markdown(report: dict) -> str:
             f"{len(c['per_repeat'])} {pairing} per-repeat ratios, range {c['range'][0]:.3f}–{c['range'][1]:.3f})"
         )
     if report.get("goals"):
-        lines += ["", "Goals against the hardware (Groma's default path: vision graphs + static KV cache):"]
+        lines += [
+            "",
+            "Goals against the hardware (Groma's default path: vision graphs + static KV cache + deferred stop check):",
+        ]
         for name, g in report["goals"].items():
             op = "<=" if g["at_most"] else ">="
             note = f" ({g['note']})" if g.get("note") else ""
@@ -1209,7 +1239,9 @@ def markdown(report: dict) -> str:
             visual = f"{r['image_tokens']} + {r['region_slots']} slots ({min(regions)}-{max(regions)} regions used)"
         model = f"{r['model']}, {r['vision_mode']} vision" if "vision" in r else r["model"]
         model += f", {r['cache']} cache"
-        if r.get("stop_check") == "per token":
+        if r.get("stop_check_observed") == "deferred":
+            model += ", deferred stop check"
+        elif r.get("stop_check") == "per token":
             model += ", per-token stop check"
         lines.append(
             f"| {model} | {r['batch_size']} | {visual} | {r['prompt_tokens']} | {r['ttft_ms']:.1f} | "

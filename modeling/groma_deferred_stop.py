@@ -5,24 +5,24 @@ transformers' decoding loop asks after every token whether all sequences have fi
 (`StopCheck`: `bool(unfinished_sequences.max() == 0)`), which blocks the host until the GPU has finished that step; the
 host then prepares the next step's inputs (the 4-D attention mask, cache positions, ...) while the GPU waits. Its
 `DeferredStopCheck` copies that flag asynchronously and reads it one step later, so the host queues step t+1 while
-the GPU runs step t; it runs one extra forward after the last token, whose cache entries it crops and whose token it
-drops (`finish`), so the returned tokens are the same. transformers enables it only on MPS
-(`DeferredStopCheck.is_supported`); `with deferred_stop_check():` widens that to CUDA for the block.
+the GPU runs step t; after an early stop it has run one extra forward, whose cache entries it crops and whose token it
+drops (`finish`), so the returned tokens and cache are the same. A streamer gets each token one step late. transformers
+enables it only on MPS (`DeferredStopCheck.is_supported`); `with deferred_stop_check():` widens that to CUDA for the
+calls made inside the block, in this thread / async context only.
 
-The switch is a class attribute of transformers, so it is reference-counted: concurrent or nested `generate` calls
-restore transformers' own rule when the last one ends. A `generate` of another model that overlaps in time (another
-thread) defers too, which changes its timing, not its tokens. Where transformers has no `DeferredStopCheck` (it
-appeared in 5.x), the block does nothing.
+How: `DeferredStopCheck.is_supported` is wrapped once (the wrapper is marked, so a second copy of this module — the
+Hub's remote-code copy beside the installed one — reuses it instead of wrapping again). Outside a block the wrapper is
+transformers' own rule. Inside, a CUDA device is judged as transformers judges MPS (assisted decoding never defers, a
+returned cache must be croppable), and only the current CUDA device qualifies: `DeferredStopCheck` records its events
+on the current device's stream, so for a model on another device the host could read a stale flag.
 """
 
 import contextlib
-import threading
+import contextvars
 
 import torch
 
-_LOCK = threading.Lock()
-_STATE = {"users": 0, "original": None}
-DEVICE_TYPES = ("cuda",)
+_MARK = "_groundvlm_deferred_stop"  # attribute of the installed wrapper: its ContextVar
 
 
 def _deferred_check_class():
@@ -31,37 +31,44 @@ def _deferred_check_class():
     return getattr(utils, "DeferredStopCheck", None)
 
 
-def deferral_available() -> bool:
-    """Whether this transformers has a deferred stop check to turn on."""
-    return _deferred_check_class() is not None
+def _defers_on(device: torch.device) -> bool:
+    """The current CUDA device only (see the module docstring)."""
+    return device.type == "cuda" and torch.cuda.is_available() and device.index in (None, torch.cuda.current_device())
+
+
+def _flag(check) -> contextvars.ContextVar | None:
+    """The ContextVar of the wrapper installed on `check.is_supported` (installed here on first use)."""
+    current = check.__dict__.get("is_supported")
+    if not isinstance(current, staticmethod):
+        return None  # not the transformers we know: leave it alone
+    flag = getattr(current.__func__, _MARK, None)
+    if flag is not None:
+        return flag
+    base = current.__func__
+    flag = contextvars.ContextVar("groundvlm_defer_stop_on_cuda", default=False)
+
+    def is_supported(device, *args, **kwargs):
+        if flag.get() and isinstance(device, torch.device) and _defers_on(device):
+            device = torch.device("mps")  # transformers' rule for the device it already defers on
+        return base(device, *args, **kwargs)
+
+    setattr(is_supported, _MARK, flag)
+    check.is_supported = staticmethod(is_supported)
+    return flag
 
 
 @contextlib.contextmanager
-def deferred_stop_check():
-    """Inside the block, `generate` on a CUDA device (or MPS, as transformers already does) defers its stop check by one step (see the module
-    docstring); everything else keeps transformers' own rule (assisted decoding never defers, and a returned cache must
-    be croppable)."""
-    check = _deferred_check_class()
-    if check is None:
+def deferred_stop_check(enabled: bool = True):
+    """Inside the block, `generate` on the current CUDA device defers its stop check by one step (see the module
+    docstring); yields whether it does. `enabled=False`, or a transformers without `DeferredStopCheck`, changes
+    nothing."""
+    check = _deferred_check_class() if enabled else None
+    flag = _flag(check) if check is not None else None
+    if flag is None:
         yield False
         return
-    with _LOCK:
-        if _STATE["users"] == 0:
-            original = check.__dict__["is_supported"]
-            _STATE["original"] = original
-
-            def is_supported(device: torch.device, cache, cache_is_returned: bool, is_assistant: bool) -> bool:
-                if device.type in DEVICE_TYPES and not is_assistant:
-                    return cache is None or cache.is_croppable or not cache_is_returned
-                return original.__func__(device, cache, cache_is_returned, is_assistant)
-
-            check.is_supported = staticmethod(is_supported)
-        _STATE["users"] += 1
+    token = flag.set(True)
     try:
         yield True
     finally:
-        with _LOCK:
-            _STATE["users"] -= 1
-            if _STATE["users"] == 0:
-                check.is_supported = _STATE["original"]
-                _STATE["original"] = None
+        flag.reset(token)

@@ -18,7 +18,6 @@ Region order is deterministic (NMS order = descending score); the reference's ra
 re-introduced only through the `region_permutation` hook (used by parity tests).
 """
 
-import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -626,9 +625,10 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         Decoding uses the model's `generation_config` like any transformers model. Groma's default is a static KV
         cache (`cache_implementation="static"`), with which transformers compiles the decoding step on a GPU; results
         equal the dynamic cache's. `cache_implementation="dynamic"` (or passing your own cache) turns it off.
-        On CUDA the stop check after each token is read one step late (`defer_stop_check=True`, transformers'
-        `DeferredStopCheck`, which it enables only on MPS): the host queues the next step while the GPU runs this one,
-        instead of waiting on it every token; the tokens are the same (groma_deferred_stop.py).
+        On the current CUDA device the stop check after each token is read one step late (`defer_stop_check=True`,
+        transformers' `DeferredStopCheck`, which it enables only on MPS): the host queues the next step while the GPU
+        runs this one, instead of waiting on it every token; tokens and returned cache are the same, a streamer gets
+        each token one step late (groma_deferred_stop.py). Not with `synced_gpus`, which syncs every step anyway.
 
         With `return_dict_in_generate=True` the output also carries `region_boxes` (per image (N_i, 4) normalised
         xyxy in slot order, `<r_j>` -> row j), `image_hidden_states` and `attention_mask` (the mask of `sequences`,
@@ -643,6 +643,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         assisted = kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens") is not None
         if assisted and "cache_implementation" not in kwargs and kwargs.get("generation_config") is None:
             kwargs["cache_implementation"] = "dynamic"  # assisted decoding crops its cache; a static one cannot
+        defer = defer_stop_check and not kwargs.get("synced_gpus")
         if pixel_values is None:
             if input_ids is not None:
                 cache = kwargs.get(CACHE_KWARG, kwargs.get("past_key_values"))
@@ -651,7 +652,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
                     raise ValueError(
                         "the prompt holds <image> tokens (beyond the given cache) but no pixel_values were given"
                     )
-            with deferred_stop_check() if defer_stop_check else contextlib.nullcontext():
+            with deferred_stop_check(defer):
                 return super().generate(input_ids=input_ids, attention_mask=attention_mask,
                                         inputs_embeds=inputs_embeds, **kwargs)  # fmt: skip
         if inputs_embeds is not None:
@@ -662,7 +663,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         if input_ids is None:
             raise ValueError("input_ids are required with pixel_values (the image slots live in the prompt)")
         prepared = self.prepare_multimodal_inputs(input_ids, pixel_values, attention_mask, refer_boxes)
-        with deferred_stop_check() if defer_stop_check else contextlib.nullcontext():
+        with deferred_stop_check(defer):
             outputs = super().generate(
                 input_ids=prepared.input_ids,
                 attention_mask=prepared.attention_mask,

@@ -113,6 +113,8 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
         ("LLaVA", None, "static", 1),
         ("LLaVA", None, "static", 2),
     ]
+    # observed, not asked: on the CPU transformers never builds its DeferredStopCheck (it needs device events)
+    assert {r["stop_check_observed"] for r in results} == {"per token"}
     rows = {
         (r["model"].split()[0], r.get("vision"), r["batch_size"]): r
         for r in results
@@ -216,7 +218,9 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
     # on the CPU no roofline or compute bound: the TTFT goal and the token checks; the static cache (Groma's
     # default), the dynamic cache and the eager vision side give the same greedy tokens
     goals = report["goals"]
-    same = {f"groma_b{b}_tokens_equal_to_{v}" for b in (1, 2) for v in ("eager", "per-token_stop_check", "dynamic_cache")}
+    same = {
+        f"groma_b{b}_tokens_equal_to_{v}" for b in (1, 2) for v in ("eager", "per-token_stop_check", "dynamic_cache")
+    }
     assert set(goals) == same | {"groma_b1_ttft_over_dinov2_plus_llm_prefill_goal"}
     assert all(goals[name]["pass"] for name in same)
     ttft = goals["groma_b1_ttft_over_dinov2_plus_llm_prefill_goal"]

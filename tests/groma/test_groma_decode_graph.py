@@ -3,12 +3,9 @@ graph break, no host sync, no recompile from one step to the next, on the tiny G
 the dynamic cache's greedy tokens. The step is captured from a real `generate` (benchmarks/groma_decode_graph_breaks.py,
 which also reports PIN's and VPGTrans's steps)."""
 
-import copy
-
 import pytest
 import torch
 import torch._dynamo
-from transformers import CompileConfig
 
 from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
 from tests._benchmarks import load_benchmark
@@ -34,54 +31,26 @@ def setup():
     return model, generate
 
 
-def explain_decode_step(model, step, new_token=None):
-    """(dynamo's explanation of the compiled call, host syncs of the eager step) for the captured decoding step."""
-    input_ids = step["input_ids"].clone()
-    if new_token is not None:
-        input_ids[:, -1] = new_token
-    with torch.no_grad():
-        model_inputs = model.prepare_inputs_for_generation(input_ids, *step["args"], **copy.deepcopy(step["kwargs"]))
-        recorder = decode_graphs.HostSyncRecorder()
-        with recorder:
-            model(**copy.deepcopy(model_inputs), return_dict=True)
-        torch._dynamo.reset()
-        try:
-            explanation = torch._dynamo.explain(model.__call__)(**copy.deepcopy(model_inputs), return_dict=True)
-        finally:
-            torch._dynamo.reset()
-    return explanation, recorder.syncs
-
-
 def test_decoding_step_is_one_graph_without_host_syncs(setup):
     model, generate = setup
     step = decode_graphs.capture_decode_step(model, generate)
     assert step["owner"] is model and type(decode_graphs._cache_of(step["kwargs"])).__name__ == "StaticCache"
     # A generated <image> id is plain text once the prompt is cached: no check, no break, for it either.
     for new_token in (None, model.config.image_token_id):
-        explanation, syncs = explain_decode_step(model, step, new_token)
-        reasons = [str(r.reason) for r in explanation.break_reasons]
-        assert explanation.graph_break_count == 0, reasons
-        assert explanation.graph_count == 1
-        assert syncs == []
+        input_ids = step["input_ids"].clone()
+        if new_token is not None:
+            input_ids[:, -1] = new_token
+        report = decode_graphs.analyse_step({**step, "input_ids": input_ids})
+        explain = report["explain"]
+        assert explain["graph_break_count"] == 0, explain["breaks"]
+        assert explain["graph_count"] == 1
+        assert report["host_syncs"] == {"prepare_inputs_for_generation": [], "forward": [],
+                                        "_update_model_kwargs_for_generation": []}  # fmt: skip
 
 
 def test_compiled_decoding_compiles_once_and_keeps_the_greedy_tokens(setup):
     model, generate = setup
-    graphs = []
-
-    def counting_backend(gm, example_inputs):  # inductor-free: runs the captured graph as is
-        graphs.append(gm)
-        return gm.forward
-
-    config = CompileConfig(backend=counting_backend, mode=None)
-    config._compile_all_devices = True  # transformers compiles the decoding step off the GPU too
-    torch._dynamo.reset()
-    try:
-        compiled = generate(compile_config=config, max_new_tokens=5, min_new_tokens=5)
-    finally:
-        torch._dynamo.reset()
-        model.__dict__.pop("_compiled_call", None)
-        model.__dict__.pop("_last_compile_config", None)
-    assert len(graphs) == 1  # 4 decoding steps, one graph: no break, no recompile
-    dynamic = generate(cache_implementation="dynamic", max_new_tokens=5, min_new_tokens=5)
-    assert torch.equal(compiled, dynamic)
+    check = decode_graphs.compiled_generate_check(model, generate, new_tokens=5)
+    # 4 decoding steps, one graph: no break, no recompile, and none for a second generate
+    assert (check["graphs_compiled"], check["graphs_compiled_by_a_second_generate"]) == (1, 0)
+    assert check["tokens_equal_dynamic_cache"]
