@@ -303,44 +303,16 @@ def groma_case(batch: int):
 
 
 def pin_case(batch: int, base: str):
-    from PIL import Image
-    from transformers import Blip2Processor
+    from tests._pin_tiny import tiny_pin_with_inputs
 
-    from groundvlm.modeling import PinForLocalization
-    from groundvlm.processing import PinProcessor
-    from tests._pin_tiny import blip_image_processor, llava_processor, make_tokenizer, tiny_blip2, tiny_llava
-
-    if base == "llava":
-        tok = make_tokenizer("llama")
-        vlm, processor = tiny_llava(tok), PinProcessor.from_base_processor(llava_processor(tok))
-    else:
-        tok = make_tokenizer("opt")
-        vlm = tiny_blip2(tok)
-        processor = PinProcessor.from_base_processor(
-            Blip2Processor(image_processor=blip_image_processor(), tokenizer=tok, num_query_tokens=4)
-        )
-    pin = PinForLocalization.from_base(vlm)
-    images = [Image.new("RGB", (300, 200), (200, 30, 30)), Image.new("RGB", (120, 160), (20, 200, 90))]
-    inputs = dict(processor(images=images[:batch], objects=["cat", "apple"][:batch]))
+    pin, inputs = tiny_pin_with_inputs(base, batch)
     return pin, pin.vlm, inputs, {"cache_implementation": "static"}
 
 
 def vpgtrans_case(batch: int):
-    import numpy as np
-    from transformers import BlipImageProcessor
+    from tests._vpgtrans_toys import tiny_vpgtrans_with_prompts
 
-    from groundvlm.modeling import VPGTransConfig, VPGTransModel
-    from groundvlm.processing import VPGTransProcessor
-    from tests._vpgtrans_toys import add_image_token, blip2_config, opt_text_config, opt_tokenizer
-
-    tok = opt_tokenizer()
-    image_token_index = add_image_token(tok)  # before len(tok): the vocabulary includes it
-    config = blip2_config(opt_text_config(len(tok)), image_token_index, config_cls=VPGTransConfig)
-    torch.manual_seed(0)
-    model = VPGTransModel(config).eval()
-    processor = VPGTransProcessor(BlipImageProcessor(size={"height": 16, "width": 16}), tok, num_query_tokens=4)
-    images = [np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8) for i in range(2)]
-    inputs = dict(processor(images=images[:batch], text=["a red star on the left", "a ring"][:batch]))
+    model, inputs = tiny_vpgtrans_with_prompts(batch)
     return model, model, inputs, {"cache_implementation": "static"}
 
 

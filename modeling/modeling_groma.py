@@ -33,8 +33,8 @@ from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 from transformers.utils import ModelOutput
 
 from .configuration_groma import GromaConfig
+from .deferred_stop import deferred_stop_check
 from .groma_cuda_graphs import GromaVisionCudaGraphs
-from .groma_deferred_stop import deferred_stop_check
 from .groma_proposer import GromaChannelLayerNorm, GromaRegionProposer
 from .groma_region_encoder import GromaRegionEncoder
 
@@ -628,7 +628,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         On the current CUDA device the stop check after each token is read one step late (`defer_stop_check=True`,
         transformers' `DeferredStopCheck`, which it enables only on MPS): the host queues the next step while the GPU
         runs this one, instead of waiting on it every token; tokens and returned cache are the same, a streamer gets
-        each token one step late (groma_deferred_stop.py). Not with `synced_gpus`, which syncs every step anyway.
+        each token one step late (deferred_stop.py). Not with `synced_gpus`, which syncs every step anyway.
 
         With `return_dict_in_generate=True` the output also carries `region_boxes` (per image (N_i, 4) normalised
         xyxy in slot order, `<r_j>` -> row j), `image_hidden_states` and `attention_mask` (the mask of `sequences`,

@@ -35,6 +35,7 @@ from transformers.modeling_utils import load_state_dict
 from transformers.utils import cached_file, logging
 
 from .configuration_pin import PinConfig
+from .deferred_stop import deferred_stop_check
 from .modeling_vpgtrans import VPGTransModel
 from .pin_insert import PinInsert
 
@@ -642,9 +643,12 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
         attention_mask: torch.LongTensor | None = None,
         use_pin: bool = True,
         vision_embeds: torch.FloatTensor | None = None,
+        defer_stop_check: bool = True,
         **generate_kwargs,
     ) -> torch.LongTensor:
         """The base model's `generate` with π added to its vision tokens (`use_pin=False`: the base alone).
+        On the current CUDA device the stop check after each token is read one step late (`defer_stop_check`, see
+        `deferred_stop.py`): same tokens, no per-token host sync.
 
         `vision_embeds` (from `encode_images`) may replace `pixel_values`, as in `forward`. To continue from a
         returned KV cache, pass the ids generated so far with the cache; a LLaVA base then takes no images (they are
@@ -664,7 +668,10 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
             pixel_values = self._placeholder_pixels(vision_embeds)
         if pixel_values is not None:  # an explicit None would still send LLaVA's generate to its vision tower
             generate_kwargs["pixel_values"] = pixel_values
-        with self._precomputed_vision(vision_embeds), self._insert_active(use_pin):
+        defer = defer_stop_check and not generate_kwargs.get("synced_gpus")
+        if isinstance(self.vlm, VPGTransModel):
+            generate_kwargs["defer_stop_check"] = defer  # its own generate would turn it on otherwise
+        with self._precomputed_vision(vision_embeds), self._insert_active(use_pin), deferred_stop_check(defer):
             return self.vlm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
 
 

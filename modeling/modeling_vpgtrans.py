@@ -26,6 +26,7 @@ from transformers import Blip2ForConditionalGeneration, GenerationMixin
 from transformers import initialization as init
 
 from .configuration_vpgtrans import VPGTransConfig
+from .deferred_stop import deferred_stop_check
 
 
 class VPGTransModel(Blip2ForConditionalGeneration, GenerationMixin):
@@ -120,6 +121,7 @@ class VPGTransModel(Blip2ForConditionalGeneration, GenerationMixin):
         attention_mask: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
+        defer_stop_check: bool = True,
         **generate_kwargs,
     ) -> torch.LongTensor:
         r"""
@@ -130,7 +132,9 @@ class VPGTransModel(Blip2ForConditionalGeneration, GenerationMixin):
         prompt tokenises to: BOS for decoder-only LLMs (as transformers' BLIP-2) and EOS for T5 (whose tokenizer
         has no BOS and appends `</s>`). Stopping follows `generation_config` (VPGTrans stops on the "\n" id for
         decoder-only LLMs; `build_target_model` sets it). Returns [B, L + new] ids for decoder-only LLMs (the
-        prompt included, as transformers does) and [B, new] decoder ids for T5.
+        prompt included, as transformers does) and [B, new] decoder ids for T5. On the current CUDA device the stop
+        check after each token is read one step late (`defer_stop_check`, see `deferred_stop.py`): same tokens, no
+        per-token host sync.
         """
         if input_ids is None and inputs_embeds is None:
             text_config = self.config.text_config
@@ -146,14 +150,15 @@ class VPGTransModel(Blip2ForConditionalGeneration, GenerationMixin):
                 pixel_values.shape[0], 1
             )
         self._check_image_placeholders(pixel_values, input_ids)
-        return super().generate(
-            pixel_values=pixel_values,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            **generate_kwargs,
-        )
+        with deferred_stop_check(defer_stop_check and not generate_kwargs.get("synced_gpus")):
+            return super().generate(
+                pixel_values=pixel_values,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                **generate_kwargs,
+            )
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # `register_for_auto_class` keeps a single Auto class per model class; users (and trl, which looks for

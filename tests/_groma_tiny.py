@@ -7,6 +7,7 @@ The one tiny Groma config of the tests and benchmarks (`tiny_groma_config`), wit
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
 
 from groundvlm.modeling.configuration_groma import GromaConfig
@@ -114,3 +115,16 @@ def tiny_groma_processor(tokenizer, config: GromaConfig) -> GromaProcessor:
 def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
     """A uint8 RGB noise image of the given size."""
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def tiny_groma_left_padded_batch():
+    """A tiny random Groma (seed 0) and a batch of two prompts of different lengths, left-padded, with unused region
+    pairs and random 112-px images: the mask and positions of a real batch."""
+    from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
+    from tests.groma.test_groma_model import left_pad, static_prompt
+
+    torch.manual_seed(0)
+    model = GromaForConditionalGeneration(tiny_groma_config()).eval()
+    cfg = model.config
+    ids, mask = left_pad([static_prompt(cfg), static_prompt(cfg, before=(1, 5, 6, 7, 9))], cfg.pad_token_id)
+    return model, {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(2, 3, 112, 112)}

@@ -5,10 +5,12 @@ Vision towers take 224 px images with 56 px patches (4x4 = 16 patches), so the b
 """
 
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     Blip2Config,
     Blip2ForConditionalGeneration,
+    Blip2Processor,
     BlipImageProcessor,
     CLIPImageProcessor,
     LlavaConfig,
@@ -139,3 +141,22 @@ def llava_processor(tokenizer) -> LlavaProcessor:
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
     )
+
+
+def tiny_pin_with_inputs(base: str = "blip2", batch: int = 2):
+    """A fresh PIN on a tiny BLIP-2 (`base="blip2"`) or LLaVA (`"llava"`) base and its processor's inputs for `batch`
+    (≤ 2) images of different sizes, each asking for one object."""
+    from groundvlm.modeling import PinForLocalization
+    from groundvlm.processing import PinProcessor
+
+    if base == "llava":
+        tok = make_tokenizer("llama")
+        vlm, processor = tiny_llava(tok), PinProcessor.from_base_processor(llava_processor(tok))
+    else:
+        tok = make_tokenizer("opt")
+        vlm = tiny_blip2(tok)
+        processor = PinProcessor.from_base_processor(
+            Blip2Processor(image_processor=blip_image_processor(), tokenizer=tok, num_query_tokens=4)
+        )
+    images = [Image.new("RGB", (300, 200), (200, 30, 30)), Image.new("RGB", (120, 160), (20, 200, 90))]
+    return PinForLocalization.from_base(vlm), dict(processor(images=images[:batch], objects=["cat", "apple"][:batch]))

@@ -8,6 +8,7 @@ Tokenizers follow each LLM family's special-token convention (OPT: </s> as BOS/E
   as in T5) that appears when a word has no "▁word" piece.
 """
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AddedToken, Blip2Config, OPTConfig, PreTrainedTokenizerFast, T5Config
 
@@ -116,3 +117,22 @@ def blip2_config(text_config, image_token_index, num_query_tokens=4, config_cls=
 
 
 __all__ = ["WORDS", "opt_tokenizer", "llama_tokenizer", "t5_tokenizer", "add_image_token", "blip2_config"]
+
+
+def tiny_vpgtrans_with_prompts(batch: int = 2):
+    """A tiny OPT-based VPGTransModel (seed 0) and its processor's left-padded prompts for `batch` (≤ 2) random
+    16x16 images."""
+    import numpy as np
+    from transformers import BlipImageProcessor
+
+    from groundvlm.modeling import VPGTransConfig, VPGTransModel
+    from groundvlm.processing import VPGTransProcessor
+
+    tok = opt_tokenizer()
+    image_token_index = add_image_token(tok)  # before len(tok): the vocabulary includes it
+    config = blip2_config(opt_text_config(len(tok)), image_token_index, config_cls=VPGTransConfig)
+    torch.manual_seed(0)
+    model = VPGTransModel(config).eval()
+    processor = VPGTransProcessor(BlipImageProcessor(size={"height": 16, "width": 16}), tok, num_query_tokens=4)
+    images = [np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8) for i in range(2)]
+    return model, dict(processor(images=images[:batch], text=["a red star on the left", "a ring"][:batch]))

@@ -184,7 +184,7 @@ REMOTE_CODE_FILES = (
     "groma_proposer.py",
     "groma_region_encoder.py",
     "groma_cuda_graphs.py",
-    "groma_deferred_stop.py",
+    "deferred_stop.py",
 )
 AUTO_MAP = {
     "AutoConfig": "configuration_groma.GromaConfig",

@@ -6,28 +6,15 @@ and leave ψ's gradients unchanged, reentrant or not. Runs on transformers 5.17 
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import Blip2Processor
 
 from groundvlm.modeling import PinForLocalization
 from groundvlm.modeling.modeling_groma import CACHE_KWARG
-from groundvlm.processing import PinProcessor
-from tests._pin_tiny import blip_image_processor, llava_processor, make_tokenizer, tiny_blip2, tiny_llava
+from tests._pin_tiny import tiny_pin_with_inputs
 
 
 def _setup(kind):
-    if kind == "llava":
-        tok = make_tokenizer("llama")
-        base, processor = tiny_llava(tok), PinProcessor.from_base_processor(llava_processor(tok))
-    else:
-        tok = make_tokenizer("opt")
-        base = tiny_blip2(tok)
-        processor = PinProcessor.from_base_processor(
-            Blip2Processor(image_processor=blip_image_processor(), tokenizer=tok, num_query_tokens=4)
-        )
-    images = [Image.new("RGB", (300, 200), (200, 30, 30)), Image.new("RGB", (120, 160), (20, 200, 90))]
-    return PinForLocalization.from_base(base), processor(images=images, objects=["cat", "apple"])
+    return tiny_pin_with_inputs(kind)
 
 
 def _step(pin, inputs):

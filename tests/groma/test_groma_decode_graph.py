@@ -4,25 +4,16 @@ the dynamic cache's greedy tokens. The step is captured from a real `generate` (
 which also reports PIN's and VPGTrans's steps)."""
 
 import pytest
-import torch
-import torch._dynamo
 
-from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
 from tests._benchmarks import load_benchmark
-from tests._groma_tiny import tiny_groma_config
-from tests.groma.test_groma_model import left_pad, static_prompt
+from tests._groma_tiny import tiny_groma_left_padded_batch
 
 decode_graphs = load_benchmark("groma_decode_graph_breaks")
 
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    model = GromaForConditionalGeneration(tiny_groma_config()).eval()
-    cfg = model.config
-    # Left padding and unused region pairs: the mask and positions of a real batch.
-    ids, mask = left_pad([static_prompt(cfg), static_prompt(cfg, before=(1, 5, 6, 7, 9))], cfg.pad_token_id)
-    inputs = {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(2, 3, 112, 112)}
+    model, inputs = tiny_groma_left_padded_batch()
 
     def generate(**kwargs):
         kwargs.setdefault("max_new_tokens", 3)

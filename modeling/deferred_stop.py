@@ -1,5 +1,5 @@
-"""Decoding without a per-token host sync: transformers' deferred stop check, turned on for CUDA inside Groma's
-`generate`.
+"""Decoding without a per-token host sync: transformers' deferred stop check, turned on for CUDA inside the `generate`
+of Groma, VPGTrans and PIN (each passes `defer_stop_check=False` through to opt out).
 
 transformers' decoding loop asks after every token whether all sequences have finished
 (`StopCheck`: `bool(unfinished_sequences.max() == 0)`), which blocks the host until the GPU has finished that step; the

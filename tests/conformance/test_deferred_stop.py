@@ -1,5 +1,5 @@
-"""Groma's `generate` defers transformers' per-token stop check on the current CUDA device
-(modeling/groma_deferred_stop.py): only inside the call and only in its own context, never for assisted decoding, a
+"""The `generate` of Groma, VPGTrans and PIN defers transformers' per-token stop check on the current CUDA device
+(modeling/deferred_stop.py): only inside the call and only in its own context, never for assisted decoding, a
 returned cache that cannot be cropped, another CUDA device than the current one, or `synced_gpus`; and the deferred
 path itself (its extra forward after an early stop, undone by `finish`) gives the per-token path's sequences, scores,
 cache length and streamed tokens. Off CUDA the deferred check needs device events, so the last test runs it on the CPU
@@ -13,10 +13,10 @@ from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import DeferredStopCheck
 
-from groundvlm.modeling import groma_deferred_stop
-from groundvlm.modeling.modeling_groma import GromaForConditionalGeneration
-from tests._groma_tiny import tiny_groma_config
-from tests.groma.test_groma_model import left_pad, static_prompt
+from groundvlm.modeling import deferred_stop
+from tests._groma_tiny import tiny_groma_left_padded_batch
+from tests._pin_tiny import tiny_pin_with_inputs
+from tests._vpgtrans_toys import tiny_vpgtrans_with_prompts
 
 
 class _Croppable:
@@ -40,7 +40,7 @@ def deferred_on(device="cuda", cache=None, returned=False, assistant=False) -> b
 
 def test_only_inside_the_block_and_only_where_it_is_safe(cuda_current):
     assert not deferred_on()  # transformers' own rule: MPS only
-    with groma_deferred_stop.deferred_stop_check() as active:
+    with deferred_stop.deferred_stop_check() as active:
         assert active
         assert deferred_on() and deferred_on("cuda:0")
         assert not deferred_on("cuda:1")  # events would be recorded on cuda:0's stream
@@ -51,13 +51,13 @@ def test_only_inside_the_block_and_only_where_it_is_safe(cuda_current):
         assert not deferred_on("cpu")
         assert deferred_on("mps")  # transformers' rule, unchanged
     assert not deferred_on() and deferred_on("mps")
-    with groma_deferred_stop.deferred_stop_check(enabled=False) as active:
+    with deferred_stop.deferred_stop_check(enabled=False) as active:
         assert not active and not deferred_on()
 
 
 def test_nested_blocks_errors_and_other_threads(cuda_current):
-    with groma_deferred_stop.deferred_stop_check():
-        with groma_deferred_stop.deferred_stop_check():
+    with deferred_stop.deferred_stop_check():
+        with deferred_stop.deferred_stop_check():
             assert deferred_on()
         assert deferred_on()  # the outer call is still running
         seen = []
@@ -67,15 +67,15 @@ def test_nested_blocks_errors_and_other_threads(cuda_current):
         assert seen == [False]  # another thread's generate keeps transformers' rule
     assert not deferred_on()
     with pytest.raises(RuntimeError, match="boom"):
-        with groma_deferred_stop.deferred_stop_check():
+        with deferred_stop.deferred_stop_check():
             raise RuntimeError("boom")
     assert not deferred_on()
 
 
 def test_a_second_copy_of_the_module_reuses_the_installed_wrapper():
-    with groma_deferred_stop.deferred_stop_check():
+    with deferred_stop.deferred_stop_check():
         installed = DeferredStopCheck.__dict__["is_supported"]
-    assert groma_deferred_stop._flag(DeferredStopCheck) is getattr(installed.__func__, groma_deferred_stop._MARK)
+    assert deferred_stop._flag(DeferredStopCheck) is getattr(installed.__func__, deferred_stop._MARK)
     assert DeferredStopCheck.__dict__["is_supported"] is installed  # no second wrapper around the first
 
 
@@ -92,11 +92,7 @@ class _RecordRule(LogitsProcessor):
 
 @pytest.fixture(scope="module")
 def groma():
-    torch.manual_seed(0)
-    model = GromaForConditionalGeneration(tiny_groma_config()).eval()
-    cfg = model.config
-    ids, mask = left_pad([static_prompt(cfg), static_prompt(cfg, before=(1, 5, 6, 7, 9))], cfg.pad_token_id)
-    return model, {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(2, 3, 112, 112)}
+    return tiny_groma_left_padded_batch()
 
 
 @pytest.mark.parametrize("defer", [True, False])
@@ -111,6 +107,25 @@ def test_generate_turns_it_on_for_its_own_duration(groma, cuda_current, defer):
     model.generate(input_ids=inputs["input_ids"][:, :3], max_new_tokens=2, min_new_tokens=2, do_sample=False,
                    defer_stop_check=defer, logits_processor=LogitsProcessorList([recorder]))  # fmt: skip
     assert recorder.seen == [defer] * 2  # text-only generation too
+
+
+def _pin(kind):
+    return tiny_pin_with_inputs(kind)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [tiny_vpgtrans_with_prompts, lambda: _pin("blip2"), lambda: _pin("llava")],
+    ids=["vpgtrans", "pin-blip2", "pin-llava"],
+)
+@pytest.mark.parametrize("defer", [True, False])
+def test_vpgtrans_and_pin_generate_too(build, defer, cuda_current):
+    model, inputs = build()
+    recorder = _RecordRule()
+    model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False, defer_stop_check=defer,
+                   logits_processor=LogitsProcessorList([recorder]))  # fmt: skip
+    assert recorder.seen == [defer] * 2
+    assert not deferred_on()
 
 
 def test_synced_gpus_does_not_defer(groma, cuda_current):
@@ -175,7 +190,7 @@ def test_the_deferred_path_gives_the_per_token_paths_outputs(groma, monkeypatch)
 
     monkeypatch.setattr(DeferredStopCheck, "__init__", spy)
     monkeypatch.setattr(torch, "Event", _HostEvent)
-    monkeypatch.setattr(groma_deferred_stop, "_defers_on", lambda device: device.type == "cpu")
+    monkeypatch.setattr(deferred_stop, "_defers_on", lambda device: device.type == "cpu")
     eos = 3
     runs = {}
     for defer in (False, True):
