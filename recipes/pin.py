@@ -62,6 +62,7 @@ def write_results(run_dir, pin_args: PinArguments, run: PinRun) -> None:
     lines = [comparison_table(run.results, title)]
     sentence = verdict(run.results)
     if sentence:
+        write_metrics(run_dir, "comparison", {"verdict": sentence})  # the model card says it too (push_to_hub)
         lines.append(f"Verdict: {sentence}")
     for method, entry in run.results.items():
         if "p@0.3" in entry.get("held_out", {}):

@@ -358,7 +358,10 @@ def build_model_card(
         base_models = [reference]
     dataset_list = _as_list(datasets, "datasets")
     model_id = model_id or model_dir.resolve().name
-    results = eval_results_from_metrics(system, load_eval_results(eval_results), eval_sections, eval_dataset)
+    metrics = load_eval_results(eval_results)
+    results = eval_results_from_metrics(system, metrics, eval_sections, eval_dataset)
+    comparison = metrics.get("comparison") if isinstance(metrics, dict) else None
+    verdict = comparison.get("verdict") if isinstance(comparison, dict) else None  # PIN's recipe writes it
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=spec.pipeline_tag,
@@ -392,6 +395,7 @@ def build_model_card(
         base_models=base_models or [],
         training_datasets=dataset_list or [],
         eval_rows=rows,
+        verdict=verdict if isinstance(verdict, str) else None,
         toy_world_dataset=TOY_WORLD_DATASET,
     )
 

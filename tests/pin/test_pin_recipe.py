@@ -319,6 +319,7 @@ def test_main_end_to_end_writes_table_and_png(tok, tmp_path, monkeypatch):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"raw", "random", "full_image", "pin"}  # the untrained baselines too
     assert metrics["random"]["held_out"]["parse_ok"] == results["random"]["held_out"]["parse_ok"]
+    assert metrics["comparison"]["verdict"].startswith("PIN (ours) ")  # what the model card repeats
     log = (out / "train.log").read_text()
     assert "Results:" in log and "| PIN (ours) |" in log  # the comparison is kept with the run
 

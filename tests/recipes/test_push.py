@@ -161,6 +161,13 @@ def test_pin_card_metadata_eval_results_and_round_trip(folders, tmp_path):
     assert "Dorkenwald" in body and "@inproceedings" in body
 
 
+def test_pin_card_says_whether_pin_beat_the_constant_box(folders):
+    sentence = "PIN (ours) TIED the best constant baseline (full-image box, 0.302 vs 0.300): no localisation gain"
+    card = build_model_card("pin", folders["pin"], {**PIN_METRICS, "comparison": {"verdict": sentence}})
+    assert f"**Against the best constant box** (the run that made this checkpoint): {sentence}" in card.text
+    assert "Against the best constant box" not in build_model_card("pin", folders["pin"], PIN_METRICS).text
+
+
 def test_pin_card_with_base_inside_and_no_results(folders):
     card = build_model_card("pin", folders["pin_full"])
     assert card.data.eval_results is None and card.data.base_model is None
