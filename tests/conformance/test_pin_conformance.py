@@ -47,7 +47,7 @@ GREEDY = {"do_sample": False, "return_dict_in_generate": True}
 
 
 def _with_random_insert(kind):
-    """A PIN whose ψ is not the zero insert it starts as (so a lost or mis-cast ψ shows in the logits)."""
+    """A PIN whose ψ is moved away from its initial weights (so a lost or mis-cast ψ shows in the logits)."""
     pin, inputs = _setup(kind)
     torch.manual_seed(1)
     with torch.no_grad():
