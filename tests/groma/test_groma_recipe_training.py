@@ -186,3 +186,16 @@ def test_lora_instruct_trains_adapters_only_and_merges_into_a_plain_groma(tmp_pa
     reloaded = GromaForConditionalGeneration.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.allclose(reloaded.language_model(input_ids=ids).logits, merged, atol=1e-5)
+
+
+def test_mixed_precision_only_where_a_config_asks_for_it():
+    """trl's SFTConfig defaults to bf16 even on the CPU (bf16 autocast made the toy det stage ~9x slower there); the
+    recipe's arguments default to fp32 and the GPU / paper configs ask for bf16."""
+    from groundvlm.recipes.groma import parse
+
+    def bf16(config, *extra):
+        return parse(["--config", config, "--stage", "det", "--output_dir", "unused", *extra])[2].bf16
+
+    assert bf16("toy_cpu_det") is False and bf16("toy_cpu_instruct") is False
+    assert bf16("toy_gpu_det", "--use_cpu", "true") is True  # use_cpu only so that it parses on this machine
+    assert bf16("paper_det", "--use_cpu", "true", "--tf32", "false") is True
