@@ -58,10 +58,11 @@ def _flag(check) -> contextvars.ContextVar | None:
 
 
 @contextlib.contextmanager
-def deferred_stop_check(enabled: bool = True):
+def deferred_stop_check(enabled: bool = True, generate_kwargs: dict | None = None):
     """Inside the block, `generate` on the current CUDA device defers its stop check by one step (see the module
-    docstring); yields whether it does. `enabled=False`, or a transformers without `DeferredStopCheck`, changes
-    nothing."""
+    docstring); yields whether it does. `enabled=False`, `synced_gpus` in the call's `generate_kwargs` (it syncs every
+    step anyway), or a transformers without `DeferredStopCheck` change nothing."""
+    enabled = enabled and not (generate_kwargs or {}).get("synced_gpus")
     check = _deferred_check_class() if enabled else None
     flag = _flag(check) if check is not None else None
     if flag is None:

@@ -643,7 +643,6 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         assisted = kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens") is not None
         if assisted and "cache_implementation" not in kwargs and kwargs.get("generation_config") is None:
             kwargs["cache_implementation"] = "dynamic"  # assisted decoding crops its cache; a static one cannot
-        defer = defer_stop_check and not kwargs.get("synced_gpus")
         if pixel_values is None:
             if input_ids is not None:
                 cache = kwargs.get(CACHE_KWARG, kwargs.get("past_key_values"))
@@ -652,7 +651,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
                     raise ValueError(
                         "the prompt holds <image> tokens (beyond the given cache) but no pixel_values were given"
                     )
-            with deferred_stop_check(defer):
+            with deferred_stop_check(defer_stop_check, kwargs):
                 return super().generate(input_ids=input_ids, attention_mask=attention_mask,
                                         inputs_embeds=inputs_embeds, **kwargs)  # fmt: skip
         if inputs_embeds is not None:
@@ -663,7 +662,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         if input_ids is None:
             raise ValueError("input_ids are required with pixel_values (the image slots live in the prompt)")
         prepared = self.prepare_multimodal_inputs(input_ids, pixel_values, attention_mask, refer_boxes)
-        with deferred_stop_check(defer):
+        with deferred_stop_check(defer_stop_check, kwargs):
             outputs = super().generate(
                 input_ids=prepared.input_ids,
                 attention_mask=prepared.attention_mask,

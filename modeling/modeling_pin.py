@@ -668,10 +668,13 @@ class PinForLocalization(PinPreTrainedModel, GenerationMixin):
             pixel_values = self._placeholder_pixels(vision_embeds)
         if pixel_values is not None:  # an explicit None would still send LLaVA's generate to its vision tower
             generate_kwargs["pixel_values"] = pixel_values
-        defer = defer_stop_check and not generate_kwargs.get("synced_gpus")
         if isinstance(self.vlm, VPGTransModel):
-            generate_kwargs["defer_stop_check"] = defer  # its own generate would turn it on otherwise
-        with self._precomputed_vision(vision_embeds), self._insert_active(use_pin), deferred_stop_check(defer):
+            generate_kwargs["defer_stop_check"] = defer_stop_check  # its own generate would turn it on otherwise
+        with (
+            self._precomputed_vision(vision_embeds),
+            self._insert_active(use_pin),
+            deferred_stop_check(defer_stop_check, generate_kwargs),
+        ):
             return self.vlm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
 
 

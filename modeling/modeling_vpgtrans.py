@@ -150,7 +150,7 @@ class VPGTransModel(Blip2ForConditionalGeneration, GenerationMixin):
                 pixel_values.shape[0], 1
             )
         self._check_image_placeholders(pixel_values, input_ids)
-        with deferred_stop_check(defer_stop_check and not generate_kwargs.get("synced_gpus")):
+        with deferred_stop_check(defer_stop_check, generate_kwargs):
             return super().generate(
                 pixel_values=pixel_values,
                 input_ids=input_ids,

@@ -360,8 +360,8 @@ def build_model_card(
     model_id = model_id or model_dir.resolve().name
     metrics = load_eval_results(eval_results)
     results = eval_results_from_metrics(system, metrics, eval_sections, eval_dataset)
-    comparison = metrics.get("comparison") if isinstance(metrics, dict) else None
-    verdict = comparison.get("verdict") if isinstance(comparison, dict) else None  # PIN's recipe writes it
+    comparison = metrics.get("comparison")  # PIN's recipe writes {"verdict": "..."} there
+    verdict = comparison.get("verdict") if isinstance(comparison, dict) else None
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=spec.pipeline_tag,

@@ -6,6 +6,7 @@ cache length and streamed tokens. Off CUDA the deferred check needs device event
 with a stand-in event (exact there: CPU work is synchronous)."""
 
 import threading
+from functools import partial
 
 import pytest
 import torch
@@ -109,13 +110,9 @@ def test_generate_turns_it_on_for_its_own_duration(groma, cuda_current, defer):
     assert recorder.seen == [defer] * 2  # text-only generation too
 
 
-def _pin(kind):
-    return tiny_pin_with_inputs(kind)
-
-
 @pytest.mark.parametrize(
     "build",
-    [tiny_vpgtrans_with_prompts, lambda: _pin("blip2"), lambda: _pin("llava")],
+    [tiny_vpgtrans_with_prompts, partial(tiny_pin_with_inputs, "blip2"), partial(tiny_pin_with_inputs, "llava")],
     ids=["vpgtrans", "pin-blip2", "pin-llava"],
 )
 @pytest.mark.parametrize("defer", [True, False])
