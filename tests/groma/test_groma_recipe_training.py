@@ -1,6 +1,7 @@
 """Groma recipe training pieces: detection matching / losses on hand cases and a tiny overfit, ground-box
 resolution, stage freezing, evaluation metrics on hand cases."""
 
+import pytest
 import torch
 from PIL import Image
 
@@ -133,6 +134,23 @@ def test_eval_generate_sorts_by_length_and_keeps_sample_order():
     assert len(sorted_batched) == len(samples)
     for a, b in zip(sorted_batched, one_by_one):
         assert a["text"] == b["text"] and torch.allclose(a["boxes"], b["boxes"], atol=1e-4)
+        assert torch.allclose(a["regions"], b["regions"], atol=1e-4) and len(a["regions"])
+
+
+def test_rec_region_bounds_are_the_oracle_and_chance_of_the_regions_shown():
+    """The oracle counts a sample when any region shown hits the target; chance is the hit fraction of its regions."""
+    target = [10.0, 10.0, 50.0, 50.0]
+    hit, near, miss = [10.0, 10.0, 50.0, 52.0], [12.0, 12.0, 50.0, 50.0], [60.0, 60.0, 90.0, 90.0]
+    parsed = [
+        {"regions": torch.tensor([hit, miss, miss, miss])},  # 1 of 4 regions hits
+        {"regions": torch.tensor([near, hit])},  # both hit
+        {"regions": torch.tensor([miss])},  # none
+        {"regions": torch.zeros(0, 4)},  # nothing shown
+    ]
+    bounds = evaluation.region_bounds(parsed, [target] * 4)
+    assert bounds["oracle"] == pytest.approx(2 / 4)
+    assert bounds["chance"] == pytest.approx((1 / 4 + 1.0) / 4)
+    assert bounds["regions_shown"] == pytest.approx(7 / 4)
 
 
 def test_region_caption_eval_reports_caption_scores():

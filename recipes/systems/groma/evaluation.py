@@ -47,7 +47,8 @@ def generate(
     cache_implementation: str | None = None,
 ) -> list:
     """Greedy answers for chat samples (their last user turn is the query): `post_process_grounding` dicts with the
-    pixel boxes of the original images, in sample order. Batches are formed over the samples sorted by prompt length
+    pixel boxes of the original images, in sample order, each with `regions`: the pixel boxes of all the regions
+    the model was shown (row j is `<r_j>`). Batches are formed over the samples sorted by prompt length
     (`sort_by_length`); greedy answers do not depend on the batching (tests/groma/test_groma_batched_bf16.py).
     `cache_implementation`: passed to `generate` (None: the model's generation_config)."""
     model.eval()
@@ -73,7 +74,8 @@ def generate(
         parsed = processor.post_process_grounding(
             answers, [b.cpu() for b in out.region_boxes], sizes, skip_prompt=False
         )
-        for i, answer in zip(where, parsed):
+        for i, answer, regions, (h, w) in zip(where, parsed, out.region_boxes, sizes.tolist()):
+            answer["regions"] = regions.float().cpu() * torch.tensor([w, h, w, h], dtype=torch.float32)
             results[i] = answer
     return results
 
@@ -88,13 +90,33 @@ def first_box(parsed: dict):
     return None
 
 
+def region_bounds(parsed: list[dict], targets: list[list[float]], iou: float = 0.5) -> dict:
+    """What the regions allow, whatever the LLM answers: the oracle accuracy (some region the model was shown has
+    IoU > `iou` with the target: the ceiling the proposer sets) and the chance accuracy (a uniformly random region
+    hits), averaged over samples; with the number of regions shown."""
+    oracle = chance = shown = 0.0
+    for p, target in zip(parsed, targets):
+        regions = p["regions"]
+        shown += len(regions)
+        if len(regions):
+            hits = box_iou(regions, torch.tensor([target], dtype=torch.float32))[:, 0] > iou
+            oracle += float(hits.any())
+            chance += float(hits.float().mean())
+    n = max(len(parsed), 1)
+    return {"oracle": oracle / n, "chance": chance / n, "regions_shown": shown / n}
+
+
 def evaluate_rec(model, processor, samples, batch_size: int = 32) -> dict:
+    """REC accuracy@0.5 and mIoU of the first predicted region, with the oracle and chance accuracies of the regions
+    shown (`region_bounds`): REC acc near chance means the LLM does not read the regions; near the oracle, the
+    proposer is the limit."""
     parsed = generate(model, processor, samples, MAX_NEW_TOKENS["rec"], batch_size, desc="REC")
-    result = load_metric("rec_accuracy").compute(
-        predictions=[first_box(p) for p in parsed], references=[s["gt_boxes"][0] for s in samples]
-    )
+    targets = [s["gt_boxes"][0] for s in samples]
+    result = load_metric("rec_accuracy").compute(predictions=[first_box(p) for p in parsed], references=targets)
+    bounds = region_bounds(parsed, targets)
     return {"rec_acc@0.5": result["accuracy"], "rec_miou": result["miou"], "rec_missing_rate": result["missing_rate"],
-            "rec_count": result["count"]}  # fmt: skip
+            "rec_count": result["count"], "rec_oracle_acc@0.5": bounds["oracle"],
+            "rec_chance_acc@0.5": bounds["chance"], "rec_regions_shown": bounds["regions_shown"]}  # fmt: skip
 
 
 @torch.no_grad()
