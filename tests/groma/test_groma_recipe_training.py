@@ -89,6 +89,24 @@ def test_align_freezes_llm_but_trains_new_token_rows():
     assert not model.region_proposer.training and not any(p.requires_grad for p in model.region_proposer.parameters())
 
 
+def test_training_region_order_is_random_per_forward_and_repeatable():
+    """Training shows the regions in a new random order every forward (the reference's torch.randperm), from the
+    run's seed; without the hook (evaluation) the order is descending score."""
+    tok = groma_tokenizer()
+    model = GromaForConditionalGeneration(tiny_groma_config(tok))
+    boxes = torch.tensor([[[0.2 + 0.08 * i, 0.5, 0.05, 0.05] for i in range(8)]])  # disjoint: NMS keeps all
+    scores = torch.linspace(0.9, 0.5, 8)[None]
+    no_user = [torch.zeros(0, 4)]
+    by_score = model.select_regions(boxes, scores, no_user)[0]
+    assert torch.equal(by_score, boxes[0])
+    model.region_permutation = models.RandomRegionOrder(seed=0)
+    first, second = (model.select_regions(boxes, scores, no_user)[0] for _ in range(2))
+    assert not torch.equal(first, by_score) and not torch.equal(first, second)
+    assert sorted(first[:, 0].tolist()) == sorted(by_score[:, 0].tolist())  # the same regions, reordered
+    model.region_permutation = models.RandomRegionOrder(seed=0)
+    assert torch.equal(model.select_regions(boxes, scores, no_user)[0], first)  # the seed repeats the run
+
+
 def test_phrase_box_f1_hand_case():
     gt = {"phrases": [("a red star", [[0, 0, 10, 10]]), ("a blue ring", [[20, 20, 30, 30]])]}
     parsed = [

@@ -177,5 +177,19 @@ def merge_lora(model: GromaForConditionalGeneration) -> GromaForConditionalGener
     return model
 
 
+class RandomRegionOrder:
+    """A random order of the selected regions on every call (`GromaForConditionalGeneration.region_permutation`),
+    as the reference's region selection permutes its kept boxes with `torch.randperm` (groma/model/groma.py), here
+    from a seeded generator so that a training run repeats. Without it the regions keep descending proposer score,
+    and where training injects the ground-truth boxes (score 0.2, above most toy proposals) the answer's slot sits
+    near the top in training but not at evaluation: the LLM learns to answer by rank instead of reading the regions."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.generator)
+
+
 def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

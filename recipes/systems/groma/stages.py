@@ -88,6 +88,8 @@ def run_training_stage(stage: str, args, training_args, run_dir: Path, preset: s
     model, processor = start_model(args, stage, run_dir, preset, training_args.seed)
     train_llm = stage == "instruct" and not args.freeze_llm
     models.freeze_for_stage(model, stage, train_llm=train_llm and not args.use_lora)
+    if stage != "det" and args.shuffle_regions:
+        model.region_permutation = models.RandomRegionOrder(training_args.seed)
     if stage == "instruct" and args.use_lora and train_llm:
         models.apply_lora(model, args.lora_r, args.lora_alpha, args.lora_target_modules)
     stage_args = copy.deepcopy(training_args)
