@@ -18,18 +18,9 @@ LOG=runs/groma_gpu
 mkdir -p "$LOG" "$OUT"
 LAUNCH=(accelerate launch --config_file recipes/accelerate_configs/single_gpu.yaml recipes/groma.py)
 
-run_stage() {  # name, command...
-  local name=$1; shift
-  if [ -f "$LOG/$name.done" ]; then echo "[groma_gpu] $name: done, skipped"; return 0; fi
-  echo "[groma_gpu] $name: start $(date -u +%H:%M:%S)"
-  local t0=$SECONDS
-  if "$@" > "$LOG/$name.log" 2>&1; then
-    echo "$((SECONDS - t0)) s" > "$LOG/$name.done"; echo "[groma_gpu] $name: ok in $((SECONDS - t0)) s"
-  else
-    echo "[groma_gpu] $name: FAILED after $((SECONDS - t0)) s (see $LOG/$name.log)"; tail -30 "$LOG/$name.log"
-  fi
-  cp "$LOG/$name.log" "$OUT/" 2>/dev/null
-}
+TAG=groma_gpu
+STAGE_LOG_COPY=$OUT
+source "$(dirname "$0")/_run_stage.sh"
 
 collect() {  # run dir, name: every metrics json of a run, one file
   python - "$1" "$OUT/$2.json" <<'PY'

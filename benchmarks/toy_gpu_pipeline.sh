@@ -14,17 +14,8 @@ mkdir -p "$LOG"
 stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(assets captioner pin vpgtrans)
 CAPTIONER=runs/vpgtrans/captioner_gpu-small
 
-run_stage() {  # name, command...
-  local name=$1; shift
-  if [ -f "$LOG/$name.done" ]; then echo "[pipeline] $name: done, skipped"; return 0; fi
-  echo "[pipeline] $name: start $(date -u +%H:%M:%S)"
-  local t0=$SECONDS
-  if "$@" > "$LOG/$name.log" 2>&1; then
-    echo "$((SECONDS - t0)) s" > "$LOG/$name.done"; echo "[pipeline] $name: ok in $((SECONDS - t0)) s"
-  else
-    echo "[pipeline] $name: FAILED after $((SECONDS - t0)) s (see $LOG/$name.log)"; tail -20 "$LOG/$name.log"; return 1
-  fi
-}
+TAG=pipeline
+source "$(dirname "$0")/_run_stage.sh"
 
 for stage in "${stages[@]}"; do
   case $stage in

@@ -90,8 +90,9 @@ def test_align_freezes_llm_but_trains_new_token_rows():
 
 
 def test_training_region_order_is_random_per_forward_and_repeatable():
-    """Training shows the regions in a new random order every forward (the reference's torch.randperm), from the
-    run's seed; without the hook (evaluation) the order is descending score."""
+    """With `--shuffle_regions` training shows the regions in a new random order every forward (the reference's
+    torch.randperm), from the run's seed; without the hook (the default, and evaluation) the order is descending
+    score."""
     tok = groma_tokenizer()
     model = GromaForConditionalGeneration(tiny_groma_config(tok))
     boxes = torch.tensor([[[0.2 + 0.08 * i, 0.5, 0.05, 0.05] for i in range(8)]])  # disjoint: NMS keeps all

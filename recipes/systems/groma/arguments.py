@@ -36,7 +36,7 @@ class GromaArguments:
                                                             "RoI boxes (upstream #11, #21)."})  # fmt: skip
     shuffle_regions: bool = field(default=False, metadata={"help": "align/instruct: regions in a random order every "
                                   "forward (the reference's torch.randperm), so the LLM cannot answer by score rank; "
-                                  "eval keeps the score order. Off by default: on the toy CPU run REC fell to 0.074 (chance 0.096)."})  # fmt: skip
+                                  "eval keeps the score order. Off by default: toy CPU REC 0.074 with it."})  # fmt: skip
     scene_seed: int = field(default=0, metadata={"help": "Toy world seed (eval scenes use scene_seed + 1)."})
     toy_train_scenes: int = field(default=1000, metadata={"help": "Toy scenes per training stage (0: no toy data)."})
     toy_eval_scenes: int = field(default=100, metadata={"help": "Toy validation scenes for eval (0: none)."})
