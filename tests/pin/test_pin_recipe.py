@@ -423,3 +423,18 @@ def test_grid_size_is_one_recipe_argument_checked_against_the_model(tok):
     samples = samples_from_pool(build_pool(SquareWorld(0, TRAIN), 1, TRAIN))
     with pytest.raises(ValueError, match=r"PinProcessor has grid_size=16 but the model's PinConfig has grid_size=8"):
         predict(model, processor(tok), samples)
+
+
+def test_max_objects_bounds_the_toy_scenes_and_the_curriculum():
+    """`--max_objects 1` gives single-object scenes in every split; a curriculum above it is refused up front."""
+    from groundvlm.recipes.common.arguments import RecipeError
+    from groundvlm.recipes.systems.pin.data import scene_sources
+
+    with pytest.raises(RecipeError, match="curriculum_num_objects"):
+        PinArguments(max_objects=2, curriculum_num_objects=3)
+    with pytest.raises(RecipeError, match="max_objects"):
+        PinArguments(max_objects=0)
+    for max_objects, counts in ((1, {1}), (3, {1, 2, 3})):
+        sources = scene_sources(PinArguments(max_objects=max_objects, curriculum_num_objects=1), S, 16)[:3]
+        seen = {len(src.scene(i).objects) for src in sources for i in range(40)}
+        assert seen == counts

@@ -58,6 +58,13 @@ class PinArguments:
         },
     )
     curriculum_num_objects: int = field(default=3, metadata={"help": "Objects per image in the curriculum pool."})
+    max_objects: int = field(
+        default=3,
+        metadata={
+            "help": "Toy scenes hold 1 to max_objects objects (the reference's synthetic scenes: up to 3). 1 removes "
+            "the name-to-object binding from the task: the LLM reads one object's position from its prefix."
+        },
+    )
     referral_probability: float = field(
         default=0.0, metadata={"help": "Share of box-only samples named positionally ('red star on the left')."}
     )
@@ -122,7 +129,13 @@ class PinArguments:
     def __post_init__(self):
         """Check ranges when the arguments are parsed, before any model or data is loaded."""
         check_positive(
-            self, "grid_size", "train_images", "epochs", "curriculum_num_objects", "coop_tokens", "vpt_tokens"
+            self, "grid_size", "train_images", "epochs", "curriculum_num_objects", "coop_tokens", "vpt_tokens", "max_objects"
+        )
+        check_arg(
+            self.curriculum_num_objects <= self.max_objects,
+            "curriculum_num_objects",
+            self.curriculum_num_objects,
+            f"at most max_objects={self.max_objects}",
         )
         check_positive(self, "lora_r", "lora_alpha", "num_beams", "max_new_tokens", "eval_batch_size", "grid_columns")
         check_positive(self, "val_images", "test_images", allow_zero=True)

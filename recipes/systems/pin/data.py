@@ -416,7 +416,7 @@ def build_feature_cache(
 def scene_sources(pin_args, image_size: int, grid_size: int):
     """(train source, val source, held-out source, train categories, held-out categories)."""
     seed = pin_args.scene_seed
-    kwargs = {"image_size": image_size, "grid_size": grid_size}
+    kwargs = {"image_size": image_size, "grid_size": grid_size, "num_objects": (1, pin_args.max_objects)}
     if pin_args.objects_dir or pin_args.backgrounds_dir:
         for name in ("objects_dir", "backgrounds_dir"):
             value = getattr(pin_args, name)
