@@ -47,6 +47,12 @@ class GromaConfig(PretrainedConfig):
             (e.g. inside `generate` or `torch.no_grad()`); everywhere else the same modules run eagerly. Results equal
             the eager ones (same kernels); the first call per batch size captures (a few eager warm-up runs). A
             runtime switch: it changes no weights or outputs.
+        vision_batch_size (`int` or `None`, defaults to 16): the vision side (perceiver, region selection and
+            region-feature extraction) runs on at most this many images at a time; a larger batch is cut into chunks
+            before the LLM prefill, which sees the whole batch. Every image's vision outputs are independent of the
+            others', so the values are the chunk size's (tested equal to one pass); it bounds the vision side's
+            activation memory (batch 64 at the Groma-7B shape otherwise ran out of an 80 GB H100's memory in the
+            region encoder's RoIAlign) and the CUDA graphs it captures. `None`: the whole batch at once.
     """
 
     model_type = "groma"
@@ -87,6 +93,7 @@ class GromaConfig(PretrainedConfig):
         num_proxy_tokens=100,
         initializer_range=0.02,
         vision_cuda_graphs=True,
+        vision_batch_size=16,
         **kwargs,
     ):
         if vision_config is None:
@@ -137,6 +144,11 @@ class GromaConfig(PretrainedConfig):
         self.num_proxy_tokens = num_proxy_tokens
         self.initializer_range = initializer_range
         self.vision_cuda_graphs = vision_cuda_graphs
+        if vision_batch_size is not None and (
+            isinstance(vision_batch_size, bool) or not isinstance(vision_batch_size, int) or vision_batch_size < 1
+        ):
+            raise ValueError(f"vision_batch_size must be a positive int or None, got {vision_batch_size!r}")
+        self.vision_batch_size = vision_batch_size
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 

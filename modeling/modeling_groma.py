@@ -439,7 +439,6 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         refer_boxes = self._check_refer_boxes(refer_boxes, batch, pixel_values.device)
         region_pos, refer_box_mask = self._check_prompt(input_ids, [len(b) for b in refer_boxes])
 
-        image_embeds, boxes, scores, fused = self.perceive(pixel_values)
         if ground_boxes is not None:
             ground_boxes = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in ground_boxes]
             n_tokens = (input_ids == cfg.ground_box_token_id).sum(1).tolist()
@@ -448,8 +447,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
                     f"ground_boxes give {[len(b) for b in ground_boxes]} boxes per sample for {n_tokens} <ground_box> "
                     "tokens; they must match one to one"
                 )
-        selected = self.select_regions(boxes, scores, refer_boxes, ground_boxes)
-        region_tokens = self.region_encoder.extract(fused, selected)
+        image_embeds, selected, region_tokens = self._perceive_regions(pixel_values, refer_boxes, ground_boxes)
         if ground_boxes is not None and any(len(b) for b in ground_boxes):
             ground_mask = input_ids == cfg.ground_box_token_id
             match = input_ids.new_zeros(batch, max(len(b) for b in ground_boxes))
@@ -502,6 +500,28 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
             region_boxes=[center_to_corners(b).clamp(0, 1) for b in selected],
             image_hidden_states=image_embeds,
         )
+
+    def _perceive_regions(self, pixel_values, refer_boxes, ground_boxes):
+        """perceive -> select_regions -> region features, `config.vision_batch_size` images at a time.
+
+        Returns (image_embeds (B, T, D), selected boxes per image, region features per image)."""
+        step = self.config.vision_batch_size or len(pixel_values)
+        if len(pixel_values) <= step:
+            image_embeds, boxes, scores, fused = self.perceive(pixel_values)
+            selected = self.select_regions(boxes, scores, refer_boxes, ground_boxes)
+            return image_embeds, selected, list(self.region_encoder.extract(fused, selected))
+        embeds, selected, tokens = [], [], []
+        for start in range(0, len(pixel_values), step):
+            part = slice(start, start + step)
+            image_embeds, boxes, scores, fused = self.perceive(pixel_values[part])
+            chosen = self.select_regions(
+                boxes, scores, refer_boxes[part], None if ground_boxes is None else ground_boxes[part]
+            )
+            tokens.extend(self.region_encoder.extract(fused, chosen))
+            selected.extend(chosen)
+            # The vision graphs' outputs are static buffers the next chunk's replay overwrites: keep a copy.
+            embeds.append(image_embeds.clone())
+        return torch.cat(embeds), selected, tokens
 
     def forward(
         self,

@@ -184,3 +184,46 @@ def test_bad_inputs_raise_clear_errors(model, case, message):
             model(input_ids=torch.tensor([ids]))
         else:
             model(input_ids=torch.tensor([ids]), pixel_values=px, refer_boxes=refer)
+
+
+def test_vision_side_in_chunks_equals_one_pass(model):
+    """`config.vision_batch_size` cuts the vision side into chunks (bounded memory); the prefill it builds — ids with
+    resolved user boxes, mask, embeddings, regions — and the greedy answers equal one pass over the whole batch."""
+    cfg = model.config
+    prompts = [static_prompt(cfg, before=(1,) + tuple(range(5, 5 + k))) for k in (1, 3, 2, 4, 1)]
+    prompts[3] = static_prompt(cfg, n_refer=1)
+    refer = [torch.zeros(0, 4)] * 3 + [torch.tensor([[0.4, 0.5, 0.3, 0.2]]), torch.zeros(0, 4)]
+    ids, mask = left_pad(prompts, cfg.pad_token_id)
+    px = torch.randn(5, 3, 112, 112, generator=torch.Generator().manual_seed(3))
+    runs = {}
+    try:
+        for size in (None, 2):
+            model.config.vision_batch_size = size
+            with torch.no_grad():
+                prepared = model.prepare_multimodal_inputs(ids, px, mask, refer)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                pixel_values=px,
+                refer_boxes=refer,
+                max_new_tokens=4,
+                do_sample=False,
+            )
+            runs[size] = (prepared, out)
+    finally:
+        model.config.vision_batch_size = 16
+    (one, one_out), (chunked, chunked_out) = runs[None], runs[2]
+    assert torch.equal(one.input_ids, chunked.input_ids) and torch.equal(one.attention_mask, chunked.attention_mask)
+    torch.testing.assert_close(chunked.inputs_embeds, one.inputs_embeds, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked.image_hidden_states, one.image_hidden_states, rtol=1e-5, atol=1e-6)
+    assert [len(b) for b in one.region_boxes] == [len(b) for b in chunked.region_boxes]
+    for a, b in zip(one.region_boxes, chunked.region_boxes):
+        torch.testing.assert_close(b, a)
+    assert torch.equal(one_out, chunked_out)
+
+
+def test_vision_batch_size_is_checked():
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="vision_batch_size"):
+            tiny_groma_config(vision_batch_size=bad)
+    assert tiny_groma_config().vision_batch_size == 16
