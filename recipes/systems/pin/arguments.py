@@ -129,7 +129,14 @@ class PinArguments:
     def __post_init__(self):
         """Check ranges when the arguments are parsed, before any model or data is loaded."""
         check_positive(
-            self, "grid_size", "train_images", "epochs", "curriculum_num_objects", "coop_tokens", "vpt_tokens", "max_objects"
+            self,
+            "grid_size",
+            "train_images",
+            "epochs",
+            "curriculum_num_objects",
+            "coop_tokens",
+            "vpt_tokens",
+            "max_objects",
         )
         check_arg(
             self.curriculum_num_objects <= self.max_objects,
