@@ -1,0 +1,82 @@
+"""benchmarks/lm_lookup_probe.py: the lookup texts are right, the answer-only loss sees only the label, and a run on a
+tiny LM writes its accuracy curve."""
+
+import json
+import random
+
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from tests._benchmarks import load_benchmark
+
+probe = load_benchmark("lm_lookup_probe")
+TOKENIZER = "recipes/toy_checkpoints/tokenizer-llama"
+
+
+def test_lookup_text_answers_with_the_label_of_the_asked_item():
+    rng = random.Random(0)
+    for _ in range(50):
+        question, answer, k = probe.lookup_text(rng)
+        context, asked = question.split(". the ")
+        asked = asked.removesuffix(" is")
+        words = context.split(" ")
+        pairs = {" ".join(words[i + 2 : i + 4]): words[i] for i in range(0, len(words), 4)}
+        assert len(pairs) == k and 2 <= k <= 8
+        assert answer == f" {pairs[asked]}"
+    assert 0.2 < probe.chance() < 0.35
+
+
+def test_answer_only_batch_keeps_exactly_the_label_token():
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    tok.pad_token, tok.padding_side = tok.eos_token, "right"
+    rng = random.Random(1)
+    same = random.Random(1)
+    texts = [probe.lookup_text(same) for _ in range(4)]  # what the batch draws from the same seed
+    batch = probe.batch(tok, rng, 4, answer_only=True)
+    kept = batch["labels"] != -100
+    assert kept.sum(1).tolist() == [1, 1, 1, 1]
+    for row, (_, answer, _) in zip(range(4), texts):
+        label = batch["labels"][row][kept[row]].item()
+        assert tok.convert_ids_to_tokens(label) == answer.strip()
+    full = probe.batch(tok, random.Random(1), 4, answer_only=False)
+    assert (full["labels"] != -100).sum() == full["attention_mask"].sum()
+
+
+def test_probe_runs_on_a_tiny_lm_and_writes_the_curve(tmp_path):
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    out = tmp_path / "probe.json"
+    result = probe.main(
+        [
+            "--lm",
+            str(tmp_path / "lm"),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "1",
+            "--eval-n",
+            "5",
+            "--answer-only",
+            "--out",
+            str(out),
+        ]
+    )
+    assert [step for step, _, _ in result["accuracy_curve"]] == [0, 1, 2]
+    assert all(0 <= acc <= 1 for _, acc, _ in result["accuracy_curve"])
+    assert json.loads(out.read_text())["answer_only"] is True
