@@ -7,7 +7,7 @@ given LM has it or learns it by fine-tuning on text alone:
 
     3 a red star 7 a blue circle 1 a green square. the blue circle is 7
 
-(2–8 items of the toy world's colour-shape names, distinct single-digit labels; chance = the mean of 1/items ≈ 0.26.)
+(2–8 items of the toy world's colour-shape names, distinct single-digit labels; chance = the mean of 1/items = 0.245.)
 It reports the held-out accuracy of the label token before and during fine-tuning (AdamW, loss on every token or,
 with `--answer-only`, on the label only).
 
