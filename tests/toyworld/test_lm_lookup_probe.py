@@ -24,6 +24,10 @@ def test_lookup_text_answers_with_the_label_of_the_asked_item():
         assert len(pairs) == k and 2 <= k <= 8
         assert answer == f" {pairs[asked]}"
     assert 0.2 < probe.chance() < 0.35
+    question, answer, k = probe.lookup_text(random.Random(5), label_last=True)
+    words = question.split(". the ")[0].split(" ")
+    pairs = {" ".join(words[i + 1 : i + 3]): words[i + 3] for i in range(0, len(words), 4)}
+    assert len(pairs) == k and answer == f" {pairs[question.split('. the ')[1].removesuffix(' is')]}"
 
 
 def test_answer_only_batch_keeps_exactly_the_label_token():
