@@ -303,7 +303,11 @@ def _lock(path: Path):
         yield
         return
     with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # say so: a silent wait looks like a hung launch
+            print(f"[toyworld] another process holds {path}; waiting for it", file=sys.stderr, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -285,3 +285,24 @@ def test_name_recall_is_ranked_per_scene():
     recall = name_recall(probs, objects, labels)
     # names: 1 + 2 of 3; colours: 0 + 2 of 3 (top-2 of {blue, red}); shapes: 0 + 0 (top-1 is star) of 3
     assert recall == {"name_recall": 1.0, "colour_recall": pytest.approx(2 / 3), "shape_recall": 0.0}
+
+
+def test_build_lock_says_when_it_waits_for_another_process(tmp_path, capsys):
+    """A process that finds a toy artefact's build lock taken says so on stderr, then waits until it is free."""
+    import fcntl
+    import threading
+
+    from groundvlm.recipes.toyworld.build import _lock
+
+    path = tmp_path / ".lm-llama.lock"
+    with _lock(path):
+        pass
+    assert "waiting" not in capsys.readouterr().err  # free: no message
+    holder = open(path, "w")  # noqa: SIM115 (released by the timer below)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    timer = threading.Timer(0.3, holder.close)
+    timer.start()
+    with _lock(path):
+        pass
+    timer.join()
+    assert f"another process holds {path}; waiting" in capsys.readouterr().err
