@@ -43,27 +43,27 @@ def lookup_text(
     return f"{context}. the {items[q]} is", f" {labels[q]}", k
 
 
-def chance(n: int = 4000, seed: int = 0) -> float:
+def chance(n: int = 4000, seed: int = 0, max_items: int = 8) -> float:
     rng = random.Random(seed)
-    return sum(1 / lookup_text(rng)[2] for _ in range(n)) / n
+    return sum(1 / lookup_text(rng, max_items=max_items)[2] for _ in range(n)) / n
 
 
 @torch.no_grad()
-def accuracy(model, tok, n: int, seed: int = 123, label_last: bool = False) -> float:
+def accuracy(model, tok, n: int, seed: int = 123, label_last: bool = False, max_items: int = 8) -> float:
     """Share of held-out lookups whose label token is the LM's greedy next token after the full question."""
     rng, hits = random.Random(seed), 0
     was_training = model.training
     model.eval()
     for _ in range(n):
-        question, answer, _ = lookup_text(rng, label_last=label_last)
+        question, answer, _ = lookup_text(rng, max_items=max_items, label_last=label_last)
         ids = tok(question + answer, return_tensors="pt").input_ids
         hits += int(model(ids[:, :-1]).logits[0, -1].argmax() == ids[0, -1])
     model.train(was_training)
     return hits / n
 
 
-def batch(tok, rng: random.Random, size: int, answer_only: bool, label_last: bool = False) -> dict:
-    texts = [q + a for q, a, _ in (lookup_text(rng, label_last=label_last) for _ in range(size))]
+def batch(tok, rng: random.Random, size: int, answer_only: bool, label_last: bool = False, max_items: int = 8) -> dict:
+    texts = [q + a for q, a, _ in (lookup_text(rng, max_items=max_items, label_last=label_last) for _ in range(size))]
     enc = tok(texts, return_tensors="pt", padding=True)
     labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
     if answer_only:  # right padding: the label is each row's last real token
@@ -75,7 +75,15 @@ def batch(tok, rng: random.Random, size: int, answer_only: bool, label_last: boo
 
 
 def probe(
-    lm: str, steps: int, lr: float, batch_size: int, answer_only: bool, eval_every: int, eval_n: int, label_last: bool
+    lm: str,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    answer_only: bool,
+    eval_every: int,
+    eval_n: int,
+    label_last: bool,
+    max_items: int = 8,
 ) -> dict:
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(lm)
@@ -84,16 +92,22 @@ def probe(
     tok.padding_side = "right"
     model = AutoModelForCausalLM.from_pretrained(lm, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    rng, curve, t0 = random.Random(0), [[0, accuracy(model, tok, eval_n, label_last=label_last), None]], time.time()
-    print(f"step 0: accuracy {curve[0][1]:.3f} (chance {chance():.3f})", flush=True)
+    rng, curve, t0 = (
+        random.Random(0),
+        [[0, accuracy(model, tok, eval_n, label_last=label_last, max_items=max_items), None]],
+        time.time(),
+    )
+    print(f"step 0: accuracy {curve[0][1]:.3f} (chance {chance(max_items=max_items):.3f})", flush=True)
     model.train()
     for step in range(1, steps + 1):
-        loss = model(**batch(tok, rng, batch_size, answer_only, label_last)).loss
+        loss = model(**batch(tok, rng, batch_size, answer_only, label_last, max_items)).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         if step % eval_every == 0 or step == steps:
-            curve.append([step, accuracy(model, tok, eval_n, label_last=label_last), round(loss.item(), 4)])
+            curve.append(
+                [step, accuracy(model, tok, eval_n, label_last=label_last, max_items=max_items), round(loss.item(), 4)]
+            )
             print(
                 f"step {step}: accuracy {curve[-1][1]:.3f}, loss {loss.item():.3f}, {time.time() - t0:.0f} s",
                 flush=True,
@@ -105,7 +119,8 @@ def probe(
         "batch_size": batch_size,
         "answer_only": answer_only,
         "label_last": label_last,
-        "chance": round(chance(), 4),
+        "max_items": max_items,
+        "chance": round(chance(max_items=max_items), 4),
         "accuracy_curve": curve,
         "seconds": round(time.time() - t0, 1),
     }
@@ -121,14 +136,25 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--answer-only", action="store_true", help="loss on the label token only")
     parser.add_argument("--label-last", action="store_true", help="the label after the item (classic induction)")
+    parser.add_argument("--max-items", type=int, default=8, help="items per list: 2 to this (default 8)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-n", type=int, default=200)
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = parser.parse_args(argv)
     if args.steps < 0 or args.batch_size < 1 or args.eval_every < 1 or args.eval_n < 1:
         parser.error("--steps must be >= 0 and --batch-size, --eval-every, --eval-n >= 1")
+    if not 2 <= args.max_items <= 10:
+        parser.error(f"--max-items must be 2 to 10 (ten single-digit labels), got {args.max_items}")
     result = probe(
-        args.lm, args.steps, args.lr, args.batch_size, args.answer_only, args.eval_every, args.eval_n, args.label_last
+        args.lm,
+        args.steps,
+        args.lr,
+        args.batch_size,
+        args.answer_only,
+        args.eval_every,
+        args.eval_n,
+        args.label_last,
+        args.max_items,
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
