@@ -77,10 +77,22 @@ def test_probe_runs_on_a_tiny_lm_and_writes_the_curve(tmp_path):
             "--eval-n",
             "5",
             "--answer-only",
+            "--max-items",
+            "3",
             "--out",
             str(out),
         ]
     )
     assert [step for step, _, _ in result["accuracy_curve"]] == [0, 1, 2]
     assert all(0 <= acc <= 1 for _, acc, _ in result["accuracy_curve"])
-    assert json.loads(out.read_text())["answer_only"] is True
+    written = json.loads(out.read_text())
+    assert written["answer_only"] is True and written["max_items"] == 3
+    assert written["chance"] > 0.4  # lists of 2-3 items: chance = mean of 1/2 and 1/3
+
+
+def test_bad_arguments_are_refused():
+    import pytest
+
+    for argv in (["--max-items", "11"], ["--max-items", "1"], ["--batch-size", "0"]):
+        with pytest.raises(SystemExit):
+            probe.main(argv)
