@@ -18,9 +18,11 @@ with `--answer-only`, on the label only).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,27 +45,28 @@ def lookup_text(
     return f"{context}. the {items[q]} is", f" {labels[q]}", k
 
 
-def chance(n: int = 4000, seed: int = 0, max_items: int = 8) -> float:
+def chance(draw: Callable = lookup_text, n: int = 4000, seed: int = 0) -> float:
+    """Accuracy of guessing one of the listed labels: the mean of 1/items over `draw`'s lists."""
     rng = random.Random(seed)
-    return sum(1 / lookup_text(rng, max_items=max_items)[2] for _ in range(n)) / n
+    return sum(1 / draw(rng)[2] for _ in range(n)) / n
 
 
 @torch.no_grad()
-def accuracy(model, tok, n: int, seed: int = 123, label_last: bool = False, max_items: int = 8) -> float:
+def accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) -> float:
     """Share of held-out lookups whose label token is the LM's greedy next token after the full question."""
     rng, hits = random.Random(seed), 0
     was_training = model.training
     model.eval()
     for _ in range(n):
-        question, answer, _ = lookup_text(rng, max_items=max_items, label_last=label_last)
+        question, answer, _ = draw(rng)
         ids = tok(question + answer, return_tensors="pt").input_ids
         hits += int(model(ids[:, :-1]).logits[0, -1].argmax() == ids[0, -1])
     model.train(was_training)
     return hits / n
 
 
-def batch(tok, rng: random.Random, size: int, answer_only: bool, label_last: bool = False, max_items: int = 8) -> dict:
-    texts = [q + a for q, a, _ in (lookup_text(rng, max_items=max_items, label_last=label_last) for _ in range(size))]
+def batch(tok, rng: random.Random, size: int, answer_only: bool, draw: Callable = lookup_text) -> dict:
+    texts = [q + a for q, a, _ in (draw(rng) for _ in range(size))]
     enc = tok(texts, return_tensors="pt", padding=True)
     labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
     if answer_only:  # right padding: the label is each row's last real token
@@ -74,53 +77,36 @@ def batch(tok, rng: random.Random, size: int, answer_only: bool, label_last: boo
     return {**enc, "labels": labels}
 
 
-def probe(
-    lm: str,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    answer_only: bool,
-    eval_every: int,
-    eval_n: int,
-    label_last: bool,
-    max_items: int = 8,
-) -> dict:
+def probe(args: argparse.Namespace) -> dict:
+    """Fine-tune `args.lm` on lookups of the form the arguments give; the held-out accuracy curve."""
     torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(lm)
+    draw = functools.partial(lookup_text, max_items=args.max_items, label_last=args.label_last)
+    base_rate = chance(draw)
+    tok = AutoTokenizer.from_pretrained(args.lm)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
-    model = AutoModelForCausalLM.from_pretrained(lm, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    rng, curve, t0 = (
-        random.Random(0),
-        [[0, accuracy(model, tok, eval_n, label_last=label_last, max_items=max_items), None]],
-        time.time(),
-    )
-    print(f"step 0: accuracy {curve[0][1]:.3f} (chance {chance(max_items=max_items):.3f})", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(args.lm, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    rng, t0 = random.Random(0), time.time()
+    curve = [[0, accuracy(model, tok, args.eval_n, draw), None]]
+    print(f"step 0: accuracy {curve[0][1]:.3f} (chance {base_rate:.3f})", flush=True)
     model.train()
-    for step in range(1, steps + 1):
-        loss = model(**batch(tok, rng, batch_size, answer_only, label_last, max_items)).loss
+    for step in range(1, args.steps + 1):
+        loss = model(**batch(tok, rng, args.batch_size, args.answer_only, draw)).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        if step % eval_every == 0 or step == steps:
-            curve.append(
-                [step, accuracy(model, tok, eval_n, label_last=label_last, max_items=max_items), round(loss.item(), 4)]
-            )
+        if step % args.eval_every == 0 or step == args.steps:
+            curve.append([step, accuracy(model, tok, args.eval_n, draw), round(loss.item(), 4)])
             print(
                 f"step {step}: accuracy {curve[-1][1]:.3f}, loss {loss.item():.3f}, {time.time() - t0:.0f} s",
                 flush=True,
             )
+    settings = ("lm", "steps", "lr", "batch_size", "answer_only", "label_last", "max_items")
     return {
-        "lm": lm,
-        "steps": steps,
-        "lr": lr,
-        "batch_size": batch_size,
-        "answer_only": answer_only,
-        "label_last": label_last,
-        "max_items": max_items,
-        "chance": round(chance(max_items=max_items), 4),
+        **{name: getattr(args, name) for name in settings},
+        "chance": round(base_rate, 4),
         "accuracy_curve": curve,
         "seconds": round(time.time() - t0, 1),
     }
@@ -145,17 +131,7 @@ def main(argv=None) -> dict:
         parser.error("--steps must be >= 0 and --batch-size, --eval-every, --eval-n >= 1")
     if not 2 <= args.max_items <= 10:
         parser.error(f"--max-items must be 2 to 10 (ten single-digit labels), got {args.max_items}")
-    result = probe(
-        args.lm,
-        args.steps,
-        args.lr,
-        args.batch_size,
-        args.answer_only,
-        args.eval_every,
-        args.eval_n,
-        args.label_last,
-        args.max_items,
-    )
+    result = probe(args)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

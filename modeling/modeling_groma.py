@@ -509,7 +509,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         if len(pixel_values) <= step:
             image_embeds, boxes, scores, fused = self.perceive(pixel_values)
             selected = self.select_regions(boxes, scores, refer_boxes, ground_boxes)
-            return image_embeds, selected, list(self.region_encoder.extract(fused, selected))
+            return image_embeds, selected, self.region_encoder.extract(fused, selected)
         embeds, selected, tokens = [], [], []
         for start in range(0, len(pixel_values), step):
             part = slice(start, start + step)

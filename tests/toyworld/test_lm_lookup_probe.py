@@ -5,8 +5,9 @@ import json
 import random
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
+from groundvlm.recipes.toyworld.lms import LMSize, lm_model
 from tests._benchmarks import load_benchmark
 
 probe = load_benchmark("lm_lookup_probe")
@@ -49,19 +50,7 @@ def test_answer_only_batch_keeps_exactly_the_label_token():
 def test_probe_runs_on_a_tiny_lm_and_writes_the_curve(tmp_path):
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "lm")
+    lm_model("llama", tok, LMSize(16, 1, 2)).save_pretrained(tmp_path / "lm")
     tok.save_pretrained(tmp_path / "lm")
     out = tmp_path / "probe.json"
     result = probe.main(
