@@ -195,7 +195,7 @@ def test_vision_side_in_chunks_equals_one_pass(model):
     refer = [torch.zeros(0, 4)] * 3 + [torch.tensor([[0.4, 0.5, 0.3, 0.2]]), torch.zeros(0, 4)]
     ids, mask = left_pad(prompts, cfg.pad_token_id)
     px = torch.randn(5, 3, 112, 112, generator=torch.Generator().manual_seed(3))
-    runs = {}
+    runs, default = {}, model.config.vision_batch_size
     try:
         for size in (None, 2):
             model.config.vision_batch_size = size
@@ -211,7 +211,7 @@ def test_vision_side_in_chunks_equals_one_pass(model):
             )
             runs[size] = (prepared, out)
     finally:
-        model.config.vision_batch_size = 16
+        model.config.vision_batch_size = default
     (one, one_out), (chunked, chunked_out) = runs[None], runs[2]
     assert torch.equal(one.input_ids, chunked.input_ids) and torch.equal(one.attention_mask, chunked.attention_mask)
     torch.testing.assert_close(chunked.inputs_embeds, one.inputs_embeds, rtol=1e-5, atol=1e-6)

@@ -61,7 +61,7 @@ class PinArguments:
     max_objects: int = field(
         default=3,
         metadata={
-            "help": "Toy scenes hold 1 to max_objects objects (the reference's synthetic scenes: up to 3). 1 removes "
+            "help": "Toy scenes hold 1 to max_objects objects (PIN §4: a_max = 3). 1 removes "
             "the name-to-object binding from the task: the LLM reads one object's position from its prefix."
         },
     )
