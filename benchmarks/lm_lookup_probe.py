@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from groundvlm.recipes.toyworld.objects import COLOURS, SHAPES
 
@@ -77,6 +77,14 @@ def batch(tok, rng: random.Random, size: int, answer_only: bool, draw: Callable 
     return {**enc, "labels": labels}
 
 
+def load_lm(path: str, random_init: bool = False):
+    """The causal LM at `path` in fp32, or (`random_init`, the control) its architecture freshly initialised from
+    torch's current seed."""
+    if random_init:
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
 def probe(args: argparse.Namespace) -> dict:
     """Fine-tune `args.lm` on lookups of the form the arguments give; the held-out accuracy curve."""
     torch.manual_seed(0)
@@ -86,7 +94,7 @@ def probe(args: argparse.Namespace) -> dict:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
-    model = AutoModelForCausalLM.from_pretrained(args.lm, dtype=torch.float32)
+    model = load_lm(args.lm, args.random_init)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     rng, t0 = random.Random(0), time.time()
     curve = [[0, accuracy(model, tok, args.eval_n, draw), None]]
@@ -103,7 +111,7 @@ def probe(args: argparse.Namespace) -> dict:
                 f"step {step}: accuracy {curve[-1][1]:.3f}, loss {loss.item():.3f}, {time.time() - t0:.0f} s",
                 flush=True,
             )
-    settings = ("lm", "steps", "lr", "batch_size", "answer_only", "label_last", "max_items")
+    settings = ("lm", "random_init", "steps", "lr", "batch_size", "answer_only", "label_last", "max_items")
     return {
         **{name: getattr(args, name) for name in settings},
         "chance": round(base_rate, 4),
@@ -117,6 +125,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--lm", default="recipes/toy_checkpoints/lm-llama", help="a causal LM folder with its tokenizer"
     )
+    parser.add_argument("--random-init", action="store_true", help="the LM's architecture, freshly initialised")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -75,7 +75,7 @@ def test_probe_runs_on_a_tiny_lm_and_writes_the_curve(tmp_path):
     assert [step for step, _, _ in result["accuracy_curve"]] == [0, 1, 2]
     assert all(0 <= acc <= 1 for _, acc, _ in result["accuracy_curve"])
     written = json.loads(out.read_text())
-    assert written["answer_only"] is True and written["max_items"] == 3
+    assert written["answer_only"] is True and written["max_items"] == 3 and written["random_init"] is False
     assert written["chance"] > 0.4  # lists of 2-3 items: chance = mean of 1/2 and 1/3
 
 
@@ -85,3 +85,20 @@ def test_bad_arguments_are_refused():
     for argv in (["--max-items", "11"], ["--max-items", "1"], ["--batch-size", "0"]):
         with pytest.raises(SystemExit):
             probe.main(argv)
+
+
+def test_random_init_control_starts_from_fresh_weights(tmp_path):
+    """`--random-init` keeps the LM's architecture and drops its weights; the run records which it was."""
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(1)
+    saved = lm_model("llama", tok, LMSize(16, 1, 2))
+    saved.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    torch.manual_seed(0)
+    fresh, loaded = probe.load_lm(str(tmp_path / "lm"), random_init=True), probe.load_lm(str(tmp_path / "lm"))
+    assert type(fresh) is type(saved) and fresh.config.hidden_size == 16
+    weight = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(loaded.state_dict()[weight], saved.state_dict()[weight])
+    assert not torch.equal(fresh.state_dict()[weight], saved.state_dict()[weight])
+    args = ["--lm", str(tmp_path / "lm"), "--steps", "0", "--eval-n", "5", "--random-init"]
+    assert probe.main(args)["random_init"] is True
