@@ -59,7 +59,7 @@ def accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) 
     model.eval()
     for _ in range(n):
         question, answer, _ = draw(rng)
-        ids = tok(question + answer, return_tensors="pt").input_ids
+        ids = tok(question + answer, return_tensors="pt").input_ids.to(model.device)
         hits += int(model(ids[:, :-1]).logits[0, -1].argmax() == ids[0, -1])
     model.train(was_training)
     return hits / n
@@ -77,11 +77,26 @@ def batch(tok, rng: random.Random, size: int, answer_only: bool, draw: Callable 
     return {**enc, "labels": labels}
 
 
-def load_lm(path: str, random_init: bool = False):
+def write(result: dict, out: Path | None) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def load_lm(path: str, random_init: bool = False, hidden_size: int | None = None, num_hidden_layers: int | None = None):
     """The causal LM at `path` in fp32, or (`random_init`, the control) its architecture freshly initialised from
-    torch's current seed."""
+    torch's current seed — optionally wider (`hidden_size`: heads of the same size, the MLP in the same ratio) or
+    deeper."""
     if random_init:
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+        config = AutoConfig.from_pretrained(path)
+        if hidden_size:
+            head_dim = config.hidden_size // config.num_attention_heads
+            config.intermediate_size = config.intermediate_size * hidden_size // config.hidden_size
+            config.num_attention_heads = config.num_key_value_heads = hidden_size // head_dim
+            config.hidden_size, config.head_dim = hidden_size, head_dim
+        if num_hidden_layers:
+            config.num_hidden_layers = num_hidden_layers
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
@@ -94,16 +109,43 @@ def probe(args: argparse.Namespace) -> dict:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
-    model = load_lm(args.lm, args.random_init)
+    model = load_lm(args.lm, args.random_init, args.hidden_size, args.num_hidden_layers).to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    # linear warm-up over `args.warmup` steps, then constant
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, args.warmup)))
+    settings = (
+        "lm",
+        "random_init",
+        "hidden_size",
+        "num_hidden_layers",
+        "steps",
+        "lr",
+        "warmup",
+        "batch_size",
+        "answer_only",
+        "label_last",
+        "max_items",
+    )
     rng, t0 = random.Random(0), time.time()
     curve = [[0, accuracy(model, tok, args.eval_n, draw), None]]
+
+    def result() -> dict:
+        return {
+            **{name: getattr(args, name) for name in settings},
+            "device": str(args.device),
+            "chance": round(base_rate, 4),
+            "accuracy_curve": curve,
+            "seconds": round(time.time() - t0, 1),
+        }
+
     print(f"step 0: accuracy {curve[0][1]:.3f} (chance {base_rate:.3f})", flush=True)
     model.train()
     for step in range(1, args.steps + 1):
-        loss = model(**batch(tok, rng, args.batch_size, args.answer_only, draw)).loss
+        inputs = batch(tok, rng, args.batch_size, args.answer_only, draw)
+        loss = model(**{name: value.to(args.device) for name, value in inputs.items()}).loss
         loss.backward()
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad()
         if step % args.eval_every == 0 or step == args.steps:
             curve.append([step, accuracy(model, tok, args.eval_n, draw), round(loss.item(), 4)])
@@ -111,13 +153,9 @@ def probe(args: argparse.Namespace) -> dict:
                 f"step {step}: accuracy {curve[-1][1]:.3f}, loss {loss.item():.3f}, {time.time() - t0:.0f} s",
                 flush=True,
             )
-    settings = ("lm", "random_init", "steps", "lr", "batch_size", "answer_only", "label_last", "max_items")
-    return {
-        **{name: getattr(args, name) for name in settings},
-        "chance": round(base_rate, 4),
-        "accuracy_curve": curve,
-        "seconds": round(time.time() - t0, 1),
-    }
+            # the curve so far, so that a run cut short (a device call's time limit) still leaves its result
+            write(result(), args.out)
+    return result()
 
 
 def main(argv=None) -> dict:
@@ -126,24 +164,30 @@ def main(argv=None) -> dict:
         "--lm", default="recipes/toy_checkpoints/lm-llama", help="a causal LM folder with its tokenizer"
     )
     parser.add_argument("--random-init", action="store_true", help="the LM's architecture, freshly initialised")
+    parser.add_argument("--hidden-size", type=int, default=None, help="with --random-init: this width")
+    parser.add_argument("--num-hidden-layers", type=int, default=None, help="with --random-init: this depth")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps (then constant)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--answer-only", action="store_true", help="loss on the label token only")
     parser.add_argument("--label-last", action="store_true", help="the label after the item (classic induction)")
     parser.add_argument("--max-items", type=int, default=8, help="items per list: 2 to this (default 8)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-n", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the result as JSON here (rewritten at every evaluation)"
+    )
     args = parser.parse_args(argv)
     if args.steps < 0 or args.batch_size < 1 or args.eval_every < 1 or args.eval_n < 1:
         parser.error("--steps must be >= 0 and --batch-size, --eval-every, --eval-n >= 1")
+    if (args.hidden_size or args.num_hidden_layers) and not args.random_init:
+        parser.error("--hidden-size / --num-hidden-layers change the architecture: they need --random-init")
     if not 2 <= args.max_items <= 10:
         parser.error(f"--max-items must be 2 to 10 (ten single-digit labels), got {args.max_items}")
     result = probe(args)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write(result, args.out)
     return result
 
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The in-context lookup probe (benchmarks/lm_lookup_probe.py) at GPU budget: six variants side by side on one GPU,
+# each for at most LIMIT seconds (default 545, one device call), batch 256, 500 warm-up steps; every variant's JSON
+# (rewritten at each evaluation, so a run cut by the limit still leaves its curve) and the logs' tails under <dir>.
+#
+#   bash benchmarks/lm_lookup_probe_gpu.sh <dir>
+set -uo pipefail
+OUT=${1:?usage: lm_lookup_probe_gpu.sh <results dir>}
+mkdir -p "$OUT"
+export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+P=(python "$(dirname "$0")/lm_lookup_probe.py" --steps 200000 --eval-every 1000 --eval-n 400 --warmup 500 --batch-size 256)
+L=recipes/toy_checkpoints/lm-llama
+LOGS=$(mktemp -d)
+run() { name=$1; shift; timeout "${LIMIT:-545}" "${P[@]}" "$@" --out "$OUT/probe_$name.json" > "$LOGS/$name.txt" 2>&1 & }
+run llama --lm $L
+run llama_lr3e-4 --lm $L --lr 3e-4
+run llama_label_last --lm $L --label-last
+run llama_max3_answer_only --lm $L --max-items 3 --answer-only
+run fresh --lm $L --random-init
+run fresh_256x6 --lm $L --random-init --hidden-size 256 --num-hidden-layers 6
+wait
+for f in "$LOGS"/*.txt; do echo "== $(basename "$f" .txt)"; tail -4 "$f"; done | tee "$OUT/probe_logs.txt"
