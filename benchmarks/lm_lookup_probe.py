@@ -34,15 +34,17 @@ NAMES = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
 
 
 def lookup_text(
-    rng: random.Random, min_items: int = 2, max_items: int = 8, label_last: bool = False
+    rng: random.Random, min_items: int = 2, max_items: int = 8, label_last: bool = False, queries: int = 1
 ) -> tuple[str, str, int]:
-    """(context and question, answer label, number of items)."""
+    """(context and question, answer label, number of items). With `queries` > 1 the text asks that many distinct
+    items (as many as there are, at most), the earlier ones answered: "... . the blue circle is 7. the red star is"."""
     k = rng.randint(min_items, max_items)
     items, labels = rng.sample(NAMES, k), rng.sample(range(10), k)
-    q = rng.randrange(k)
+    asked = rng.sample(range(k), min(queries, k))
     pattern = "a {name} {label}" if label_last else "{label} a {name}"
     context = " ".join(pattern.format(label=label, name=name) for label, name in zip(labels, items))
-    return f"{context}. the {items[q]} is", f" {labels[q]}", k
+    answered = "".join(f". the {items[q]} is {labels[q]}" for q in asked[:-1])
+    return f"{context}{answered}. the {items[asked[-1]]} is", f" {labels[asked[-1]]}", k
 
 
 def chance(draw: Callable = lookup_text, n: int = 4000, seed: int = 0) -> float:
@@ -66,13 +68,16 @@ def accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) 
 
 
 def batch(tok, rng: random.Random, size: int, answer_only: bool, draw: Callable = lookup_text) -> dict:
+    """Right-padded texts; labels on every real token or (`answer_only`) on the answer labels: the digit tokens after
+    the context's closing ". " (every answer when a text asks several items)."""
     texts = [q + a for q, a, _ in (draw(rng) for _ in range(size))]
     enc = tok(texts, return_tensors="pt", padding=True)
     labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-    if answer_only:  # right padding: the label is each row's last real token
-        last = enc.attention_mask.sum(1) - 1
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[torch.arange(len(last)), last] = True
+    if answer_only:
+        period = tok.convert_tokens_to_ids(".")
+        digits = torch.tensor(tok.convert_tokens_to_ids([str(d) for d in range(10)]))
+        after_context = (enc.input_ids == period).cumsum(1) > 0
+        keep = after_context & torch.isin(enc.input_ids, digits) & (enc.attention_mask == 1)
         labels = labels.masked_fill(~keep, -100)
     return {**enc, "labels": labels}
 
@@ -103,7 +108,7 @@ def load_lm(path: str, random_init: bool = False, hidden_size: int | None = None
 def probe(args: argparse.Namespace) -> dict:
     """Fine-tune `args.lm` on lookups of the form the arguments give; the held-out accuracy curve."""
     torch.manual_seed(0)
-    draw = functools.partial(lookup_text, max_items=args.max_items, label_last=args.label_last)
+    draw = functools.partial(lookup_text, max_items=args.max_items, label_last=args.label_last, queries=args.queries)
     base_rate = chance(draw)
     tok = AutoTokenizer.from_pretrained(args.lm)
     if tok.pad_token is None:
@@ -173,6 +178,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--answer-only", action="store_true", help="loss on the label token only")
     parser.add_argument("--label-last", action="store_true", help="the label after the item (classic induction)")
     parser.add_argument("--max-items", type=int, default=8, help="items per list: 2 to this (default 8)")
+    parser.add_argument(
+        "--queries", type=int, default=1, help="items asked per text (the earlier ones answered); accuracy is the last"
+    )
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-n", type=int, default=200)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -180,8 +188,8 @@ def main(argv=None) -> dict:
         "--out", type=Path, default=None, help="write the result as JSON here (rewritten at every evaluation)"
     )
     args = parser.parse_args(argv)
-    if args.steps < 0 or args.batch_size < 1 or args.eval_every < 1 or args.eval_n < 1:
-        parser.error("--steps must be >= 0 and --batch-size, --eval-every, --eval-n >= 1")
+    if args.steps < 0 or min(args.batch_size, args.eval_every, args.eval_n, args.queries) < 1:
+        parser.error("--steps must be >= 0 and --batch-size, --eval-every, --eval-n, --queries >= 1")
     if (args.hidden_size or args.num_hidden_layers) and not args.random_init:
         parser.error("--hidden-size / --num-hidden-layers change the architecture: they need --random-init")
     if not 2 <= args.max_items <= 10:

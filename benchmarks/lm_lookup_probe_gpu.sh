@@ -13,10 +13,10 @@ L=recipes/toy_checkpoints/lm-llama
 LOGS=$(mktemp -d)
 run() { name=$1; shift; timeout "${LIMIT:-545}" "${P[@]}" "$@" --out "$OUT/probe_$name.json" > "$LOGS/$name.txt" 2>&1 & }
 run llama --lm $L
-run llama_lr3e-4 --lm $L --lr 3e-4
-run llama_label_last --lm $L --label-last
 run llama_max3_answer_only --lm $L --max-items 3 --answer-only
-run fresh --lm $L --random-init
-run fresh_256x6 --lm $L --random-init --hidden-size 256 --num-hidden-layers 6
+run llama_q4_answer_only --lm $L --queries 4 --answer-only
+run llama_label_last_q4_answer_only --lm $L --label-last --queries 4 --answer-only
+run fresh_q4_answer_only --lm $L --random-init --queries 4 --answer-only
+run fresh_256x6_q4_answer_only --lm $L --random-init --hidden-size 256 --num-hidden-layers 6 --queries 4 --answer-only
 wait
 for f in "$LOGS"/*.txt; do echo "== $(basename "$f" .txt)"; tail -4 "$f"; done | tee "$OUT/probe_logs.txt"

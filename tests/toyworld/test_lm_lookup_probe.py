@@ -1,6 +1,7 @@
 """benchmarks/lm_lookup_probe.py: the lookup texts are right, the answer-only loss sees only the label, and a run on a
 tiny LM writes its accuracy curve."""
 
+import functools
 import json
 import random
 
@@ -102,3 +103,27 @@ def test_random_init_control_starts_from_fresh_weights(tmp_path):
     assert not torch.equal(fresh.state_dict()[weight], saved.state_dict()[weight])
     args = ["--lm", str(tmp_path / "lm"), "--steps", "0", "--eval-n", "5", "--random-init"]
     assert probe.main(args)["random_init"] is True
+
+
+def test_several_queries_answer_the_earlier_ones_and_answer_only_keeps_every_answer():
+    """`queries=3`: three distinct items asked, the first two answered in the text; the answer-only loss keeps all
+    three answers and no label of the context."""
+    question, answer, k = probe.lookup_text(random.Random(0), queries=3)
+    context, *asked = question.split(". the ")
+    words = context.split(" ")
+    pairs = {" ".join(words[i + 2 : i + 4]): words[i] for i in range(0, len(words), 4)}
+    assert len(asked) == 3 and len({a.rsplit(" is", 1)[0] for a in asked}) == 3
+    for earlier in asked[:2]:
+        name, label = earlier.split(" is ")
+        assert pairs[name] == label
+    assert answer == f" {pairs[asked[2].removesuffix(' is')]}"
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    tok.pad_token, tok.padding_side = tok.eos_token, "right"
+    draw = functools.partial(probe.lookup_text, queries=3, max_items=4)
+    same = random.Random(2)
+    texts = [draw(same) for _ in range(3)]
+    batch = probe.batch(tok, random.Random(2), 3, answer_only=True, draw=draw)
+    for row, (question, answer, _) in enumerate(texts):
+        answers = [part.split(" is ")[1] for part in (question + answer).split(". the ")[1:]]
+        kept = batch["labels"][row][batch["labels"][row] != -100]
+        assert tok.convert_ids_to_tokens(kept.tolist()) == answers
