@@ -108,8 +108,10 @@ def load_lm(path: str, random_init: bool = False, hidden_size: int | None = None
 def probe(args: argparse.Namespace) -> dict:
     """Fine-tune `args.lm` on lookups of the form the arguments give; the held-out accuracy curve."""
     torch.manual_seed(0)
+    # trained on `queries` per text, evaluated on one: a later query could be answered by elimination
     draw = functools.partial(lookup_text, max_items=args.max_items, label_last=args.label_last, queries=args.queries)
-    base_rate = chance(draw)
+    held_out = functools.partial(draw, queries=1)
+    base_rate = chance(held_out)
     tok = AutoTokenizer.from_pretrained(args.lm)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -132,7 +134,7 @@ def probe(args: argparse.Namespace) -> dict:
         "max_items",
     )
     rng, t0 = random.Random(0), time.time()
-    curve = [[0, accuracy(model, tok, args.eval_n, draw), None]]
+    curve = [[0, accuracy(model, tok, args.eval_n, held_out), None]]
 
     def result() -> dict:
         return {
@@ -153,7 +155,7 @@ def probe(args: argparse.Namespace) -> dict:
         schedule.step()
         optimizer.zero_grad()
         if step % args.eval_every == 0 or step == args.steps:
-            curve.append([step, accuracy(model, tok, args.eval_n, draw), round(loss.item(), 4)])
+            curve.append([step, accuracy(model, tok, args.eval_n, held_out), round(loss.item(), 4)])
             print(
                 f"step {step}: accuracy {curve[-1][1]:.3f}, loss {loss.item():.3f}, {time.time() - t0:.0f} s",
                 flush=True,
@@ -179,7 +181,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--label-last", action="store_true", help="the label after the item (classic induction)")
     parser.add_argument("--max-items", type=int, default=8, help="items per list: 2 to this (default 8)")
     parser.add_argument(
-        "--queries", type=int, default=1, help="items asked per text (the earlier ones answered); accuracy is the last"
+        "--queries",
+        type=int,
+        default=1,
+        help="items asked per text in training (the earlier ones answered); accuracy is on one",
     )
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-n", type=int, default=200)
