@@ -67,17 +67,22 @@ def accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) 
     return hits / n
 
 
-def batch(tok, rng: random.Random, size: int, answer_only: bool, draw: Callable = lookup_text) -> dict:
+def batch(
+    tok, rng: random.Random, size: int, answer_only: bool, draw: Callable = lookup_text, corpus: list[str] = (), mix=0.0
+) -> dict:
     """Right-padded texts; labels on every real token or (`answer_only`) on the answer labels: the digit tokens after
-    the context's closing ". " (every answer when a text asks several items)."""
-    texts = [q + a for q, a, _ in (draw(rng) for _ in range(size))]
-    enc = tok(texts, return_tensors="pt", padding=True)
+    the context's closing ". " (every answer when a text asks several items). The last `round(mix * size)` rows are
+    texts of `corpus` instead (the LM's own pretraining text, kept so the LM does not forget it), labelled whole."""
+    replay = round(mix * size) if corpus else 0
+    texts = [q + a for q, a, _ in (draw(rng) for _ in range(size - replay))] + rng.sample(corpus, replay)
+    enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=256)
     labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
     if answer_only:
         period = tok.convert_tokens_to_ids(".")
         digits = torch.tensor(tok.convert_tokens_to_ids([str(d) for d in range(10)]))
         after_context = (enc.input_ids == period).cumsum(1) > 0
         keep = after_context & torch.isin(enc.input_ids, digits) & (enc.attention_mask == 1)
+        keep[size - replay :] = enc.attention_mask[size - replay :] == 1
         labels = labels.masked_fill(~keep, -100)
     return {**enc, "labels": labels}
 
@@ -132,7 +137,14 @@ def probe(args: argparse.Namespace) -> dict:
         "answer_only",
         "label_last",
         "max_items",
+        "queries",
+        "corpus_mix",
     )
+    corpus = []
+    if args.corpus_mix:
+        from groundvlm.recipes.toyworld.corpus import lm_corpus
+
+        corpus = lm_corpus(args.corpus_scenes)
     rng, t0 = random.Random(0), time.time()
     curve = [[0, accuracy(model, tok, args.eval_n, held_out), None]]
 
@@ -148,7 +160,7 @@ def probe(args: argparse.Namespace) -> dict:
     print(f"step 0: accuracy {curve[0][1]:.3f} (chance {base_rate:.3f})", flush=True)
     model.train()
     for step in range(1, args.steps + 1):
-        inputs = batch(tok, rng, args.batch_size, args.answer_only, draw)
+        inputs = batch(tok, rng, args.batch_size, args.answer_only, draw, corpus, args.corpus_mix)
         loss = model(**{name: value.to(args.device) for name, value in inputs.items()}).loss
         loss.backward()
         optimizer.step()
@@ -162,6 +174,9 @@ def probe(args: argparse.Namespace) -> dict:
             )
             # the curve so far, so that a run cut short (a device call's time limit) still leaves its result
             write(result(), args.out)
+            if args.save:
+                model.save_pretrained(args.save)
+                tok.save_pretrained(args.save)
     return result()
 
 
@@ -188,6 +203,11 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-n", type=int, default=200)
+    parser.add_argument(
+        "--corpus-mix", type=float, default=0.0, help="share of each batch drawn from the toy LM corpus (0 to <1)"
+    )
+    parser.add_argument("--corpus-scenes", type=int, default=10000, help="scenes of that corpus (gpu presets: 10000)")
+    parser.add_argument("--save", type=Path, default=None, help="save the fine-tuned LM here at every evaluation")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--out", type=Path, default=None, help="write the result as JSON here (rewritten at every evaluation)"
@@ -195,6 +215,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.steps < 0 or min(args.batch_size, args.eval_every, args.eval_n, args.queries) < 1:
         parser.error("--steps must be >= 0 and --batch-size, --eval-every, --eval-n, --queries >= 1")
+    if not 0 <= args.corpus_mix < 1:
+        parser.error(f"--corpus-mix must be in [0, 1), got {args.corpus_mix}")
     if (args.hidden_size or args.num_hidden_layers) and not args.random_init:
         parser.error("--hidden-size / --num-hidden-layers change the architecture: they need --random-init")
     if not 2 <= args.max_items <= 10:

@@ -127,3 +127,20 @@ def test_several_queries_answer_the_earlier_ones_and_answer_only_keeps_every_ans
         answers = [part.split(" is ")[1] for part in (question + answer).split(". the ")[1:]]
         kept = batch["labels"][row][batch["labels"][row] != -100]
         assert tok.convert_ids_to_tokens(kept.tolist()) == answers
+
+
+def test_corpus_mix_rows_are_corpus_texts_labelled_whole():
+    """`mix=0.5` of 4 rows: the last two are corpus texts with every real token labelled; the first two lookups keep
+    only their answer."""
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    tok.pad_token, tok.padding_side = tok.eos_token, "right"
+    corpus = ["a red star in the image.", "There are two objects in the image."]
+    batch = probe.batch(tok, random.Random(3), 4, answer_only=True, corpus=corpus, mix=0.5)
+    kept = batch["labels"] != -100
+    assert kept[:2].sum(1).tolist() == [1, 1]
+    assert torch.equal(kept[2:], batch["attention_mask"][2:] == 1)
+    decoded = {
+        tok.decode(row[mask == 1], skip_special_tokens=True)
+        for row, mask in zip(batch["input_ids"][2:], batch["attention_mask"][2:])
+    }
+    assert decoded == set(corpus)
