@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The in-context lookup probe (benchmarks/lm_lookup_probe.py) at GPU budget: six variants side by side on one GPU,
+# The in-context lookup probe (benchmarks/lm_lookup_probe.py) at GPU budget: six variants side by side on one GPU
+# (one also saves its fine-tuned LM as <dir>/lm-llama-lookup.tgz),
 # each for at most LIMIT seconds (default 545, one device call), batch 256, 500 warm-up steps; every variant's JSON
 # (rewritten at each evaluation, so a run cut by the limit still leaves its curve) and the logs' tails under <dir>.
 #
@@ -12,11 +13,13 @@ P=(python "$(dirname "$0")/lm_lookup_probe.py" --steps 200000 --eval-every 1000 
 L=recipes/toy_checkpoints/lm-llama
 LOGS=$(mktemp -d)
 run() { name=$1; shift; timeout "${LIMIT:-545}" "${P[@]}" "$@" --out "$OUT/probe_$name.json" > "$LOGS/$name.txt" 2>&1 & }
-run llama --lm $L
 run llama_max3_answer_only --lm $L --max-items 3 --answer-only
 run llama_q4_answer_only --lm $L --queries 4 --answer-only
 run llama_label_last_q4_answer_only --lm $L --label-last --queries 4 --answer-only
 run fresh_q4_answer_only --lm $L --random-init --queries 4 --answer-only
+# the toy Llama taught the lookup while replaying its own corpus (a quarter of each batch); saved, packed into <dir>
+run llama_q4_answer_only_mix25 --lm $L --queries 4 --answer-only --corpus-mix 0.25 --save "$LOGS/lm-llama-lookup"
 run fresh_256x6_q4_answer_only --lm $L --random-init --hidden-size 256 --num-hidden-layers 6 --queries 4 --answer-only
 wait
+[ -d "$LOGS/lm-llama-lookup" ] && tar czf "$OUT/lm-llama-lookup.tgz" -C "$LOGS" lm-llama-lookup
 for f in "$LOGS"/*.txt; do echo "== $(basename "$f" .txt)"; tail -4 "$f"; done | tee "$OUT/probe_logs.txt"
