@@ -67,14 +67,31 @@ def accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) 
     return hits / n
 
 
+def repeat_text(rng: random.Random) -> str:
+    """A random run of 4-12 toy names and labels, then the same run again: "7 red star blue circle 3. 7 red star
+    blue circle 3" — the second half is predictable only by copying (induction), the training signal from which
+    induction heads form in LMs."""
+    run = " ".join(
+        rng.choice(NAMES) if rng.random() < 0.7 else str(rng.randrange(10)) for _ in range(rng.randint(4, 12))
+    )
+    return f"{run}. {run}"
+
+
 def batch(
-    tok, rng: random.Random, size: int, answer_only: bool, draw: Callable = lookup_text, corpus: list[str] = (), mix=0.0
+    tok,
+    rng: random.Random,
+    size: int,
+    answer_only: bool,
+    draw: Callable = lookup_text,
+    whole: Callable | None = None,
+    mix: float = 0.0,
 ) -> dict:
     """Right-padded texts; labels on every real token or (`answer_only`) on the answer labels: the digit tokens after
     the context's closing ". " (every answer when a text asks several items). The last `round(mix * size)` rows are
-    texts of `corpus` instead (the LM's own pretraining text, kept so the LM does not forget it), labelled whole."""
-    replay = round(mix * size) if corpus else 0
-    texts = [q + a for q, a, _ in (draw(rng) for _ in range(size - replay))] + rng.sample(corpus, replay)
+    `whole(rng)` texts instead (the LM's own corpus, kept so that it is not forgotten, or `repeat_text`), labelled
+    whole."""
+    replay = round(mix * size) if whole else 0
+    texts = [q + a for q, a, _ in (draw(rng) for _ in range(size - replay))] + [whole(rng) for _ in range(replay)]
     enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=256)
     labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
     if answer_only:
@@ -139,12 +156,16 @@ def probe(args: argparse.Namespace) -> dict:
         "max_items",
         "queries",
         "corpus_mix",
+        "repeat_mix",
     )
-    corpus = []
+    whole, mix = None, args.corpus_mix or args.repeat_mix
     if args.corpus_mix:
         from groundvlm.recipes.toyworld.corpus import lm_corpus
 
         corpus = lm_corpus(args.corpus_scenes)
+        whole = functools.partial(random.Random.choice, seq=corpus)
+    elif args.repeat_mix:
+        whole = repeat_text
     rng, t0 = random.Random(0), time.time()
     curve = [[0, accuracy(model, tok, args.eval_n, held_out), None]]
 
@@ -160,7 +181,7 @@ def probe(args: argparse.Namespace) -> dict:
     print(f"step 0: accuracy {curve[0][1]:.3f} (chance {base_rate:.3f})", flush=True)
     model.train()
     for step in range(1, args.steps + 1):
-        inputs = batch(tok, rng, args.batch_size, args.answer_only, draw, corpus, args.corpus_mix)
+        inputs = batch(tok, rng, args.batch_size, args.answer_only, draw, whole, mix)
         loss = model(**{name: value.to(args.device) for name, value in inputs.items()}).loss
         loss.backward()
         optimizer.step()
@@ -206,6 +227,9 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--corpus-mix", type=float, default=0.0, help="share of each batch drawn from the toy LM corpus (0 to <1)"
     )
+    parser.add_argument(
+        "--repeat-mix", type=float, default=0.0, help="share of each batch that is a repeated run (repeat_text)"
+    )
     parser.add_argument("--corpus-scenes", type=int, default=10000, help="scenes of that corpus (gpu presets: 10000)")
     parser.add_argument("--save", type=Path, default=None, help="save the fine-tuned LM here at every evaluation")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -215,8 +239,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.steps < 0 or min(args.batch_size, args.eval_every, args.eval_n, args.queries) < 1:
         parser.error("--steps must be >= 0 and --batch-size, --eval-every, --eval-n, --queries >= 1")
-    if not 0 <= args.corpus_mix < 1:
-        parser.error(f"--corpus-mix must be in [0, 1), got {args.corpus_mix}")
+    if not (0 <= args.corpus_mix < 1 and 0 <= args.repeat_mix < 1):
+        parser.error(f"--corpus-mix and --repeat-mix must be in [0, 1), got {args.corpus_mix}, {args.repeat_mix}")
+    if args.corpus_mix and args.repeat_mix:
+        parser.error("--corpus-mix and --repeat-mix: one at a time")
     if (args.hidden_size or args.num_hidden_layers) and not args.random_init:
         parser.error("--hidden-size / --num-hidden-layers change the architecture: they need --random-init")
     if not 2 <= args.max_items <= 10:

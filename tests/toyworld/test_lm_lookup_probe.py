@@ -135,7 +135,8 @@ def test_corpus_mix_rows_are_corpus_texts_labelled_whole():
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     tok.pad_token, tok.padding_side = tok.eos_token, "right"
     corpus = ["a red star in the image.", "There are two objects in the image."]
-    batch = probe.batch(tok, random.Random(3), 4, answer_only=True, corpus=corpus, mix=0.5)
+    whole = functools.partial(random.Random.choice, seq=corpus)
+    batch = probe.batch(tok, random.Random(3), 4, answer_only=True, whole=whole, mix=0.5)
     kept = batch["labels"] != -100
     assert kept[:2].sum(1).tolist() == [1, 1]
     assert torch.equal(kept[2:], batch["attention_mask"][2:] == 1)
@@ -143,4 +144,11 @@ def test_corpus_mix_rows_are_corpus_texts_labelled_whole():
         tok.decode(row[mask == 1], skip_special_tokens=True)
         for row, mask in zip(batch["input_ids"][2:], batch["attention_mask"][2:])
     }
-    assert decoded == set(corpus)
+    assert decoded <= set(corpus)
+
+
+def test_repeat_text_repeats_its_run():
+    rng = random.Random(4)
+    for _ in range(20):
+        first, second = probe.repeat_text(rng).split(". ")
+        assert first == second and 4 <= len(first.split(" ")) <= 24
