@@ -13,10 +13,11 @@ P=(python "$(dirname "$0")/lm_lookup_probe.py" --steps 200000 --eval-every 1000 
 L=recipes/toy_checkpoints/lm-llama
 LOGS=$(mktemp -d)
 run() { name=$1; shift; timeout "${LIMIT:-545}" "${P[@]}" "$@" --out "$OUT/probe_$name.json" > "$LOGS/$name.txt" 2>&1 & }
-run llama_max3_answer_only --lm $L --max-items 3 --answer-only
 run llama_q4_answer_only --lm $L --queries 4 --answer-only
 run llama_label_last_q4_answer_only --lm $L --label-last --queries 4 --answer-only
 run fresh_q4_answer_only --lm $L --random-init --queries 4 --answer-only
+run fresh2l_label_last_q4_answer_only_repeat50 --lm $L --random-init --num-hidden-layers 2 --label-last --queries 4 \
+  --answer-only --repeat-mix 0.5
 # the toy Llama taught the lookup while replaying its own corpus (a quarter of each batch); saved, packed into <dir>
 run llama_q4_answer_only_mix25 --lm $L --queries 4 --answer-only --corpus-mix 0.25 --save "$LOGS/lm-llama-lookup"
 run fresh_256x6_q4_answer_only --lm $L --random-init --hidden-size 256 --num-hidden-layers 6 --queries 4 --answer-only
