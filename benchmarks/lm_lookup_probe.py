@@ -77,6 +77,25 @@ def repeat_text(rng: random.Random) -> str:
     return f"{run}. {run}"
 
 
+@torch.no_grad()
+def copy_accuracy(model, tok, n: int, seed: int = 321) -> float:
+    """Share of the second-half tokens of held-out `repeat_text`s that the LM predicts greedily: copying
+    (induction) — near 1 once induction heads have formed."""
+    rng, hits, total = random.Random(seed), 0, 0
+    was_training = model.training
+    model.eval()
+    for _ in range(n):
+        text = repeat_text(rng)
+        ids = tok(text, return_tensors="pt").input_ids.to(model.device)
+        first = len(tok(text.split(". ")[0] + ".").input_ids)  # the second half starts after the first "."
+        # the second half's first token has nothing to copy from; every later one does
+        predicted = model(ids).logits[0, first:-1].argmax(-1)
+        hits += int((predicted == ids[0, first + 1 :]).sum())
+        total += ids.shape[1] - first - 1
+    model.train(was_training)
+    return hits / total
+
+
 def batch(
     tok,
     rng: random.Random,
@@ -168,6 +187,7 @@ def probe(args: argparse.Namespace) -> dict:
         whole = repeat_text
     rng, t0 = random.Random(0), time.time()
     curve = [[0, accuracy(model, tok, args.eval_n, held_out), None]]
+    copy_curve = [[0, copy_accuracy(model, tok, args.eval_n)]] if args.repeat_mix else None
 
     def result() -> dict:
         return {
@@ -175,6 +195,7 @@ def probe(args: argparse.Namespace) -> dict:
             "device": str(args.device),
             "chance": round(base_rate, 4),
             "accuracy_curve": curve,
+            **({"copy_accuracy_curve": copy_curve} if copy_curve else {}),
             "seconds": round(time.time() - t0, 1),
         }
 
@@ -189,6 +210,9 @@ def probe(args: argparse.Namespace) -> dict:
         optimizer.zero_grad()
         if step % args.eval_every == 0 or step == args.steps:
             curve.append([step, accuracy(model, tok, args.eval_n, held_out), round(loss.item(), 4)])
+            if copy_curve:
+                copy_curve.append([step, copy_accuracy(model, tok, args.eval_n)])
+                print(f"step {step}: copy accuracy {copy_curve[-1][1]:.3f}", flush=True)
             print(
                 f"step {step}: accuracy {curve[-1][1]:.3f}, loss {loss.item():.3f}, {time.time() - t0:.0f} s",
                 flush=True,

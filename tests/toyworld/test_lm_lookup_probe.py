@@ -5,6 +5,7 @@ import functools
 import json
 import random
 
+import pytest
 import torch
 from transformers import AutoTokenizer
 
@@ -81,8 +82,6 @@ def test_probe_runs_on_a_tiny_lm_and_writes_the_curve(tmp_path):
 
 
 def test_bad_arguments_are_refused():
-    import pytest
-
     for argv in (["--max-items", "11"], ["--max-items", "1"], ["--batch-size", "0"]):
         with pytest.raises(SystemExit):
             probe.main(argv)
@@ -152,3 +151,17 @@ def test_repeat_text_repeats_its_run():
     for _ in range(20):
         first, second = probe.repeat_text(rng).split(". ")
         assert first == second and 4 <= len(first.split(" ")) <= 24
+
+
+def test_repeat_mix_run_records_the_copy_accuracy_curve(tmp_path):
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    lm_model("llama", tok, LMSize(16, 1, 2)).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    argv = ["--lm", str(tmp_path / "lm"), "--steps", "2", "--batch-size", "4", "--eval-every", "1", "--eval-n", "3"]
+    result = probe.main([*argv, "--repeat-mix", "0.5"])
+    assert [step for step, _ in result["copy_accuracy_curve"]] == [0, 1, 2]
+    assert all(0 <= acc <= 1 for _, acc in result["copy_accuracy_curve"]) and result["repeat_mix"] == 0.5
+    assert "copy_accuracy_curve" not in probe.main(argv)
+    with pytest.raises(SystemExit):
+        probe.main([*argv, "--repeat-mix", "0.5", "--corpus-mix", "0.5"])
