@@ -34,17 +34,25 @@ NAMES = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
 
 
 def lookup_text(
-    rng: random.Random, min_items: int = 2, max_items: int = 8, label_last: bool = False, queries: int = 1
+    rng: random.Random,
+    min_items: int = 2,
+    max_items: int = 8,
+    label_last: bool = False,
+    queries: int = 1,
+    copula_free: float = 0.0,
 ) -> tuple[str, str, int]:
     """(context and question, answer label, number of items). With `queries` > 1 the text asks that many distinct
-    items (as many as there are, at most), the earlier ones answered: "... . the blue circle is 7. the red star is"."""
+    items (as many as there are, at most), the earlier ones answered: "... . the blue circle is 7. the red star is".
+    With probability `copula_free` a text asks without "is" ("... . the blue circle"): label last, the answer then
+    follows the name as in the context, and plain copying (induction) finds it."""
+    verb = "" if rng.random() < copula_free else " is"
     k = rng.randint(min_items, max_items)
     items, labels = rng.sample(NAMES, k), rng.sample(range(10), k)
     asked = rng.sample(range(k), min(queries, k))
     pattern = "a {name} {label}" if label_last else "{label} a {name}"
     context = " ".join(pattern.format(label=label, name=name) for label, name in zip(labels, items))
-    answered = "".join(f". the {items[q]} is {labels[q]}" for q in asked[:-1])
-    return f"{context}{answered}. the {items[asked[-1]]} is", f" {labels[asked[-1]]}", k
+    answered = "".join(f". the {items[q]}{verb} {labels[q]}" for q in asked[:-1])
+    return f"{context}{answered}. the {items[asked[-1]]}{verb}", f" {labels[asked[-1]]}", k
 
 
 def chance(draw: Callable = lookup_text, n: int = 4000, seed: int = 0) -> float:
@@ -150,8 +158,14 @@ def probe(args: argparse.Namespace) -> dict:
     """Fine-tune `args.lm` on lookups of the form the arguments give; the held-out accuracy curve."""
     torch.manual_seed(0)
     # trained on `queries` per text, evaluated on one: a later query could be answered by elimination
-    draw = functools.partial(lookup_text, max_items=args.max_items, label_last=args.label_last, queries=args.queries)
-    held_out = functools.partial(draw, queries=1)
+    draw = functools.partial(
+        lookup_text,
+        max_items=args.max_items,
+        label_last=args.label_last,
+        queries=args.queries,
+        copula_free=args.copula_free,
+    )
+    held_out = functools.partial(draw, queries=1, copula_free=0.0)  # always asked with "is"
     base_rate = chance(held_out)
     tok = AutoTokenizer.from_pretrained(args.lm)
     if tok.pad_token is None:
@@ -176,6 +190,7 @@ def probe(args: argparse.Namespace) -> dict:
         "queries",
         "corpus_mix",
         "repeat_mix",
+        "copula_free",
     )
     whole, mix = None, args.corpus_mix or args.repeat_mix
     if args.corpus_mix:
@@ -254,6 +269,12 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--repeat-mix", type=float, default=0.0, help="share of each batch that is a repeated run (repeat_text)"
     )
+    parser.add_argument(
+        "--copula-free",
+        type=float,
+        default=0.0,
+        help="share of training texts asked without 'is' (evaluation always asks with it)",
+    )
     parser.add_argument("--corpus-scenes", type=int, default=10000, help="scenes of that corpus (gpu presets: 10000)")
     parser.add_argument("--save", type=Path, default=None, help="save the fine-tuned LM here at every evaluation")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -263,6 +284,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.steps < 0 or min(args.batch_size, args.eval_every, args.eval_n, args.queries) < 1:
         parser.error("--steps must be >= 0 and --batch-size, --eval-every, --eval-n, --queries >= 1")
+    if not 0 <= args.copula_free <= 1:
+        parser.error(f"--copula-free must be in [0, 1], got {args.copula_free}")
     if not (0 <= args.corpus_mix < 1 and 0 <= args.repeat_mix < 1):
         parser.error(f"--corpus-mix and --repeat-mix must be in [0, 1), got {args.corpus_mix}, {args.repeat_mix}")
     if args.corpus_mix and args.repeat_mix:

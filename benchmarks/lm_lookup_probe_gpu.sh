@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The in-context lookup probe (benchmarks/lm_lookup_probe.py) at GPU budget: six variants side by side on one GPU
+# The in-context lookup probe (benchmarks/lm_lookup_probe.py) at GPU budget: seven variants side by side on one GPU
 # (one also saves its fine-tuned LM as <dir>/lm-llama-lookup.tgz),
 # each for at most LIMIT seconds (default 545, one device call), batch 256, 500 warm-up steps; every variant's JSON
 # (rewritten at each evaluation, so a run cut by the limit still leaves its curve) and the logs' tails under <dir>.
@@ -20,6 +20,8 @@ run fresh2l_label_last_q4_answer_only_repeat50 --lm $L --random-init --num-hidde
   --answer-only --repeat-mix 0.5
 # the toy Llama taught the lookup while replaying its own corpus (a quarter of each batch); saved, packed into <dir>
 run llama_q4_answer_only_mix25 --lm $L --queries 4 --answer-only --corpus-mix 0.25 --save "$LOGS/lm-llama-lookup"
+run fresh2l_label_last_copula_free50 --lm $L --random-init --num-hidden-layers 2 --label-last --answer-only \
+  --copula-free 0.5
 run fresh_256x6_q4_answer_only --lm $L --random-init --hidden-size 256 --num-hidden-layers 6 --queries 4 --answer-only
 wait
 [ -d "$LOGS/lm-llama-lookup" ] && tar czf "$OUT/lm-llama-lookup.tgz" -C "$LOGS" lm-llama-lookup
