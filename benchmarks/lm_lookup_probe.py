@@ -203,6 +203,9 @@ def probe(args: argparse.Namespace) -> dict:
     rng, t0 = random.Random(0), time.time()
     curve = [[0, accuracy(model, tok, args.eval_n, held_out), None]]
     copy_curve = [[0, copy_accuracy(model, tok, args.eval_n)]] if args.repeat_mix else None
+    # the induction-shaped question (no "is"), held out, when training asks it
+    free = functools.partial(draw, queries=1, copula_free=1.0)
+    free_curve = [[0, accuracy(model, tok, args.eval_n, free)]] if args.copula_free else None
 
     def result() -> dict:
         return {
@@ -211,6 +214,7 @@ def probe(args: argparse.Namespace) -> dict:
             "chance": round(base_rate, 4),
             "accuracy_curve": curve,
             **({"copy_accuracy_curve": copy_curve} if copy_curve else {}),
+            **({"copula_free_accuracy_curve": free_curve} if free_curve else {}),
             "seconds": round(time.time() - t0, 1),
         }
 
@@ -228,6 +232,9 @@ def probe(args: argparse.Namespace) -> dict:
             if copy_curve:
                 copy_curve.append([step, copy_accuracy(model, tok, args.eval_n)])
                 print(f"step {step}: copy accuracy {copy_curve[-1][1]:.3f}", flush=True)
+            if free_curve:
+                free_curve.append([step, accuracy(model, tok, args.eval_n, free)])
+                print(f"step {step}: accuracy without 'is' {free_curve[-1][1]:.3f}", flush=True)
             print(
                 f"step {step}: accuracy {curve[-1][1]:.3f}, loss {loss.item():.3f}, {time.time() - t0:.0f} s",
                 flush=True,

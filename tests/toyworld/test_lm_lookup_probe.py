@@ -162,6 +162,21 @@ def test_repeat_mix_run_records_the_copy_accuracy_curve(tmp_path):
     result = probe.main([*argv, "--repeat-mix", "0.5"])
     assert [step for step, _ in result["copy_accuracy_curve"]] == [0, 1, 2]
     assert all(0 <= acc <= 1 for _, acc in result["copy_accuracy_curve"]) and result["repeat_mix"] == 0.5
-    assert "copy_accuracy_curve" not in probe.main(argv)
+    plain = probe.main(argv)
+    assert "copy_accuracy_curve" not in plain and "copula_free_accuracy_curve" not in plain
+    free = probe.main([*argv, "--copula-free", "0.5", "--label-last"])
+    assert [step for step, _ in free["copula_free_accuracy_curve"]] == [0, 1, 2]
     with pytest.raises(SystemExit):
         probe.main([*argv, "--repeat-mix", "0.5", "--corpus-mix", "0.5"])
+
+
+def test_copula_free_questions_drop_is_and_keep_the_answer():
+    rng = random.Random(6)
+    free = [probe.lookup_text(rng, label_last=True, copula_free=1.0) for _ in range(20)]
+    assert all(not question.endswith(" is") for question, _, _ in free)
+    for question, answer, _ in free:
+        context, asked = question.split(". the ")
+        words = context.split(" ")
+        pairs = {" ".join(words[i + 1 : i + 3]): words[i + 3] for i in range(0, len(words), 4)}
+        assert answer == f" {pairs[asked]}"
+    assert all(q.endswith(" is") for q, _, _ in (probe.lookup_text(rng, copula_free=0.0) for _ in range(20)))
