@@ -9,8 +9,14 @@ given LM has it or learns it by fine-tuning on text alone:
     a red star 3 a blue circle 7 a green square 1. the blue circle is 7        (`--label-last`: classic induction)
 
 (2–8 items of the toy world's colour-shape names, distinct single-digit labels; chance = the mean of 1/items = 0.245.)
-It reports the held-out accuracy of the label token before and during fine-tuning (AdamW, loss on every token or,
-with `--answer-only`, on the label only).
+It reports the held-out accuracy of the label token before and during fine-tuning (AdamW, linear warm-up, loss on
+every token or, with `--answer-only`, on the labels only). Levers that make the signal denser or the task easier:
+`--queries N` (N items asked per training text, the earlier ones answered, as in multi-query associative recall;
+accuracy stays on one), `--copula-free P` (a share of questions without "is": label last, the answer then follows the
+name as in the context, so plain copying finds it), `--repeat-mix P` (a share of the batch that is a run repeated
+twice, from which induction heads form; the copy accuracy is reported too), `--corpus-mix P` (replay of the toy LM
+corpus, with `--save` to keep the taught LM), and a fresh model of another size (`--random-init --hidden-size
+--num-hidden-layers`). `benchmarks/lm_lookup_probe_gpu.sh` runs seven variants side by side on one GPU.
 
     python benchmarks/lm_lookup_probe.py --lm recipes/toy_checkpoints/lm-llama --steps 1500 [--answer-only]
 """
