@@ -13,9 +13,10 @@ It reports the held-out accuracy of the label token before and during fine-tunin
 every token or, with `--answer-only`, on the labels only). Levers that make the signal denser or the task easier:
 `--queries N` (N items asked per training text, the earlier ones answered, as in multi-query associative recall;
 accuracy stays on one), `--copula-free P` (a share of questions without "is": label last, the answer then follows the
-name as in the context, so plain copying finds it), `--repeat-mix P` (a share of the batch that is a run repeated
-twice, from which induction heads form; the copy accuracy is reported too), `--corpus-mix P` (replay of the toy LM
-corpus, with `--save` to keep the taught LM), and a fresh model of another size (`--random-init --hidden-size
+name as in the context, so plain copying finds it), `--single-token` (a shape named, a colour as its label: one token
+each, so that label last without "is" is a first-order copy), `--repeat-mix P` (a share of the batch that is a run
+repeated twice, from which induction heads form; the copy accuracy is reported too), `--corpus-mix P` (replay of the
+toy LM corpus, with `--save` to keep the taught LM), and a fresh model of another size (`--random-init --hidden-size
 --num-hidden-layers`). `benchmarks/lm_lookup_probe_gpu.sh` runs seven variants side by side on one GPU.
 
     python benchmarks/lm_lookup_probe.py --lm recipes/toy_checkpoints/lm-llama --steps 1500 [--answer-only]
@@ -46,16 +47,23 @@ def lookup_text(
     label_last: bool = False,
     queries: int = 1,
     copula_free: float = 0.0,
+    single_token: bool = False,
 ) -> tuple[str, str, int]:
     """(context and question, answer label, number of items). With `queries` > 1 the text asks that many distinct
     items (as many as there are, at most), the earlier ones answered: "... . the blue circle is 7. the red star is".
     With probability `copula_free` a text asks without "is" ("... . the blue circle"): label last, the answer then
-    follows the name as in the context, and plain copying (induction) finds it."""
+    follows the name as in the context, and plain copying (induction) finds it. `single_token`: one-token names and
+    labels (a shape named, a colour as its label: "star red circle blue. the circle is blue"), so that, label last and
+    without "is", the answer is the token right after the name's earlier occurrence — a first-order copy."""
     verb = "" if rng.random() < copula_free else " is"
     k = rng.randint(min_items, max_items)
-    items, labels = rng.sample(NAMES, k), rng.sample(range(10), k)
+    if single_token:
+        items, labels = rng.sample(list(SHAPES), k), rng.sample(list(COLOURS), k)
+        pattern = "{name} {label}" if label_last else "{label} {name}"
+    else:
+        items, labels = rng.sample(NAMES, k), rng.sample(range(10), k)
+        pattern = "a {name} {label}" if label_last else "{label} a {name}"
     asked = rng.sample(range(k), min(queries, k))
-    pattern = "a {name} {label}" if label_last else "{label} a {name}"
     context = " ".join(pattern.format(label=label, name=name) for label, name in zip(labels, items))
     answered = "".join(f". the {items[q]}{verb} {labels[q]}" for q in asked[:-1])
     return f"{context}{answered}. the {items[asked[-1]]}{verb}", f" {labels[asked[-1]]}", k
@@ -118,6 +126,7 @@ def batch(
     draw: Callable = lookup_text,
     whole: Callable | None = None,
     mix: float = 0.0,
+    label_words: list[str] | None = None,
 ) -> dict:
     """Right-padded texts; labels on every real token or (`answer_only`) on the answer labels: the digit tokens after
     the context's closing ". " (every answer when a text asks several items). The last `round(mix * size)` rows are
@@ -129,9 +138,10 @@ def batch(
     labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
     if answer_only:
         period = tok.convert_tokens_to_ids(".")
-        digits = torch.tensor(tok.convert_tokens_to_ids([str(d) for d in range(10)]))
+        words = label_words or [str(d) for d in range(10)]  # the labels' tokens ("▁red" for `single_token`)
+        label_ids = torch.tensor(tok.convert_tokens_to_ids(words))
         after_context = (enc.input_ids == period).cumsum(1) > 0
-        keep = after_context & torch.isin(enc.input_ids, digits) & (enc.attention_mask == 1)
+        keep = after_context & torch.isin(enc.input_ids, label_ids) & (enc.attention_mask == 1)
         keep[size - replay :] = enc.attention_mask[size - replay :] == 1
         labels = labels.masked_fill(~keep, -100)
     return {**enc, "labels": labels}
@@ -170,7 +180,9 @@ def probe(args: argparse.Namespace) -> dict:
         label_last=args.label_last,
         queries=args.queries,
         copula_free=args.copula_free,
+        single_token=args.single_token,
     )
+    label_words = [f"▁{colour}" for colour in COLOURS] if args.single_token else None
     held_out = functools.partial(draw, queries=1, copula_free=0.0)  # always asked with "is"
     base_rate = chance(held_out)
     tok = AutoTokenizer.from_pretrained(args.lm)
@@ -197,6 +209,7 @@ def probe(args: argparse.Namespace) -> dict:
         "corpus_mix",
         "repeat_mix",
         "copula_free",
+        "single_token",
     )
     whole, mix = None, args.corpus_mix or args.repeat_mix
     if args.corpus_mix:
@@ -227,7 +240,7 @@ def probe(args: argparse.Namespace) -> dict:
     print(f"step 0: accuracy {curve[0][1]:.3f} (chance {base_rate:.3f})", flush=True)
     model.train()
     for step in range(1, args.steps + 1):
-        inputs = batch(tok, rng, args.batch_size, args.answer_only, draw, whole, mix)
+        inputs = batch(tok, rng, args.batch_size, args.answer_only, draw, whole, mix, label_words)
         loss = model(**{name: value.to(args.device) for name, value in inputs.items()}).loss
         loss.backward()
         optimizer.step()
@@ -288,6 +301,11 @@ def main(argv=None) -> dict:
         default=0.0,
         help="share of training texts asked without 'is' (evaluation always asks with it)",
     )
+    parser.add_argument(
+        "--single-token",
+        action="store_true",
+        help="one-token names (shapes) and labels (colours): with --label-last and no 'is', a first-order copy",
+    )
     parser.add_argument("--corpus-scenes", type=int, default=10000, help="scenes of that corpus (gpu presets: 10000)")
     parser.add_argument("--save", type=Path, default=None, help="save the fine-tuned LM here at every evaluation")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -305,6 +323,8 @@ def main(argv=None) -> dict:
         parser.error("--corpus-mix and --repeat-mix: one at a time")
     if (args.hidden_size or args.num_hidden_layers) and not args.random_init:
         parser.error("--hidden-size / --num-hidden-layers change the architecture: they need --random-init")
+    if args.single_token and args.max_items > len(COLOURS):
+        parser.error(f"--single-token has {len(COLOURS)} colour labels: --max-items must be <= {len(COLOURS)}")
     if not 2 <= args.max_items <= 10:
         parser.error(f"--max-items must be 2 to 10 (ten single-digit labels), got {args.max_items}")
     result = probe(args)

@@ -180,3 +180,27 @@ def test_copula_free_questions_drop_is_and_keep_the_answer():
         pairs = {" ".join(words[i + 1 : i + 3]): words[i + 3] for i in range(0, len(words), 4)}
         assert answer == f" {pairs[asked]}"
     assert all(q.endswith(" is") for q, _, _ in (probe.lookup_text(rng, copula_free=0.0) for _ in range(20)))
+
+
+def test_single_token_lookups_pair_a_shape_with_a_colour_and_label_only_the_colour_answers():
+    from groundvlm.recipes.toyworld.objects import COLOURS, SHAPES
+
+    rng = random.Random(7)
+    question, answer, k = probe.lookup_text(rng, label_last=True, single_token=True, copula_free=1.0, max_items=4)
+    context, asked = question.split(". the ")
+    words = context.split(" ")
+    pairs = dict(zip(words[::2], words[1::2]))
+    assert len(pairs) == k and set(pairs) <= set(SHAPES) and set(pairs.values()) <= set(COLOURS)
+    assert answer == f" {pairs[asked]}"
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    tok.pad_token, tok.padding_side = tok.eos_token, "right"
+    draw = functools.partial(probe.lookup_text, label_last=True, single_token=True, queries=2, max_items=4)
+    same = random.Random(8)
+    texts = [draw(same) for _ in range(3)]
+    batch = probe.batch(tok, random.Random(8), 3, True, draw, label_words=[f"▁{c}" for c in COLOURS])
+    for row, (question, answer, _) in enumerate(texts):
+        answers = [f"▁{part.split(' is ')[1]}" for part in (question + answer).split(". the ")[1:]]
+        kept = batch["labels"][row][batch["labels"][row] != -100]
+        assert tok.convert_ids_to_tokens(kept.tolist()) == answers
+    with pytest.raises(SystemExit):
+        probe.main(["--single-token", "--max-items", "9"])
