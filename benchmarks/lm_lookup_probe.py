@@ -25,6 +25,7 @@ toy LM corpus, with `--save` to keep the taught LM), and a fresh model of anothe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import random
@@ -75,17 +76,26 @@ def chance(draw: Callable = lookup_text, n: int = 4000, seed: int = 0) -> float:
     return sum(1 / draw(rng)[2] for _ in range(n)) / n
 
 
+@contextlib.contextmanager
+def _eval_mode(model):
+    """`model` in eval mode for the block, then back to the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) -> float:
     """Share of held-out lookups whose label token is the LM's greedy next token after the full question."""
     rng, hits = random.Random(seed), 0
-    was_training = model.training
-    model.eval()
-    for _ in range(n):
-        question, answer, _ = draw(rng)
-        ids = tok(question + answer, return_tensors="pt").input_ids.to(model.device)
-        hits += int(model(ids[:, :-1]).logits[0, -1].argmax() == ids[0, -1])
-    model.train(was_training)
+    with _eval_mode(model):
+        for _ in range(n):
+            question, answer, _ = draw(rng)
+            ids = tok(question + answer, return_tensors="pt").input_ids.to(model.device)
+            hits += int(model(ids[:, :-1]).logits[0, -1].argmax() == ids[0, -1])
     return hits / n
 
 
@@ -104,17 +114,15 @@ def copy_accuracy(model, tok, n: int, seed: int = 321) -> float:
     """Share of the second-half tokens of held-out `repeat_text`s that the LM predicts greedily: copying
     (induction) — near 1 once induction heads have formed."""
     rng, hits, total = random.Random(seed), 0, 0
-    was_training = model.training
-    model.eval()
-    for _ in range(n):
-        text = repeat_text(rng)
-        ids = tok(text, return_tensors="pt").input_ids.to(model.device)
-        first = len(tok(text.split(". ")[0] + ".").input_ids)  # the second half starts after the first "."
-        # the second half's first token has nothing to copy from; every later one does
-        predicted = model(ids).logits[0, first:-1].argmax(-1)
-        hits += int((predicted == ids[0, first + 1 :]).sum())
-        total += ids.shape[1] - first - 1
-    model.train(was_training)
+    with _eval_mode(model):
+        for _ in range(n):
+            text = repeat_text(rng)
+            ids = tok(text, return_tensors="pt").input_ids.to(model.device)
+            first = len(tok(text.split(". ")[0] + ".").input_ids)  # the second half starts after the first "."
+            # the second half's first token has nothing to copy from; every later one does
+            predicted = model(ids).logits[0, first:-1].argmax(-1)
+            hits += int((predicted == ids[0, first + 1 :]).sum())
+            total += ids.shape[1] - first - 1
     return hits / total
 
 
