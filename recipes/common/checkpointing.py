@@ -196,7 +196,33 @@ def train_resuming(trainer: Any, output_dir: str | os.PathLike | None = None, re
             )
         step = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text(encoding="utf-8"))["global_step"]
         logger.info("Resuming from checkpoint %s (global step %d).", checkpoint, step)
-    return trainer.train(resume_from_checkpoint=checkpoint)
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    if checkpoint is None:
+        return output
+    # The Trainer's `training_loss` sums only the losses of this launch and divides by the global step, so a
+    # resumed run reports too low a loss (0.0 when resumed from its last step). The restored log history holds
+    # the losses of the steps before the resume too.
+    loss = whole_run_loss(trainer.state.log_history)
+    if loss is None:
+        logger.warning("Resumed run logged no training loss (logging_steps too large?); train_loss is unknown.")
+        loss = float("nan")  # written as null by run_dir.write_metrics
+    return output._replace(training_loss=loss, metrics={**output.metrics, "train_loss": loss})
+
+
+def whole_run_loss(log_history: list[dict]) -> float | None:
+    """The mean training loss over the logged steps of a whole run, resumes included.
+
+    Each logged `loss` is the mean over the steps since the previous log, so each is weighted by its number of
+    steps. Steps after the last log are not covered. Returns None when no loss was logged.
+    """
+    previous_step, total, steps = 0, 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            interval = entry["step"] - previous_step
+            total += entry["loss"] * interval
+            steps += interval
+            previous_step = entry["step"]
+    return total / steps if steps else None
 
 
 def save_pretrained_once(directory: str | os.PathLike, *objects: Any) -> Path:

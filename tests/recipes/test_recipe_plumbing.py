@@ -17,6 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, safe_open
 from transformers import TrainingArguments
+from transformers.trainer_utils import TrainOutput
 
 from groundvlm.recipes.common import arguments, checkpointing, run_dir
 from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args, resolve_config_path
@@ -239,21 +240,30 @@ def test_last_checkpoint_skips_incomplete_folders(tmp_path):
 
 def test_train_resuming_picks_the_checkpoint(tmp_path):
     def fake_trainer(resume_from_checkpoint=None):
-        # Records what Trainer.train would have been asked to resume from.
+        # Records what Trainer.train would have been asked to resume from; reports a partial-run loss of 0.0.
         args = SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint=resume_from_checkpoint)
-        return SimpleNamespace(args=args, train=lambda resume_from_checkpoint: resume_from_checkpoint)
+        state = SimpleNamespace(log_history=[{"loss": 1.5, "step": 3}, {"loss": 0.5, "step": 6}])
+        train = lambda resume_from_checkpoint: TrainOutput(6, 0.0, {"from": resume_from_checkpoint, "train_loss": 0.0})
+        return SimpleNamespace(args=args, state=state, train=train)
 
-    assert train_resuming(fake_trainer()) is None  # nothing saved yet: from scratch
+    def resumed_from(trainer, **kwargs):
+        return train_resuming(trainer, **kwargs).metrics["from"]
+
+    fresh = train_resuming(fake_trainer())
+    assert fresh.metrics["from"] is None and fresh.training_loss == 0.0  # nothing saved yet: from scratch, as is
     for step in (3, 6):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     (tmp_path / "checkpoint-9").mkdir()  # torn
-    assert train_resuming(fake_trainer()) == str(tmp_path / "checkpoint-6")
-    assert train_resuming(fake_trainer(), resume=False) is None
-    assert train_resuming(fake_trainer(), resume=str(tmp_path / "checkpoint-3")) == str(tmp_path / "checkpoint-3")
+    resumed = train_resuming(fake_trainer())
+    assert resumed.metrics["from"] == str(tmp_path / "checkpoint-6")
+    # a resumed run reports the whole run's loss from the restored log history
+    assert resumed.training_loss == resumed.metrics["train_loss"] == pytest.approx(1.0)
+    assert resumed_from(fake_trainer(), resume=False) is None
+    assert resumed_from(fake_trainer(), resume=str(tmp_path / "checkpoint-3")) == str(tmp_path / "checkpoint-3")
     # An explicit --resume_from_checkpoint in the training arguments beats "the last one".
     explicit = fake_trainer(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
-    assert train_resuming(explicit) == str(tmp_path / "checkpoint-3")
+    assert resumed_from(explicit) == str(tmp_path / "checkpoint-3")
     with pytest.raises(ValueError, match="not a complete checkpoint"):
         train_resuming(fake_trainer(), resume=str(tmp_path / "checkpoint-9"))
     with pytest.raises(TypeError, match="resume must be"):
@@ -408,7 +418,17 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     for key in reference_weights:
         assert torch.equal(resumed_weights[key], reference_weights[key]), key
         assert not torch.allclose(resumed_weights[key], initial_weights[key]), key  # training did move them
-    assert "train" in json.loads((run_dir_ / "metrics.json").read_text())
+    # The resumed run's reported loss covers all 8 steps, not only the 4 after the resume (the Trainer's own
+    # `training_loss` would be the sum of steps 5-8 divided by 8).
+    resumed_metrics = json.loads((run_dir_ / "metrics.json").read_text())["train"]
+    reference_metrics = json.loads((reference_dir / "metrics.json").read_text())["train"]
+    assert resumed_metrics["train_loss"] == pytest.approx(reference_metrics["train_loss"], abs=1e-4)
+
+
+def test_whole_run_loss_weights_each_logged_interval_by_its_steps():
+    history = [{"loss": 2.0, "step": 2}, {"eval_loss": 9.0, "step": 2}, {"loss": 1.0, "step": 6}, {"train_loss": 0.0}]
+    assert checkpointing.whole_run_loss(history) == pytest.approx((2.0 * 2 + 1.0 * 4) / 6)
+    assert checkpointing.whole_run_loss([{"train_loss": 0.0, "step": 8}]) is None
 
 
 def test_write_metrics_writes_undefined_values_as_null_never_bare_nan(tmp_path):
