@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -49,13 +50,19 @@ def lookup_text(
     queries: int = 1,
     copula_free: float = 0.0,
     single_token: bool = False,
+    box_labels: bool = False,
 ) -> tuple[str, str, int]:
     """(context and question, answer label, number of items). With `queries` > 1 the text asks that many distinct
     items (as many as there are, at most), the earlier ones answered: "... . the blue circle is 7. the red star is".
     With probability `copula_free` a text asks without "is" ("... . the blue circle"): label last, the answer then
     follows the name as in the context, and plain copying (induction) finds it. `single_token`: one-token names and
     labels (a shape named, a colour as its label: "star red circle blue. the circle is blue"), so that, label last and
-    without "is", the answer is the token right after the name's earlier occurrence — a first-order copy."""
+    without "is", the answer is the token right after the name's earlier occurrence — a first-order copy.
+    `box_labels`: the labels are PIN grid boxes and the question is PIN's prompt, "a red star [14,28,70,112] a blue
+    circle [0,7,35,56]. In the image is a blue circle located at" -> " [0,7,35,56]" (several tokens; `copula_free`
+    drops "located at")."""
+    if box_labels:
+        return _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free)
     verb = "" if rng.random() < copula_free else " is"
     k = rng.randint(min_items, max_items)
     if single_token:
@@ -68,6 +75,26 @@ def lookup_text(
     context = " ".join(pattern.format(label=label, name=name) for label, name in zip(labels, items))
     answered = "".join(f". the {items[q]}{verb} {labels[q]}" for q in asked[:-1])
     return f"{context}{answered}. the {items[asked[-1]]}{verb}", f" {labels[asked[-1]]}", k
+
+
+def _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free) -> tuple[str, str, int]:
+    from groundvlm.recipes.toyworld.compose import GRID_SIZE
+    from groundvlm.recipes.toyworld.corpus import box_codec, random_grid_box
+
+    codec = box_codec()
+    verb = "" if rng.random() < copula_free else " located at"
+    k = rng.randint(min_items, max_items)
+    items = rng.sample(NAMES, k)
+    labels = []
+    while len(labels) < k:  # distinct boxes
+        box = codec.encode_cells(random_grid_box(np.random.default_rng(rng.getrandbits(32)), GRID_SIZE))
+        if box not in labels:
+            labels.append(box)
+    pattern = "a {name} {label}" if label_last else "{label} a {name}"
+    asked = rng.sample(range(k), min(queries, k))
+    context = " ".join(pattern.format(label=label, name=name) for label, name in zip(labels, items))
+    answered = "".join(f". In the image is a {items[q]}{verb} {labels[q]}" for q in asked[:-1])
+    return f"{context}{answered}. In the image is a {items[asked[-1]]}{verb}", f" {labels[asked[-1]]}", k
 
 
 def chance(draw: Callable = lookup_text, n: int = 4000, seed: int = 0) -> float:
@@ -89,13 +116,18 @@ def _eval_mode(model):
 
 @torch.no_grad()
 def accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) -> float:
-    """Share of held-out lookups whose label token is the LM's greedy next token after the full question."""
+    """Share of held-out lookups whose answer the LM writes greedily after the full question: every answer token
+    (one for a digit or colour label, several for a box) is the greedy next token given the ones before it."""
     rng, hits = random.Random(seed), 0
     with _eval_mode(model):
         for _ in range(n):
             question, answer, _ = draw(rng)
             ids = tok(question + answer, return_tensors="pt").input_ids.to(model.device)
-            hits += int(model(ids[:, :-1]).logits[0, -1].argmax() == ids[0, -1])
+            length = ids.shape[1] - len(tok(question).input_ids)  # the answer's tokens
+            if length < 1:
+                raise ValueError(f"the answer {answer!r} adds no token to {question!r}")
+            predicted = model(ids[:, :-1]).logits[0, -length:].argmax(-1)
+            hits += int(torch.equal(predicted, ids[0, -length:]))
     return hits / n
 
 
@@ -178,20 +210,42 @@ def load_lm(path: str, random_init: bool = False, hidden_size: int | None = None
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
+# The curriculum's forms (`--curriculum FORM:STEPS ...`), easiest first. From scratch a small LM learns only the
+# first-order lookup, where the query is the key token itself ("star red circle blue. the circle" -> blue); taught in
+# this order it reaches the forms whose key lies further back ("is", two-word names, PIN's "located at").
+FORMS = {
+    "one-token-free": {"single_token": True, "box_labels": False, "copula_free": 1.0},
+    "one-token": {"single_token": True, "box_labels": False, "copula_free": 0.0},
+    "names": {"single_token": False, "box_labels": False, "copula_free": 0.0},
+    "boxes": {"single_token": False, "box_labels": True, "copula_free": 0.0},
+}
+
+
+def stages(args: argparse.Namespace) -> list[tuple[str, dict, int]]:
+    """(name, lookup_text settings, steps) per stage: the `--curriculum`, or one stage of the form the flags give."""
+    if not args.curriculum:
+        form = {"single_token": args.single_token, "box_labels": args.box_labels, "copula_free": args.copula_free}
+        return [("flags", form, args.steps)]
+    out = []
+    for spec in args.curriculum:
+        name, _, steps = spec.partition(":")
+        out.append((name, FORMS[name], int(steps)))
+    return out
+
+
 def probe(args: argparse.Namespace) -> dict:
-    """Fine-tune `args.lm` on lookups of the form the arguments give; the held-out accuracy curve."""
+    """Fine-tune `args.lm` on lookups of the form the arguments give (or through the `--curriculum`'s forms); the
+    held-out accuracy curve on the (last) form."""
     torch.manual_seed(0)
-    # trained on `queries` per text, evaluated on one: a later query could be answered by elimination
-    draw = functools.partial(
-        lookup_text,
-        max_items=args.max_items,
-        label_last=args.label_last,
-        queries=args.queries,
-        copula_free=args.copula_free,
-        single_token=args.single_token,
-    )
-    label_words = [f"▁{colour}" for colour in COLOURS] if args.single_token else None
-    held_out = functools.partial(draw, queries=1, copula_free=0.0)  # always asked with "is"
+    plan = stages(args)
+
+    def form(settings: dict, **override) -> Callable:
+        # trained on `queries` per text, evaluated on one: a later query could be answered by elimination
+        fixed = {"max_items": args.max_items, "label_last": args.label_last, "queries": args.queries}
+        return functools.partial(lookup_text, **{**fixed, **settings, **override})
+
+    target = plan[-1][1]
+    held_out = form(target, queries=1, copula_free=0.0)  # always asked with "is" / "located at"
     base_rate = chance(held_out)
     tok = AutoTokenizer.from_pretrained(args.lm)
     if tok.pad_token is None:
@@ -207,6 +261,7 @@ def probe(args: argparse.Namespace) -> dict:
         "hidden_size",
         "num_hidden_layers",
         "steps",
+        "curriculum",
         "lr",
         "warmup",
         "batch_size",
@@ -218,6 +273,7 @@ def probe(args: argparse.Namespace) -> dict:
         "repeat_mix",
         "copula_free",
         "single_token",
+        "box_labels",
     )
     whole, mix = None, args.corpus_mix or args.repeat_mix
     if args.corpus_mix:
@@ -231,8 +287,9 @@ def probe(args: argparse.Namespace) -> dict:
     curve = [[0, accuracy(model, tok, args.eval_n, held_out), None]]
     copy_curve = [[0, copy_accuracy(model, tok, args.eval_n)]] if args.repeat_mix else None
     # the induction-shaped question (no "is"), held out, when training asks it
-    free = functools.partial(draw, queries=1, copula_free=1.0)
-    free_curve = [[0, accuracy(model, tok, args.eval_n, free)]] if args.copula_free else None
+    free = form(target, queries=1, copula_free=1.0)
+    free_curve = [[0, accuracy(model, tok, args.eval_n, free)]] if target["copula_free"] else None
+    stage_curve = [] if args.curriculum else None  # [step, stage, accuracy on that stage's form]
 
     def result() -> dict:
         return {
@@ -242,19 +299,27 @@ def probe(args: argparse.Namespace) -> dict:
             "accuracy_curve": curve,
             **({"copy_accuracy_curve": copy_curve} if copy_curve else {}),
             **({"copula_free_accuracy_curve": free_curve} if free_curve else {}),
+            **({"stage_accuracy_curve": stage_curve} if stage_curve is not None else {}),
             "seconds": round(time.time() - t0, 1),
         }
 
     print(f"step 0: accuracy {curve[0][1]:.3f} (chance {base_rate:.3f})", flush=True)
     model.train()
-    for step in range(1, args.steps + 1):
-        inputs = batch(tok, rng, args.batch_size, args.answer_only, draw, whole, mix, label_words)
-        loss = model(**{name: value.to(args.device) for name, value in inputs.items()}).loss
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        if step % args.eval_every == 0 or step == args.steps:
+    step = 0
+    for name, stage_form, stage_steps in plan:
+        draw = form(stage_form)
+        stage_held_out = form(stage_form, queries=1, copula_free=0.0)
+        label_words = [f"▁{colour}" for colour in COLOURS] if stage_form["single_token"] else None
+        for stage_step in range(1, stage_steps + 1):
+            step += 1
+            inputs = batch(tok, rng, args.batch_size, args.answer_only, draw, whole, mix, label_words)
+            loss = model(**{key: value.to(args.device) for key, value in inputs.items()}).loss
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            if step % args.eval_every and stage_step < stage_steps:
+                continue
             curve.append([step, accuracy(model, tok, args.eval_n, held_out), round(loss.item(), 4)])
             if copy_curve:
                 copy_curve.append([step, copy_accuracy(model, tok, args.eval_n)])
@@ -262,6 +327,9 @@ def probe(args: argparse.Namespace) -> dict:
             if free_curve:
                 free_curve.append([step, accuracy(model, tok, args.eval_n, free)])
                 print(f"step {step}: accuracy without 'is' {free_curve[-1][1]:.3f}", flush=True)
+            if stage_curve is not None:
+                stage_curve.append([step, name, accuracy(model, tok, args.eval_n, stage_held_out)])
+                print(f"step {step}: stage {name}, its form's accuracy {stage_curve[-1][2]:.3f}", flush=True)
             print(
                 f"step {step}: accuracy {curve[-1][1]:.3f}, loss {loss.item():.3f}, {time.time() - t0:.0f} s",
                 flush=True,
@@ -314,6 +382,19 @@ def main(argv=None) -> dict:
         action="store_true",
         help="one-token names (shapes) and labels (colours): with --label-last and no 'is', a first-order copy",
     )
+    parser.add_argument(
+        "--box-labels",
+        action="store_true",
+        help="PIN grid boxes as labels, asked with PIN's prompt ('In the image is a {name} located at')",
+    )
+    parser.add_argument(
+        "--curriculum",
+        nargs="+",
+        default=None,
+        metavar="FORM:STEPS",
+        help=f"train through these forms in order ({', '.join(FORMS)}), each for its steps, instead of --steps; "
+        "accuracy is on the last form",
+    )
     parser.add_argument("--corpus-scenes", type=int, default=10000, help="scenes of that corpus (gpu presets: 10000)")
     parser.add_argument("--save", type=Path, default=None, help="save the fine-tuned LM here at every evaluation")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -331,10 +412,23 @@ def main(argv=None) -> dict:
         parser.error("--corpus-mix and --repeat-mix: one at a time")
     if (args.hidden_size or args.num_hidden_layers) and not args.random_init:
         parser.error("--hidden-size / --num-hidden-layers change the architecture: they need --random-init")
-    if args.single_token and args.max_items > len(COLOURS):
-        parser.error(f"--single-token has {len(COLOURS)} colour labels: --max-items must be <= {len(COLOURS)}")
     if not 2 <= args.max_items <= 10:
         parser.error(f"--max-items must be 2 to 10 (ten single-digit labels), got {args.max_items}")
+    if args.curriculum:
+        if args.single_token or args.box_labels or args.copula_free or args.answer_only:
+            parser.error("--curriculum sets the form of each stage: drop --single-token/--box-labels/--copula-free/"
+                         "--answer-only")  # fmt: skip
+        for spec in args.curriculum:
+            name, colon, steps = spec.partition(":")
+            if name not in FORMS or not colon or not steps.isdigit() or int(steps) < 1:
+                parser.error(f"--curriculum takes FORM:STEPS with FORM one of {', '.join(FORMS)}, got {spec!r}")
+        args.steps = sum(int(spec.partition(":")[2]) for spec in args.curriculum)
+    if args.answer_only and args.box_labels:
+        parser.error("--answer-only keeps single label tokens; boxes are several: drop one of the two")
+    if (args.single_token or any(spec.startswith("one-token") for spec in args.curriculum or [])) and (
+        args.max_items > len(COLOURS)
+    ):
+        parser.error(f"the one-token forms have {len(COLOURS)} colour labels: --max-items must be <= {len(COLOURS)}")
     result = probe(args)
     write(result, args.out)
     return result

@@ -204,3 +204,64 @@ def test_single_token_lookups_pair_a_shape_with_a_colour_and_label_only_the_colo
         assert tok.convert_ids_to_tokens(kept.tolist()) == answers
     with pytest.raises(SystemExit):
         probe.main(["--single-token", "--max-items", "9"])
+
+
+def test_box_labels_ask_pins_prompt_and_answer_with_the_asked_items_box():
+    rng = random.Random(3)
+    for _ in range(20):
+        question, answer, k = probe.lookup_text(rng, max_items=4, label_last=True, box_labels=True, queries=2)
+        context, *asks = question.split(". In the image is a ")
+        words = context.split(" ")
+        boxes = {" ".join(words[i : i + 2]): words[i + 2] for i in range(1, len(words), 4)}  # "a red star [..]"
+        assert len(boxes) == k and len(set(boxes.values())) == k
+        for ask in asks[:-1]:  # answered earlier queries
+            name, box = ask.split(" located at ")
+            assert boxes[name] == box
+        assert asks[-1].endswith(" located at") and answer == " " + boxes[asks[-1].removesuffix(" located at")]
+        assert answer.startswith(" [") and answer.endswith("]") and answer.count(",") == 3
+
+
+def test_accuracy_needs_every_token_of_a_multi_token_answer():
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    draw = functools.partial(probe.lookup_text, max_items=2, label_last=True, box_labels=True)
+    question, answer, _ = draw(random.Random(0))
+    ids = tok(question + answer).input_ids
+    length = len(ids) - len(tok(question).input_ids)
+    assert length > 3  # a box is several tokens
+
+    class Oracle(torch.nn.Module):
+        """Predicts the true next token of the one held-out text everywhere, except (`wrong`) at one answer token."""
+
+        def __init__(self, wrong: int | None):
+            super().__init__()
+            self.wrong, self.device = wrong, torch.device("cpu")
+
+        def forward(self, input_ids):
+            logits = torch.zeros(1, input_ids.shape[1], len(tok))
+            for position in range(input_ids.shape[1]):
+                logits[0, position, ids[position + 1]] = 1.0
+            if self.wrong is not None:
+                logits[0, -length + self.wrong] = torch.roll(logits[0, -length + self.wrong], 1)
+            return type("Out", (), {"logits": logits})
+
+    assert probe.accuracy(Oracle(None), tok, 1, draw, seed=0) == 1.0
+    assert probe.accuracy(Oracle(length - 1), tok, 1, draw, seed=0) == 0.0  # the last token wrong: a miss
+
+
+def test_curriculum_runs_its_stages_in_order_and_scores_the_last_form(tmp_path):
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    lm_model("llama", tok, LMSize(16, 1, 2)).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    args = ["--lm", str(tmp_path / "lm"), "--batch-size", "4", "--eval-every", "2", "--eval-n", "3", "--max-items", "3"]
+    result = probe.main([*args, "--curriculum", "one-token-free:1", "one-token:2", "boxes:3", "--label-last"])
+    assert result["steps"] == 6
+    # each stage is scored at its end and at every --eval-every step
+    assert [(step, name) for step, name, _ in result["stage_accuracy_curve"]] == [
+        (1, "one-token-free"), (2, "one-token"), (3, "one-token"), (4, "boxes"), (6, "boxes")
+    ]  # fmt: skip
+    assert [step for step, _, _ in result["accuracy_curve"]] == [0, 1, 2, 3, 4, 6]
+    assert 0.2 < result["chance"] < 0.5  # 2-3 boxes to pick from
+    for bad in (["--curriculum", "nope:3"], ["--curriculum", "boxes"], ["--curriculum", "boxes:2", "--single-token"]):
+        with pytest.raises(SystemExit):
+            probe.main([*args, *bad])

@@ -67,6 +67,16 @@ RAW_MIOU_MARGIN = 0.02
 RAW_CENTER_R_MAX = 0.2
 
 
+def base_checks(model, processor, eval_images: int = 100) -> dict:
+    """What `base_gates` judges: captions and raw PIN prompts on `eval_images` unseen images of all categories and
+    half as many of the held-out categories, and the box loss behind the image vs text only."""
+    return {
+        "held_out_images": caption_checks(model, processor, eval_images, split="all"),
+        "held_out_categories": caption_checks(model, processor, max(eval_images // 2, 1), split="held_out"),
+        "box_loss": box_prefix_loss(model, processor, max(eval_images // 2, 1)),
+    }
+
+
 def base_gates(checks: dict) -> dict:
     """Each gate's value, bound and verdict from `build_caption_vlm`'s checks."""
     images, held_out = checks["held_out_images"], checks["held_out_categories"]
@@ -345,11 +355,7 @@ def build_caption_vlm(
     model_dir = out_dir / "model"
     save_pretrained_once(model_dir, model, processor)
     seconds = time.time() - start
-    checks = {
-        "held_out_images": caption_checks(model, processor, eval_images, split="all"),
-        "held_out_categories": caption_checks(model, processor, max(eval_images // 2, 1), split="held_out"),
-        "box_loss": box_prefix_loss(model, processor, max(eval_images // 2, 1)),
-    }
+    checks = base_checks(model, processor, eval_images)
     gates = base_gates(checks)
     report = {
         "command": f"python -m groundvlm.recipes.systems.vpgtrans.captioner --preset {preset}"
