@@ -308,7 +308,7 @@ def probe(args: argparse.Namespace) -> dict:
     step = 0
     for name, stage_form, stage_steps in plan:
         draw = form(stage_form)
-        stage_held_out = form(stage_form, queries=1, copula_free=0.0)
+        stage_held_out = form(stage_form, queries=1)  # the stage's own form, with or without "is"
         label_words = [f"▁{colour}" for colour in COLOURS] if stage_form["single_token"] else None
         for stage_step in range(1, stage_steps + 1):
             step += 1
