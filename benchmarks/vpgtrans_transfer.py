@@ -409,10 +409,39 @@ def report(out: Path, preset: str, epochs: int) -> str:
     return header + text
 
 
+def report_seeds(dirs: list[Path], out: Path) -> str:
+    """seeds.json and seeds.md: the speed-up (mean ± sample std over the seeds) from several `--out` folders of the
+    same benchmark run with different recipe seeds (`-- --seed N`)."""
+    from groundvlm.recipes.systems.vpgtrans.speedup import across_seeds, format_across_seeds
+
+    results = {"seed_dirs": [str(d) for d in dirs], **_provenance(), "speedup": {}}
+    lines = ["| transfer | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for part, (title, _) in TRANSFERS.items():
+        curves = [collect_curves(d, part) for d in dirs]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        stats = across_seeds(curves, METRICS)
+        results["speedup"][part] = stats
+        lines.append(f"| {title} | " + " | ".join(format_across_seeds(stats[m]) for m in METRICS) + " |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "seeds.json").write_text(json.dumps(results, indent=1) + "\n")
+    text = "\n".join(lines) + "\n"
+    (out / "seeds.md").write_text(text)
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu")
-    parser.add_argument("--part", choices=("all", "source", "size", "type", "report"), default="all")
+    parser.add_argument("--part", choices=("all", "source", "size", "type", "report", "seeds"), default="all")
+    parser.add_argument(
+        "--seed_dirs",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="--part seeds: the --out folders of runs with other seeds",
+    )
     parser.add_argument(
         "--method", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run (default all)"
     )
@@ -438,6 +467,11 @@ def main(argv=None) -> int:
 
         if not torch.cuda.is_available():
             raise SystemExit("--preset gpu needs a CUDA device")
+    if args.part == "seeds":
+        if not args.seed_dirs or len(args.seed_dirs) < 2:
+            raise SystemExit("--part seeds needs --seed_dirs with at least two run folders")
+        print(report_seeds(args.seed_dirs, Path(args.out or "runs/vpgtrans/benchmark_seeds")))
+        return 0
     out = Path(args.out or f"runs/vpgtrans/benchmark_{args.preset}")
     out.mkdir(parents=True, exist_ok=True)
     epochs = args.epochs or PRESETS[args.preset][2]

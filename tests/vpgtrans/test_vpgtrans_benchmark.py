@@ -70,6 +70,24 @@ def test_report_from_run_folders(bench, tmp_path):
         assert (tmp_path / f"fig7_{part}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_report_across_seeds_from_run_folders(bench, tmp_path):
+    # size, three seeds: TFS best 0.5 at epoch 3 each time; VPGTrans above it at epoch 1, 3 and never -> 3.0, 1.0, -.
+    for seed, stage2 in ((0, [0.6, 0.7, 0.8]), (1, [0.4, 0.6, 0.8]), (2, [0.4, 0.45, 0.5])):
+        _run_dir(tmp_path / f"s{seed}", "size/tfs", [1, 2, 3, 4], [0.1, 0.3, 0.5, 0.5], [0.2, 0.4, 0.3, 0.4])
+        _run_dir(tmp_path / f"s{seed}", "size/stage1", [1], [0.55 if seed == 0 else 0.2], [0.1])
+        _run_dir(tmp_path / f"s{seed}", "size/stage2", [1, 2, 3], stage2, [0.3, 0.4, 0.35])
+    dirs = [str(tmp_path / f"s{seed}") for seed in range(3)]
+    assert bench.main(["--part", "seeds", "--seed_dirs", *dirs, "--out", str(tmp_path / "agg")]) == 0
+    stats = json.loads((tmp_path / "agg" / "seeds.json").read_text())["speedup"]
+    assert list(stats) == ["size"]  # no type runs
+    assert stats["size"]["cider"]["per_seed"] == [3.0, 1.0, None]
+    assert stats["size"]["vqa_accuracy"]["never"] == 3
+    md = (tmp_path / "agg" / "seeds.md").read_text()
+    assert "| OPT-small -> OPT-base | 2.0 ± 1.4 (3 seeds, 1 never) | - (3 of 3 seeds never) |" in md
+    with pytest.raises(SystemExit, match="at least two"):
+        bench.main(["--part", "seeds", "--seed_dirs", dirs[0]])
+
+
 def _source(folder: Path) -> Path:
     tok = opt_tokenizer()
     add_image_token(tok)

@@ -210,6 +210,24 @@ def test_speedup_rate_on_hand_made_curves(tmp_path):
         speedup_rate([], [1.0])
 
 
+def test_speedup_across_seeds_is_mean_and_sample_std_with_never_counted_apart():
+    from groundvlm.recipes.systems.vpgtrans.speedup import across_seeds, format_across_seeds
+
+    tfs = {"epoch": [1, 2, 3, 4], "cider": [0.1, 0.2, 0.3, 0.5]}  # best at epoch 4
+    seeds = [
+        {"TFS": tfs, "VPGTrans": {"epoch": [1, 2], "cider": [0.2, 0.6]}},  # 4 / 2 = 2
+        {"TFS": tfs, "VPGTrans": {"epoch": [1], "cider": [0.9]}},  # 4 / 1 = 4
+        {"TFS": tfs, "VPGTrans": {"epoch": [1, 2], "cider": [0.4, 0.5]}},  # never above 0.5
+    ]
+    stats = across_seeds(seeds, ["cider", "vqa_accuracy"])
+    assert stats["cider"]["per_seed"] == [2.0, 4.0, None] and stats["cider"]["never"] == 1
+    assert stats["cider"]["mean"] == pytest.approx(3.0) and stats["cider"]["std"] == pytest.approx(2**0.5)
+    assert format_across_seeds(stats["cider"]) == "3.0 ± 1.4 (3 seeds, 1 never)"
+    assert stats["vqa_accuracy"] == {"per_seed": [], "mean": None, "std": None, "never": 0}
+    one = across_seeds(seeds[2:], ["cider"])["cider"]
+    assert format_across_seeds(one) == "- (1 of 1 seeds never)"
+
+
 # ----------------------------------------------------------------------------------------------- loaders
 
 

@@ -42,6 +42,37 @@ def format_rate(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.1f}"
 
 
+def across_seeds(curves_per_seed: Sequence[dict[str, dict[str, list]]], metrics: Sequence[str]) -> dict:
+    """The speed-up over several seeds of one transfer: per seed e_tfs / e_vt (None when VPGTrans never beat TFS's
+    best), and their mean and sample standard deviation over the seeds where it is defined.
+
+    Args:
+        curves_per_seed: one `{"TFS": curve, "VPGTrans": curve, ...}` per seed (curves as `read_curve` returns).
+        metrics: the metrics to rate (those missing from a seed's curves are skipped for that seed).
+    """
+    out = {}
+    for metric in metrics:
+        rates = [
+            speedup_rate(c["TFS"][metric], c["VPGTrans"][metric])
+            for c in curves_per_seed
+            if "TFS" in c and "VPGTrans" in c and metric in c["TFS"] and metric in c["VPGTrans"]
+        ]
+        defined = [r for r in rates if r is not None]
+        mean = sum(defined) / len(defined) if defined else None
+        std = (sum((r - mean) ** 2 for r in defined) / (len(defined) - 1)) ** 0.5 if len(defined) > 1 else None
+        out[metric] = {"per_seed": rates, "mean": mean, "std": std, "never": rates.count(None)}
+    return out
+
+
+def format_across_seeds(stats: dict) -> str:
+    """ "1.4 ± 0.3 (3 seeds)", with the seeds where VPGTrans never beat TFS's best counted apart."""
+    n = len(stats["per_seed"])
+    if stats["mean"] is None:
+        return f"- ({n} of {n} seeds never)"
+    text = f"{stats['mean']:.1f}" + (f" ± {stats['std']:.1f}" if stats["std"] is not None else "")
+    return text + f" ({n} seeds" + (f", {stats['never']} never" if stats["never"] else "") + ")"
+
+
 def read_curve(run_dir: str | Path) -> dict[str, list]:
     """`metrics.json["eval_curve"]` of a run directory (`{"epoch": [...], "<metric>": [...]}`)."""
     path = Path(run_dir) / "metrics.json"
