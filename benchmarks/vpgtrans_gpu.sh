@@ -21,7 +21,9 @@
 #   runs are stopped; their evaluated epochs are still reported (marked partial).
 #
 # Knobs (env): VPG_EPOCHS (6), VPG_TRAIN_SIZE (16000 toy images per epoch), VPG_WORKERS (2 loader workers per run),
-# VPG_DEADLINE (480), VPG_PRESET (gpu; `tiny` with VPG_TRAIN_SIZE=32 VPG_WORKERS=0 is a CPU dry run of this script).
+# VPG_DEADLINE (480), VPG_PRESET (gpu; `tiny` with VPG_TRAIN_SIZE=32 VPG_WORKERS=0 is a CPU dry run of this script),
+# VPG_PARTS ("size type"), VPG_EVAL_SIZE (the configs' 128 evaluation images per epoch), VPG_SEEDS (e.g. "0 1 2": each
+# seed's runs into ${WORK}_seedN, all in parallel, then the speed-up across seeds, seeds.{json,md}).
 set -uo pipefail
 start=$SECONDS
 export GROUNDVLM_CACHE=$PWD/runs/cache HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 \
@@ -40,29 +42,46 @@ stamp "packages ready"
 # The converter's SGD steps: the reference pairs ~1M captions in batches of 4096 (~1200 steps over its 5 epochs);
 # the toy's 16000 captions (the training images' captions) at 4096 would give 20 steps, so batches of 256 (315 steps;
 # on the committed captioner, OPT self-transfer on 4000 captions: CIDEr 0.84 after 5 steps, 2.03 after 80).
-args=(--preset "${VPG_PRESET:-gpu}" --assets gpu-small --source recipes/toy_checkpoints/vlm-caption --out "$WORK"
+args=(--preset "${VPG_PRESET:-gpu}" --assets gpu-small --source recipes/toy_checkpoints/vlm-caption
       --epochs "${VPG_EPOCHS:-6}" --train_size "${VPG_TRAIN_SIZE:-16000}" --workers "${VPG_WORKERS:-2}"
       --eval_batch_size 64)
+recipe=(--converter_captions_per_batch 256 ${VPG_EVAL_SIZE:+--toy_eval_size "$VPG_EVAL_SIZE"})
 deadline=${VPG_DEADLINE:-480}
-pids=() names=()
-for part in size type; do
-  for method in tfs inherit vpgtrans; do
-    timeout -k 15 $((deadline - (SECONDS - start))) python3 benchmarks/vpgtrans_transfer.py "${args[@]}" \
-      --part "$part" --method "$method" -- --converter_captions_per_batch 256 > "$WORK/logs/$part-$method.log" 2>&1 &
-    pids+=($!) names+=("$part-$method")
+seeds=(${VPG_SEEDS:-config})  # "config": the recipe configs' seed, into $WORK; a number N: --seed N, into ${WORK}_seedN
+parts=(${VPG_PARTS:-size type})
+works=() pids=() names=()
+for seed in "${seeds[@]}"; do
+  work=$WORK extra=()
+  if [ "$seed" != config ]; then work=${WORK}_seed$seed extra=(--seed "$seed"); fi
+  mkdir -p "$work/logs"; works+=("$work")
+  for part in "${parts[@]}"; do
+    for method in tfs inherit vpgtrans; do
+      timeout -k 15 $((deadline - (SECONDS - start))) python3 benchmarks/vpgtrans_transfer.py "${args[@]}" --out "$work" \
+        --part "$part" --method "$method" -- "${recipe[@]}" "${extra[@]}" > "$work/logs/$part-$method.log" 2>&1 &
+      pids+=($!) names+=("$work:$part-$method")
+    done
   done
 done
 for i in "${!pids[@]}"; do
   wait "${pids[$i]}"; rc=$?
   stamp "${names[$i]} exit $rc$([ $rc -eq 124 ] && echo ' (stopped at the deadline)')"
-  [ $rc -ne 0 ] && [ $rc -ne 124 ] && tail -15 "$WORK/logs/${names[$i]}.log"
+  log=${names[$i]%%:*}/logs/${names[$i]#*:}.log
+  [ $rc -ne 0 ] && [ $rc -ne 124 ] && tail -15 "$log"
 done
 
-python3 benchmarks/vpgtrans_transfer.py "${args[@]}" --part report > "$WORK/logs/report.log" 2>&1 || tail -20 "$WORK/logs/report.log"
-stamp "report written"
-cat "$WORK/results.md"
-cp "$WORK"/results.json "$WORK"/results.md "$WORK"/fig7_*.png "$DEST"/
-logs=$(cd "$WORK" && ls -d logs */*/train.log */*/metrics.json */*/config.yaml 2>/dev/null)
 builds=$(cd "$GROUNDVLM_CACHE" && ls toyworld/gpu-small/*/build_info.json 2>/dev/null)
-tar czf "$DEST/logs.tar.gz" -C "$WORK" $logs -C "$GROUNDVLM_CACHE" $builds
+for work in "${works[@]}"; do
+  python3 benchmarks/vpgtrans_transfer.py "${args[@]}" --out "$work" --part report > "$work/logs/report.log" 2>&1 \
+    || tail -20 "$work/logs/report.log"
+  stamp "report written: $work"
+  cat "$work/results.md"
+  tag=$([ "$work" = "$WORK" ] && echo "" || echo "_${work##*_}")
+  for f in results.json results.md; do cp "$work/$f" "$DEST/${f%.*}$tag.${f##*.}"; done
+  [ ${#works[@]} -eq 1 ] && cp "$work"/fig7_*.png "$DEST"/
+  logs=$(cd "$work" && ls -d logs */*/train.log */*/metrics.json */*/config.yaml 2>/dev/null)
+  tar czf "$DEST/logs$tag.tar.gz" -C "$work" $logs -C "$GROUNDVLM_CACHE" $builds
+done
+if [ ${#works[@]} -gt 1 ]; then
+  python3 benchmarks/vpgtrans_transfer.py --part seeds --seed_dirs "${works[@]}" --out "$DEST"
+fi
 stamp "done: $(ls "$DEST" | tr '\n' ' ')"
