@@ -248,6 +248,8 @@ def probe(args: argparse.Namespace) -> dict:
     held_out = form(target, queries=1, copula_free=0.0)  # always asked with "is" / "located at"
     base_rate = chance(held_out)
     tok = AutoTokenizer.from_pretrained(args.lm)
+    if args.save:  # the LM's tokenizer as it came, before the padding and truncation settings of the batches
+        tok.save_pretrained(args.save)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
@@ -338,7 +340,6 @@ def probe(args: argparse.Namespace) -> dict:
             write(result(), args.out)
             if args.save:
                 model.save_pretrained(args.save)
-                tok.save_pretrained(args.save)
     return result()
 
 

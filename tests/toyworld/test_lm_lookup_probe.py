@@ -265,3 +265,18 @@ def test_curriculum_runs_its_stages_in_order_and_scores_the_last_form(tmp_path):
     for bad in (["--curriculum", "nope:3"], ["--curriculum", "boxes"], ["--curriculum", "boxes:2", "--single-token"]):
         with pytest.raises(SystemExit):
             probe.main([*args, *bad])
+
+
+def test_save_keeps_the_tokenizer_as_it_came_and_the_trained_weights(tmp_path):
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    assert tok.pad_token is None  # the probe pads with </s> while training
+    torch.manual_seed(0)
+    lm_model("llama", tok, LMSize(16, 1, 2)).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    args = ["--lm", str(tmp_path / "lm"), "--steps", "2", "--batch-size", "4", "--eval-every", "2", "--eval-n", "2"]
+    probe.main([*args, "--max-items", "3", "--save", str(tmp_path / "taught")])
+    saved = AutoTokenizer.from_pretrained(tmp_path / "taught")
+    assert saved.pad_token is None and saved.get_vocab() == tok.get_vocab()
+    before = probe.load_lm(str(tmp_path / "lm")).state_dict()
+    after = probe.load_lm(str(tmp_path / "taught")).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
