@@ -51,6 +51,7 @@ def lookup_text(
     copula_free: float = 0.0,
     single_token: bool = False,
     box_labels: bool = False,
+    digit_labels: bool = False,
 ) -> tuple[str, str, int]:
     """(context and question, answer label, number of items). With `queries` > 1 the text asks that many distinct
     items (as many as there are, at most), the earlier ones answered: "... . the blue circle is 7. the red star is".
@@ -60,13 +61,15 @@ def lookup_text(
     without "is", the answer is the token right after the name's earlier occurrence — a first-order copy.
     `box_labels`: the labels are PIN grid boxes and the question is PIN's prompt, "a red star [14,28,70,112] a blue
     circle [0,7,35,56]. In the image is a blue circle located at" -> " [0,7,35,56]" (several tokens; `copula_free`
-    drops "located at")."""
+    drops "located at"). `digit_labels` with `single_token`: one-token names, digit labels ("star 7 circle 3. the circle
+    is 3"; the toy LLaMA tokenizer splits " 3" into "▁", "3")."""
     if box_labels:
         return _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free)
     verb = "" if rng.random() < copula_free else " is"
     k = rng.randint(min_items, max_items)
     if single_token:
-        items, labels = rng.sample(list(SHAPES), k), rng.sample(list(COLOURS), k)
+        items = rng.sample(list(SHAPES), k)
+        labels = rng.sample(range(10), k) if digit_labels else rng.sample(list(COLOURS), k)
         pattern = "{name} {label}" if label_last else "{label} {name}"
     else:
         items, labels = rng.sample(NAMES, k), rng.sample(range(10), k)
@@ -217,6 +220,7 @@ def load_lm(path: str, random_init: bool = False, hidden_size: int | None = None
 FORMS = {
     "one-token-free": {"single_token": True, "box_labels": False, "copula_free": 1.0},
     "one-token": {"single_token": True, "box_labels": False, "copula_free": 0.0},
+    "one-token-digits": {"single_token": True, "digit_labels": True, "box_labels": False, "copula_free": 0.0},
     "names": {"single_token": False, "box_labels": False, "copula_free": 0.0},
     "boxes": {"single_token": False, "box_labels": True, "copula_free": 0.0},
 }
@@ -312,7 +316,8 @@ def probe(args: argparse.Namespace) -> dict:
     for name, stage_form, stage_steps in plan:
         draw = form(stage_form)
         stage_held_out = form(stage_form, queries=1)  # the stage's own form, with or without "is"
-        label_words = [f"▁{colour}" for colour in COLOURS] if stage_form["single_token"] else None
+        one_token_labels = stage_form["single_token"] and not stage_form.get("digit_labels")
+        label_words = [f"▁{colour}" for colour in COLOURS] if one_token_labels else None
         for stage_step in range(1, stage_steps + 1):
             step += 1
             inputs = batch(tok, rng, args.batch_size, args.answer_only, draw, whole, mix, label_words)

@@ -280,3 +280,14 @@ def test_save_keeps_the_tokenizer_as_it_came_and_the_trained_weights(tmp_path):
     before = probe.load_lm(str(tmp_path / "lm")).state_dict()
     after = probe.load_lm(str(tmp_path / "taught")).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_one_token_names_with_digit_labels():
+    rng = random.Random(4)
+    for _ in range(20):
+        question, answer, k = probe.lookup_text(rng, max_items=4, single_token=True, digit_labels=True, label_last=True)
+        words = question.split(". the ")[0].split(" ")
+        pairs = dict(zip(words[0::2], words[1::2]))  # "ring 7 square 9"
+        assert len(pairs) == k and all(label.isdigit() for label in pairs.values())
+        assert answer == " " + pairs[question.split(". the ")[1].removesuffix(" is")]
+    assert probe.FORMS["one-token-digits"]["digit_labels"] is True
