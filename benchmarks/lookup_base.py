@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def extract(vlm: str, out: Path) -> None:
@@ -44,6 +44,12 @@ def swap(vlm: str, lm: str, out: Path, eval_images: int) -> dict:
         raise ValueError(
             f"{lm} holds a {type(taught).__name__}; the VLM's LM is a {type(model.language_model).__name__}"
         )
+    if any(Path(lm, name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        vocab = AutoTokenizer.from_pretrained(lm).get_vocab()
+        if vocab != processor.tokenizer.get_vocab():
+            raise ValueError(
+                f"{lm}'s tokenizer has another vocabulary than {vlm}'s: its token ids would mean other words"
+            )
     # strict: the same parameter names and shapes (a resized vocabulary or another size fails here)
     model.language_model.load_state_dict(taught.state_dict(), strict=True)
     model.save_pretrained(out)

@@ -43,3 +43,14 @@ def test_extract_then_swap_back_changes_only_the_lm_and_gates_the_base(tmp_path)
 def test_swap_refuses_an_lm_of_another_architecture(tmp_path):
     with pytest.raises(ValueError, match="LlamaForCausalLM"):
         lookup_base.swap(str(BASE), str(REPO / "recipes" / "toy_checkpoints" / "lm-llama"), tmp_path / "vlm", 1)
+
+
+def test_swap_refuses_an_lm_whose_tokenizer_has_another_vocabulary(tmp_path):
+    from transformers import AutoTokenizer
+
+    lookup_base.main(["extract", "--vlm", str(BASE), "--out", str(tmp_path / "lm")])
+    AutoTokenizer.from_pretrained(REPO / "recipes" / "toy_checkpoints" / "tokenizer-llama").save_pretrained(
+        tmp_path / "lm"
+    )
+    with pytest.raises(ValueError, match="another vocabulary"):
+        lookup_base.swap(str(BASE), str(tmp_path / "lm"), tmp_path / "vlm", 1)
