@@ -17,7 +17,10 @@ name as in the context, so plain copying finds it), `--single-token` (a shape na
 each, so that label last without "is" is a first-order copy), `--repeat-mix P` (a share of the batch that is a run
 repeated twice, from which induction heads form; the copy accuracy is reported too), `--corpus-mix P` (replay of the
 toy LM corpus, with `--save` to keep the taught LM), and a fresh model of another size (`--random-init --hidden-size
---num-hidden-layers`). `benchmarks/lm_lookup_probe_gpu.sh` runs seven variants side by side on one GPU.
+--num-hidden-layers`). `--box-labels` asks PIN's own question with boxes as labels; `--curriculum FORM:STEPS ...` trains
+through several forms in order (`FORMS`, easiest first) and scores each stage on its own form.
+`benchmarks/lm_lookup_probe_gpu.sh` runs seven variants side by side on one GPU, `lm_lookup_curriculum_gpu.sh` three
+curricula.
 
     python benchmarks/lm_lookup_probe.py --lm recipes/toy_checkpoints/lm-llama --steps 1500 [--answer-only]
 """
