@@ -262,9 +262,14 @@ def probe(args: argparse.Namespace) -> dict:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     model = load_lm(args.lm, args.random_init, args.hidden_size, args.num_hidden_layers).to(args.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    # linear warm-up over `args.warmup` steps, then constant
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, args.warmup)))
+
+    def fresh_optimizer():
+        # AdamW with a linear warm-up over `args.warmup` steps, then a constant rate
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+        warm = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, args.warmup)))
+        return optimizer, warm
+
+    optimizer, schedule = fresh_optimizer()
     settings = (
         "lm",
         "random_init",
@@ -272,6 +277,7 @@ def probe(args: argparse.Namespace) -> dict:
         "num_hidden_layers",
         "steps",
         "curriculum",
+        "restart_per_stage",
         "lr",
         "warmup",
         "batch_size",
@@ -316,7 +322,9 @@ def probe(args: argparse.Namespace) -> dict:
     print(f"step 0: accuracy {curve[0][1]:.3f} (chance {base_rate:.3f})", flush=True)
     model.train()
     step = 0
-    for name, stage_form, stage_steps in plan:
+    for index, (name, stage_form, stage_steps) in enumerate(plan):
+        if index and args.restart_per_stage:  # as separate runs chained with --save / --lm would
+            optimizer, schedule = fresh_optimizer()
         draw = form(stage_form)
         stage_held_out = form(stage_form, queries=1)  # the stage's own form, with or without "is"
         one_token_labels = stage_form["single_token"] and not stage_form.get("digit_labels")
@@ -404,6 +412,11 @@ def main(argv=None) -> dict:
         metavar="FORM:STEPS",
         help=f"train through these forms in order ({', '.join(FORMS)}), each for its steps, instead of --steps; "
         "accuracy is on the last form",
+    )
+    parser.add_argument(
+        "--restart-per-stage",
+        action="store_true",
+        help="with --curriculum: a fresh optimizer and warm-up at each stage (as chained runs have)",
     )
     parser.add_argument("--corpus-scenes", type=int, default=10000, help="scenes of that corpus (gpu presets: 10000)")
     parser.add_argument("--save", type=Path, default=None, help="save the fine-tuned LM here at every evaluation")

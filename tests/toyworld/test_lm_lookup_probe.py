@@ -291,3 +291,19 @@ def test_one_token_names_with_digit_labels():
         assert len(pairs) == k and all(label.isdigit() for label in pairs.values())
         assert answer == " " + pairs[question.split(". the ")[1].removesuffix(" is")]
     assert probe.FORMS["one-token-digits"]["digit_labels"] is True
+
+
+def test_restart_per_stage_builds_a_fresh_optimizer_at_each_stage(tmp_path, monkeypatch):
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    lm_model("llama", tok, LMSize(16, 1, 2)).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    built = []
+    real = torch.optim.AdamW
+    monkeypatch.setattr(probe.torch.optim, "AdamW", lambda *a, **k: built.append(1) or real(*a, **k))
+    args = ["--lm", str(tmp_path / "lm"), "--batch-size", "2", "--eval-every", "5", "--eval-n", "1", "--max-items", "3",
+            "--curriculum", "one-token-free:1", "one-token:1", "names:1"]  # fmt: skip
+    probe.main(args)
+    assert len(built) == 1
+    result = probe.main([*args, "--restart-per-stage"])
+    assert len(built) == 1 + 3 and result["restart_per_stage"] is True
