@@ -16,6 +16,16 @@ probe = load_benchmark("lm_lookup_probe")
 TOKENIZER = "recipes/toy_checkpoints/tokenizer-llama"
 
 
+@pytest.fixture
+def tiny_lm(tmp_path):
+    """A 16-wide 1-layer toy Llama with the toy tokenizer, saved as <tmp_path>/lm (what the tests fine-tune)."""
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    lm_model("llama", tok, LMSize(16, 1, 2)).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    return tmp_path / "lm"
+
+
 def test_lookup_text_answers_with_the_label_of_the_asked_item():
     rng = random.Random(0)
     for _ in range(50):
@@ -49,11 +59,7 @@ def test_answer_only_batch_keeps_exactly_the_label_token():
     assert (full["labels"] != -100).sum() == full["attention_mask"].sum()
 
 
-def test_probe_runs_on_a_tiny_lm_and_writes_the_curve(tmp_path):
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    lm_model("llama", tok, LMSize(16, 1, 2)).save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(tmp_path / "lm")
+def test_probe_runs_on_a_tiny_lm_and_writes_the_curve(tmp_path, tiny_lm):
     out = tmp_path / "probe.json"
     result = probe.main(
         [
@@ -153,11 +159,7 @@ def test_repeat_text_repeats_its_run():
         assert first == second and 4 <= len(first.split(" ")) <= 24
 
 
-def test_repeat_mix_run_records_the_copy_accuracy_curve(tmp_path):
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    lm_model("llama", tok, LMSize(16, 1, 2)).save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(tmp_path / "lm")
+def test_repeat_mix_run_records_the_copy_accuracy_curve(tmp_path, tiny_lm):
     argv = ["--lm", str(tmp_path / "lm"), "--steps", "2", "--batch-size", "4", "--eval-every", "1", "--eval-n", "3"]
     result = probe.main([*argv, "--repeat-mix", "0.5"])
     assert [step for step, _ in result["copy_accuracy_curve"]] == [0, 1, 2]
@@ -248,11 +250,7 @@ def test_accuracy_needs_every_token_of_a_multi_token_answer():
     assert probe.accuracy(Oracle(length - 1), tok, 1, draw, seed=0) == 0.0  # the last token wrong: a miss
 
 
-def test_curriculum_runs_its_stages_in_order_and_scores_the_last_form(tmp_path):
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    lm_model("llama", tok, LMSize(16, 1, 2)).save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(tmp_path / "lm")
+def test_curriculum_runs_its_stages_in_order_and_scores_the_last_form(tmp_path, tiny_lm):
     args = ["--lm", str(tmp_path / "lm"), "--batch-size", "4", "--eval-every", "2", "--eval-n", "3", "--max-items", "3"]
     result = probe.main([*args, "--curriculum", "one-token-free:1", "one-token:2", "boxes:3", "--label-last"])
     assert result["steps"] == 6
@@ -267,12 +265,9 @@ def test_curriculum_runs_its_stages_in_order_and_scores_the_last_form(tmp_path):
             probe.main([*args, *bad])
 
 
-def test_save_keeps_the_tokenizer_as_it_came_and_the_trained_weights(tmp_path):
+def test_save_keeps_the_tokenizer_as_it_came_and_the_trained_weights(tmp_path, tiny_lm):
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     assert tok.pad_token is None  # the probe pads with </s> while training
-    torch.manual_seed(0)
-    lm_model("llama", tok, LMSize(16, 1, 2)).save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(tmp_path / "lm")
     args = ["--lm", str(tmp_path / "lm"), "--steps", "2", "--batch-size", "4", "--eval-every", "2", "--eval-n", "2"]
     probe.main([*args, "--max-items", "3", "--save", str(tmp_path / "taught")])
     saved = AutoTokenizer.from_pretrained(tmp_path / "taught")
@@ -293,11 +288,7 @@ def test_one_token_names_with_digit_labels():
     assert probe.FORMS["one-token-digits"]["digit_labels"] is True
 
 
-def test_restart_per_stage_builds_a_fresh_optimizer_at_each_stage(tmp_path, monkeypatch):
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    lm_model("llama", tok, LMSize(16, 1, 2)).save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(tmp_path / "lm")
+def test_restart_per_stage_builds_a_fresh_optimizer_at_each_stage(tmp_path, tiny_lm, monkeypatch):
     built = []
     real = torch.optim.AdamW
     monkeypatch.setattr(probe.torch.optim, "AdamW", lambda *a, **k: built.append(1) or real(*a, **k))
