@@ -83,11 +83,19 @@ def lookup_text(
     return f"{context}{answered}. the {items[asked[-1]]}{verb}", f" {labels[asked[-1]]}", k
 
 
+@functools.cache
+def _box_codec():
+    """PIN's grid codec on the toy world's geometry, built once (`_box_lookup_text` draws 64 texts a step)."""
+    from groundvlm.recipes.toyworld.corpus import box_codec
+
+    return box_codec()
+
+
 def _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free) -> tuple[str, str, int]:
     from groundvlm.recipes.toyworld.compose import GRID_SIZE
-    from groundvlm.recipes.toyworld.corpus import box_codec, random_grid_box
+    from groundvlm.recipes.toyworld.corpus import random_grid_box
 
-    codec = box_codec()
+    codec = _box_codec()
     verb = "" if rng.random() < copula_free else " located at"
     k = rng.randint(min_items, max_items)
     items = rng.sample(NAMES, k)
@@ -229,16 +237,23 @@ FORMS = {
 }
 
 
+def parse_curriculum(specs: list[str]) -> list[tuple[str, int]]:
+    """`["one-token:1000", ...]` -> `[("one-token", 1000), ...]`; ValueError names a spec that is not FORM:STEPS."""
+    out = []
+    for spec in specs:
+        name, colon, steps = spec.partition(":")
+        if name not in FORMS or not colon or not steps.isdigit() or int(steps) < 1:
+            raise ValueError(f"--curriculum takes FORM:STEPS with FORM one of {', '.join(FORMS)}, got {spec!r}")
+        out.append((name, int(steps)))
+    return out
+
+
 def stages(args: argparse.Namespace) -> list[tuple[str, dict, int]]:
     """(name, lookup_text settings, steps) per stage: the `--curriculum`, or one stage of the form the flags give."""
     if not args.curriculum:
         form = {"single_token": args.single_token, "box_labels": args.box_labels, "copula_free": args.copula_free}
         return [("flags", form, args.steps)]
-    out = []
-    for spec in args.curriculum:
-        name, _, steps = spec.partition(":")
-        out.append((name, FORMS[name], int(steps)))
-    return out
+    return [(name, FORMS[name], steps) for name, steps in parse_curriculum(args.curriculum)]
 
 
 def probe(args: argparse.Namespace) -> dict:
@@ -441,11 +456,10 @@ def main(argv=None) -> dict:
         if args.single_token or args.box_labels or args.copula_free or args.answer_only:
             parser.error("--curriculum sets the form of each stage: drop --single-token/--box-labels/--copula-free/"
                          "--answer-only")  # fmt: skip
-        for spec in args.curriculum:
-            name, colon, steps = spec.partition(":")
-            if name not in FORMS or not colon or not steps.isdigit() or int(steps) < 1:
-                parser.error(f"--curriculum takes FORM:STEPS with FORM one of {', '.join(FORMS)}, got {spec!r}")
-        args.steps = sum(int(spec.partition(":")[2]) for spec in args.curriculum)
+        try:
+            args.steps = sum(steps for _, steps in parse_curriculum(args.curriculum))
+        except ValueError as error:
+            parser.error(str(error))
     if args.answer_only and args.box_labels:
         parser.error("--answer-only keeps single label tokens; boxes are several: drop one of the two")
     if (args.single_token or any(spec.startswith("one-token") for spec in args.curriculum or [])) and (
