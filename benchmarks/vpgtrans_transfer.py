@@ -412,10 +412,10 @@ def report(out: Path, preset: str, epochs: int) -> str:
 def report_seeds(dirs: list[Path], out: Path) -> str:
     """seeds.json and seeds.md: the speed-up (mean ± sample std over the seeds) from several `--out` folders of the
     same benchmark run with different recipe seeds (`-- --seed N`)."""
-    from groundvlm.recipes.systems.vpgtrans.speedup import across_seeds, format_across_seeds
+    from groundvlm.recipes.systems.vpgtrans.speedup import across_seeds, format_across_seeds, markdown_table
 
     results = {"seed_dirs": [str(d) for d in dirs], **_provenance(), "speedup": {}}
-    lines = ["| transfer | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    rows = {}
     for part, (title, _) in TRANSFERS.items():
         curves = [collect_curves(d, part) for d in dirs]
         curves = [c for c in curves if c]
@@ -423,10 +423,10 @@ def report_seeds(dirs: list[Path], out: Path) -> str:
             continue
         stats = across_seeds(curves, METRICS)
         results["speedup"][part] = stats
-        lines.append(f"| {title} | " + " | ".join(format_across_seeds(stats[m]) for m in METRICS) + " |")
+        rows[title] = {m: format_across_seeds(stats[m]) for m in METRICS}
     out.mkdir(parents=True, exist_ok=True)
     (out / "seeds.json").write_text(json.dumps(results, indent=1) + "\n")
-    text = "\n".join(lines) + "\n"
+    text = markdown_table(rows, METRICS) + "\n"
     (out / "seeds.md").write_text(text)
     return text
 

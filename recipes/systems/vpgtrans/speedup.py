@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,8 +59,8 @@ def across_seeds(curves_per_seed: Sequence[dict[str, dict[str, list]]], metrics:
             if "TFS" in c and "VPGTrans" in c and metric in c["TFS"] and metric in c["VPGTrans"]
         ]
         defined = [r for r in rates if r is not None]
-        mean = sum(defined) / len(defined) if defined else None
-        std = (sum((r - mean) ** 2 for r in defined) / (len(defined) - 1)) ** 0.5 if len(defined) > 1 else None
+        mean = statistics.mean(defined) if defined else None
+        std = statistics.stdev(defined) if len(defined) > 1 else None
         out[metric] = {"per_seed": rates, "mean": mean, "std": std, "never": rates.count(None)}
     return out
 
