@@ -299,7 +299,9 @@ def groma_case(batch: int):
     images = [random_image(90, 160, seed=1), random_image(120, 80, seed=2)]
     inputs = tiny_groma_processor(tok, config)(images=images[:batch], text=prompts[:batch])
     inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values")}
-    return model, model, inputs, {}  # Groma's own default: the static cache
+    # Groma's own default cache (static) in transformers' loop: the step that loop compiles for the calls Groma's own
+    # greedy loop does not take (sampling, beams, logits processors; static_greedy.py, checked in its tests).
+    return model, model, inputs, {"static_greedy": False}
 
 
 def pin_case(batch: int, base: str):

@@ -1,4 +1,5 @@
-"""GPU self-check of Groma's vision CUDA graphs (`config.vision_cuda_graphs`): graph replay == eager, on CUDA.
+"""GPU self-check of Groma's CUDA graphs: the vision side's (`config.vision_cuda_graphs`, graph replay == eager) and
+the greedy decoding loop's (static_greedy.py, the same tokens as transformers' loop), on CUDA.
 
 Run on the GPU before `groma_speed.py` (same call): `python benchmarks/groma_graph_check.py`. Prints one PASS/FAIL line
 per check and exits 1 if any failed; about 30 s on one H200 (no checkpoint: random weights built on the device).
@@ -20,6 +21,7 @@ for bf16 / 1e-4 for fp32) and says so; a different region selection or a larger 
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -202,15 +204,68 @@ def check_config(label: str, config: GromaConfig, dtype: torch.dtype, batch_size
     print(f"     {label}: {time.perf_counter() - start:.1f} s", flush=True)
 
 
-def main() -> int:
+@torch.no_grad()
+def check_greedy_loop(
+    label: str, config: GromaConfig, dtype: torch.dtype, batch: int = 2, new_tokens: int = 24
+) -> None:
+    """Groma's greedy loop (static_greedy.py: compiled step, one CUDA graph per token) against transformers' loop on
+    the same model and inputs: the same tokens (strict in fp32; bf16 reported), the graph replayed for all but the
+    warm-up steps, reused by a second call without recapture, an early stop and `return_dict_in_generate` as
+    transformers'."""
+    start = time.perf_counter()
+    model = build(config, dtype)
+    ids, mask = static_prompts(config, batch)
+    size = config.image_size
+    px = torch.randn(batch, 3, size, size, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+    inputs = {"input_ids": ids, "attention_mask": mask, "pixel_values": px.to(dtype)}
+    plain = dict(do_sample=False, max_new_tokens=new_tokens)
+    strict = dtype == torch.float32
+
+    def agree(name, ours, theirs):
+        same = torch.equal(ours, theirs)
+        if strict:
+            report(f"{label} greedy loop: {name}", same, "identical tokens" if same else f"{ours} vs {theirs}")
+        else:
+            print(f"INFO {label} greedy loop: {name}: tokens {'identical' if same else 'differ (bf16)'}", flush=True)
+
+    theirs = model.generate(**inputs, static_greedy=False, **plain)
+    ours = model.generate(**inputs, **plain)
+    decoder = model.__dict__["_static_greedy_decoder"]
+    graph, replays = decoder.graph, decoder.graphs_used
+    expected = new_tokens - 1 - decoder.warmup_steps
+    report(f"{label} greedy loop: replayed", graph is not None and replays == expected, f"{replays} replays")
+    agree("same as transformers' loop", ours, theirs)
+    again = model.generate(**inputs, **plain)
+    reused = decoder.graph is graph and decoder.graphs_used == new_tokens - 1
+    report(f"{label} greedy loop: second call replays the same graph", reused, f"{decoder.graphs_used} replays")
+    agree("second call", again, theirs)
+    eos = int(theirs[0, ids.shape[1] + 3])
+    agree("early stop", model.generate(**inputs, eos_token_id=eos, **plain),
+          model.generate(**inputs, eos_token_id=eos, static_greedy=False, **plain))  # fmt: skip
+    a = model.generate(**inputs, return_dict_in_generate=True, **plain)
+    b = model.generate(**inputs, return_dict_in_generate=True, static_greedy=False, **plain)
+    agree("return_dict sequences", a.sequences, b.sequences)
+    print(f"     {label} greedy loop: {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=("vision", "greedy"), default=["vision", "greedy"])
+    parts = parser.parse_args(argv).parts
     if not torch.cuda.is_available():
         print("SKIP groma_graph_check: no CUDA device (the graphs are CUDA-only; the CPU path is plain eager)")
         return 0
     print(f"groma_graph_check on {torch.cuda.get_device_name()} · torch {torch.__version__}", flush=True)
     start = time.perf_counter()
-    check_config("tiny fp32", tiny_config(), torch.float32)
-    torch.cuda.empty_cache()
-    check_config("7b-lite bf16", lite_7b_config(), torch.bfloat16)
+    if "vision" in parts:
+        check_config("tiny fp32", tiny_config(), torch.float32)
+        torch.cuda.empty_cache()
+        check_config("7b-lite bf16", lite_7b_config(), torch.bfloat16)
+        torch.cuda.empty_cache()
+    if "greedy" in parts:
+        check_greedy_loop("tiny fp32", tiny_config(), torch.float32)
+        torch.cuda.empty_cache()
+        check_greedy_loop("7b-lite bf16", lite_7b_config(), torch.bfloat16)
     failed = [name for name, ok in RESULTS if not ok]
     print(
         f"{'FAIL' if failed else 'PASS'} groma_graph_check: {len(RESULTS) - len(failed)}/{len(RESULTS)} checks passed "

@@ -70,6 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/_groma_tiny.py
 
 from groundvlm.modeling import GromaConfig, GromaForConditionalGeneration  # noqa: E402
+from groundvlm.modeling.static_greedy import StaticGreedyDecoder, static_greedy_settings  # noqa: E402
 from groundvlm.processing import GromaImageProcessor, GromaProcessor, add_groma_tokens, build_groma_prompt  # noqa: E402
 from groundvlm.processing.processing_groma import FIRST_ASSISTANT_TURN, FIRST_USER_TURN, SYSTEM_PROMPT  # noqa: E402
 from groundvlm.recipes.common.provenance import git_commit  # noqa: E402
@@ -327,13 +328,18 @@ def generate_once(
     `cache`: the `cache_implementation` to ask for; None = the model's own generation_config (Groma: "static");
     `extra`: more `generate` arguments of the path (Groma: `defer_stop_check`)."""
     kwargs = {**greedy_kwargs(new_tokens, cache), **extra}
+    # Groma's own greedy loop takes plain greedy calls only (a logits processor sends the call to transformers' loop),
+    # so there the first token is marked where that loop has chosen it; elsewhere a logits processor marks it.
+    own_loop = isinstance(model, GromaForConditionalGeneration) and extra.get("static_greedy", True)
+    own_loop = own_loop and static_greedy_settings(model, kwargs, inputs["input_ids"].shape[1]) is not None
     marker = FirstLogitsMark(clock)
     clock.sync()
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     reset_peak(device)
     start = clock.mark()
-    with counting_deferred_stop_checks() as deferred:
-        out = model.generate(**inputs, logits_processor=LogitsProcessorList([marker]), **kwargs)
+    with counting_deferred_stop_checks() as deferred, first_token_of_own_loop(marker, own_loop):
+        processors = {} if own_loop else {"logits_processor": LogitsProcessorList([marker])}
+        out = model.generate(**inputs, **processors, **kwargs)
     end = clock.mark()
     clock.sync()
     generated = out.shape[1] - inputs["input_ids"].shape[1]
@@ -349,6 +355,26 @@ def generate_once(
         "tokens": tokens_digest(out[:, -new_tokens:]),
         "deferred_stop_check": deferred[0] > 0,  # observed: transformers built its DeferredStopCheck in this generate
     }
+
+
+@contextmanager
+def first_token_of_own_loop(marker: FirstLogitsMark, active: bool):
+    """Inside the block, `marker` marks the moment Groma's greedy loop has its first token (the start of its decoding
+    steps, static_greedy.py) — the place a logits processor marks in transformers' loop."""
+    if not active:
+        yield
+        return
+    original = StaticGreedyDecoder._decode
+
+    def marked(self, *args, **kwargs):
+        marker(None, None)
+        return original(self, *args, **kwargs)
+
+    StaticGreedyDecoder._decode = marked
+    try:
+        yield
+    finally:
+        StaticGreedyDecoder._decode = original
 
 
 @contextmanager
@@ -712,14 +738,17 @@ class Bench(NamedTuple):
 
 
 # Groma rows: (name, vision CUDA graphs, cache_implementation, more generate arguments). The default: vision graphs on
-# (eager off CUDA), the model's own static KV cache, with which transformers compiles the decoding step on a GPU, and
-# the stop check read one step late on CUDA (`defer_stop_check`); the same model with an eager vision side; with
-# transformers' per-token stop check (the default before the deferred one); and with vision graphs but a dynamic
-# cache (the project's default before the static one).
+# (eager off CUDA), the model's own static KV cache and Groma's greedy loop (static_greedy.py: on a GPU each token is
+# one CUDA-graph replay of a compiled step); the default with an eager vision side; the default in transformers'
+# loop (`static_greedy=False`: transformers compiles the forward, the stop check read one step late on CUDA, the
+# default before Groma's loop); transformers' loop with its per-token stop check; and with vision graphs but a dynamic
+# cache (the project's default before the static one). Only a plain greedy call takes Groma's loop, so the rows
+# with other settings run in transformers' loop.
 GROMA_VARIANTS = (
     ("cuda graphs", True, None, {}),
     ("eager", False, None, {}),
-    ("per-token stop check", True, None, {"defer_stop_check": False}),
+    ("transformers loop", True, None, {"static_greedy": False}),
+    ("per-token stop check", True, None, {"defer_stop_check": False, "static_greedy": False}),
     ("dynamic cache", True, "dynamic", {}),
 )
 # LLaVA rows: (name, cache_implementation): transformers' default (dynamic) and its static-cache, compiled decode.
@@ -778,6 +807,7 @@ def groma_bench(config, tok, base_vocab, args, device, dtype, clock) -> Bench:
                 "vision_mode": "cuda graphs" if graphs else "eager",
                 "cache": cache or model.generation_config.cache_implementation or "dynamic",
                 "stop_check": "per token" if extra.get("defer_stop_check") is False else "deferred on CUDA",  # asked
+                "decoding_loop": "transformers" if extra.get("static_greedy") is False or cache else "groma greedy",
                 "batch_size": batch,
                 "visual_tokens": config.num_image_tokens + config.num_proxy_tokens,
                 "image_tokens": config.num_image_tokens,
@@ -1239,7 +1269,13 @@ def markdown(report: dict) -> str:
             visual = f"{r['image_tokens']} + {r['region_slots']} slots ({min(regions)}-{max(regions)} regions used)"
         model = f"{r['model']}, {r['vision_mode']} vision" if "vision" in r else r["model"]
         model += f", {r['cache']} cache"
-        if r.get("stop_check_observed") == "deferred":
+        if r.get("decoding_loop") == "groma greedy":
+            model += ", Groma's greedy loop"
+        elif "vision" in r:
+            model += ", transformers' loop"
+        if r.get("decoding_loop") == "groma greedy":
+            pass  # its own stop check: never blocking
+        elif r.get("stop_check_observed") == "deferred":
             model += ", deferred stop check"
         elif r.get("stop_check") == "per token":
             model += ", per-token stop check"

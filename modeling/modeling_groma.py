@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from torchvision.ops import box_convert, box_iou, nms
 from transformers import AutoModelForCausalLM, Dinov2Model, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 from transformers.utils import ModelOutput
@@ -37,6 +38,7 @@ from .deferred_stop import deferred_stop_check
 from .groma_cuda_graphs import GromaVisionCudaGraphs
 from .groma_proposer import GromaChannelLayerNorm, GromaRegionProposer
 from .groma_region_encoder import GromaRegionEncoder
+from .static_greedy import StaticGreedyDecoder, static_greedy_settings
 
 # Score of the training-target boxes entering region selection (the reference's training forward).
 GROUND_BOX_SCORE = 0.2
@@ -52,6 +54,9 @@ def center_to_corners(boxes: torch.Tensor) -> torch.Tensor:
 # follows the installed version, so `generate` hands the cache back on every step and no deprecation path is taken.
 _GENERATION_KWARGS = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
 CACHE_KWARG = "cache" if "cache" in _GENERATION_KWARGS else "past_key_values"
+GENERATE_OUTPUT_CACHE_FIELD = (
+    "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
+)
 
 
 @dataclass
@@ -638,6 +643,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         image_sizes=None,
         inputs_embeds: torch.Tensor | None = None,
         defer_stop_check: bool = True,
+        static_greedy: bool = True,
         **kwargs,
     ):
         """Encode the images once (one batched vision pass and prefill), then decode with the KV cache.
@@ -649,6 +655,11 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         transformers' `DeferredStopCheck`, which it enables only on MPS): the host queues the next step while the GPU
         runs this one, instead of waiting on it every token; tokens and returned cache are the same, a streamer gets
         each token one step late (deferred_stop.py). Not with `synced_gpus`, which syncs every step anyway.
+
+        Greedy calls that set only lengths, stop/pad ids and `return_dict_in_generate` (the default settings, as the
+        demo and the evaluation use them) decode in Groma's own loop instead (`static_greedy=True`,
+        static_greedy.py): the same tokens, but each step is one CUDA-graph replay of a compiled step on a GPU,
+        with no Python between tokens. `static_greedy=False` keeps transformers' loop for every call.
 
         With `return_dict_in_generate=True` the output also carries `region_boxes` (per image (N_i, 4) normalised
         xyxy in slot order, `<r_j>` -> row j), `image_hidden_states` and `attention_mask` (the mask of `sequences`,
@@ -682,13 +693,17 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         if input_ids is None:
             raise ValueError("input_ids are required with pixel_values (the image slots live in the prompt)")
         prepared = self.prepare_multimodal_inputs(input_ids, pixel_values, attention_mask, refer_boxes)
-        with deferred_stop_check(defer_stop_check, kwargs):
-            outputs = super().generate(
-                input_ids=prepared.input_ids,
-                attention_mask=prepared.attention_mask,
-                inputs_embeds=prepared.inputs_embeds,
-                **kwargs,
-            )
+        settings = static_greedy_settings(self, kwargs, prepared.input_ids.shape[1]) if static_greedy else None
+        if settings is not None:
+            outputs = self._static_greedy_generate(prepared, settings)
+        else:
+            with deferred_stop_check(defer_stop_check, kwargs):
+                outputs = super().generate(
+                    input_ids=prepared.input_ids,
+                    attention_mask=prepared.attention_mask,
+                    inputs_embeds=prepared.inputs_embeds,
+                    **kwargs,
+                )
         if isinstance(outputs, ModelOutput):
             sequences = outputs["sequences"]
             mask = prepared.attention_mask.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
@@ -698,6 +713,19 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
                 (mask, mask.new_ones(sequences.shape[0], sequences.shape[1] - mask.shape[1])), dim=1
             )
         return outputs
+
+    def _static_greedy_generate(self, prepared, settings):
+        """`generate`'s output for a call `static_greedy_settings` accepted: the ids (prompt ids + new tokens) or,
+        with `return_dict_in_generate`, a `GenerateDecoderOnlyOutput` with the ids and the cache."""
+        decoder = self.__dict__.get("_static_greedy_decoder")
+        if decoder is None or decoder.llm is not self.language_model:
+            decoder = StaticGreedyDecoder(self.language_model, CACHE_KWARG)
+            self.__dict__["_static_greedy_decoder"] = decoder  # not a submodule: nothing to save or move
+        tokens, cache = decoder.generate(prepared.inputs_embeds, prepared.attention_mask, settings)
+        sequences = torch.cat((prepared.input_ids, tokens), dim=1)
+        if not settings.return_dict:
+            return sequences
+        return GenerateDecoderOnlyOutput(sequences=sequences, **{GENERATE_OUTPUT_CACHE_FIELD: cache})
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # One Auto class is kept per class by `register_for_auto_class`; users and trl load through several, so all

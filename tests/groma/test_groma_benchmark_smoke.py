@@ -13,17 +13,19 @@ from groundvlm.modeling import GromaConfig
 from tests._benchmarks import load_benchmark
 
 # the base order of one round at batch sizes (1, 2): per batch size Groma with graphs (its default static cache),
-# Groma eager vision, Groma with transformers' per-token stop check, Groma with a dynamic cache, LLaVA (dynamic), LLaVA static; then the three batch-1 TTFT
+# Groma eager vision, Groma in transformers' loop, Groma with transformers' per-token stop check, Groma with a dynamic cache, LLaVA (dynamic), LLaVA static; then the three batch-1 TTFT
 # breakdowns; then the four components alone
 BASE_ORDER = [
     "groma/cuda graphs/b1",
     "groma/eager/b1",
+    "groma/transformers loop/b1",
     "groma/per-token stop check/b1",
     "groma/dynamic cache/b1",
     "llava/b1",
     "llava/static cache/b1",
     "groma/cuda graphs/b2",
     "groma/eager/b2",
+    "groma/transformers loop/b2",
     "groma/per-token stop check/b2",
     "groma/dynamic cache/b2",
     "llava/b2",
@@ -104,6 +106,8 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
         ("Groma", "cuda graphs", "static", 2),
         ("Groma", "eager", "static", 1),
         ("Groma", "eager", "static", 2),
+        ("Groma", "transformers loop", "static", 1),
+        ("Groma", "transformers loop", "static", 2),
         ("Groma", "per-token stop check", "static", 1),
         ("Groma", "per-token stop check", "static", 2),
         ("Groma", "dynamic cache", "dynamic", 1),
@@ -219,7 +223,7 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
     # default), the dynamic cache and the eager vision side give the same greedy tokens
     goals = report["goals"]
     same = {
-        f"groma_b{b}_tokens_equal_to_{v}" for b in (1, 2) for v in ("eager", "per-token_stop_check", "dynamic_cache")
+        f"groma_b{b}_tokens_equal_to_{v}" for b in (1, 2) for v in ("eager", "transformers_loop", "per-token_stop_check", "dynamic_cache")
     }
     assert set(goals) == same | {"groma_b1_ttft_over_dinov2_plus_llm_prefill_goal"}
     assert all(goals[name]["pass"] for name in same)
@@ -241,7 +245,7 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
     assert (div["reference_vision_cuda_graphs"], div["reference_cache"]) == (False, "dynamic")
     entries = div["entries"]
     assert [(e["path"], e["batch_size"]) for e in entries] == [
-        (path, batch) for batch in (1, 2) for path in ("cuda graphs", "eager", "per-token stop check", "dynamic cache")
+        (path, batch) for batch in (1, 2) for path in ("cuda graphs", "eager", "transformers loop", "per-token stop check", "dynamic cache")
     ]
     for e in entries:
         assert e["unit"] == f"groma/{e['path']}/b{e['batch_size']}"

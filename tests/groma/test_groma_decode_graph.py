@@ -17,7 +17,8 @@ def setup():
 
     def generate(**kwargs):
         kwargs.setdefault("max_new_tokens", 3)
-        return model.generate(**inputs, do_sample=False, **kwargs)
+        # transformers' loop (the one for calls Groma's greedy loop does not take: test_groma_static_greedy.py)
+        return model.generate(**inputs, do_sample=False, static_greedy=False, **kwargs)
 
     return model, generate
 

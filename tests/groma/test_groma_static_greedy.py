@@ -1,0 +1,114 @@
+"""Groma's own greedy loop (modeling/static_greedy.py, the default for plain greedy calls) against transformers' loop
+on the tiny Groma: the same sequences, lengths, padding after a stop, returned cache; which calls it takes; and its
+decoding step compiles to one graph (fullgraph) with the same tokens."""
+
+import pytest
+import torch
+from transformers import LogitsProcessorList, MinNewTokensLengthLogitsProcessor
+
+from groundvlm.modeling.static_greedy import StaticGreedyDecoder, static_greedy_settings
+from tests._groma_tiny import tiny_groma_left_padded_batch
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return tiny_groma_left_padded_batch()
+
+
+def both(model, inputs, **kwargs):
+    """(Groma's loop, transformers' loop) outputs of one greedy call; asserts which loop ran."""
+    calls = []
+    original = StaticGreedyDecoder.generate
+
+    def spy(self, *args, **kw):
+        calls.append(1)
+        return original(self, *args, **kw)
+
+    StaticGreedyDecoder.generate = spy
+    try:
+        ours = model.generate(**inputs, do_sample=False, **kwargs)
+        assert calls, "the call did not take Groma's greedy loop"
+        theirs = model.generate(**inputs, do_sample=False, static_greedy=False, **kwargs)
+        assert len(calls) == 1
+    finally:
+        StaticGreedyDecoder.generate = original
+    return ours, theirs
+
+
+def test_same_sequences_as_transformers_loop(setup):
+    model, inputs = setup
+    ours, theirs = both(model, inputs, max_new_tokens=12)
+    assert ours.shape == theirs.shape == (2, inputs["input_ids"].shape[1] + 12)
+    assert torch.equal(ours, theirs)
+
+
+def test_stop_pad_and_min_new_tokens_as_transformers(setup):
+    model, inputs = setup
+    reference = model.generate(**inputs, do_sample=False, static_greedy=False, max_new_tokens=10)
+    new = reference[:, inputs["input_ids"].shape[1] :]
+    # Stop on the token row 0 writes third: row 0 stops early and is padded, row 1 runs on (or stops too).
+    eos = int(new[0, 2])
+    for extra in ({}, {"min_new_tokens": 5}, {"pad_token_id": 7}):
+        ours, theirs = both(model, inputs, max_new_tokens=10, eos_token_id=eos, **extra)
+        assert torch.equal(ours, theirs), extra
+    # Both rows stop: the output ends with the later stop, as transformers'.
+    eos_both = [eos, int(new[1, 1])]
+    ours, theirs = both(model, inputs, max_new_tokens=10, eos_token_id=eos_both)
+    assert torch.equal(ours, theirs) and ours.shape[1] < reference.shape[1]
+
+
+def test_return_dict_regions_and_cache_continue_like_transformers(setup):
+    model, inputs = setup
+    ours, theirs = both(model, inputs, max_new_tokens=6, return_dict_in_generate=True)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert torch.equal(ours.attention_mask, theirs.attention_mask)
+    for a, b in zip(ours.region_boxes, theirs.region_boxes):
+        assert torch.equal(a, b)
+    cache_field = "cache" if "cache" in type(ours).__dataclass_fields__ else "past_key_values"
+    ours_cache, theirs_cache = getattr(ours, cache_field), getattr(theirs, cache_field)
+    assert ours_cache.get_seq_length() == theirs_cache.get_seq_length() == ours.sequences.shape[1] - 1
+    # Continue both with two more tokens through transformers' loop from the returned caches.
+    longer = {"input_ids": ours.sequences, "attention_mask": ours.attention_mask}
+    kwargs = dict(do_sample=False, max_new_tokens=2, static_greedy=False)
+    a = model.generate(**longer, **{cache_field: ours_cache}, **kwargs)
+    b = model.generate(**longer, **{cache_field: theirs_cache}, **kwargs)
+    assert torch.equal(a, b)
+
+
+def test_other_calls_keep_transformers_loop(setup):
+    model, inputs = setup
+    length = inputs["input_ids"].shape[1]
+    assert static_greedy_settings(model, {"max_new_tokens": 4}, length) is not None
+    processor = LogitsProcessorList([MinNewTokensLengthLogitsProcessor(length, 2, 0)])
+    for kwargs in (
+        {"do_sample": True},
+        {"num_beams": 2},
+        {"cache_implementation": "dynamic"},
+        {"output_scores": True, "return_dict_in_generate": True},
+        {"repetition_penalty": 1.3},
+        {"logits_processor": processor},
+        {"streamer": object()},
+        {"stop_strings": ["x"]},
+        {"use_cache": False},
+    ):
+        assert static_greedy_settings(model, {"max_new_tokens": 4, **kwargs}, length) is None, kwargs
+    settings = static_greedy_settings(model, {"max_length": length + 3, "min_length": length + 2}, length)
+    assert (settings.max_new_tokens, settings.min_new_tokens) == (3, 2)
+
+
+def test_compiled_step_is_one_graph_with_the_same_tokens(setup):
+    model, inputs = setup
+    torch._dynamo.reset()
+    expected = model.generate(**inputs, do_sample=False, max_new_tokens=5)
+    decoder = model.__dict__["_static_greedy_decoder"]
+    compiled = torch.compile(decoder._decode_step, fullgraph=True, dynamic=False)  # fullgraph: a break raises
+    counts = torch._dynamo.utils.counters
+    counts.clear()
+    decoder._decode_step_eager, decoder._decode_step = decoder._decode_step, compiled
+    try:
+        got = model.generate(**inputs, do_sample=False, max_new_tokens=5)
+        again = model.generate(**inputs, do_sample=False, max_new_tokens=5)
+    finally:
+        decoder._decode_step = decoder._decode_step_eager
+    assert torch.equal(got, expected) and torch.equal(again, expected)
+    assert counts["stats"]["unique_graphs"] == 1  # 4 + 4 steps, one compile
