@@ -223,7 +223,9 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
     # default), the dynamic cache and the eager vision side give the same greedy tokens
     goals = report["goals"]
     same = {
-        f"groma_b{b}_tokens_equal_to_{v}" for b in (1, 2) for v in ("eager", "transformers_loop", "per-token_stop_check", "dynamic_cache")
+        f"groma_b{b}_tokens_equal_to_{v}"
+        for b in (1, 2)
+        for v in ("eager", "transformers_loop", "per-token_stop_check", "dynamic_cache")
     }
     assert set(goals) == same | {"groma_b1_ttft_over_dinov2_plus_llm_prefill_goal"}
     assert all(goals[name]["pass"] for name in same)
@@ -245,7 +247,9 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
     assert (div["reference_vision_cuda_graphs"], div["reference_cache"]) == (False, "dynamic")
     entries = div["entries"]
     assert [(e["path"], e["batch_size"]) for e in entries] == [
-        (path, batch) for batch in (1, 2) for path in ("cuda graphs", "eager", "transformers loop", "per-token stop check", "dynamic cache")
+        (path, batch)
+        for batch in (1, 2)
+        for path in ("cuda graphs", "eager", "transformers loop", "per-token stop check", "dynamic cache")
     ]
     for e in entries:
         assert e["unit"] == f"groma/{e['path']}/b{e['batch_size']}"
