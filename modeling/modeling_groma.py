@@ -659,7 +659,9 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         Greedy calls that set only lengths, stop/pad ids and `return_dict_in_generate` (the default settings, as the
         demo and the evaluation use them) decode in Groma's own loop instead (`static_greedy=True`,
         static_greedy.py): the same tokens, but each step is one CUDA-graph replay of a compiled step on a GPU,
-        with no Python between tokens. `static_greedy=False` keeps transformers' loop for every call.
+        with no Python between tokens. `static_greedy=False` keeps transformers' loop for every call. The loop keeps
+        its static cache and graph for the next call of the same batch size and length (as a static cache is meant
+        to be reused); `model.__dict__.pop("_static_greedy_decoder", None)` frees them.
 
         With `return_dict_in_generate=True` the output also carries `region_boxes` (per image (N_i, 4) normalised
         xyxy in slot order, `<r_j>` -> row j), `image_hidden_states` and `attention_mask` (the mask of `sequences`,

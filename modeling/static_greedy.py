@@ -182,7 +182,10 @@ class StaticGreedyDecoder:
 
     # ----------------------------------------------------------------------------------------- setup
     def _prepare(self, batch: int, cache_length: int, settings: StaticGreedySettings, dtype, device) -> None:
-        key = (batch, cache_length, settings.max_new_tokens, len(settings.eos_token_ids), dtype, device)
+        # The weights' addresses are part of the key: a captured graph reads them, so weights replaced (not updated
+        # in place) or moved make a new graph.
+        weights = tuple(p.data_ptr() for p in self.llm.parameters())
+        key = (batch, cache_length, settings.max_new_tokens, len(settings.eos_token_ids), dtype, device, weights)
         self.num_eos = len(settings.eos_token_ids)
         if key == self.key and self.cache is not None:
             self.cache.reset()

@@ -112,3 +112,20 @@ def test_compiled_step_is_one_graph_with_the_same_tokens(setup):
         decoder._decode_step = decoder._decode_step_eager
     assert torch.equal(got, expected) and torch.equal(again, expected)
     assert counts["stats"]["unique_graphs"] == 1  # 4 + 4 steps, one compile
+
+
+def test_replaced_weights_rebuild_the_decoding_state(setup):
+    model, inputs = setup
+    first = model.generate(**inputs, do_sample=False, max_new_tokens=4)
+    decoder = model.__dict__["_static_greedy_decoder"]
+    state = decoder.state
+    model.generate(**inputs, do_sample=False, max_new_tokens=4)
+    assert decoder.state is state  # same shapes, same weights: reused
+    head = model.language_model.get_output_embeddings()
+    original = head.weight.data
+    head.weight.data = original.clone()  # new address, same values
+    try:
+        again = model.generate(**inputs, do_sample=False, max_new_tokens=4)
+        assert decoder.state is not state and torch.equal(again, first)
+    finally:
+        head.weight.data = original
