@@ -694,8 +694,9 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
             )
         if input_ids is None:
             raise ValueError("input_ids are required with pixel_values (the image slots live in the prompt)")
+        # (decided before the vision side runs: it needs only the prompt length, and the host is free now)
+        settings = static_greedy_settings(self, kwargs, input_ids.shape[1]) if static_greedy else None
         prepared = self.prepare_multimodal_inputs(input_ids, pixel_values, attention_mask, refer_boxes)
-        settings = static_greedy_settings(self, kwargs, prepared.input_ids.shape[1]) if static_greedy else None
         if settings is not None:
             outputs = self._static_greedy_generate(prepared, settings)
         else:
