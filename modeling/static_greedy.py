@@ -141,8 +141,9 @@ class StaticGreedyDecoder:
     <cache keyword>=StaticCache, logits_to_keep=1)`, as a transformers `*ForCausalLM`). Keeps the state, the
     compiled step and the captured graph of the last (batch, cache length) between calls."""
 
-    def __init__(self, llm: torch.nn.Module, cache_kwarg: str, warmup_steps: int = 2):
+    def __init__(self, llm: torch.nn.Module, cache_kwarg: str, warmup_steps: int = 2, compile_options=None):
         self.llm, self.cache_kwarg, self.warmup_steps = llm, cache_kwarg, warmup_steps
+        self.compile_options = compile_options  # inductor options for the step (`torch.compile(options=...)`)
         self.key = self.state = self.cache = self.graph = None
         self.compiled = None
         self.capturable = True  # False once a capture failed: compiled steps without a graph from then on
@@ -201,7 +202,9 @@ class StaticGreedyDecoder:
         self.key, self.state = key, _State(batch, cache_length, settings.max_new_tokens, self.num_eos, device)
         self.cache = StaticCache(config=self.llm.config, max_cache_len=cache_length)
         if device.type == "cuda" and self.compiled is None:
-            self.compiled = torch.compile(self._decode_step, fullgraph=True, dynamic=False)
+            self.compiled = torch.compile(
+                self._decode_step, fullgraph=True, dynamic=False, options=self.compile_options
+            )
 
     def _warm_step(self) -> None:
         """One real decoding step through the compiled step, on a side stream (what capturing wants first). If the

@@ -1,0 +1,82 @@
+"""Batch-1/8 decode speed of the static greedy loop (modeling/static_greedy.py) on a 7B Llama shape (random bf16
+weights, no vision side) under different inductor options for its compiled step: which options bring the step
+closest to the HBM roofline. One JSON line per (options, batch) to $OUT/greedy_step_tuning.jsonl as it goes.
+
+Usage (GPU): `python benchmarks/greedy_step_tuning.py [--batch-sizes 1 8] [--new-tokens 128] [--repeats 3]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from groundvlm.modeling.static_greedy import StaticGreedyDecoder, StaticGreedySettings, cache_kwarg_of  # noqa: E402
+
+OPTIONS = {
+    "default": None,
+    "coordinate_descent_tuning": {"coordinate_descent_tuning": True},
+}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt", type=int, default=600)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS))
+    args = parser.parse_args(argv)
+    out = Path(os.environ.get("OUT", ".")) / "greedy_step_tuning.jsonl"
+    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=32, vocab_size=32114, max_position_embeddings=4096)  # fmt: skip
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    with torch.device("cuda"):
+        llm = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    weights = sum(p.numel() * p.element_size() for n, p in llm.named_parameters() if "embed_tokens" not in n)
+    print(f"built in {time.perf_counter() - start:.1f} s; {weights / 1e9:.2f} GB read per step", flush=True)
+    for name in args.options:
+        for batch in args.batch_sizes:
+            decoder = StaticGreedyDecoder(llm, cache_kwarg_of(llm), compile_options=OPTIONS[name])
+            embeds = torch.randn(batch, args.prompt, 4096, device="cuda", dtype=torch.bfloat16)
+            mask = torch.ones(batch, args.prompt, dtype=torch.long, device="cuda")
+            settings = StaticGreedySettings(args.new_tokens, args.new_tokens, (2,), 0, False)
+            t0 = time.perf_counter()
+            decoder.generate(embeds, mask, settings)  # compiles and captures
+            compile_s = time.perf_counter() - t0
+            rates = []
+            for _ in range(args.repeats):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                decoder.generate(embeds, mask, settings)
+                torch.cuda.synchronize()
+                rates.append(args.new_tokens / (time.perf_counter() - t0))  # prefill included: a lower bound
+            # decode alone: replay the captured step
+            graph = decoder.graph
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(50):
+                graph.replay()
+            torch.cuda.synchronize()
+            step_ms = (time.perf_counter() - t0) / 50 * 1e3
+            row = {"options": name, "batch": batch, "compile_s": round(compile_s, 1), "step_ms": round(step_ms, 3),
+                   "decode_tokens_per_s_per_seq": round(1e3 / step_ms, 1),
+                   "roofline_fraction_b1": round(weights / (step_ms / 1e3) / 3.35e12, 3),
+                   "generate_tokens_per_s_incl_prefill": [round(r, 1) for r in rates],
+                   "device": torch.cuda.get_device_name(), "torch": torch.__version__}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            del decoder
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
