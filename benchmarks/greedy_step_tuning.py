@@ -32,31 +32,38 @@ def main(argv=None) -> None:
     parser.add_argument("--prompt", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--options", nargs="+", default=list(OPTIONS))
+    parser.add_argument("--tiny", action="store_true", help="a tiny Llama on the CPU: a smoke run of this script")
     args = parser.parse_args(argv)
     out = Path(os.environ.get("OUT", ".")) / "greedy_step_tuning.jsonl"
     config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                          num_key_value_heads=32, vocab_size=32114, max_position_embeddings=4096)  # fmt: skip
+    device = "cpu" if args.tiny else "cuda"
+    if args.tiny:
+        config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=4, vocab_size=300)  # fmt: skip
+        args.prompt = min(args.prompt, 32)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
     start = time.perf_counter()
-    with torch.device("cuda"):
+    with torch.device(device):
         llm = LlamaForCausalLM(config).to(torch.bfloat16).eval()
     weights = sum(p.numel() * p.element_size() for n, p in llm.named_parameters() if "embed_tokens" not in n)
     print(f"built in {time.perf_counter() - start:.1f} s; {weights / 1e9:.2f} GB read per step", flush=True)
     for name in args.options:
         for batch in args.batch_sizes:
             decoder = StaticGreedyDecoder(llm, cache_kwarg_of(llm), compile_options=OPTIONS[name])
-            embeds = torch.randn(batch, args.prompt, 4096, device="cuda", dtype=torch.bfloat16)
-            mask = torch.ones(batch, args.prompt, dtype=torch.long, device="cuda")
+            embeds = torch.randn(batch, args.prompt, config.hidden_size, device=device, dtype=torch.bfloat16)
+            mask = torch.ones(batch, args.prompt, dtype=torch.long, device=device)
             settings = StaticGreedySettings(args.new_tokens, args.new_tokens, (2,), 0, False)
             t0 = time.perf_counter()
             decoder.generate(embeds, mask, settings)  # compiles and captures
             compile_s = time.perf_counter() - t0
 
             def timed(settings, decoder=decoder) -> float:
-                torch.cuda.synchronize()
+                sync()
                 t0 = time.perf_counter()
                 decoder.generate(embeds, mask, settings)
-                torch.cuda.synchronize()
+                sync()
                 return time.perf_counter() - t0
 
             # the full runs first (they reuse the captured graph), then the prefill-only runs (another key)
@@ -69,7 +76,7 @@ def main(argv=None) -> None:
                    "decode_tokens_per_s_per_seq": round(1e3 / step_ms, 1),
                    "roofline_fraction_b1": round(weights / (step_ms / 1e3) / 3.35e12, 3),
                    "generate_tokens_per_s_incl_prefill": rates, "prefill_ms": round(prefill * 1e3, 2),
-                   "device": torch.cuda.get_device_name(), "torch": torch.__version__}  # fmt: skip
+                   "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}  # fmt: skip
             print(json.dumps(row), flush=True)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
