@@ -3,9 +3,10 @@
 Both models are built with random weights directly on the GPU in bf16 (no checkpoint needed) and stay resident
 together (~29 GB; `--sequential` builds, measures and frees one at a time instead). Each measurement is a unit:
 
-- per batch size: Groma generating with its vision side as a CUDA graph (the default, `vision_cuda_graphs=True`),
-  the same model with `vision_cuda_graphs=False` (everything eager; the flag is read at every call, so one model
-  serves both), and LLaVA: TTFT = `model.generate(...)` from input tensors on the device to the first token's
+- per batch size: Groma generating with its vision side as a CUDA graph (the default, `vision_cuda_graphs=True`) in
+  its own greedy loop (the default for these plain greedy calls, static_greedy.py), the same model with
+  `vision_cuda_graphs=False` (the flag is read at every call, so one model serves both), the same in transformers'
+  loop (`static_greedy=False`; also with the per-token stop check and with a dynamic cache), and LLaVA: TTFT = `model.generate(...)` from input tensors on the device to the first token's
   logits (vision side, Groma's proposer/region selection/region encoder, LLM prefill and generate's own setup);
   decode tokens/s = the `--new-tokens` - 1 greedy KV-cache steps after it (`min_new_tokens` forces the length; the
   same inputs every time), per sequence and for the batch;
