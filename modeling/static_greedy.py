@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, StaticCache
+from transformers import StaticCache
 
 # `generate` arguments that only set what the loop implements (anything else keeps transformers' loop).
 _PLAIN_GENERATE_KWARGS = {
@@ -44,8 +44,8 @@ _PLAIN_GENERATE_KWARGS = {
     "bos_token_id",
     "return_dict_in_generate",
 }
-# GenerationConfig fields that may differ from their defaults (checked one by one below, or meaningless for greedy
-# search: transformers ignores the sampling parameters without `do_sample`).
+# GenerationConfig fields the loop reads itself, or that greedy search ignores (transformers applies the sampling
+# parameters only with `do_sample`).
 _FREE_FIELDS = _PLAIN_GENERATE_KWARGS | {
     "temperature",
     "top_p",
@@ -56,7 +56,8 @@ _FREE_FIELDS = _PLAIN_GENERATE_KWARGS | {
     "_commit_hash",
     "_original_object_hash",
 }
-# Values that change nothing in greedy search, where transformers' defaults are None (False, 0 and None are neutral too).
+# Values that change nothing in greedy search where the global default is None (transformers applies most
+# processors whenever a value is set, so only these count, besides None and the global defaults).
 _NEUTRAL = {
     "repetition_penalty": 1.0,
     "encoder_repetition_penalty": 1.0,
@@ -64,7 +65,27 @@ _NEUTRAL = {
     "typical_p": 1.0,
     "num_beam_groups": 1,
     "num_return_sequences": 1,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "diversity_penalty": 0.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
     "guidance_scale": 1.0,
+}
+# Boolean flags whose False is what the loop does.
+_FLAGS = {
+    "output_attentions",
+    "output_hidden_states",
+    "output_scores",
+    "output_logits",
+    "return_dict_in_generate",
+    "renormalize_logits",
+    "remove_invalid_values",
+    "token_healing",
+    "low_memory",
+    "early_stopping",
+    "is_assistant",
+    "disable_compile",
 }
 # Cache lengths are rounded up to a multiple of this, so prompts of similar length share one compiled step and
 # one captured graph (the extra slots stay masked: the decode step reads at most this many more KV positions).
@@ -85,50 +106,57 @@ class StaticGreedySettings:
 def static_greedy_settings(model, generate_kwargs: dict, prompt_length: int) -> StaticGreedySettings | None:
     """The settings of a `generate(**generate_kwargs)` call if the static greedy loop reproduces it, else None.
 
-    It does when the call asks for greedy search (one beam, no sampling) with the KV cache and the model's static
-    cache, and sets nothing else but lengths, stop/pad ids and `return_dict_in_generate` — on top of the model's
-    `generation_config`, whose other fields must keep their defaults."""
+    The call's generation config is merged as transformers merges it (`model._prepare_generation_config`: the
+    passed `generation_config` or kwargs over `model.generation_config` over the global defaults). The loop takes it
+    when it asks for greedy search (one beam, no sampling) with the KV cache and a static cache, gives the length
+    as `max_new_tokens` (in either config) or `max_length` (passed to this call), and sets nothing else that changes
+    transformers' output: every other field is unset (None), at its global default, or a value that changes nothing
+    in greedy search."""
     if not set(generate_kwargs) <= _PLAIN_GENERATE_KWARGS | {"generation_config"}:
         return None
-    base = generate_kwargs.get("generation_config") or model.generation_config
-    config = GenerationConfig.from_dict(base.to_dict())
-    unused = config.update(**{k: v for k, v in generate_kwargs.items() if k != "generation_config"})
-    if unused:
+    kwargs = {k: v for k, v in generate_kwargs.items() if k != "generation_config"}
+    config, model_kwargs = model._prepare_generation_config(generate_kwargs.get("generation_config"), **kwargs)
+    if model_kwargs:
         return None
-    defaults = GenerationConfig().to_dict()
+    defaults = config._get_default_generation_params()
     for key, value in config.to_dict().items():
-        default = defaults.get(key, value)
-        neutral = value == default or (not value and not default) or _NEUTRAL.get(key, object()) == value
-        if key not in _FREE_FIELDS and not neutral:
-            return None
-    if config.do_sample or (config.num_beams or 1) != 1 or config.use_cache is False:
+        if key in _FREE_FIELDS or value is None or value == defaults.get(key, object()):
+            continue
+        if _NEUTRAL.get(key, object()) == value or (value is False and key in _FLAGS):
+            continue
+        return None
+    if config.do_sample or config.num_beams != 1 or not config.use_cache:
         return None
     if config.cache_implementation != "static" or getattr(config, "disable_compile", False):
         return None
     if config.max_new_tokens is not None:
         max_new = config.max_new_tokens
+    elif "max_length" in kwargs:
+        max_new = config.max_length - prompt_length
     else:
-        max_new = (config.max_length or GenerationConfig().max_length) - prompt_length
+        return None  # the default length: transformers' own rules for it (prompt embeddings, position limits)
     if max_new < 1:
         return None  # transformers' own error/warning path
     eos = config.eos_token_id
     eos = () if eos is None else tuple(int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]))
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
-    min_new = max(config.min_new_tokens or 0, (config.min_length or 0) - prompt_length)
+    # transformers: `min_new_tokens` (when set) wins over `min_length`, which counts the prompt
+    min_new = config.min_new_tokens if config.min_new_tokens is not None else (config.min_length or 0) - prompt_length
     return StaticGreedySettings(max_new, max(min_new, 0), eos, int(pad), bool(config.return_dict_in_generate))
 
 
 class _State:
     """The preallocated tensors one decoding step reads and writes (fixed addresses: a captured graph uses them)."""
 
-    def __init__(self, batch: int, cache_length: int, max_new: int, num_eos: int, device: torch.device):
+    def __init__(self, batch: int, cache_length: int, num_eos: int, device: torch.device):
         long = dict(dtype=torch.long, device=device)
         self.token = torch.zeros(batch, 1, **long)  # the last token, fed to the next step
         self.mask = torch.zeros(batch, cache_length, **long)  # the attention mask over the whole cache
         self.position = torch.zeros(batch, 1, **long)  # the RoPE position of the last token
         self.slot = torch.zeros(1, **long)  # the cache slot of the last token
         self.step = torch.zeros(1, **long)  # how many tokens were generated
-        self.tokens = torch.zeros(batch, max_new, **long)  # the generated tokens
+        # the generated tokens (as long as the cache: their number then changes no shape, so no recompile)
+        self.tokens = torch.zeros(batch, cache_length, **long)
         self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
         self.all_finished = torch.zeros(1, dtype=torch.bool, device=device)
         self.eos = torch.zeros(max(num_eos, 1), **long)
@@ -186,7 +214,7 @@ class StaticGreedyDecoder:
         # The weights' addresses are part of the key: a captured graph reads them, so weights replaced (not updated
         # in place) or moved make a new graph.
         weights = tuple(p.data_ptr() for p in self.llm.parameters())
-        key = (batch, cache_length, settings.max_new_tokens, len(settings.eos_token_ids), dtype, device, weights)
+        key = (batch, cache_length, len(settings.eos_token_ids), dtype, device, weights)
         self.num_eos = len(settings.eos_token_ids)
         if key == self.key and self.cache is not None:
             # Only the lengths: the prefill overwrites the prompt's slots and the mask hides every slot after the
@@ -199,7 +227,7 @@ class StaticGreedyDecoder:
             self.state.mask.zero_()
             return
         self.graph = None  # frees the old graph's memory pool before the new state is allocated
-        self.key, self.state = key, _State(batch, cache_length, settings.max_new_tokens, self.num_eos, device)
+        self.key, self.state = key, _State(batch, cache_length, self.num_eos, device)
         self.cache = StaticCache(config=self.llm.config, max_cache_len=cache_length)
         if device.type == "cuda" and self.compiled is None:
             self.compiled = torch.compile(
@@ -214,7 +242,7 @@ class StaticGreedyDecoder:
         with torch.cuda.stream(stream):
             try:
                 self.compiled(self.state, self.cache)
-            except Exception as error:  # any compiler failure: keep decoding, eagerly
+            except torch._dynamo.exc.TorchDynamoException as error:  # raised while compiling, before the step ran
                 if self.compiled == self._decode_step:
                     raise
                 warnings.warn(

@@ -4,7 +4,7 @@ decoding step compiles to one graph (fullgraph) with the same tokens."""
 
 import pytest
 import torch
-from transformers import LogitsProcessorList, MinNewTokensLengthLogitsProcessor
+from transformers import GenerationConfig, LogitsProcessorList, MinNewTokensLengthLogitsProcessor
 
 from groundvlm.modeling.static_greedy import StaticGreedyDecoder, static_greedy_settings
 from tests._groma_tiny import tiny_groma_left_padded_batch
@@ -129,3 +129,46 @@ def test_replaced_weights_rebuild_the_decoding_state(setup):
         assert decoder.state is not state and torch.equal(again, first)
     finally:
         head.weight.data = original
+
+
+def test_merged_config_as_transformers_merges_it(setup):
+    model, inputs = setup
+    length = inputs["input_ids"].shape[1]
+    # No length given: transformers' own default-length rules (its loop), same output either way.
+    assert static_greedy_settings(model, {}, length) is None
+    assert torch.equal(model.generate(**inputs), model.generate(**inputs, static_greedy=False))
+    # `min_new_tokens` wins over `min_length` (which counts the prompt), as in transformers.
+    reference = model.generate(**inputs, do_sample=False, static_greedy=False, max_new_tokens=8)
+    eos = [int(reference[0, length + 1]), int(reference[1, length + 2])]
+    ours, theirs = both(model, inputs, max_new_tokens=8, min_new_tokens=1, min_length=length + 6, eos_token_id=eos)
+    assert torch.equal(ours, theirs)
+    # A passed generation_config is filled from the model's own (its eos here), as transformers fills it.
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = eos[0]
+    try:
+        passed = GenerationConfig(max_new_tokens=8, cache_implementation="static")
+        ours, theirs = both(model, inputs, generation_config=passed)
+        assert torch.equal(ours, theirs)
+    finally:
+        model.generation_config.eos_token_id = original
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("forced_eos_token_id", 0),
+        ("max_time", 0.0),
+        ("guidance_scale", 0.0),
+        ("repetition_penalty", 0.0),
+        ("bad_words_ids", []),
+        ("sequence_bias", {}),
+    ],
+)
+def test_model_config_fields_that_act_keep_transformers_loop(setup, field, value):
+    model, inputs = setup
+    original = getattr(model.generation_config, field)
+    setattr(model.generation_config, field, value)
+    try:
+        assert static_greedy_settings(model, {"max_new_tokens": 4}, inputs["input_ids"].shape[1]) is None
+    finally:
+        setattr(model.generation_config, field, original)
