@@ -259,7 +259,7 @@ def stages(args: argparse.Namespace) -> list[tuple[str, dict, int]]:
 def probe(args: argparse.Namespace) -> dict:
     """Fine-tune `args.lm` on lookups of the form the arguments give (or through the `--curriculum`'s forms); the
     held-out accuracy curve on the (last) form."""
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     plan = stages(args)
 
     def form(settings: dict, **override) -> Callable:
@@ -287,6 +287,7 @@ def probe(args: argparse.Namespace) -> dict:
     optimizer, schedule = fresh_optimizer()
     settings = (
         "lm",
+        "seed",
         "random_init",
         "hidden_size",
         "num_hidden_layers",
@@ -314,7 +315,7 @@ def probe(args: argparse.Namespace) -> dict:
         whole = functools.partial(random.Random.choice, seq=corpus)
     elif args.repeat_mix:
         whole = repeat_text
-    rng, t0 = random.Random(0), time.time()
+    rng, t0 = random.Random(args.seed), time.time()
     curve = [[0, accuracy(model, tok, args.eval_n, held_out), None]]
     copy_curve = [[0, copy_accuracy(model, tok, args.eval_n)]] if args.repeat_mix else None
     # the induction-shaped question (no "is"), held out, when training asks it
@@ -384,6 +385,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--hidden-size", type=int, default=None, help="with --random-init: this width")
     parser.add_argument("--num-hidden-layers", type=int, default=None, help="with --random-init: this depth")
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="initialisation and training texts (the held-out lookups stay fixed)"
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps (then constant)")
     parser.add_argument("--batch-size", type=int, default=64)

@@ -298,3 +298,13 @@ def test_restart_per_stage_builds_a_fresh_optimizer_at_each_stage(tmp_path, tiny
     assert len(built) == 1
     result = probe.main([*args, "--restart-per-stage"])
     assert len(built) == 1 + 3 and result["restart_per_stage"] is True
+
+
+def test_seed_changes_the_training_texts_not_the_held_out_lookups(tmp_path, tiny_lm):
+    argv = ["--lm", str(tmp_path / "lm"), "--steps", "2", "--batch-size", "4", "--eval-every", "2", "--eval-n", "5",
+            "--max-items", "3"]  # fmt: skip
+    runs = [probe.main([*argv, "--seed", str(seed)]) for seed in (0, 1, 0)]
+    assert [r["seed"] for r in runs] == [0, 1, 0]
+    assert runs[0]["accuracy_curve"][0] == runs[1]["accuracy_curve"][0]  # step 0: the same model, the same lookups
+    assert runs[0]["accuracy_curve"] == runs[2]["accuracy_curve"]  # a seed reproduces its run
+    assert runs[0]["accuracy_curve"][-1][2] != runs[1]["accuracy_curve"][-1][2]  # other texts: another loss
