@@ -172,3 +172,19 @@ def test_model_config_fields_that_act_keep_transformers_loop(setup, field, value
         assert static_greedy_settings(model, {"max_new_tokens": 4}, inputs["input_ids"].shape[1]) is None
     finally:
         setattr(model.generation_config, field, original)
+
+
+def test_step_tuning_benchmark_smoke(tmp_path, monkeypatch):
+    """benchmarks/greedy_step_tuning.py on a tiny Llama on the CPU: one JSON line per (options, batch)."""
+    import json
+
+    from tests._benchmarks import load_benchmark
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    tuning = load_benchmark("greedy_step_tuning")
+    tuning.main(["--tiny", "--batch-sizes", "1", "2", "--new-tokens", "6", "--repeats", "1", "--options", "default"])
+    rows = [json.loads(line) for line in (tmp_path / "greedy_step_tuning.jsonl").read_text().splitlines()]
+    assert [(r["options"], r["batch"]) for r in rows] == [("default", 1), ("default", 2)]
+    # (the step time is a difference of two timings: on a busy CPU it may come out at any sign, so not checked)
+    assert all(r["device"] == "cpu" and r["generate_tokens_per_s_incl_prefill"][0] > 0 for r in rows)
+    assert all({"step_ms", "prefill_ms", "compile_s", "roofline_fraction_b1"} <= set(r) for r in rows)
