@@ -7,9 +7,9 @@
 # Source: the committed caption VL-LLM recipes/toy_checkpoints/vlm-caption (built on gpu-small toy assets). Targets:
 # the gpu-small toy LMs lm-opt-base (256x4, same tokenizer as the source) and lm-t5 (128, 2+2 layers, T5 tokenizer),
 # built here by the first run process of each transfer (the others wait on the build lock). tokenizer-opt comes with
-# the carried cache (built from the same corpus as the source's); tokenizer-t5 is built here (~10 s).
+# a carried cache or is built here first (the same corpus as the source's); tokenizer-t5 is built here (~10 s).
 #
-#   device call, repo root, carry [".whl", "runs/cache/toyworld/gpu-small"]:
+#   device call, repo root, carry [".whl"] (and "runs/cache/toyworld/gpu-small" if it exists):
 #     GIT_COMMIT=<sha> bash benchmarks/vpgtrans_gpu.sh
 #   results -> $OUT (else runs/vpgtrans/gpu_results): results.json results.md fig7_size.png fig7_type.png logs.tar.gz
 #
@@ -38,6 +38,13 @@ if ! python3 -c "import trl, evaluate" 2>/dev/null; then  # the device image lac
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 stamp "packages ready"
+# The source's tokenizer (gpu-small tokenizer-opt, ~10 s to build) when no carried cache brings it: a fresh device
+# machine has none, and the CPU side cannot build the gpu-small preset.
+if [ ! -d "$GROUNDVLM_CACHE/toyworld/gpu-small/tokenizer-opt" ]; then
+  python3 -m groundvlm.recipes.toyworld build --preset gpu-small --only tokenizer-opt > "$WORK/logs/tokenizer-opt.log" 2>&1 \
+    || { tail -20 "$WORK/logs/tokenizer-opt.log"; exit 1; }
+  stamp "tokenizer-opt built"
+fi
 
 # The converter's SGD steps: the reference pairs ~1M captions in batches of 4096 (~1200 steps over its 5 epochs);
 # the toy's 16000 captions (the training images' captions) at 4096 would give 20 steps, so batches of 256 (315 steps;
