@@ -17,7 +17,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from groundvlm.modeling.static_greedy import StaticGreedyDecoder, StaticGreedySettings, cache_kwarg_of  # noqa: E402
+from groundvlm.modeling.static_greedy import StaticGreedyDecoder, StaticGreedySettings  # noqa: E402
 
 OPTIONS = {
     "default": None,
@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     print(f"built in {time.perf_counter() - start:.1f} s; {weights / 1e9:.2f} GB read per step", flush=True)
     for name in args.options:
         for batch in args.batch_sizes:
-            decoder = StaticGreedyDecoder(llm, cache_kwarg_of(llm), compile_options=OPTIONS[name])
+            decoder = StaticGreedyDecoder(llm, compile_options=OPTIONS[name])
             embeds = torch.randn(batch, args.prompt, config.hidden_size, device=device, dtype=torch.bfloat16)
             mask = torch.ones(batch, args.prompt, dtype=torch.long, device=device)
             settings = StaticGreedySettings(args.new_tokens, args.new_tokens, (2,), 0, False)

@@ -1271,15 +1271,14 @@ def markdown(report: dict) -> str:
         model = f"{r['model']}, {r['vision_mode']} vision" if "vision" in r else r["model"]
         model += f", {r['cache']} cache"
         if r.get("decoding_loop") == "groma greedy":
-            model += ", Groma's greedy loop"
-        elif "vision" in r:
-            model += ", transformers' loop"
-        if r.get("decoding_loop") == "groma greedy":
-            pass  # its own stop check: never blocking
-        elif r.get("stop_check_observed") == "deferred":
-            model += ", deferred stop check"
-        elif r.get("stop_check") == "per token":
-            model += ", per-token stop check"
+            model += ", Groma's greedy loop"  # its own stop check, never blocking: nothing more to say
+        else:
+            if "vision" in r:
+                model += ", transformers' loop"
+            if r.get("stop_check_observed") == "deferred":
+                model += ", deferred stop check"
+            elif r.get("stop_check") == "per token":
+                model += ", per-token stop check"
         lines.append(
             f"| {model} | {r['batch_size']} | {visual} | {r['prompt_tokens']} | {r['ttft_ms']:.1f} | "
             f"{r['decode_tokens_per_s']:.1f} | {r['decode_tokens_per_s_total']:.1f} | {fmt(r['peak_memory_gib'], '.2f')} | "

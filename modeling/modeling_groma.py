@@ -722,7 +722,7 @@ class GromaForConditionalGeneration(GromaPreTrainedModel, GenerationMixin):
         with `return_dict_in_generate`, a `GenerateDecoderOnlyOutput` with the ids and the cache."""
         decoder = self.__dict__.get("_static_greedy_decoder")
         if decoder is None or decoder.llm is not self.language_model:
-            decoder = StaticGreedyDecoder(self.language_model, CACHE_KWARG)
+            decoder = StaticGreedyDecoder(self.language_model)
             self.__dict__["_static_greedy_decoder"] = decoder  # not a submodule: nothing to save or move
         tokens, cache = decoder.generate(prepared.inputs_embeds, prepared.attention_mask, settings)
         sequences = torch.cat((prepared.input_ids, tokens), dim=1)

@@ -2,14 +2,14 @@
 
 transformers' `generate` with a static cache compiles the model's forward and replays it as a CUDA graph, but every
 token still passes through its Python loop (input preparation, logits processors, stopping criteria, `torch.cat` of
-the ids): at batch 1 on a 7B LLM that host work takes longer than the GPU's step, so decoding runs at the speed of
-the host (the same tokens/s on an H100 and an H200). Here one decoding step — embed the last token, mark its slot
+the ids). Here one decoding step — embed the last token, mark its slot
 in the attention mask, the LLM forward into the static cache, the greedy choice, the stop bookkeeping — reads and
 writes only preallocated tensors, so on CUDA it is compiled once (`torch.compile`, no CUDA graphs of its own) and
 captured whole into one `torch.cuda.CUDAGraph`; each further token is one `replay()`. Whether every sequence has
 stopped is copied to pinned host memory without blocking and read when that copy has landed, so the host never
 waits on the GPU inside the loop (at most a few extra steps are run after the last sequence stops; their tokens are
-dropped).
+dropped). Measured on a 7B shape (benchmarks/RESULTS.md, "Groma's own greedy loop"): the same tokens, +2.6 % decode
+at batch 1 on an H100 (the step itself is GPU-bound there), 1.4x on the CPU's tiny config (host-bound).
 
 What it covers is what `generate` does for greedy search with a static cache and only the length/stop settings
 (`max_new_tokens`/`max_length`, `min_new_tokens`/`min_length`, `eos_token_id`, `pad_token_id`): the same tokens, the
@@ -169,8 +169,8 @@ class StaticGreedyDecoder:
     <cache keyword>=StaticCache, logits_to_keep=1)`, as a transformers `*ForCausalLM`). Keeps the state, the
     compiled step and the captured graph of the last (batch, cache length) between calls."""
 
-    def __init__(self, llm: torch.nn.Module, cache_kwarg: str, warmup_steps: int = 2, compile_options=None):
-        self.llm, self.cache_kwarg, self.warmup_steps = llm, cache_kwarg, warmup_steps
+    def __init__(self, llm: torch.nn.Module, warmup_steps: int = 2, compile_options=None):
+        self.llm, self.cache_kwarg, self.warmup_steps = llm, cache_kwarg_of(llm), warmup_steps
         self.compile_options = compile_options  # inductor options for the step (`torch.compile(options=...)`)
         self.key = self.state = self.cache = self.graph = None
         self.compiled = None
@@ -252,9 +252,9 @@ class StaticGreedyDecoder:
                 self.compiled(self.state, self.cache)
         torch.cuda.current_stream().wait_stream(stream)
 
-    def _capture(self) -> bool:
-        """Capture one step into a CUDA graph (records, runs nothing); False (and no graph from then on) if the step
-        cannot be captured."""
+    def _capture(self) -> None:
+        """Capture one step into a CUDA graph (records, runs nothing); if the step cannot be captured, no graph from
+        then on (compiled steps without one)."""
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
@@ -264,9 +264,8 @@ class StaticGreedyDecoder:
                 f"static greedy decoding: the step cannot be captured in a CUDA graph ({error!r})", stacklevel=3
             )
             self.capturable = False
-            return False
+            return
         self.graph = graph
-        return True
 
     # ----------------------------------------------------------------------------------------- generate
     @torch.no_grad()
@@ -332,7 +331,7 @@ class StaticGreedyDecoder:
                 if self.num_eos and bool(state.all_finished):
                     break
             return done
-        pending: deque = deque()  # (event, pinned flag, steps done when it was recorded)
+        pending: deque = deque()  # (event, pinned copy of `all_finished`) per step, oldest first
         while done < max_new:
             if self.graph is None and done > self.warmup_steps and self.capturable:
                 self._capture()  # records without running: replayed below for this step
@@ -347,10 +346,9 @@ class StaticGreedyDecoder:
                 flag.copy_(state.all_finished, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
-                pending.append((event, flag, done))
+                pending.append((event, flag))
                 while pending and pending[0][0].query():
-                    _, landed, at = pending.popleft()
-                    if bool(landed):
+                    if bool(pending.popleft()[1]):
                         return done
         return done
 
