@@ -22,6 +22,13 @@ from groundvlm.modeling.static_greedy import StaticGreedyDecoder, StaticGreedySe
 OPTIONS = {
     "default": None,
     "coordinate_descent_tuning": {"coordinate_descent_tuning": True},
+    # inductor benchmarks its Triton matmul templates against cuBLAS for each of the step's few GEMV shapes
+    "max_autotune": {"max_autotune": True, "max_autotune_gemm_backends": "ATEN,TRITON"},
+    "max_autotune+coordinate_descent": {
+        "max_autotune": True,
+        "max_autotune_gemm_backends": "ATEN,TRITON",
+        "coordinate_descent_tuning": True,
+    },
 }
 
 
@@ -32,6 +39,14 @@ def main(argv=None) -> None:
     parser.add_argument("--prompt", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--options", nargs="+", default=list(OPTIONS))
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after the timings of the first option: a CUDA profile of STEPS graph replays, the "
+        "kernels that take the step's time, to $OUT/greedy_step_profile.json",
+    )
     parser.add_argument("--tiny", action="store_true", help="a tiny Llama on the CPU: a smoke run of this script")
     args = parser.parse_args(argv)
     out = Path(os.environ.get("OUT", ".")) / "greedy_step_tuning.jsonl"
@@ -80,8 +95,39 @@ def main(argv=None) -> None:
             print(json.dumps(row), flush=True)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+            if args.profile and name == args.options[0] and decoder.graph is not None:
+                profile_graph(decoder, args.profile, batch, step_ms, out.with_name("greedy_step_profile.json"))
             del decoder
-            torch.cuda.empty_cache()
+            torch._dynamo.reset()  # every option compiles afresh (and no recompile limit is reached)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+
+
+def profile_graph(decoder: StaticGreedyDecoder, steps: int, batch: int, step_ms: float, path: Path) -> None:
+    """The kernels of `steps` replays of the captured step (CUPTI sees the kernels inside a graph): time and launches
+    per step for each kernel name, biggest first, and how much of the step is kernel time at all."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            decoder.graph.replay()
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if total > 0:
+            rows.append({"kernel": event.key[:160], "us_per_step": round(total / steps, 2),
+                         "launches_per_step": round(event.count / steps, 2)})  # fmt: skip
+    rows.sort(key=lambda r: -r["us_per_step"])
+    kernel_us = sum(r["us_per_step"] for r in rows)
+    report = {"batch": batch, "steps": steps, "step_ms_timed": step_ms, "kernel_ms_per_step": round(kernel_us / 1e3, 3),
+              "launches_per_step": round(sum(r["launches_per_step"] for r in rows), 1), "kernels": rows[:40]}  # fmt: skip
+    print(json.dumps({k: v for k, v in report.items() if k != "kernels"}), flush=True)
+    for row in rows[:15]:
+        print(f"  {row['us_per_step']:9.1f} us  x{row['launches_per_step']:6.1f}  {row['kernel']}", flush=True)
+    previous = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps(previous + [report], indent=1))
 
 
 if __name__ == "__main__":
