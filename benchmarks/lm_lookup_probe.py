@@ -43,6 +43,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from groundvlm.recipes.toyworld.objects import COLOURS, SHAPES
 
 NAMES = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
+# One-token labels for two-word names (`word_labels`): ten words the toy LLaMA tokenizer keeps whole ("▁answer") that
+# name no colour or shape — as Groma's `<r_j>`, the label is one token, the key (a name) two.
+WORD_LABELS = ["answer", "check", "dotted", "image", "left", "located", "many", "object", "shape", "there"]
 
 
 def lookup_text(
@@ -55,6 +58,7 @@ def lookup_text(
     single_token: bool = False,
     box_labels: bool = False,
     digit_labels: bool = False,
+    word_labels: bool = False,
 ) -> tuple[str, str, int]:
     """(context and question, answer label, number of items). With `queries` > 1 the text asks that many distinct
     items (as many as there are, at most), the earlier ones answered: "... . the blue circle is 7. the red star is".
@@ -65,7 +69,9 @@ def lookup_text(
     `box_labels`: the labels are PIN grid boxes and the question is PIN's prompt, "a red star [14,28,70,112] a blue
     circle [0,7,35,56]. In the image is a blue circle located at" -> " [0,7,35,56]" (several tokens; `copula_free`
     drops "located at"). `digit_labels` with `single_token`: one-token names, digit labels ("star 7 circle 3. the circle
-    is 3"; the toy LLaMA tokenizer splits " 3" into "▁", "3")."""
+    is 3"; the toy LLaMA tokenizer splits " 3" into "▁", "3"). `word_labels` with two-word names: one-token word labels
+    ("answer a red star dotted a blue circle. the blue circle is dotted"), the shape of Groma's `<r_j><region>`
+    lookup (a one-token label, a key the question names in two words)."""
     if box_labels:
         return _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free)
     verb = "" if rng.random() < copula_free else " is"
@@ -75,7 +81,8 @@ def lookup_text(
         labels = rng.sample(range(10), k) if digit_labels else rng.sample(list(COLOURS), k)
         pattern = "{name} {label}" if label_last else "{label} {name}"
     else:
-        items, labels = rng.sample(NAMES, k), rng.sample(range(10), k)
+        items = rng.sample(NAMES, k)
+        labels = rng.sample(WORD_LABELS, k) if word_labels else rng.sample(range(10), k)
         pattern = "a {name} {label}" if label_last else "{label} a {name}"
     asked = rng.sample(range(k), min(queries, k))
     context = " ".join(pattern.format(label=label, name=name) for label, name in zip(labels, items))
@@ -233,6 +240,7 @@ FORMS = {
     "one-token": {"single_token": True, "box_labels": False, "copula_free": 0.0},
     "one-token-digits": {"single_token": True, "digit_labels": True, "box_labels": False, "copula_free": 0.0},
     "names": {"single_token": False, "box_labels": False, "copula_free": 0.0},
+    "names-word": {"single_token": False, "word_labels": True, "box_labels": False, "copula_free": 0.0},
     "boxes": {"single_token": False, "box_labels": True, "copula_free": 0.0},
 }
 
@@ -345,6 +353,8 @@ def probe(args: argparse.Namespace) -> dict:
         stage_held_out = form(stage_form, queries=1)  # the stage's own form, with or without "is"
         one_token_labels = stage_form["single_token"] and not stage_form.get("digit_labels")
         label_words = [f"▁{colour}" for colour in COLOURS] if one_token_labels else None
+        if stage_form.get("word_labels"):
+            label_words = [f"▁{word}" for word in WORD_LABELS]
         for stage_step in range(1, stage_steps + 1):
             step += 1
             inputs = batch(tok, rng, args.batch_size, args.answer_only, draw, whole, mix, label_words)

@@ -308,3 +308,23 @@ def test_seed_changes_the_training_texts_not_the_held_out_lookups(tmp_path, tiny
     assert runs[0]["accuracy_curve"][0] == runs[1]["accuracy_curve"][0]  # step 0: the same model, the same lookups
     assert runs[0]["accuracy_curve"] == runs[2]["accuracy_curve"]  # a seed reproduces its run
     assert runs[0]["accuracy_curve"][-1][2] != runs[1]["accuracy_curve"][-1][2]  # other texts: another loss
+
+
+def test_two_word_names_with_one_token_word_labels():
+    """The `names-word` form: Groma's lookup shape — each label one token of the toy tokenizer, each key a two-word
+    name; the answer-only batch keeps exactly those label tokens."""
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    rng = random.Random(6)
+    for _ in range(20):
+        question, answer, k = probe.lookup_text(rng, max_items=4, word_labels=True)
+        words = question.split(". the ")[0].split(" ")
+        pairs = {" ".join(words[i + 2 : i + 4]): words[i] for i in range(0, len(words), 4)}  # "dotted a red star"
+        assert len(pairs) == k and set(pairs.values()) <= set(probe.WORD_LABELS)
+        assert answer == " " + pairs[question.split(". the ")[1].removesuffix(" is")]
+        assert len(tok(question + answer).input_ids) == len(tok(question).input_ids) + 1  # one label token
+    tok.pad_token, tok.padding_side = tok.eos_token, "right"
+    draw = functools.partial(probe.lookup_text, max_items=4, word_labels=True)
+    words = [f"▁{word}" for word in probe.WORD_LABELS]
+    batch = probe.batch(tok, random.Random(2), 4, answer_only=True, draw=draw, label_words=words)
+    assert (batch["labels"] != -100).sum(1).tolist() == [1, 1, 1, 1]
+    assert probe.FORMS["names-word"]["word_labels"] is True
