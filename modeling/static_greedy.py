@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import StaticCache
+from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
 # `generate` arguments that only set what the loop implements (anything else keeps transformers' loop).
 _PLAIN_GENERATE_KWARGS = {
@@ -289,14 +290,17 @@ class StaticGreedyDecoder:
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
         # Prefill (eager, as transformers' prefill): the prompt into the cache, the first token.
-        out = self.llm(
-            inputs_embeds=inputs_embeds,
-            attention_mask=state.mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self.cache_kwarg: cache},
-        )
+        if all(type(layer) is StaticLayer for layer in cache.layers):
+            out = self._compact_prefill(inputs_embeds, attention_mask, positions)
+        else:  # e.g. sliding-window layers: the prompt through the static cache itself
+            out = self.llm(
+                inputs_embeds=inputs_embeds,
+                attention_mask=state.mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self.cache_kwarg: cache},
+            )
         self._choose(out.logits[:, -1].float(), state)
         state.position.copy_(positions[:, -1:])
         state.slot.fill_(prompt_length - 1)
@@ -316,6 +320,34 @@ class StaticGreedyDecoder:
             layer.cumulative_length.fill_(prompt_length + length - 1)
         self.key = self.cache = self.graph = None  # the caller owns that cache now: the next call builds its own
         return tokens, handed
+
+    def _compact_prefill(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor):
+        """The prefill over the prompt's unmasked tokens only, written into the static cache at their own slots.
+
+        Through the static cache the prefill attends over the whole cache length with an explicit mask, which keeps
+        SDPA off its causal (flash) kernel — and Groma's prompt always holds masked slots (the region pairs beyond
+        the selected regions). Here the unmasked tokens of each row are gathered to the right end of a shorter
+        sequence (rows with fewer keep left padding), positions as before; each layer's keys and values go into the
+        static cache at the slots they came from and attention sees only the prompt's own, so an unpadded row runs
+        the causal kernel over fewer tokens. The cache ends as the full prefill leaves it on every unmasked slot
+        (masked slots are never read); the decoding steps are unchanged."""
+        batch, length = attention_mask.shape
+        kept = int(attention_mask.sum(1).max())
+        # per row: the masked slots first, then the unmasked in order (a stable sort); keep the last `kept`
+        slots = torch.sort(attention_mask.long(), dim=1, stable=True).indices[:, length - kept :]
+        embeds = inputs_embeds.gather(1, slots[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
+        cache = Cache(layers=[_WriteIntoStatic(layer, slots) for layer in self.cache.layers])
+        out = self.llm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask.gather(1, slots),
+            position_ids=positions.gather(1, slots),
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_kwarg: cache},
+        )
+        for layer in self.cache.layers:
+            layer.cumulative_length.fill_(length)
+        return out
 
     def _decode(self, max_new: int) -> int:
         """Run decoding steps until `max_new` tokens or every sequence stopped; returns the steps taken (incl. the
@@ -351,6 +383,23 @@ class StaticGreedyDecoder:
                     if bool(pending.popleft()[1]):
                         return done
         return done
+
+
+class _WriteIntoStatic(DynamicLayer):
+    """A prefill-only cache layer: each `update` scatters the prompt's keys and values into `target` (a static
+    layer) at `slots` (batch, prompt tokens) and returns them as they are — attention sees the prompt alone, and no
+    second copy is kept (it stays uninitialised: no past tokens, a mask over the prompt only)."""
+
+    def __init__(self, target: StaticLayer, slots: torch.Tensor):
+        super().__init__()
+        self.target, self.slots = target, slots
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.target.is_initialized:
+            self.target.lazy_initialization(key_states, value_states)
+        for stored, new in ((self.target.keys, key_states), (self.target.values, value_states)):
+            stored.scatter_(2, self.slots[:, None, :, None].expand_as(new), new.to(stored.dtype))
+        return key_states, value_states
 
 
 def cache_kwarg_of(llm: torch.nn.Module) -> str:

@@ -188,3 +188,60 @@ def test_step_tuning_benchmark_smoke(tmp_path, monkeypatch):
     # (the step time is a difference of two timings: on a busy CPU it may come out at any sign, so not checked)
     assert all(r["device"] == "cpu" and r["generate_tokens_per_s_incl_prefill"][0] > 0 for r in rows)
     assert all({"step_ms", "prefill_ms", "compile_s", "roofline_fraction_b1"} <= set(r) for r in rows)
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=50)  # fmt: skip
+    config._attn_implementation = "sdpa"
+    return LlamaForCausalLM(config).eval()
+
+
+def test_compacted_prefill_fills_the_cache_as_the_full_prefill_and_runs_causal_sdpa(monkeypatch):
+    """The prefill runs over the unmasked tokens only (Groma's prompt masks its unused region pairs): the first
+    token's logits and every unmasked cache slot equal the prefill through the whole static cache, and a row with
+    holes but no left padding reaches SDPA without a mask (its causal kernel)."""
+    from transformers import StaticCache
+
+    from groundvlm.modeling.static_greedy import StaticGreedySettings, cache_kwarg_of
+
+    llm = _tiny_llama()
+    embeds = torch.randn(2, 12, 32)
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[0, 4:7] = 0  # holes (unused region pairs)
+    mask[1, :3] = 0  # left padding
+    mask[1, 8] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+    full_mask = torch.zeros(2, 128, dtype=torch.long)
+    full_mask[:, :12] = mask
+    full = StaticCache(config=llm.config, max_cache_len=128)
+    with torch.no_grad():
+        expected = llm(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1, **{cache_kwarg_of(llm): full}).logits[:, -1]  # fmt: skip
+    decoder = StaticGreedyDecoder(llm)
+    decoder._prepare(2, 128, StaticGreedySettings(4, 0, (), 0, False), embeds.dtype, embeds.device)
+    with torch.no_grad():
+        got = decoder._compact_prefill(embeds, mask, positions).logits[:, -1]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for ours, theirs in zip(decoder.cache.layers, full.layers):
+        assert int(ours.cumulative_length) == int(theirs.cumulative_length) == 12
+        for row in range(2):
+            used = mask[row].bool()
+            torch.testing.assert_close(ours.keys[row, :, :12][:, used], theirs.keys[row, :, :12][:, used])
+            torch.testing.assert_close(ours.values[row, :, :12][:, used], theirs.values[row, :, :12][:, used])
+
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, *args, **kwargs):
+        seen.append((key.shape[-2], attn_mask is None))
+        return sdpa(query, key, value, attn_mask, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    one = StaticGreedyDecoder(llm)
+    one.generate(embeds[:1], mask[:1], StaticGreedySettings(2, 2, (), 0, False))
+    assert seen[0] == (9, True)  # the prefill: 9 unmasked tokens, no explicit mask
