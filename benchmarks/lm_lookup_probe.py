@@ -46,6 +46,9 @@ NAMES = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
 # One-token labels for two-word names (`word_labels`): ten words the toy LLaMA tokenizer keeps whole ("▁answer") that
 # name no colour or shape — as Groma's `<r_j>`, the label is one token, the key (a name) two.
 WORD_LABELS = ["answer", "check", "dotted", "image", "left", "located", "many", "object", "shape", "there"]
+# One token per name (`fused_names`, added to the tokenizer): in the context each item is a single key position right
+# after its label, as Groma's `<r_j><region>` pair, while the question names it in two words.
+FUSED_NAMES = [f"<{name.replace(' ', '_')}>" for name in NAMES]
 
 
 def lookup_text(
@@ -59,6 +62,7 @@ def lookup_text(
     box_labels: bool = False,
     digit_labels: bool = False,
     word_labels: bool = False,
+    fused_names: bool = False,
 ) -> tuple[str, str, int]:
     """(context and question, answer label, number of items). With `queries` > 1 the text asks that many distinct
     items (as many as there are, at most), the earlier ones answered: "... . the blue circle is 7. the red star is".
@@ -71,7 +75,9 @@ def lookup_text(
     drops "located at"). `digit_labels` with `single_token`: one-token names, digit labels ("star 7 circle 3. the circle
     is 3"; the toy LLaMA tokenizer splits " 3" into "▁", "3"). `word_labels` with two-word names: one-token word labels
     ("answer a red star dotted a blue circle. the blue circle is dotted"), the shape of Groma's `<r_j><region>`
-    lookup (a one-token label, a key the question names in two words)."""
+    lookup (a one-token label, a key the question names in two words). `fused_names` with `word_labels`: each item
+    of the context is one added token ("answer<red_star> dotted<blue_circle>. the blue circle is dotted"): the key
+    is one position right after its label — Groma's `<r_j><region>` pair, the region feature as one position."""
     if box_labels:
         return _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free)
     verb = "" if rng.random() < copula_free else " is"
@@ -84,8 +90,11 @@ def lookup_text(
         items = rng.sample(NAMES, k)
         labels = rng.sample(WORD_LABELS, k) if word_labels else rng.sample(range(10), k)
         pattern = "a {name} {label}" if label_last else "{label} a {name}"
+    if fused_names:  # no space before an added token (the tokenizer would add a lone "▁"), as `<r_j><region>`
+        pattern = "{name} {label}" if label_last else "{label}{name}"
     asked = rng.sample(range(k), min(queries, k))
-    context = " ".join(pattern.format(label=label, name=name) for label, name in zip(labels, items))
+    keys = [f"<{name.replace(' ', '_')}>" for name in items] if fused_names else items
+    context = " ".join(pattern.format(label=label, name=name) for label, name in zip(labels, keys))
     answered = "".join(f". the {items[q]}{verb} {labels[q]}" for q in asked[:-1])
     return f"{context}{answered}. the {items[asked[-1]]}{verb}", f" {labels[asked[-1]]}", k
 
@@ -241,6 +250,8 @@ FORMS = {
     "one-token-digits": {"single_token": True, "digit_labels": True, "box_labels": False, "copula_free": 0.0},
     "names": {"single_token": False, "box_labels": False, "copula_free": 0.0},
     "names-word": {"single_token": False, "word_labels": True, "box_labels": False, "copula_free": 0.0},
+    "fused-names": {"single_token": False, "word_labels": True, "fused_names": True, "box_labels": False,
+                    "copula_free": 0.0},  # fmt: skip
     "boxes": {"single_token": False, "box_labels": True, "copula_free": 0.0},
 }
 
@@ -285,6 +296,11 @@ def probe(args: argparse.Namespace) -> dict:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     model = load_lm(args.lm, args.random_init, args.hidden_size, args.num_hidden_layers).to(args.device)
+    if any(stage_form.get("fused_names") for _, stage_form, _ in plan):  # one new token per name, as Groma adds <r_j>
+        tok.add_tokens(FUSED_NAMES)
+        model.resize_token_embeddings(len(tok))
+        if args.save:
+            tok.save_pretrained(args.save)
 
     def fresh_optimizer():
         # AdamW with a linear warm-up over `args.warmup` steps, then a constant rate

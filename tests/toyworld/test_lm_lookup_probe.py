@@ -328,3 +328,21 @@ def test_two_word_names_with_one_token_word_labels():
     batch = probe.batch(tok, random.Random(2), 4, answer_only=True, draw=draw, label_words=words)
     assert (batch["labels"] != -100).sum(1).tolist() == [1, 1, 1, 1]
     assert probe.FORMS["names-word"]["word_labels"] is True
+
+
+def test_fused_names_put_each_key_in_one_added_token_right_after_its_label(tmp_path, tiny_lm):
+    """The `fused-names` form: label first, each item one added token right after its label (Groma's
+    `<r_j><region>`), the question in two words; a curriculum with it adds the tokens to the tokenizer and the LM."""
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    tok.add_tokens(probe.FUSED_NAMES)
+    rng = random.Random(3)
+    for _ in range(20):
+        question, answer, k = probe.lookup_text(rng, max_items=4, word_labels=True, fused_names=True)
+        tokens = tok.tokenize(question.split(". the ")[0])
+        assert len(tokens) == 2 * k and all(t in probe.FUSED_NAMES for t in tokens[1::2])  # label, key, label, key
+        pairs = {t[1:-1].replace("_", " "): label.removeprefix("▁") for label, t in zip(tokens[0::2], tokens[1::2])}
+        assert answer == " " + pairs[question.split(". the ")[1].removesuffix(" is")]
+    result = probe.main(["--lm", str(tiny_lm), "--curriculum", "one-token:2", "fused-names:2", "--eval-every", "2",
+                         "--eval-n", "4", "--batch-size", "4", "--max-items", "3", "--save", str(tmp_path / "saved")])  # fmt: skip
+    assert [row[1] for row in result["stage_accuracy_curve"]] == ["one-token", "fused-names"]
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "saved")) == len(tok)
