@@ -250,8 +250,13 @@ FORMS = {
     "one-token-digits": {"single_token": True, "digit_labels": True, "box_labels": False, "copula_free": 0.0},
     "names": {"single_token": False, "box_labels": False, "copula_free": 0.0},
     "names-word": {"single_token": False, "word_labels": True, "box_labels": False, "copula_free": 0.0},
-    "fused-names": {"single_token": False, "word_labels": True, "fused_names": True, "box_labels": False,
-                    "copula_free": 0.0},  # fmt: skip
+    "fused-names": {
+        "single_token": False,
+        "word_labels": True,
+        "fused_names": True,
+        "box_labels": False,
+        "copula_free": 0.0,
+    },  # fmt: skip
     "boxes": {"single_token": False, "box_labels": True, "copula_free": 0.0},
 }
 
