@@ -198,6 +198,20 @@ def lock_run_dir(run_dir: str | os.PathLike) -> None:
     _held_locks[str(path)] = handle
 
 
+def check_sharding_request(state: PartialState) -> None:
+    """Refuse an FSDP launch whose processes run on the CPU. accelerate (1.16) turns a launch config's
+    `distributed_type: FSDP` (`ACCELERATE_USE_FSDP=true` in the processes) into sharding only over accelerators; CPU
+    processes (`--use_cpu true`, or no GPU) would train plain data-parallel with every process holding the whole
+    model, and nothing would say so."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and state.device.type == "cpu":
+        raise RecipeError(
+            "the launch asks for FSDP (an accelerate config with distributed_type: FSDP, e.g. "
+            "recipes/accelerate_configs/fsdp.yaml), but the processes run on the CPU, where accelerate does not shard: "
+            "the run would be plain data parallelism. For data parallelism on the CPU launch with "
+            "recipes/accelerate_configs/cpu_2proc.yaml; for FSDP launch on GPUs without --use_cpu."
+        )
+
+
 def prepare_run_dir(output_dir: str | os.PathLike, *arg_dataclasses: Any) -> Path:
     """Create the run directory and record how the run was made.
 
@@ -217,6 +231,7 @@ def prepare_run_dir(output_dir: str | os.PathLike, *arg_dataclasses: Any) -> Pat
     run_dir = Path(output_dir)
     config = resolved_config(*arg_dataclasses)
     state = PartialState()
+    check_sharding_request(state)
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock_run_dir(run_dir)

@@ -216,3 +216,20 @@ def test_pin_results_are_written_by_the_main_process_only(tmp_path, monkeypatch)
     monkeypatch.setattr(pin_recipe, "PartialState", lambda: SimpleNamespace(is_main_process=False))
     pin_recipe.write_results(tmp_path, None, None)  # returns before it reads the arguments or the run
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fsdp_launch_on_cpu_processes_is_refused(tmp_path):
+    """accelerate shards only over accelerators: the FSDP config launched with CPU processes would train plain
+    data-parallel (checked: accelerate 1.16 reports MULTI_CPU and the 1-process loss curve). The recipe refuses it
+    with a message naming the configs to use."""
+    start = _tiny_groma_folder(tmp_path / "start")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "recipes" / "accelerate_configs" / "fsdp.yaml"), "--num_processes", "2", "--mixed_precision",
+               "no", "--num_cpu_threads_per_process", "1", "--main_process_port", str(_free_port()),
+               str(REPO / "recipes" / "groma.py"), "--stage", "align", "--model_name_or_path", str(start),
+               "--toy_train_scenes", "2", "--max_steps", "1", "--output_dir", str(tmp_path / "run"), *COMMON]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0
+    assert "asks for FSDP" in result.stdout + result.stderr and "cpu_2proc.yaml" in result.stdout + result.stderr
+    assert not (tmp_path / "run" / "align").exists()
