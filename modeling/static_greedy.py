@@ -290,9 +290,13 @@ class StaticGreedyDecoder:
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
         # Prefill (eager, as transformers' prefill): the prompt into the cache, the first token.
-        if all(type(layer) is StaticLayer for layer in cache.layers):
-            out = self._compact_prefill(inputs_embeds, attention_mask, positions)
-        else:  # e.g. sliding-window layers: the prompt through the static cache itself
+        # (one host read: how many tokens the longest row keeps, and whether every row ends unmasked)
+        kept, ends_unmasked = torch.stack((attention_mask.sum(1).max(), attention_mask[:, -1].min())).tolist()
+        if kept and ends_unmasked and all(type(layer) is StaticLayer for layer in cache.layers):
+            out = self._compact_prefill(inputs_embeds, attention_mask, positions, kept)
+        else:
+            # sliding-window layers; a masked last position (transformers reads the first token's logits there, the
+            # compacted prompt has no such position); an empty mask: the prompt through the static cache itself
             out = self.llm(
                 inputs_embeds=inputs_embeds,
                 attention_mask=state.mask,
@@ -321,7 +325,9 @@ class StaticGreedyDecoder:
         self.key = self.cache = self.graph = None  # the caller owns that cache now: the next call builds its own
         return tokens, handed
 
-    def _compact_prefill(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor):
+    def _compact_prefill(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, kept: int
+    ):
         """The prefill over the prompt's unmasked tokens only, written into the static cache at their own slots.
 
         Through the static cache the prefill attends over the whole cache length with an explicit mask, which keeps
@@ -330,9 +336,9 @@ class StaticGreedyDecoder:
         sequence (rows with fewer keep left padding), positions as before; each layer's keys and values go into the
         static cache at the slots they came from and attention sees only the prompt's own, so an unpadded row runs
         the causal kernel over fewer tokens. The cache ends as the full prefill leaves it on every unmasked slot
-        (masked slots are never read); the decoding steps are unchanged."""
-        batch, length = attention_mask.shape
-        kept = int(attention_mask.sum(1).max())
+        (masked slots are never read); the decoding steps are unchanged. `kept`: the most unmasked tokens of a row
+        (> 0); every row's last position must be unmasked (its logits give the first token)."""
+        length = attention_mask.shape[1]
         # per row: the masked slots first, then the unmasked in order (a stable sort); keep the last `kept`
         slots = torch.sort(attention_mask.long(), dim=1, stable=True).indices[:, length - kept :]
         embeds = inputs_embeds.gather(1, slots[..., None].expand(-1, -1, inputs_embeds.shape[-1]))

@@ -200,33 +200,59 @@ def _tiny_llama():
     return LlamaForCausalLM(config).eval()
 
 
-def test_compacted_prefill_fills_the_cache_as_the_full_prefill_and_runs_causal_sdpa(monkeypatch):
-    """The prefill runs over the unmasked tokens only (Groma's prompt masks its unused region pairs): the first
-    token's logits and every unmasked cache slot equal the prefill through the whole static cache, and a row with
-    holes but no left padding reaches SDPA without a mask (its causal kernel)."""
+def _full_prefill(llm, embeds, mask):
+    """The prefill through a static cache with the full-length mask (what the loop did before compacting): the
+    first token's logits and the cache."""
     from transformers import StaticCache
 
-    from groundvlm.modeling.static_greedy import StaticGreedySettings, cache_kwarg_of
+    from groundvlm.modeling.static_greedy import cache_kwarg_of
+
+    full_mask = torch.zeros(mask.shape[0], 128, dtype=torch.long)
+    full_mask[:, : mask.shape[1]] = mask
+    cache = StaticCache(config=llm.config, max_cache_len=128)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = llm(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, use_cache=True,
+                     logits_to_keep=1, **{cache_kwarg_of(llm): cache}).logits[:, -1]  # fmt: skip
+    return logits, cache
+
+
+def _sdpa_calls(monkeypatch) -> list:
+    """(key length, explicit mask given, is_causal) of every SDPA call from now on."""
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):
+        seen.append((key.shape[-2], attn_mask is not None, is_causal))
+        return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return seen
+
+
+@pytest.mark.parametrize("case", ["holes", "holes_and_left_padding"])
+def test_compacted_prefill_fills_the_cache_as_the_full_prefill(case, monkeypatch):
+    """The prefill runs over the unmasked tokens only (Groma's prompt masks its unused region pairs): the first
+    token's logits and every unmasked cache slot equal the prefill through the whole static cache; rows without
+    left padding reach SDPA's causal kernel (no explicit mask) over the unmasked tokens alone."""
+    from groundvlm.modeling.static_greedy import StaticGreedySettings
 
     llm = _tiny_llama()
     embeds = torch.randn(2, 12, 32)
     mask = torch.ones(2, 12, dtype=torch.long)
-    mask[0, 4:7] = 0  # holes (unused region pairs)
-    mask[1, :3] = 0  # left padding
-    mask[1, 8] = 0
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-
-    full_mask = torch.zeros(2, 128, dtype=torch.long)
-    full_mask[:, :12] = mask
-    full = StaticCache(config=llm.config, max_cache_len=128)
-    with torch.no_grad():
-        expected = llm(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, use_cache=True,
-                       logits_to_keep=1, **{cache_kwarg_of(llm): full}).logits[:, -1]  # fmt: skip
+    mask[:, 4:7] = 0  # holes (unused region pairs), 9 tokens kept in each row
+    if case == "holes_and_left_padding":
+        mask[1, :2] = 0
+    expected, full = _full_prefill(llm, embeds, mask)
     decoder = StaticGreedyDecoder(llm)
     decoder._prepare(2, 128, StaticGreedySettings(4, 0, (), 0, False), embeds.dtype, embeds.device)
+    seen = _sdpa_calls(monkeypatch)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        got = decoder._compact_prefill(embeds, mask, positions).logits[:, -1]
+        got = decoder._compact_prefill(embeds, mask, positions, int(mask.sum(1).max())).logits[:, -1]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # 2 layers; with left padding in the compacted batch an explicit mask is needed, without it none
+    assert seen == [(9, case != "holes", case == "holes")] * 2
     for ours, theirs in zip(decoder.cache.layers, full.layers):
         assert int(ours.cumulative_length) == int(theirs.cumulative_length) == 12
         for row in range(2):
@@ -234,14 +260,35 @@ def test_compacted_prefill_fills_the_cache_as_the_full_prefill_and_runs_causal_s
             torch.testing.assert_close(ours.keys[row, :, :12][:, used], theirs.keys[row, :, :12][:, used])
             torch.testing.assert_close(ours.values[row, :, :12][:, used], theirs.values[row, :, :12][:, used])
 
-    seen = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
 
-    def spy(query, key, value, attn_mask=None, *args, **kwargs):
-        seen.append((key.shape[-2], attn_mask is None))
-        return sdpa(query, key, value, attn_mask, *args, **kwargs)
+@pytest.mark.parametrize("case", ["holes", "last_masked", "all_masked"])
+def test_loop_tokens_match_transformers_whatever_the_mask(case, monkeypatch):
+    """Greedy tokens of the loop equal transformers' `generate`; a prompt whose last position is masked (right
+    padding: transformers reads the first token's logits there) or an empty mask takes the full prefill."""
+    from groundvlm.modeling.static_greedy import StaticGreedySettings
 
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    one = StaticGreedyDecoder(llm)
-    one.generate(embeds[:1], mask[:1], StaticGreedySettings(2, 2, (), 0, False))
-    assert seen[0] == (9, True)  # the prefill: 9 unmasked tokens, no explicit mask
+    llm = _tiny_llama()
+    embeds = torch.randn(2, 12, 32)
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[:, 4:7] = 0
+    if case == "last_masked":
+        mask[0, -2:] = 0
+    elif case == "all_masked":
+        mask.zero_()
+    compacted = []
+    original = StaticGreedyDecoder._compact_prefill
+
+    def spy(self, *args):
+        compacted.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(StaticGreedyDecoder, "_compact_prefill", spy)
+    tokens, _ = StaticGreedyDecoder(llm).generate(embeds, mask, StaticGreedySettings(6, 6, (), 0, False))
+    assert bool(compacted) == (case == "holes")
+    if case == "all_masked":
+        assert tokens.shape == (2, 6)  # runs (transformers' own result on an empty mask is not a reference)
+        return
+    with torch.no_grad():
+        theirs = llm.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False, max_new_tokens=6,
+                              min_new_tokens=6, pad_token_id=0, eos_token_id=None)  # fmt: skip
+    assert torch.equal(tokens, theirs[:, -6:])
