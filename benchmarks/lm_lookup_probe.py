@@ -63,6 +63,7 @@ def lookup_text(
     digit_labels: bool = False,
     word_labels: bool = False,
     fused_names: bool = False,
+    fused_question: bool = False,
 ) -> tuple[str, str, int]:
     """(context and question, answer label, number of items). With `queries` > 1 the text asks that many distinct
     items (as many as there are, at most), the earlier ones answered: "... . the blue circle is 7. the red star is".
@@ -77,7 +78,9 @@ def lookup_text(
     ("answer a red star dotted a blue circle. the blue circle is dotted"), the shape of Groma's `<r_j><region>`
     lookup (a one-token label, a key the question names in two words). `fused_names` with `word_labels`: each item
     of the context is one added token ("answer<red_star> dotted<blue_circle>. the blue circle is dotted"): the key
-    is one position right after its label — Groma's `<r_j><region>` pair, the region feature as one position."""
+    is one position right after its label — Groma's `<r_j><region>` pair, the region feature as one position.
+    `fused_question` with `fused_names`: the question names the item by its added token too ("... the <blue_circle>
+    is dotted"), the control that asks for an exact-token match among 80 keys instead of a two-word one."""
     if box_labels:
         return _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free)
     verb = "" if rng.random() < copula_free else " is"
@@ -95,8 +98,9 @@ def lookup_text(
     asked = rng.sample(range(k), min(queries, k))
     keys = [f"<{name.replace(' ', '_')}>" for name in items] if fused_names else items
     context = " ".join(pattern.format(label=label, name=name) for label, name in zip(labels, keys))
-    answered = "".join(f". the {items[q]}{verb} {labels[q]}" for q in asked[:-1])
-    return f"{context}{answered}. the {items[asked[-1]]}{verb}", f" {labels[asked[-1]]}", k
+    named = keys if fused_names and fused_question else items
+    answered = "".join(f". the {named[q]}{verb} {labels[q]}" for q in asked[:-1])
+    return f"{context}{answered}. the {named[asked[-1]]}{verb}", f" {labels[asked[-1]]}", k
 
 
 @functools.cache
@@ -254,6 +258,14 @@ FORMS = {
         "single_token": False,
         "word_labels": True,
         "fused_names": True,
+        "box_labels": False,
+        "copula_free": 0.0,
+    },  # fmt: skip
+    "fused-exact": {
+        "single_token": False,
+        "word_labels": True,
+        "fused_names": True,
+        "fused_question": True,
         "box_labels": False,
         "copula_free": 0.0,
     },  # fmt: skip

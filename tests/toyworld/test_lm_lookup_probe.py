@@ -346,3 +346,15 @@ def test_fused_names_put_each_key_in_one_added_token_right_after_its_label(tmp_p
                          "--eval-n", "4", "--batch-size", "4", "--max-items", "3", "--save", str(tmp_path / "saved")])  # fmt: skip
     assert [row[1] for row in result["stage_accuracy_curve"]] == ["one-token", "fused-names"]
     assert len(AutoTokenizer.from_pretrained(tmp_path / "saved")) == len(tok)
+
+
+def test_fused_exact_asks_with_the_key_token_itself():
+    """`fused-exact`, the control of `fused-names`: the question names the item by its added token too."""
+    rng = random.Random(8)
+    for _ in range(10):
+        question, answer, k = probe.lookup_text(rng, max_items=4, word_labels=True, fused_names=True,
+                                                fused_question=True)  # fmt: skip
+        context, asked = question.split(". the ")[0], question.split(". the ")[-1].removesuffix(" is")
+        assert asked in probe.FUSED_NAMES and asked in context
+        assert context.split(asked)[0].split(" ")[-1] == answer.strip()  # the label right before the key
+    assert probe.FORMS["fused-exact"]["fused_question"] is True
