@@ -16,7 +16,9 @@ What it covers is what `generate` does for greedy search with a static cache and
 same lengths, the same padding after a sequence stops, the cache handed back with `return_dict_in_generate=True`.
 `static_greedy_settings` says whether a call is of that kind; anything else (sampling, beams, logits processors,
 stopping criteria, streamers, scores, a cache passed in, ...) stays with transformers. Off CUDA the same loop runs
-eagerly (no compile, no graph).
+eagerly (no compile, no graph). The prefill runs over the prompt's unmasked tokens only (`_compact_prefill`: Groma's
+unused region pairs would otherwise keep it off SDPA's causal kernel) and fills the static cache as the full prefill
+would.
 """
 
 from __future__ import annotations
