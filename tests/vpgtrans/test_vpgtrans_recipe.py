@@ -607,3 +607,51 @@ def test_qformer_pretraining_uses_the_caption_stage_vit(tmp_path, monkeypatch):
         args = calls[-1]
         assert args[args.index("--stage") + 1] == "qformer_pretrain"
         assert args[args.index("--vision_model") + 1] == vit
+
+
+def test_toy_captions_vqa_fraction():
+    """vqa_fraction=0 draws exactly the captions; 1 turns every scene with a colour/shape question into one, in the
+    reference's VQA prompt, with the attribute of the object it names; out of range is refused."""
+    from groundvlm.recipes.systems.vpgtrans.data import ToyCaptions
+
+    plain, zero = ToyCaptions(6, split="all", seed=5), ToyCaptions(6, split="all", seed=5, vqa_fraction=0.0)
+    assert [plain[i]["text"] for i in range(6)] == [zero[i]["text"] for i in range(6)]
+    asked = ToyCaptions(6, split="all", seed=5, vqa_fraction=1.0)
+    questions = 0
+    for i in range(6):
+        text = asked[i]["text"]
+        assert text == asked[i]["text"]  # the same text each time the example is drawn
+        if not text.startswith("Question: "):
+            continue
+        questions += 1
+        question, answer = text[len("Question: ") :].split(" Answer: ")
+        objs = asked.objects[i]
+        if question.startswith("What colour is the "):
+            shape = question[len("What colour is the ") : -1]
+            assert [o.colour for o in objs if o.shape == shape] == [answer]
+        else:
+            colour = question[len("What shape is the ") : -len(" object?")]
+            assert [o.shape for o in objs if o.colour == colour] == [answer]
+    assert questions >= 4
+    with pytest.raises(ValueError, match="vqa_fraction"):
+        ToyCaptions(2, split="all", seed=5, vqa_fraction=-0.1)
+
+
+def test_binding_score_separates_binding_from_naming_an_attribute_of_the_scene():
+    """The oracle scores 1; answering with another object's attribute of the same scene scores 0 and sits below
+    `scene_chance`; an empty answer scores 0."""
+    from groundvlm.recipes.systems.vpgtrans.captioner import binding_questions, score_binding
+
+    rows = binding_questions(n_images=12, seed=3)
+    assert rows and all(r["options"] >= 1 for r in rows)
+    oracle = score_binding([r["answer"] + "." for r in rows], rows)
+    assert oracle["accuracy"] == 1.0 and oracle["questions"] == len(rows)
+    wrong = []
+    for r in rows:
+        others = [o for o in ("red", "blue", "star", "circle", "green", "square") if o != r["answer"]]
+        wrong.append(others[0])
+    assert score_binding(wrong, rows)["accuracy"] == 0.0
+    assert 0.0 < oracle["scene_chance"] < 1.0
+    assert score_binding([""] * len(rows), rows)["accuracy"] == 0.0
+    with pytest.raises(ValueError, match="one answer per question"):
+        score_binding(["red"], rows)

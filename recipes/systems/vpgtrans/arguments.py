@@ -29,6 +29,14 @@ class VPGTransScriptArguments:
     stage: str | None = field(default=None, metadata={"help": f"One of {STAGES}."})
     dataset: Literal["toy", "coco"] = "toy"
     toy_train_size: int = 2000
+    toy_vqa_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of toy training examples that are a colour/shape question about one object of the scene "
+            "('Question: What colour is the star? Answer: red') instead of a caption: teaches the VL-LLM to bind an "
+            "attribute to the object a text names. 0: captions only."
+        },
+    )
     toy_located_caption_fraction: float = field(
         default=0.0,
         metadata={
@@ -56,6 +64,7 @@ class VPGTransScriptArguments:
             self.toy_located_caption_fraction,
             "a share in [0, 1]",
         )
+        check_arg(0.0 <= self.toy_vqa_fraction <= 1.0, "toy_vqa_fraction", self.toy_vqa_fraction, "a share in [0, 1]")
         check_positive(self, "eval_max_examples", allow_none=True)
 
 

@@ -222,6 +222,75 @@ def caption_checks(
     }
 
 
+def binding_questions(n_images: int = 100, seed: int = 10_000, split: str = "all") -> list[dict]:
+    """The questions of `binding_checks`: on unseen scenes of two or more objects, every colour question about a shape
+    that occurs once ("What colour is the star?") and every shape question about a colour that occurs once
+    (``toyworld.texts.vqa``), each with `options`, the number of distinct answers of its kind in the scene."""
+    import numpy as np
+
+    from groundvlm.recipes.toyworld import ToyWorld, texts
+
+    world = ToyWorld(seed=seed, split=split)
+    rows = []
+    for i in range(n_images):
+        scene = world.scene(i)
+        if len(scene.objects) < 2:
+            continue
+        for question, answer, kind in texts.vqa(scene, np.random.default_rng((seed, i))):
+            if kind not in ("colour", "shape"):
+                continue
+            options = {getattr(o, kind) for o in scene.objects} - {None}
+            rows.append(
+                {"image": scene.image, "question": question, "answer": answer, "kind": kind, "options": len(options)}
+            )
+    return rows
+
+
+def score_binding(answers: list[str], rows: list[dict]) -> dict:
+    """Accuracy of `answers` (the first word counts) on `binding_questions` rows, per kind, and `scene_chance`: the
+    accuracy of answering with the attribute of a random object of the same scene (names an attribute of the scene,
+    binds nothing)."""
+    if len(answers) != len(rows) or not rows:
+        raise ValueError(f"score_binding needs one answer per question, got {len(answers)} for {len(rows)}.")
+    hits = {"colour": [0, 0], "shape": [0, 0]}
+    for answer, row in zip(answers, rows):
+        words = plain_words(answer).split()
+        hits[row["kind"]][0] += bool(words) and words[0] == row["answer"]
+        hits[row["kind"]][1] += 1
+    return {
+        "accuracy": sum(h for h, _ in hits.values()) / len(rows),
+        "colour_accuracy": hits["colour"][0] / hits["colour"][1] if hits["colour"][1] else None,
+        "shape_accuracy": hits["shape"][0] / hits["shape"][1] if hits["shape"][1] else None,
+        "scene_chance": sum(1.0 / row["options"] for row in rows) / len(rows),
+        "questions": len(rows),
+    }
+
+
+@torch.no_grad()
+def binding_checks(
+    model, processor, n_images: int = 100, seed: int = 10_000, split: str = "all", batch_size: int = 32
+) -> dict:
+    """Can the VLM bind an attribute to the object a question names? `binding_questions`, asked with the reference's
+    zero-shot VQA prompt ("Question: {} Answer:"), greedy, scored by `score_binding`.
+
+    PIN asks the same of its frozen LLM -- the box of *the* object its prompt names, among several -- so a base that
+    cannot pick the named object's colour cannot be expected to pick its position."""
+    rows = binding_questions(n_images, seed, split)
+    if not rows:
+        raise ValueError(f"binding_checks found no colour/shape question in {n_images} scenes of split {split!r}.")
+    device = next(model.parameters()).device
+    model.eval()
+    answers = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        inputs = processor(
+            images=[r["image"].convert("RGB") for r in chunk], text=[processor.vqa_prompt(r["question"]) for r in chunk]
+        ).to(device)
+        ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=4)
+        answers.extend(processor.post_process_generation(ids, inputs["input_ids"]))
+    return {**score_binding(answers, rows), "split": split, "sample_answers": answers[:5]}
+
+
 def _center_r(pairs) -> float | None:
     from groundvlm.recipes.systems.pin.evaluation import center_correlation
 

@@ -34,6 +34,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from groundvlm.modeling.vpgtrans_transfer import pre_caption
+from groundvlm.processing.processing_vpgtrans import VQA_PROMPT_DECODER_ONLY
 from groundvlm.recipes.systems.vpgtrans.arguments import VPGTransScriptArguments
 
 
@@ -223,7 +224,12 @@ class ToyCaptions(_ToyScenes):
 
     `located_fraction`: the share of training examples whose caption names each object's coarse location in words
     ("a red star at the top left", `texts.located_caption`), drawn per example; 0 (the default) keeps every caption
-    position-free and draws exactly the captions it always did."""
+    position-free and draws exactly the captions it always did.
+
+    `vqa_fraction`: the share of training examples that are a binding question instead of a caption -- "Question: What
+    colour is the star? Answer: red" (a colour question about a shape that occurs once, or a shape question about a
+    colour that occurs once; `texts.vqa`), in the reference's zero-shot VQA prompt for decoder-only LLMs, trained as
+    one text. A scene with no such question keeps its caption. Never positions."""
 
     def __init__(
         self,
@@ -235,12 +241,15 @@ class ToyCaptions(_ToyScenes):
         image_size: int = 112,
         render_workers: int = 1,
         located_fraction: float = 0.0,
+        vqa_fraction: float = 0.0,
     ):
-        if not 0.0 <= located_fraction <= 1.0:
-            raise ValueError(f"located_fraction must lie in [0, 1], got {located_fraction}.")
+        for name, value in (("located_fraction", located_fraction), ("vqa_fraction", vqa_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}.")
         super().__init__(size, split, seed, offset, image_size, render_workers)
         self.references = references
         self.located_fraction = located_fraction
+        self.vqa_fraction = vqa_fraction
 
     def __getitem__(self, index: int) -> dict:
         from groundvlm.recipes.toyworld import texts
@@ -252,6 +261,11 @@ class ToyCaptions(_ToyScenes):
             return {"image": image, "references": refs, "image_id": str(self.offset + index)}
         if self.located_fraction and rng.random() < self.located_fraction:
             return {"image": image, "text": pre_caption(texts.located_caption(scene, rng))}
+        if self.vqa_fraction and rng.random() < self.vqa_fraction:
+            binding = [(q, a) for q, a, kind in texts.vqa(scene, rng) if kind in ("colour", "shape")]
+            if binding:
+                question, answer = binding[int(rng.integers(len(binding)))]
+                return {"image": image, "text": f"{VQA_PROMPT_DECODER_ONLY.format(question)} {answer}"}
         return {"image": image, "text": pre_caption(texts.caption(scene, rng))}
 
 
@@ -305,6 +319,7 @@ def train_data(args: VPGTransScriptArguments, seed: int, render_workers: int = 1
             seed=seed,
             render_workers=render_workers,
             located_fraction=args.toy_located_caption_fraction,
+            vqa_fraction=args.toy_vqa_fraction,
         )
     if not (args.train_file and args.image_root):
         raise ValueError("--dataset coco needs --train_file and --image_root.")
