@@ -1,0 +1,217 @@
+"""Where does a toy base VLM lose the binding of an attribute to its object? (CPU, minutes)
+
+PIN asks its frozen VLM for the box of *the* object its prompt names, among up to three (PIN §4). The toy bases
+localise one object per image but not one of several (benchmarks/RESULTS.md, PIN section). This probe asks the same
+of an attribute that the base *was* trained to see, colour, on unseen scenes of two or three objects:
+
+1. **answers**: the VLM itself, "Question: What colour is the star? Answer:" (and "What shape is the red object?"),
+   greedy, by objects per scene -- against `scene_chance`, the accuracy of naming a random object's attribute of the
+   same scene (sees the attributes, binds nothing);
+2. **features**: an attention probe (a learned query per shape name attends over a feature sequence; a linear head
+   names the colour), trained on frozen features of 2-3-object scenes and scored on new ones, at three depths of the
+   base: the ViT's patch tokens, the Q-Former's query outputs, the projected visual prompts the LLM reads. Where the
+   accuracy drops to `scene_chance`, that stage has mixed the objects' attributes into a bag.
+
+    python benchmarks/binding_probe.py --base recipes/toy_checkpoints/vlm-caption --out runs/binding_probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from groundvlm.modeling import VPGTransModel
+from groundvlm.processing import VPGTransProcessor
+from groundvlm.recipes.common.provenance import git_commit
+from groundvlm.recipes.systems.vpgtrans.captioner import plain_words
+from groundvlm.recipes.toyworld import ToyWorld, texts
+
+STAGES = ("vit_patches", "qformer_outputs", "projected_prompts")
+
+
+def colour_rows(seed: int, n_scenes: int, min_objects: int = 2) -> list[dict]:
+    """One row per object whose shape occurs once in its scene (so "the star" names it): scene index, image, shape,
+    colour, and `options` -- the distinct colours of the scene (what naming a random object's colour picks from)."""
+    world = ToyWorld(seed=seed, split="all")
+    rows = []
+    for i in range(n_scenes):
+        scene = world.scene(i)
+        if len(scene.objects) < min_objects:
+            continue
+        shapes = [o.shape for o in scene.objects]
+        colours = {o.colour for o in scene.objects} - {None}
+        for obj in scene.objects:
+            if obj.colour is not None and shapes.count(obj.shape) == 1:
+                rows.append(
+                    {
+                        "scene": i,
+                        "image": scene.image,
+                        "shape": obj.shape,
+                        "colour": obj.colour,
+                        "options": len(colours),
+                    }
+                )
+    return rows
+
+
+@torch.no_grad()
+def stage_features(model, processor, rows: list[dict], batch_size: int = 64) -> dict[int, tuple[torch.Tensor, ...]]:
+    """Per scene: (ViT patch tokens, Q-Former query outputs, projected visual prompts), each [tokens, dim]."""
+    images = {}
+    for row in rows:
+        images.setdefault(row["scene"], row["image"])
+    scenes, out = sorted(images), {}
+    model.eval()
+    for start in range(0, len(scenes), batch_size):
+        chunk = scenes[start : start + batch_size]
+        pixels = processor.image_processor([images[i].convert("RGB") for i in chunk], return_tensors="pt")
+        pixels = pixels["pixel_values"].to(next(model.parameters()).device)
+        vit = model.vision_model(pixel_values=pixels).last_hidden_state
+        feats = model.get_image_features(pixels)
+        query = getattr(feats.qformer_outputs, "last_hidden_state", feats.qformer_outputs)
+        for k, i in enumerate(chunk):
+            out[i] = (vit[k].float().cpu(), query[k].float().cpu(), feats.pooler_output[k].float().cpu())
+    return out
+
+
+class AttentionProbe(torch.nn.Module):
+    """A learned query per shape name attends over a feature sequence; a linear head names the colour."""
+
+    def __init__(self, dim: int, n_shapes: int, n_colours: int):
+        super().__init__()
+        self.query = torch.nn.Embedding(n_shapes, dim)
+        self.key = torch.nn.Linear(dim, dim)
+        self.head = torch.nn.Linear(dim, n_colours)
+
+    def forward(self, features: torch.Tensor, shape_ids: torch.Tensor) -> torch.Tensor:
+        scores = torch.einsum("btd,bd->bt", self.key(features), self.query(shape_ids)) / features.shape[-1] ** 0.5
+        pooled = (scores.softmax(-1).unsqueeze(-1) * features).sum(1)
+        return self.head(pooled)
+
+
+def probe_stage(train, test, feats_train, feats_test, stage: int, shapes, colours, steps: int, seed: int) -> dict:
+    """Train an AttentionProbe on one stage's features of `train`, score it on `test`."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    def batch(rows, feats, idx):
+        x = torch.stack([feats[rows[j]["scene"]][stage] for j in idx])
+        s = torch.tensor([shapes.index(rows[j]["shape"]) for j in idx])
+        y = torch.tensor([colours.index(rows[j]["colour"]) for j in idx])
+        return x, s, y
+
+    dim = feats_train[train[0]["scene"]][stage].shape[-1]
+    probe = AttentionProbe(dim, len(shapes), len(colours))
+    optimizer = torch.optim.Adam(probe.parameters(), lr=3e-3)
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        x, s, y = batch(train, feats_train, rng.integers(0, len(train), 128))
+        loss = torch.nn.functional.cross_entropy(probe(x, s), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x, s, y = batch(test, feats_test, range(len(test)))
+    with torch.no_grad():
+        accuracy = (probe(x, s).argmax(-1) == y).float().mean().item()
+    return {"accuracy": accuracy, "final_train_loss": float(loss)}
+
+
+@torch.no_grad()
+def answer_accuracy(model, processor, seed: int, n_scenes: int, batch_size: int = 32) -> dict:
+    """The VLM's own greedy answers to colour/shape questions (`texts.vqa`), by objects per scene."""
+    world = ToyWorld(seed=seed, split="all")
+    by_count: dict[int, list] = {}
+    for i in range(n_scenes):
+        scene = world.scene(i)
+        colours = {o.colour for o in scene.objects} - {None}
+        shapes = {o.shape for o in scene.objects} - {None}
+        for question, answer, kind in texts.vqa(scene, np.random.default_rng((seed, i))):
+            if kind in ("colour", "shape"):
+                options = len(colours) if kind == "colour" else len(shapes)
+                by_count.setdefault(len(scene.objects), []).append((scene.image, question, answer, options))
+    result = {}
+    for count, rows in sorted(by_count.items()):
+        hits = 0
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            inputs = processor(
+                images=[r[0].convert("RGB") for r in chunk], text=[processor.vqa_prompt(r[1]) for r in chunk]
+            ).to(next(model.parameters()).device)
+            ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=4)
+            for answer, row in zip(processor.post_process_generation(ids, inputs["input_ids"]), chunk):
+                words = plain_words(answer).split()
+                hits += bool(words) and words[0] == row[2]
+        result[f"{count}_objects"] = {
+            "accuracy": hits / len(rows),
+            "scene_chance": sum(1.0 / r[3] for r in rows) / len(rows),
+            "questions": len(rows),
+        }
+    return result
+
+
+def run(base: str, train_scenes: int, test_scenes: int, steps: int, answer_scenes: int, seed: int) -> dict:
+    model = VPGTransModel.from_pretrained(base).eval()
+    processor = VPGTransProcessor.from_pretrained(base)
+    start = time.time()
+    train, test = colour_rows(seed + 1, train_scenes), colour_rows(seed + 2, test_scenes)
+    if not train or not test:
+        raise ValueError("no probe rows: raise --train-scenes / --test-scenes")
+    shapes = sorted({r["shape"] for r in train + test})
+    colours = sorted({r["colour"] for r in train + test})
+    feats_train = stage_features(model, processor, train)
+    feats_test = stage_features(model, processor, test)
+    probes = {
+        name: probe_stage(train, test, feats_train, feats_test, k, shapes, colours, steps, seed)
+        for k, name in enumerate(STAGES)
+    }
+    return {
+        "base": base,
+        "answers": answer_accuracy(model, processor, seed + 3, answer_scenes),
+        "probes": probes,
+        "probe_scene_chance": sum(1.0 / r["options"] for r in test) / len(test),
+        "probe_rows": {"train": len(train), "test": len(test)},
+        "settings": {
+            "train_scenes": train_scenes,
+            "test_scenes": test_scenes,
+            "steps": steps,
+            "answer_scenes": answer_scenes,
+            "seed": seed,
+        },
+        "seconds": round(time.time() - start, 1),
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "commit": git_commit(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="recipes/toy_checkpoints/vlm-caption")
+    parser.add_argument("--train-scenes", type=int, default=4000)
+    parser.add_argument("--test-scenes", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--answer-scenes", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="JSON file for the result (default: print only)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = run(args.base, args.train_scenes, args.test_scenes, args.steps, args.answer_scenes, args.seed)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
