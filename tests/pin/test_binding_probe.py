@@ -79,3 +79,21 @@ def test_run_on_the_committed_base_reports_each_stage(tmp_path):
     for stage in result["probes"].values():
         assert 0 <= stage["accuracy"] <= 1
     assert result["answers"] and all(0 <= v["accuracy"] <= 1 for v in result["answers"].values())
+
+
+def test_bind_qformer_trains_the_qformer_only():
+    """The binding step moves the Q-Former and its query tokens; the ViT, projector and LLM stay as they were."""
+    model = probe.VPGTransModel.from_pretrained("recipes/toy_checkpoints/vlm-caption").eval()
+    processor = probe.VPGTransProcessor.from_pretrained("recipes/toy_checkpoints/vlm-caption")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    curve = probe.bind_qformer(model, processor, steps=3, scenes=30)
+    assert curve and curve[-1]["step"] == 3
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and "query_tokens" in changed
+    assert all(k.startswith(("qformer.", "query_tokens")) for k in changed), sorted(changed)[:5]
+
+
+def test_save_needs_the_binding_step():
+    with pytest.raises(SystemExit):
+        probe.main(["--save", "/nonexistent"])
