@@ -167,14 +167,21 @@ class _State:
         self.pad = torch.zeros(1, **long)
 
 
+# Inductor's coordinate-descent tuning of the step's kernels (block sizes of the batch-1 matrix-vector products):
+# one H100, 7B-shape Llama, bf16, batch 1, `benchmarks/greedy_step_tuning.py`: 6.39 -> 5.37 ms a step (0.62 -> 0.74 of
+# the HBM roofline) for 30 -> 53 s of compile time, once per (batch, cache length) (benchmarks/RESULTS.md, Groma speed).
+DEFAULT_COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
+
+
 class StaticGreedyDecoder:
     """The greedy loop for one decoder-only LLM (`llm(inputs_embeds=..., attention_mask=..., position_ids=...,
     <cache keyword>=StaticCache, logits_to_keep=1)`, as a transformers `*ForCausalLM`). Keeps the state, the
     compiled step and the captured graph of the last (batch, cache length) between calls."""
 
-    def __init__(self, llm: torch.nn.Module, warmup_steps: int = 2, compile_options=None):
+    def __init__(self, llm: torch.nn.Module, warmup_steps: int = 2, compile_options=DEFAULT_COMPILE_OPTIONS):
         self.llm, self.cache_kwarg, self.warmup_steps = llm, cache_kwarg_of(llm), warmup_steps
-        self.compile_options = compile_options  # inductor options for the step (`torch.compile(options=...)`)
+        # inductor options for the step (`torch.compile(options=...)`); None: inductor's defaults
+        self.compile_options = None if compile_options is None else dict(compile_options)
         self.key = self.state = self.cache = self.graph = None
         self.compiled = None
         self.capturable = True  # False once a capture failed: compiled steps without a graph from then on
