@@ -1017,9 +1017,12 @@ def result_row(row: dict, samples: list[dict], warm: list[dict], resident: int) 
     rises = [s["memory_rise_bytes"] for s in [*warm, *samples] if s["memory_rise_bytes"] is not None]
     per_seq = statistics.median(decode)
     observed = {s.get("deferred_stop_check") for s in samples}
+    stop_check = "deferred" if observed == {True} else "per token" if observed == {False} else "mixed"
+    if row.get("decoding_loop") == "groma greedy":
+        stop_check = "own loop: stop flag through pinned memory"  # transformers' stop checks are never built there
     return {
         **row,
-        "stop_check_observed": "deferred" if observed == {True} else "per token" if observed == {False} else "mixed",
+        "stop_check_observed": stop_check,
         "ttft_ms": statistics.median(ttft),
         "decode_ms": statistics.median(s["decode_ms"] for s in samples),
         "decode_tokens_per_s": per_seq,

@@ -117,8 +117,11 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch):
         ("LLaVA", None, "static", 1),
         ("LLaVA", None, "static", 2),
     ]
-    # observed, not asked: on the CPU transformers never builds its DeferredStopCheck (it needs device events)
-    assert {r["stop_check_observed"] for r in results} == {"per token"}
+    # observed, not asked: on the CPU transformers never builds its DeferredStopCheck (it needs device events); the
+    # greedy loop's rows say their own stop flag, whatever transformers' hooks saw
+    own = {r["stop_check_observed"] for r in results if r.get("decoding_loop") == "groma greedy"}
+    assert own == {"own loop: stop flag through pinned memory"}
+    assert {r["stop_check_observed"] for r in results if r.get("decoding_loop") != "groma greedy"} == {"per token"}
     rows = {
         (r["model"].split()[0], r.get("vision"), r["batch_size"]): r
         for r in results
