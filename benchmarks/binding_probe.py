@@ -33,8 +33,8 @@ import torch
 from groundvlm.modeling import VPGTransModel
 from groundvlm.processing import VPGTransProcessor
 from groundvlm.recipes.common.provenance import git_commit
-from groundvlm.recipes.systems.vpgtrans.captioner import plain_words
-from groundvlm.recipes.toyworld import ToyWorld, texts
+from groundvlm.recipes.systems.vpgtrans.captioner import answer_questions, binding_questions, score_binding
+from groundvlm.recipes.toyworld import ToyWorld
 
 STAGES = ("vit_patches", "qformer_outputs", "projected_prompts")
 
@@ -126,36 +126,16 @@ def probe_stage(train, test, feats_train, feats_test, stage: int, shapes, colour
     return {"accuracy": accuracy, "final_train_loss": float(loss)}
 
 
-@torch.no_grad()
 def answer_accuracy(model, processor, seed: int, n_scenes: int, batch_size: int = 32) -> dict:
-    """The VLM's own greedy answers to colour/shape questions (`texts.vqa`), by objects per scene."""
-    world = ToyWorld(seed=seed, split="all")
-    by_count: dict[int, list] = {}
-    for i in range(n_scenes):
-        scene = world.scene(i)
-        colours = {o.colour for o in scene.objects} - {None}
-        shapes = {o.shape for o in scene.objects} - {None}
-        for question, answer, kind in texts.vqa(scene, np.random.default_rng((seed, i))):
-            if kind in ("colour", "shape"):
-                options = len(colours) if kind == "colour" else len(shapes)
-                by_count.setdefault(len(scene.objects), []).append((scene.image, question, answer, options))
+    """The VLM's own greedy answers to colour/shape questions (`captioner.binding_questions`), by objects per scene,
+    each group scored by `captioner.score_binding` (accuracy and scene chance)."""
+    rows = binding_questions(n_scenes, seed, "all", min_objects=1)
+    answers = answer_questions(model, processor, rows, batch_size)
     result = {}
-    for count, rows in sorted(by_count.items()):
-        hits = 0
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            inputs = processor(
-                images=[r[0].convert("RGB") for r in chunk], text=[processor.vqa_prompt(r[1]) for r in chunk]
-            ).to(next(model.parameters()).device)
-            ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=4)
-            for answer, row in zip(processor.post_process_generation(ids, inputs["input_ids"]), chunk):
-                words = plain_words(answer).split()
-                hits += bool(words) and words[0] == row[2]
-        result[f"{count}_objects"] = {
-            "accuracy": hits / len(rows),
-            "scene_chance": sum(1.0 / r[3] for r in rows) / len(rows),
-            "questions": len(rows),
-        }
+    for count in sorted({r["objects"] for r in rows}):
+        group = [(a, r) for a, r in zip(answers, rows) if r["objects"] == count]
+        score = score_binding([a for a, _ in group], [r for _, r in group])
+        result[f"{count}_objects"] = {k: score[k] for k in ("accuracy", "scene_chance", "questions")}
     return result
 
 

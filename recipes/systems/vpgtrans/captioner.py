@@ -222,10 +222,11 @@ def caption_checks(
     }
 
 
-def binding_questions(n_images: int = 100, seed: int = 10_000, split: str = "all") -> list[dict]:
-    """The questions of `binding_checks`: on unseen scenes of two or more objects, every colour question about a shape
-    that occurs once ("What colour is the star?") and every shape question about a colour that occurs once
-    (``toyworld.texts.vqa``), each with `options`, the number of distinct answers of its kind in the scene."""
+def binding_questions(n_images: int = 100, seed: int = 10_000, split: str = "all", min_objects: int = 2) -> list[dict]:
+    """The questions of `binding_checks`: on unseen scenes of `min_objects` or more objects, every colour question
+    about a shape that occurs once ("What colour is the star?") and every shape question about a colour that occurs
+    once (``toyworld.texts.vqa``), each with `options`, the number of distinct answers of its kind in the scene, and
+    `objects`, the scene's object count."""
     import numpy as np
 
     from groundvlm.recipes.toyworld import ToyWorld, texts
@@ -234,15 +235,14 @@ def binding_questions(n_images: int = 100, seed: int = 10_000, split: str = "all
     rows = []
     for i in range(n_images):
         scene = world.scene(i)
-        if len(scene.objects) < 2:
+        if len(scene.objects) < min_objects:
             continue
         for question, answer, kind in texts.vqa(scene, np.random.default_rng((seed, i))):
             if kind not in ("colour", "shape"):
                 continue
             options = {getattr(o, kind) for o in scene.objects} - {None}
-            rows.append(
-                {"image": scene.image, "question": question, "answer": answer, "kind": kind, "options": len(options)}
-            )
+            rows.append({"image": scene.image, "question": question, "answer": answer, "kind": kind,
+                         "options": len(options), "objects": len(scene.objects)})  # fmt: skip
     return rows
 
 
@@ -278,6 +278,13 @@ def binding_checks(
     rows = binding_questions(n_images, seed, split)
     if not rows:
         raise ValueError(f"binding_checks found no colour/shape question in {n_images} scenes of split {split!r}.")
+    answers = answer_questions(model, processor, rows, batch_size)
+    return {**score_binding(answers, rows), "split": split, "sample_answers": answers[:5]}
+
+
+@torch.no_grad()
+def answer_questions(model, processor, rows: list[dict], batch_size: int = 32) -> list[str]:
+    """Greedy answers (at most 4 tokens) to `binding_questions` rows with the reference's zero-shot VQA prompt."""
     device = next(model.parameters()).device
     model.eval()
     answers = []
@@ -288,7 +295,7 @@ def binding_checks(
         ).to(device)
         ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=4)
         answers.extend(processor.post_process_generation(ids, inputs["input_ids"]))
-    return {**score_binding(answers, rows), "split": split, "sample_answers": answers[:5]}
+    return answers
 
 
 def _center_r(pairs) -> float | None:
