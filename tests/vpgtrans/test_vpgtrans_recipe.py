@@ -655,3 +655,18 @@ def test_binding_score_separates_binding_from_naming_an_attribute_of_the_scene()
     assert score_binding([""] * len(rows), rows)["accuracy"] == 0.0
     with pytest.raises(ValueError, match="one answer per question"):
         score_binding(["red"], rows)
+
+
+def test_base_gates_judge_binding_when_the_checks_have_it():
+    """A base that names every attribute of the scene but binds none fails the binding gate; records made before the
+    binding check keep their gates."""
+    from groundvlm.recipes.systems.vpgtrans.captioner import BINDING_ACCURACY_MIN, base_gates
+
+    images = {"name_recall": 0.9, "raw_box_parse_rate": 1.0}
+    held_out = {"raw_miou": 0.27, "full_image_miou": 0.27, "raw_center_r": 0.0}
+    checks = {"held_out_images": images, "held_out_categories": held_out, "box_loss": {"ratio": 1.0}}
+    assert "binding_accuracy" not in base_gates(checks)
+    unbound = base_gates({**checks, "binding": {"accuracy": 0.46, "scene_chance": 0.46}})
+    assert unbound["binding_accuracy"]["passed"] is False and "0.460" in unbound["binding_accuracy"]["bound"]
+    bound = base_gates({**checks, "binding": {"accuracy": BINDING_ACCURACY_MIN, "scene_chance": 0.46}})
+    assert bound["binding_accuracy"]["passed"] is True

@@ -65,15 +65,20 @@ PARSE_RATE_TARGET = 0.8
 BOX_LOSS_RATIO_MAX = 1.15
 RAW_MIOU_MARGIN = 0.02
 RAW_CENTER_R_MAX = 0.2
+# PIN's prompt names one object among up to three (PIN §4): the base must answer which colour the named shape has
+# (and which shape the named colour) on 2-3-object scenes -- the same binding, of an attribute it was trained to see.
+BINDING_ACCURACY_MIN = 0.8
 
 
 def base_checks(model, processor, eval_images: int = 100) -> dict:
     """What `base_gates` judges: captions and raw PIN prompts on `eval_images` unseen images of all categories and
-    half as many of the held-out categories, and the box loss behind the image vs text only."""
+    half as many of the held-out categories, the box loss behind the image vs text only, and whether it binds a colour
+    or shape to the object a question names (`binding_checks`, 2-3-object scenes)."""
     return {
         "held_out_images": caption_checks(model, processor, eval_images, split="all"),
         "held_out_categories": caption_checks(model, processor, max(eval_images // 2, 1), split="held_out"),
         "box_loss": box_prefix_loss(model, processor, max(eval_images // 2, 1)),
+        "binding": binding_checks(model, processor, eval_images),
     }
 
 
@@ -100,6 +105,18 @@ def base_gates(checks: dict) -> dict:
             held_out["raw_miou"],
             f"<= full-image box {held_out['full_image_miou']:.3f} + {RAW_MIOU_MARGIN}",
             held_out["raw_miou"] <= held_out["full_image_miou"] + RAW_MIOU_MARGIN,
+        ),
+        # Older records (before the binding check) have no "binding" entry: no gate then.
+        **(
+            {
+                "binding_accuracy": gate(
+                    checks["binding"]["accuracy"],
+                    f">= {BINDING_ACCURACY_MIN} (scene chance {checks['binding']['scene_chance']:.3f})",
+                    checks["binding"]["accuracy"] >= BINDING_ACCURACY_MIN,
+                )
+            }
+            if "binding" in checks
+            else {}
         ),
         "raw_center_r_held_out": gate(
             held_out["raw_center_r"] or 0.0,
