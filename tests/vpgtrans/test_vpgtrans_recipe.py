@@ -670,3 +670,19 @@ def test_base_gates_judge_binding_when_the_checks_have_it():
     assert unbound["binding_accuracy"]["passed"] is False and "0.460" in unbound["binding_accuracy"]["bound"]
     bound = base_gates({**checks, "binding": {"accuracy": BINDING_ACCURACY_MIN, "scene_chance": 0.46}})
     assert bound["binding_accuracy"]["passed"] is True
+
+
+def test_toy_vqa_fraction_needs_a_decoder_only_llm():
+    """Questions are trained as one text; an encoder-decoder LLM would take the question as its target: refused."""
+    from types import SimpleNamespace
+
+    from groundvlm.recipes.systems.vpgtrans.arguments import VPGTransScriptArguments
+    from groundvlm.recipes.systems.vpgtrans.stages import check_toy_vqa_fraction
+
+    asked = VPGTransScriptArguments(toy_vqa_fraction=0.5)
+    check_toy_vqa_fraction(asked, SimpleNamespace(is_encoder_decoder=False))
+    check_toy_vqa_fraction(VPGTransScriptArguments(), SimpleNamespace(is_encoder_decoder=True))
+    with pytest.raises(ValueError, match="decoder-only"):
+        check_toy_vqa_fraction(asked, SimpleNamespace(is_encoder_decoder=True))
+    with pytest.raises(ValueError, match="toy_vqa_fraction"):
+        VPGTransScriptArguments(toy_vqa_fraction=1.5)

@@ -123,6 +123,19 @@ class _PretrainCollator:
         return {"pixel_values": pixels, "input_ids": text["input_ids"], "attention_mask": text["attention_mask"]}
 
 
+def check_toy_vqa_fraction(script_args: VPGTransScriptArguments, processor) -> None:
+    """`--toy_vqa_fraction` trains "Question: ... Answer: red" as one text: a decoder-only LLM's form. For an
+    encoder-decoder LLM the question would become the decoder's target instead of the encoder's input."""
+    if (
+        script_args.dataset == "toy"
+        and script_args.toy_vqa_fraction
+        and getattr(processor, "is_encoder_decoder", False)
+    ):
+        raise ValueError(
+            "--toy_vqa_fraction trains questions as one text, which needs a decoder-only LLM (OPT / LLaMA)."
+        )
+
+
 def run_qformer_pretrain(
     script_args: VPGTransScriptArguments,
     model_args: VPGTransModelArguments,
@@ -175,6 +188,7 @@ def run_training(
         logger.warning(
             "Stage 1 is 1 epoch in the reference; running %s epochs as asked.", training_args.num_train_epochs
         )
+    check_toy_vqa_fraction(script_args, processor)
     names = freeze_for_stage(model, stage, training_args.unfreeze_lm)
     logger.info(
         "stage %s: %d trainable tensors (%d parameters)",
