@@ -36,7 +36,8 @@ def test_extract_then_swap_back_changes_only_the_lm_and_gates_the_base(tmp_path)
     )
     report = json.loads((tmp_path / "vlm" / "gates.json").read_text())
     assert set(report["gates"]) == {"name_recall", "raw_box_parse_rate", "box_loss_ratio", "raw_miou_held_out",
-                                    "raw_center_r_held_out"}  # fmt: skip
+                                    "binding_accuracy", "raw_center_r_held_out"}  # fmt: skip
+    assert report["checks"]["binding"]["questions"] > 0
     assert report["checks"]["held_out_images"]["images"] == 2
 
 

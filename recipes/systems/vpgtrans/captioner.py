@@ -78,7 +78,8 @@ def base_checks(model, processor, eval_images: int = 100) -> dict:
         "held_out_images": caption_checks(model, processor, eval_images, split="all"),
         "held_out_categories": caption_checks(model, processor, max(eval_images // 2, 1), split="held_out"),
         "box_loss": box_prefix_loss(model, processor, max(eval_images // 2, 1)),
-        "binding": binding_checks(model, processor, eval_images),
+        # at least 20 scenes: enough 2-3-object scenes for a question even when few images are asked for
+        "binding": binding_checks(model, processor, max(eval_images, 20)),
     }
 
 
