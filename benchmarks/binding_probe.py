@@ -75,12 +75,11 @@ def stage_features(model, processor, rows: list[dict], batch_size: int = 64) -> 
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start : start + batch_size]
         pixels = processor.image_processor([images[i].convert("RGB") for i in chunk], return_tensors="pt")
-        pixels = pixels["pixel_values"].to(next(model.parameters()).device)
-        vit = model.vision_model(pixel_values=pixels).last_hidden_state
-        feats = model.get_image_features(pixels)
-        query = getattr(feats.qformer_outputs, "last_hidden_state", feats.qformer_outputs)
+        feats = model.get_image_features(pixels["pixel_values"].to(next(model.parameters()).device))
+        # one pass: the ViT's tokens, the Q-Former's outputs and the projected prompts, in STAGES order
+        stages = (feats.last_hidden_state, feats.qformer_outputs.last_hidden_state, feats.pooler_output)
         for k, i in enumerate(chunk):
-            out[i] = (vit[k].float().cpu(), query[k].float().cpu(), feats.pooler_output[k].float().cpu())
+            out[i] = tuple(t[k].float().cpu() for t in stages)
     return out
 
 
@@ -99,16 +98,21 @@ class AttentionProbe(torch.nn.Module):
         return self.head(pooled)
 
 
+def probe_batch(rows, feats, idx, stage: int, shapes, colours) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows `idx` as (one stage's features [B, tokens, dim], shape ids [B], colour ids [B])."""
+    x = torch.stack([feats[rows[j]["scene"]][stage] for j in idx])
+    s = torch.tensor([shapes.index(rows[j]["shape"]) for j in idx])
+    y = torch.tensor([colours.index(rows[j]["colour"]) for j in idx])
+    return x, s, y
+
+
 def probe_stage(train, test, feats_train, feats_test, stage: int, shapes, colours, steps: int, seed: int) -> dict:
     """Train an AttentionProbe on one stage's features of `train`, score it on `test`."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
     def batch(rows, feats, idx):
-        x = torch.stack([feats[rows[j]["scene"]][stage] for j in idx])
-        s = torch.tensor([shapes.index(rows[j]["shape"]) for j in idx])
-        y = torch.tensor([colours.index(rows[j]["colour"]) for j in idx])
-        return x, s, y
+        return probe_batch(rows, feats, idx, stage, shapes, colours)
 
     dim = feats_train[train[0]["scene"]][stage].shape[-1]
     probe = AttentionProbe(dim, len(shapes), len(colours))
@@ -147,18 +151,15 @@ def bind_qformer(model, processor, steps: int, lr: float = 1e-3, scenes: int = 4
     rows = colour_rows(seed + 10, scenes)
     shapes = sorted({r["shape"] for r in rows})
     colours = sorted({r["colour"] for r in rows})
-    vit = {i: f[0] for i, f in stage_features(model, processor, rows).items()}
+    feats = stage_features(model, processor, rows)
     qformer, queries = model.qformer, model.query_tokens
     head = AttentionProbe(queries.shape[-1], len(shapes), len(colours))
     optimizer = torch.optim.AdamW([*qformer.parameters(), queries, *head.parameters()], lr=lr)
     curve = []
     qformer.train()
     for step in range(1, steps + 1):
-        idx = rng.integers(0, len(rows), 64)
-        x = torch.stack([vit[rows[j]["scene"]] for j in idx])
-        s = torch.tensor([shapes.index(rows[j]["shape"]) for j in idx])
-        y = torch.tensor([colours.index(rows[j]["colour"]) for j in idx])
-        out = qformer(query_embeds=queries.expand(len(idx), -1, -1), encoder_hidden_states=x).last_hidden_state
+        x, s, y = probe_batch(rows, feats, rng.integers(0, len(rows), 64), 0, shapes, colours)
+        out = qformer(query_embeds=queries.expand(len(x), -1, -1), encoder_hidden_states=x).last_hidden_state
         loss = torch.nn.functional.cross_entropy(head(out, s), y)
         optimizer.zero_grad()
         loss.backward()
