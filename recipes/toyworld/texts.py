@@ -155,6 +155,11 @@ def _plural(noun: str) -> str:
     return noun + "es" if noun.endswith(("s", "x", "sh", "ch")) else noun + "s"
 
 
+# The question kinds of `vqa` that name one object and ask another of its attributes (colour of the shape, shape of
+# the colour): what binding an attribute to its object takes, as PIN's "the {name}" does for a position.
+BINDING_KINDS = ("colour", "shape")
+
+
 def vqa(
     scene: Scene, rng: np.random.Generator, all_shapes: tuple[str, ...] | None = None
 ) -> list[tuple[str, str, str]]:

@@ -39,7 +39,7 @@ from groundvlm.recipes.common.run_dir import prepare_run_dir
 from groundvlm.recipes.systems.vpgtrans.arguments import VPGTRANS_ARGUMENTS, check_stage
 from groundvlm.recipes.systems.vpgtrans.qformer import QFORMER_WEIGHTS_NAME
 from groundvlm.recipes.systems.vpgtrans.stages import run_stage
-from groundvlm.recipes.toyworld import caption_asset_metrics
+from groundvlm.recipes.toyworld import caption_asset_metrics, texts
 
 # captioner preset -> (caption-stage config, Q-Former-pretraining config, toy-asset preset). "gpu-small" trains the
 # cpu-preset model sizes with the GPU budget, on toy assets of the "gpu-small" preset (same sizes, GPU-trained):
@@ -90,7 +90,7 @@ def base_gates(checks: dict) -> dict:
     def gate(value, bound, ok):
         return {"value": round(float(value), 4), "bound": bound, "passed": bool(ok)}
 
-    return {
+    gates = {
         "name_recall": gate(
             images["name_recall"], f">= {NAME_RECALL_TARGET}", images["name_recall"] >= NAME_RECALL_TARGET
         ),
@@ -107,24 +107,20 @@ def base_gates(checks: dict) -> dict:
             f"<= full-image box {held_out['full_image_miou']:.3f} + {RAW_MIOU_MARGIN}",
             held_out["raw_miou"] <= held_out["full_image_miou"] + RAW_MIOU_MARGIN,
         ),
-        # Older records (before the binding check) have no "binding" entry: no gate then.
-        **(
-            {
-                "binding_accuracy": gate(
-                    checks["binding"]["accuracy"],
-                    f">= {BINDING_ACCURACY_MIN} (scene chance {checks['binding']['scene_chance']:.3f})",
-                    checks["binding"]["accuracy"] >= BINDING_ACCURACY_MIN,
-                )
-            }
-            if "binding" in checks
-            else {}
-        ),
         "raw_center_r_held_out": gate(
             held_out["raw_center_r"] or 0.0,
             f"< {RAW_CENTER_R_MAX}",
             (held_out["raw_center_r"] or 0.0) < RAW_CENTER_R_MAX,
         ),
     }
+    if "binding" in checks:  # records made before the binding check have none: no gate then
+        binding = checks["binding"]
+        gates["binding_accuracy"] = gate(
+            binding["accuracy"],
+            f">= {BINDING_ACCURACY_MIN} (scene chance {binding['scene_chance']:.3f})",
+            binding["accuracy"] >= BINDING_ACCURACY_MIN,
+        )
+    return gates
 
 
 def plain_words(caption: str) -> str:
@@ -247,7 +243,7 @@ def binding_questions(n_images: int = 100, seed: int = 10_000, split: str = "all
     `objects`, the scene's object count."""
     import numpy as np
 
-    from groundvlm.recipes.toyworld import ToyWorld, texts
+    from groundvlm.recipes.toyworld import ToyWorld
 
     world = ToyWorld(seed=seed, split=split)
     rows = []
@@ -256,7 +252,7 @@ def binding_questions(n_images: int = 100, seed: int = 10_000, split: str = "all
         if len(scene.objects) < min_objects:
             continue
         for question, answer, kind in texts.vqa(scene, np.random.default_rng((seed, i))):
-            if kind not in ("colour", "shape"):
+            if kind not in texts.BINDING_KINDS:
                 continue
             options = {getattr(o, kind) for o in scene.objects} - {None}
             rows.append({"image": scene.image, "question": question, "answer": answer, "kind": kind,
@@ -270,7 +266,7 @@ def score_binding(answers: list[str], rows: list[dict]) -> dict:
     binds nothing)."""
     if len(answers) != len(rows) or not rows:
         raise ValueError(f"score_binding needs one answer per question, got {len(answers)} for {len(rows)}.")
-    hits = {"colour": [0, 0], "shape": [0, 0]}
+    hits = {kind: [0, 0] for kind in texts.BINDING_KINDS}
     for answer, row in zip(answers, rows):
         words = plain_words(answer).split()
         hits[row["kind"]][0] += bool(words) and words[0] == row["answer"]
@@ -284,7 +280,6 @@ def score_binding(answers: list[str], rows: list[dict]) -> dict:
     }
 
 
-@torch.no_grad()
 def binding_checks(
     model, processor, n_images: int = 100, seed: int = 10_000, split: str = "all", batch_size: int = 32
 ) -> dict:

@@ -262,7 +262,7 @@ class ToyCaptions(_ToyScenes):
         if self.located_fraction and rng.random() < self.located_fraction:
             return {"image": image, "text": pre_caption(texts.located_caption(scene, rng))}
         if self.vqa_fraction and rng.random() < self.vqa_fraction:
-            binding = [(q, a) for q, a, kind in texts.vqa(scene, rng) if kind in ("colour", "shape")]
+            binding = [(q, a) for q, a, kind in texts.vqa(scene, rng) if kind in texts.BINDING_KINDS]
             if binding:
                 question, answer = binding[int(rng.integers(len(binding)))]
                 return {"image": image, "text": f"{VQA_PROMPT_DECODER_ONLY.format(question)} {answer}"}
