@@ -74,7 +74,9 @@ def run_stage(argv: list[str]) -> dict:
         metrics["eval_seconds"] = time.perf_counter() - start
         name = "eval"
     else:
-        metrics = run_training_stage(args.stage, args, training_args, run_dir, run_args.preset, run_args.resume)
+        metrics = run_training_stage(
+            args.stage, args, training_args, run_dir, run_args.preset, run_args.resume, run_args.max_train_minutes
+        )
         name = args.stage
     write_metrics(run_dir, name, metrics)
     print(json.dumps({name: metrics}, indent=1))

@@ -40,6 +40,10 @@ DEFAULT_RUN_NAME = "default"
 logger = logging.getLogger("groundvlm")
 
 
+# Exit status of a run that stopped at its --max_train_minutes budget (checkpoint saved; run it again to resume).
+EXIT_PAUSED = 3
+
+
 class RecipeError(ValueError):
     """An error of the user's making (a bad argument, a missing path, a bad config): the recipe's entry point
     prints its message alone (`error: ...`) and exits with status 1, without a traceback."""
@@ -78,8 +82,14 @@ def run_recipe(main: Callable[[list[str] | None], Any], argv: list[str] | None =
     Under `accelerate launch` the launcher then raises its own `CalledProcessError` after the child's message
     (`accelerate launch --quiet` leaves only the message).
     """
+    from groundvlm.recipes.common.checkpointing import TrainingPaused
+
     try:
         return main(argv)
+    except TrainingPaused as paused:
+        logger.warning("%s", paused)
+        print(f"paused: {paused}", file=sys.stderr)
+        sys.exit(EXIT_PAUSED)
     except (RecipeError, FileNotFoundError) as error:
         if logger.handlers:  # train.log is attached: record the message with its traceback there
             logger.error("%s", error, exc_info=True)
@@ -116,6 +126,14 @@ class RunArguments:
             "help": "Size preset: 'cpu' keeps models and data small enough for 2 CPU cores; 'gpu' scales them "
             "up for an accelerator; 'gpu-small' trains the cpu sizes with the GPU budget (toy assets small enough "
             "to commit and to run on a CPU). Each recipe documents what the preset changes."
+        },
+    )
+    max_train_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "Time budget of this launch's training: past it the run saves a checkpoint at the next step, "
+            "skips its final save and evaluation and exits with status 3; the same command resumes it (for machines "
+            "lent for minutes at a time)."
         },
     )
     resume: bool = field(
@@ -316,4 +334,8 @@ def parse_recipe_args(
             parser.set_defaults(output_dir=str(Path("runs") / recipe / effective_run_name))
     if config_path is not None:
         args = ["--config", str(config_path), *args]
-    return tuple(parser.parse_args_and_config(args=args))
+    parsed = tuple(parser.parse_args_and_config(args=args))
+    for values in parsed:
+        if isinstance(values, RunArguments):
+            check_positive(values, "max_train_minutes", allow_none=True)
+    return parsed

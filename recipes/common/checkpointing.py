@@ -14,11 +14,13 @@ import logging
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from transformers import TrainerCallback
 
 logger = logging.getLogger("groundvlm")
 
@@ -159,7 +161,48 @@ def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
-def train_resuming(trainer: Any, output_dir: str | os.PathLike | None = None, resume: bool | str = True):
+class TrainingPaused(Exception):
+    """A run stopped at its time budget (`--max_train_minutes`) after saving a checkpoint; the same command resumes
+    it. Not an error: `run_recipe` prints the message and exits with `EXIT_PAUSED`."""
+
+    def __init__(self, step: int, max_steps: int, checkpoint: str, minutes: float):
+        self.step, self.max_steps, self.checkpoint = step, max_steps, checkpoint
+        super().__init__(
+            f"paused at step {step} of {max_steps} after the {minutes:g}-minute budget; checkpoint {checkpoint}. "
+            "Run the same command again to resume."
+        )
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stop training at the first step end after `minutes` of wall time in this launch and save a checkpoint there
+    (so a run can be split across calls of a machine that is lent for minutes at a time)."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60.0
+        self.start = None
+        self.fired = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if (
+            self.start is not None
+            and time.monotonic() - self.start >= self.seconds
+            and state.global_step < state.max_steps
+        ):
+            self.fired = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def train_resuming(
+    trainer: Any,
+    output_dir: str | os.PathLike | None = None,
+    resume: bool | str = True,
+    max_minutes: float | None = None,
+):
     """`trainer.train()`, resuming from a checkpoint when there is one.
 
     Args:
@@ -168,6 +211,8 @@ def train_resuming(trainer: Any, output_dir: str | os.PathLike | None = None, re
         resume: `True` — resume from `trainer.args.resume_from_checkpoint` if set, else from
             `last_checkpoint(output_dir)`, else start from scratch; `False` — start from scratch; a path —
             resume from that checkpoint (it must be complete).
+        max_minutes: a time budget for this launch: past it, the Trainer saves a checkpoint at the next step end and
+            stops, and `TrainingPaused` is raised (the caller's final save and evaluation do not run).
 
     Returns:
         What `trainer.train` returns (`TrainOutput`).
@@ -196,7 +241,20 @@ def train_resuming(trainer: Any, output_dir: str | os.PathLike | None = None, re
             )
         step = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text(encoding="utf-8"))["global_step"]
         logger.info("Resuming from checkpoint %s (global step %d).", checkpoint, step)
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    budget = None
+    if max_minutes is not None:
+        if max_minutes <= 0:
+            raise ValueError(f"max_minutes must be > 0, got {max_minutes!r}.")
+        budget = TimeBudgetCallback(max_minutes)
+        trainer.add_callback(budget)
+    try:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        if budget is not None:
+            trainer.remove_callback(budget)
+    if budget is not None and budget.fired:
+        step = trainer.state.global_step
+        raise TrainingPaused(step, trainer.state.max_steps, str(output_dir / f"checkpoint-{step}"), max_minutes)
     if checkpoint is None:
         return output
     # The Trainer's `training_loss` sums only the losses of this launch and divides by the global step, so a

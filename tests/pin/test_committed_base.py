@@ -45,3 +45,21 @@ def test_recorded_gates_match_the_provenance():
     gates = report["gates"]
     assert gates["box_loss_ratio"]["passed"] and gates["raw_box_parse_rate"]["passed"]
     assert report["meets_target"] == all(g["passed"] for g in gates.values())
+
+
+def test_check_mode_gates_a_saved_base(tmp_path, capsys):
+    """`captioner --check DIR` runs every check and gate on a saved model without training (here 20 scenes)."""
+    from groundvlm.recipes.systems.vpgtrans import captioner
+
+    out = tmp_path / "check.json"
+    assert captioner.main(["--check", str(BASE), "--eval_images", "4", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["gates"]) == {
+        "name_recall", "raw_box_parse_rate", "box_loss_ratio", "raw_miou_held_out", "raw_center_r_held_out",
+        "binding_accuracy",
+    }  # fmt: skip
+    assert report["meets_target"] == all(g["passed"] for g in report["gates"].values())
+    assert report["checks"]["binding"]["questions"] > 0 and report["device"] == "cpu"
+    assert json.loads(capsys.readouterr().out) == report
+    with pytest.raises(SystemExit):
+        captioner.main(["--check", str(BASE), "--max_steps", "3"])  # training flags make no sense here

@@ -319,7 +319,9 @@ TINY_ARGS = [
 # 4 batches already seen) and the run then crosses into a second epoch (a new shuffle).
 
 
-def _launch(output_dir: Path, pause_at: int | None = None, accelerate: bool = True) -> subprocess.Popen:
+def _launch(
+    output_dir: Path, pause_at: int | None = None, accelerate: bool = True, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
     """Start tiny_recipe.py as a user would, `accelerate launch --config_file cpu.yaml ...` (or plain python)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("GROUNDVLM_TEST_PAUSE_AT_STEP", None)
@@ -337,7 +339,7 @@ def _launch(output_dir: Path, pause_at: int | None = None, accelerate: bool = Tr
         ]
     # A new session, so that SIGKILL can reach the launcher and the training process it started.
     return subprocess.Popen(
-        [*launcher, str(TINY_RECIPE), "--output_dir", str(output_dir), *TINY_ARGS],
+        [*launcher, str(TINY_RECIPE), "--output_dir", str(output_dir), *TINY_ARGS, *extra],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -423,6 +425,28 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     resumed_metrics = json.loads((run_dir_ / "metrics.json").read_text())["train"]
     reference_metrics = json.loads((reference_dir / "metrics.json").read_text())["train"]
     assert resumed_metrics["train_loss"] == pytest.approx(reference_metrics["train_loss"], abs=1e-4)
+
+
+def test_time_budget_pauses_with_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    out = tmp_path / "budget"
+    # A budget far below one step: the run stops at the end of step 1, saves checkpoint-1 and exits with status 3.
+    first = _launch(out, accelerate=False, extra=("--max_train_minutes", "1e-6"))
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == arguments.EXIT_PAUSED, output[-4000:]
+    assert "paused at step 1 of 8" in output and "Run the same command again to resume" in output
+    assert checkpointing.is_complete_checkpoint(out / "checkpoint-1")
+    assert not (out / "final").exists() and not (out / "metrics.json").exists()  # no final save, no metrics
+
+    _finish(_launch(out, accelerate=False))  # the same command without the budget finishes the run
+    assert f"Resuming from checkpoint {out / 'checkpoint-1'} (global step 1)." in (out / "train.log").read_text()
+    assert json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())["global_step"] == 8
+    assert (out / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("minutes", ["0", "-2"])
+def test_time_budget_must_be_positive(minutes):
+    with pytest.raises(arguments.RecipeError, match="--max_train_minutes must be a number > 0"):
+        parse_recipe_args((RunArguments, TrainingArguments), ["--max_train_minutes", minutes], recipe="tiny")
 
 
 def test_whole_run_loss_weights_each_logged_interval_by_its_steps():

@@ -610,21 +610,24 @@ def test_qformer_pretraining_uses_the_caption_stage_vit(tmp_path, monkeypatch):
 
 
 def test_toy_captions_vqa_fraction():
-    """vqa_fraction=0 draws exactly the captions; 1 turns every scene with a colour/shape question into one, in the
-    reference's VQA prompt, with the attribute of the object it names; out of range is refused."""
+    """vqa_fraction=0 draws exactly the captions; 1 turns every scene with a colour/shape question into one: the
+    question in the reference's VQA prompt as the example's prompt, the attribute of the object it names as its text;
+    out of range is refused."""
     from groundvlm.recipes.systems.vpgtrans.data import ToyCaptions
 
     plain, zero = ToyCaptions(6, split="all", seed=5), ToyCaptions(6, split="all", seed=5, vqa_fraction=0.0)
     assert [plain[i]["text"] for i in range(6)] == [zero[i]["text"] for i in range(6)]
+    assert all("prompt" not in plain[i] for i in range(6))
     asked = ToyCaptions(6, split="all", seed=5, vqa_fraction=1.0)
     questions = 0
     for i in range(6):
-        text = asked[i]["text"]
-        assert text == asked[i]["text"]  # the same text each time the example is drawn
-        if not text.startswith("Question: "):
+        example = asked[i]
+        assert example["text"] == asked[i]["text"]  # the same text each time the example is drawn
+        if "prompt" not in example:
             continue
         questions += 1
-        question, answer = text[len("Question: ") :].split(" Answer: ")
+        assert example["prompt"].startswith("Question: ") and example["prompt"].endswith(" Answer:")
+        question, answer = example["prompt"][len("Question: ") : -len(" Answer:")], example["text"]
         objs = asked.objects[i]
         if question.startswith("What colour is the "):
             shape = question[len("What colour is the ") : -1]
@@ -635,6 +638,28 @@ def test_toy_captions_vqa_fraction():
     assert questions >= 4
     with pytest.raises(ValueError, match="vqa_fraction"):
         ToyCaptions(2, split="all", seed=5, vqa_fraction=-0.1)
+
+
+def test_caption_collator_masks_a_question_prompt_out_of_the_labels():
+    """A question example trains on its answer only (the prompt's tokens are -100), a caption on the whole caption:
+    a model trained on questions keeps writing captions when no question is asked."""
+    from PIL import Image
+
+    from groundvlm.recipes.systems.vpgtrans.data import CaptionCollator
+
+    processor = _tiny_processor(tiny_model()[1])
+    image = Image.new("RGB", (16, 16))
+    batch = CaptionCollator(processor)(
+        [
+            {"image": image, "text": "a red star"},
+            {"image": image, "prompt": "Question: What colour is the star? Answer:", "text": "red"},
+        ]
+    )
+    newline = processor.tokenizer("\n", add_special_tokens=False)["input_ids"]
+    caption_targets = [t for t in batch["labels"][0].tolist() if t != -100]
+    answer_targets = [t for t in batch["labels"][1].tolist() if t != -100]
+    assert processor.tokenizer.decode(caption_targets[1:]).strip() == "a red star"  # BOS, then the caption
+    assert answer_targets == processor.tokenizer(" red", add_special_tokens=False)["input_ids"] + newline
 
 
 def test_binding_score_separates_binding_from_naming_an_attribute_of_the_scene():

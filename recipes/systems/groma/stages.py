@@ -82,7 +82,9 @@ def chat_samples(args, stage: str) -> list[dict]:
     return samples
 
 
-def run_training_stage(stage: str, args, training_args, run_dir: Path, preset: str, resume) -> dict:
+def run_training_stage(
+    stage: str, args, training_args, run_dir: Path, preset: str, resume, max_minutes: float | None = None
+) -> dict:
     """Train `stage` (det / align / instruct) into <run_dir>/<stage>/ and save <run_dir>/<stage>/final."""
     out_dir = stage_dir(run_dir, stage)
     model, processor = start_model(args, stage, run_dir, preset, training_args.seed)
@@ -113,7 +115,7 @@ def run_training_stage(stage: str, args, training_args, run_dir: Path, preset: s
             data_collator=data.GromaChatCollator(processor, template),
         )  # fmt: skip
     logger.info("%s: %d samples, %d trainable parameters", stage, len(samples), entry["trainable_parameters"])
-    output = train_resuming(trainer, resume=resume)
+    output = train_resuming(trainer, resume=resume, max_minutes=max_minutes)
     if stage == "instruct" and args.use_lora:
         models.merge_lora(model)
     save_pretrained_once(out_dir / "final", model, processor)

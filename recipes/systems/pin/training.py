@@ -204,7 +204,7 @@ def run_methods(
             args.num_train_epochs = 1  # one pass over PinTrainingSet = `epochs` passes over the pool
             trainer = PinTrainer(model=model, args=args, train_dataset=dataset, data_collator=PinCollator(proc))
             start = time.perf_counter()
-            output = train_resuming(trainer, resume=run_args.resume)
+            output = train_resuming(trainer, resume=run_args.resume, max_minutes=run_args.max_train_minutes)
             entry["train_seconds"] = time.perf_counter() - start
             entry["train_loss"] = output.training_loss
             entry["train_samples"] = len(dataset)

@@ -2,6 +2,7 @@
 
     python -m groundvlm.recipes.systems.vpgtrans.captioner --preset cpu|gpu|gpu-small [--out DIR] [--qformer_pretrain]
         [--frozen_lm] [any recipes/vpgtrans.py flag, e.g. --max_steps 3000]
+    python -m groundvlm.recipes.systems.vpgtrans.captioner --check MODEL_DIR [--processor DIR] [--out JSON]
 
 Frozen toy BLIP-2 ViT (`vision-blip2`), toy OPT LM (`lm-opt-small`), Q-Former + projector trained on toy
 captions that never mention positions. PIN uses it as its frozen base VLM: it must *see* (name the objects of
@@ -480,16 +481,55 @@ def build_caption_asset(folder: str | Path, preset: str) -> dict:
     return caption_asset_metrics(report, "built")
 
 
+def check_base(model_dir: str | Path, processor_dir: str | Path | None = None, eval_images: int = 100) -> dict:
+    """`base_checks` and `base_gates` of a saved caption VL-LLM (a model folder, or a Trainer checkpoint with
+    `processor_dir` naming where its processor is), on the GPU when there is one."""
+    from groundvlm.modeling import VPGTransModel
+    from groundvlm.processing import VPGTransProcessor
+
+    model = VPGTransModel.from_pretrained(model_dir)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    processor = VPGTransProcessor.from_pretrained(processor_dir or model_dir)
+    start = time.time()
+    checks = base_checks(model, processor, eval_images)
+    gates = base_gates(checks)
+    return {
+        "model": str(model_dir),
+        "commit": git_commit(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "check_seconds": round(time.time() - start, 1),
+        "checks": checks,
+        "gates": gates,
+        "meets_target": all(g["passed"] for g in gates.values()),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(CONFIGS), default="cpu")
-    parser.add_argument("--out", default=None, help="default runs/vpgtrans/captioner_<preset>")
+    parser.add_argument(
+        "--check", default=None, metavar="MODEL_DIR", help="only run the base checks and gates on a saved model"
+    )
+    parser.add_argument("--processor", default=None, help="with --check: the processor's folder if not MODEL_DIR")
+    parser.add_argument(
+        "--out", default=None, help="default runs/vpgtrans/captioner_<preset>; with --check: a JSON file"
+    )
     parser.add_argument("--qformer_pretrain", action="store_true")
     parser.add_argument("--frozen_lm", action="store_true")
     parser.add_argument(
         "--eval_images", type=int, default=None, help="images for the checks (default 100 cpu, 200 gpu)"
     )
     args, extra = parser.parse_known_args(argv)
+    if args.check is not None:
+        if extra:
+            parser.error(f"--check takes no training flags, got {extra}")
+        report = check_base(args.check, args.processor, args.eval_images or 100)
+        text = json.dumps(report, indent=2, default=str) + "\n"
+        if args.out:
+            Path(args.out).write_text(text)
+        print(text)
+        return 0
     out = args.out or f"runs/vpgtrans/captioner_{args.preset}"
     build_caption_vlm(out, args.preset, args.qformer_pretrain, args.frozen_lm, extra, args.eval_images)
     report = json.loads((Path(out) / "captioner.json").read_text())

@@ -228,8 +228,10 @@ class ToyCaptions(_ToyScenes):
 
     `vqa_fraction`: the share of training examples that are a binding question instead of a caption -- "Question: What
     colour is the star? Answer: red" (a colour question about a shape that occurs once, or a shape question about a
-    colour that occurs once; `texts.vqa`), in the reference's zero-shot VQA prompt for decoder-only LLMs, trained as
-    one text. A scene with no such question keeps its caption. Never positions."""
+    colour that occurs once; `texts.vqa`): the example's `prompt` is the question in the reference's zero-shot VQA
+    prompt for decoder-only LLMs and its `text` the answer, so only the answer is a target (the prompt is masked out
+    of the loss, as in BLIP-2's prompted fine-tuning) and unprompted captions stay captions. A scene with no such
+    question keeps its caption. Never positions."""
 
     def __init__(
         self,
@@ -265,7 +267,7 @@ class ToyCaptions(_ToyScenes):
             binding = [(q, a) for q, a, kind in texts.vqa(scene, rng) if kind in texts.BINDING_KINDS]
             if binding:
                 question, answer = binding[int(rng.integers(len(binding)))]
-                return {"image": image, "text": f"{VQA_PROMPT_DECODER_ONLY.format(question)} {answer}"}
+                return {"image": image, "prompt": VQA_PROMPT_DECODER_ONLY.format(question), "text": answer}
         return {"image": image, "text": pre_caption(texts.caption(scene, rng))}
 
 
@@ -289,7 +291,8 @@ class ToyVQA(_ToyScenes):
 class CaptionCollator:
     """Caption training batch through a `VPGTransProcessor`: empty prompt (as the reference's caption
     pretraining), target = the caption; gives input_ids / attention_mask / pixel_values / labels
-    (+ decoder_attention_mask for T5)."""
+    (+ decoder_attention_mask for T5). An example with its own `prompt` (a question) uses it instead; the processor
+    masks prompt tokens out of the labels."""
 
     def __init__(self, processor, prompt: str = ""):
         self.processor = processor
@@ -302,7 +305,7 @@ class CaptionCollator:
         return dict(
             self.processor(
                 images=[e["image"] for e in examples],
-                text=[self.prompt] * len(examples),
+                text=[e.get("prompt", self.prompt) for e in examples],
                 text_target=[e["text"] for e in examples],
             )
         )

@@ -160,7 +160,7 @@ def run_qformer_pretrain(
         data_collator=collator,
         stage=script_args.stage,
     )
-    result = train_resuming(trainer, resume=run_args.resume)
+    result = train_resuming(trainer, resume=run_args.resume, max_minutes=run_args.max_train_minutes)
     path = save_safetensors_atomic(model.vpgtrans_state_dict(), run_dir / QFORMER_WEIGHTS_NAME)
     write_metrics(run_dir, "train", result.metrics)
     return path
@@ -212,7 +212,7 @@ def run_training(
     if eval_args.eval_each_epoch:
         callback = EpochEvalCallback(trainer, processor, caption_eval, vqa_eval, settings, run_dir, script_args.dataset)
         trainer.add_callback(callback)
-    result = train_resuming(trainer, resume=run_args.resume)
+    result = train_resuming(trainer, resume=run_args.resume, max_minutes=run_args.max_train_minutes)
     save_pretrained_once(run_dir / MODEL_DIR, model, processor)
     write_metrics(run_dir, "train", result.metrics)
     return model, processor, result.metrics
