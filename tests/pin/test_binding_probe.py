@@ -14,7 +14,9 @@ probe = load_benchmark("binding_probe")
 def test_colour_rows_name_exactly_one_object_of_a_multi_object_scene():
     rows = probe.colour_rows(seed=4, n_scenes=40)
     assert rows
-    world = probe.ToyWorld(seed=4, split="all")
+    from groundvlm.recipes.toyworld import ToyWorld
+
+    world = ToyWorld(seed=4, split="all")
     for row in rows:
         objs = world.scene(row["scene"]).objects
         assert len(objs) >= 2

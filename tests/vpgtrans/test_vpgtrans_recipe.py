@@ -1,6 +1,7 @@
 """VPGTrans recipe units: stage freezing, LAVIS optimiser groups, stage-1/stage-2 schedules, speed-up rate,
 real-format loaders, BLIP-like Q-Former pretraining pieces, caption name recall."""
 
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -607,6 +608,36 @@ def test_qformer_pretraining_uses_the_caption_stage_vit(tmp_path, monkeypatch):
         args = calls[-1]
         assert args[args.index("--stage") + 1] == "qformer_pretrain"
         assert args[args.index("--vision_model") + 1] == vit
+
+
+def test_bind_preset_binds_the_qformer_first_and_continues_from_it(tmp_path, monkeypatch):
+    """Preset gpu-bind: the Q-Former of the init model (the config's, or --init_model) is trained to bind first,
+    saved with its record, and the caption stage continues from that folder; a second build reuses it."""
+    from groundvlm.recipes.systems.vpgtrans import binding, captioner
+
+    model, image_id = tiny_model()
+    init = tmp_path / "init"
+    model.save_pretrained(init)
+    _tiny_processor(image_id).save_pretrained(init)
+    bound, calls = [], []
+    monkeypatch.setattr(binding, "bind_qformer", lambda m, p, steps, seed=0: bound.append(steps) or [{"step": 1}])
+
+    def fake_stage(args):
+        calls.append(args)
+        raise RuntimeError("stop after the binding step")
+
+    monkeypatch.setattr(captioner, "_run_stage", fake_stage)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="stop after"):
+            captioner.build_caption_vlm(tmp_path / "out", "gpu-bind", extra_args=["--init_model", str(init)])
+    assert bound == [captioner.BIND_QFORMER_STEPS["gpu-bind"]]  # the second build reuses the bound Q-Former
+    for args in calls:
+        assert args[args.index("--config") + 1] == "captioner_bind_gpu"
+        assert args[args.index("--stage") + 1] == "stage2"
+        assert [a for a in args if a == "--init_model"] == ["--init_model"]
+        assert args[args.index("--init_model") + 1] == str(tmp_path / "out" / "qformer_bound")
+    record = json.loads((tmp_path / "out" / "qformer_bound" / "binding.json").read_text())
+    assert record["init_model"] == str(init) and record["curve"] == [{"step": 1}]
 
 
 def test_toy_captions_vqa_fraction():

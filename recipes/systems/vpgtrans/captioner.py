@@ -56,9 +56,14 @@ CONFIGS = {
     # An experiment: continue with half the captions saying where each object is in words ("at the top left").
     # 400-600 CPU steps did not teach the base where (benchmarks/RESULTS.md, 2026-12-06).
     "cpu-located": ("captioner_located_cpu", None, "cpu"),
+    # v3: bind the Q-Former first (`binding.bind_qformer`), then captions + binding questions (answer-only loss)
+    # with the replay behind unrelated images, at the GPU budget, cpu sizes.
+    "gpu-bind": ("captioner_bind_gpu", None, "cpu"),
 }
 # Presets that continue a built caption VL-LLM (stage2 from its --init_model) rather than train a new one (tfs).
-CONTINUE_PRESETS = ("cpu-continue", "cpu-located")
+CONTINUE_PRESETS = ("cpu-continue", "cpu-located", "gpu-bind")
+# Presets whose Q-Former is first trained to bind colour to shape (steps of `binding.bind_qformer`).
+BIND_QFORMER_STEPS = {"gpu-bind": 1200}
 # What a base VLM must show before PIN trains on it: it sees (names the objects), its LM keeps writing boxes behind
 # an image prefix (a frozen BLIP-2 LLM does), and it does not already localise (raw mIoU near the random box).
 NAME_RECALL_TARGET = 0.85
@@ -396,6 +401,53 @@ def _run_stage(args: list[str]):
     return run_stage(run_args, script_args, model_args, eval_args, training_args, run_dir)
 
 
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of `name` in `argv` (`--name value` or `--name=value`; the last one wins), else None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = i + 1 < len(argv)
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
+def bind_qformer_of(init_model: str | Path, out: str | Path, steps: int, seed: int = 0) -> Path:
+    """Load the caption VL-LLM `init_model`, train its Q-Former to bind colour to shape (`binding.bind_qformer`,
+    `steps` steps; on the GPU when there is one) and save model + processor to `out` (reused when already there)."""
+    from groundvlm.modeling import VPGTransModel
+    from groundvlm.processing import VPGTransProcessor
+    from groundvlm.recipes.systems.vpgtrans.binding import bind_qformer
+    from groundvlm.recipes.systems.vpgtrans.models import resolve_path
+
+    out = Path(out)
+    init_model = resolve_path(str(init_model), "cpu", "init_model")
+    if (out / "binding.json").exists():
+        return out
+    model = VPGTransModel.from_pretrained(init_model)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    processor = VPGTransProcessor.from_pretrained(init_model)
+    start = time.time()
+    curve = bind_qformer(model, processor, steps, seed=seed)
+    save_pretrained_once(out, model, processor)
+    record = {"init_model": str(init_model), "steps": steps, "seed": seed, "curve": curve}
+    (out / "binding.json").write_text(json.dumps({**record, "seconds": round(time.time() - start, 1)}, indent=1))
+    return out
+
+
 def build_caption_vlm(
     out_dir: str | Path,
     preset: str = "cpu",
@@ -441,6 +493,13 @@ def build_caption_vlm(
         tfs_args += ["--qformer_init", str(qf_dir / QFORMER_WEIGHTS_NAME)]
     if frozen_lm:
         tfs_args += ["--unfreeze_lm", "false", "--text_replay_weight", "0"]
+    if preset in BIND_QFORMER_STEPS:
+        init = (
+            _option(extra, "--init_model")
+            or yaml.safe_load(resolve_config_path("vpgtrans", config).read_text())["init_model"]
+        )
+        bound = bind_qformer_of(init, out_dir / "qformer_bound", BIND_QFORMER_STEPS[preset])
+        extra = [*_without_option(extra, "--init_model"), "--init_model", str(bound)]
     model, processor, train_metrics = _run_stage(tfs_args + extra)
     model_dir = out_dir / "model"
     save_pretrained_once(model_dir, model, processor)
