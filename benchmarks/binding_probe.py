@@ -18,6 +18,9 @@ of an attribute that the base *was* trained to see, colour, on unseen scenes of 
 through an attention probe on the colour of the named shape -- a direct binding signal of the kind BLIP-2's
 first stage gives a real Q-Former (ITM against captions that differ only in which attribute goes with which object)
 -- save the model to DIR, then probe it. Never positions: the objective names a colour.
+
+`--text-lookup-steps N` (alone): the same questions with the scene's caption in front instead of the image, the base's
+LLM fine-tuned on them for N steps (answer-only loss) -- whether the LLM can do the lookup at all.
 """
 
 from __future__ import annotations
@@ -80,6 +83,85 @@ def answer_accuracy(model, processor, seed: int, n_scenes: int, batch_size: int 
         score = score_binding([a for a, _ in group], [r for _, r in group])
         result[f"{count}_objects"] = {k: score[k] for k in ("accuracy", "scene_chance", "questions")}
     return result
+
+
+def text_lookup_rows(seed: int, n_scenes: int) -> list[dict]:
+    """The binding questions of 2-3-object scenes asked with the scene's caption in front instead of its image:
+    "a photo of a red star and a blue moon. Question: What colour is the star? Answer:" -> " red"."""
+    from groundvlm.recipes.toyworld import ToyWorld, texts
+
+    world, rows = ToyWorld(seed=seed, split="all"), []
+    for i in range(n_scenes):
+        scene = world.scene(i)
+        if len(scene.objects) < 2:
+            continue
+        rng = np.random.default_rng((seed, i))
+        caption = texts.caption(scene, rng)
+        for question, answer, kind in texts.vqa(scene, rng):
+            if kind in texts.BINDING_KINDS:
+                options = len({getattr(o, kind) for o in scene.objects} - {None})
+                rows.append({"prompt": f"{caption} Question: {question} Answer:", "answer": " " + answer,
+                             "options": options})  # fmt: skip
+    return rows
+
+
+def text_lookup(
+    model, processor, steps: int, lr: float = 1e-3, seed: int = 0, every: int = 100, scenes: tuple = (3000, 300)
+) -> dict:
+    """Can the base's LLM do the binding lookup in text? Fine-tune it (AdamW, batch 64, loss on the answer only) on
+    `text_lookup_rows` and score the first answer token greedily on held-out scenes every `every` steps. A pretrained
+    LLM reads "What colour is the star?" off the caption in context; an LLM that stays at `scene_chance` here cannot
+    be expected to do it over visual prompts either."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    lm, tok = model.language_model, processor.tokenizer
+    train, test = text_lookup_rows(seed + 1, scenes[0]), text_lookup_rows(seed + 2, scenes[1])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def encode(rows):
+        ids = [tok(r["prompt"])["input_ids"] + tok(r["answer"], add_special_tokens=False)["input_ids"] for r in rows]
+        n_prompt = [len(tok(r["prompt"])["input_ids"]) for r in rows]
+        width = max(map(len, ids))
+        input_ids = torch.full((len(ids), width), pad)
+        labels = torch.full((len(ids), width), -100)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for k, (row, n) in enumerate(zip(ids, n_prompt)):
+            input_ids[k, : len(row)] = torch.tensor(row)
+            labels[k, n : len(row)] = torch.tensor(row[n:])
+            mask[k, : len(row)] = 1
+        return input_ids, mask, labels
+
+    @torch.no_grad()
+    def accuracy() -> float:
+        lm.eval()
+        hits = 0
+        for row in test:
+            ids = torch.tensor([tok(row["prompt"])["input_ids"]])
+            hits += (
+                lm(input_ids=ids).logits[0, -1].argmax().item()
+                == tok(row["answer"], add_special_tokens=False)["input_ids"][0]
+            )
+        lm.train()
+        return hits / len(test)
+
+    curve = [{"step": 0, "accuracy": accuracy()}]
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=lr)
+    lm.train()
+    for step in range(1, steps + 1):
+        input_ids, mask, labels = encode([train[j] for j in rng.integers(0, len(train), 64)])
+        loss = lm(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % every == 0 or step == steps:
+            curve.append({"step": step, "loss": loss.item(), "accuracy": accuracy()})
+    return {
+        "curve": curve,
+        "scene_chance": sum(1.0 / r["options"] for r in test) / len(test),
+        "rows": {"train": len(train), "test": len(test)},
+        "lr": lr,
+        "example": test[0],
+    }
 
 
 def run(
@@ -150,8 +232,23 @@ def main(argv=None) -> int:
     parser.add_argument("--bind-qformer-steps", type=int, default=0, help="train the Q-Former to bind first")
     parser.add_argument("--save", default=None, help="folder for the model after --bind-qformer-steps")
     parser.add_argument("--out", default=None, help="JSON file for the result (default: print only)")
+    parser.add_argument(
+        "--text-lookup-steps", type=int, default=0, help="only: can the base's LLM learn the lookup in text (steps)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.text_lookup_steps:
+        model = VPGTransModel.from_pretrained(args.base)
+        start = time.time()
+        result = {"base": args.base, "text_lookup": text_lookup(model, VPGTransProcessor.from_pretrained(args.base),
+                  args.text_lookup_steps, seed=args.seed), "seconds": round(time.time() - start, 1),
+                  "commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}  # fmt: skip
+        text = json.dumps(result, indent=1)
+        print(text)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(text + "\n")
+        return 0
     if args.save and not args.bind_qformer_steps:
         parser.error("--save keeps the model trained by --bind-qformer-steps; give that too")
     result = run(

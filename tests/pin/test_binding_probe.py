@@ -99,3 +99,22 @@ def test_bind_qformer_trains_the_qformer_only():
 def test_save_needs_the_binding_step():
     with pytest.raises(SystemExit):
         probe.main(["--save", "/nonexistent"])
+
+
+def test_text_lookup_asks_the_binding_question_of_the_caption_and_trains_the_llm_on_the_answer():
+    rows = probe.text_lookup_rows(seed=4, n_scenes=30)
+    assert rows
+    for row in rows:
+        caption, question = row["prompt"].split(" Question: ")
+        assert question.endswith(" Answer:") and row["answer"].startswith(" ")
+        words = caption.replace(",", " ").replace(".", " ").split()
+        assert row["answer"].strip() in words  # the answer can be read off the caption in context
+        assert row["options"] >= 1
+    base = probe.VPGTransModel.from_pretrained("recipes/toy_checkpoints/vlm-caption")
+    processor = probe.VPGTransProcessor.from_pretrained("recipes/toy_checkpoints/vlm-caption")
+    before = {k: v.clone() for k, v in base.language_model.state_dict().items()}
+    result = probe.text_lookup(base, processor, steps=2, every=1, scenes=(20, 10))
+    assert [c["step"] for c in result["curve"]] == [0, 1, 2]
+    assert all(0.0 <= c["accuracy"] <= 1.0 for c in result["curve"]) and 0 < result["scene_chance"] <= 1
+    changed = [k for k, v in base.language_model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed  # the LLM itself is what the probe fine-tunes
