@@ -243,24 +243,19 @@ def main(argv=None) -> int:
         result = {"base": args.base, "text_lookup": text_lookup(model, VPGTransProcessor.from_pretrained(args.base),
                   args.text_lookup_steps, seed=args.seed), "seconds": round(time.time() - start, 1),
                   "commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}  # fmt: skip
-        text = json.dumps(result, indent=1)
-        print(text)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(text + "\n")
-        return 0
-    if args.save and not args.bind_qformer_steps:
-        parser.error("--save keeps the model trained by --bind-qformer-steps; give that too")
-    result = run(
-        args.base,
-        args.train_scenes,
-        args.test_scenes,
-        args.steps,
-        args.answer_scenes,
-        args.seed,
-        args.bind_qformer_steps,
-        args.save,
-    )
+    else:
+        if args.save and not args.bind_qformer_steps:
+            parser.error("--save keeps the model trained by --bind-qformer-steps; give that too")
+        result = run(
+            args.base,
+            args.train_scenes,
+            args.test_scenes,
+            args.steps,
+            args.answer_scenes,
+            args.seed,
+            args.bind_qformer_steps,
+            args.save,
+        )
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
