@@ -192,7 +192,11 @@ def _parse_command(argv: list[str], stop_after_parse: bool) -> Parsed:
             def stop_at_build(*a, **k):
                 raise Stop((a, k))
 
+            def stop_at_check(*a, **k):
+                raise Stop(("check", a, k))
+
             patch.setattr(module, "build_caption_vlm", stop_at_build)
+            patch.setattr(module, "check_base", stop_at_check)  # `--check MODEL_DIR`: gates a saved model, trains none
             kind = "captioner"
         else:
             real_parse = argparse.ArgumentParser.parse_args
@@ -225,6 +229,10 @@ def _describe(parsed: Parsed, module, name: str) -> Parsed:
                 parsed.writes.append(f"{output_dir}/pin/final")  # pin.main saves the trained PIN + processor there
             if (recipe_args["base_model"] or "").startswith("runs/"):
                 parsed.reads.append(recipe_args["base_model"])
+    elif parsed.kind == "captioner" and parsed.values[0] == "check":
+        _, (model_dir, *_), _ = parsed.values
+        if str(model_dir).startswith("runs/"):
+            parsed.reads.append(str(model_dir))
     elif parsed.kind == "captioner":
         (out, *rest), kwargs = parsed.values
         extra = rest[3] if len(rest) > 3 else kwargs.get("extra_args")
