@@ -1,6 +1,7 @@
 """PIN recipe: curriculum data, collator labels, feature cache, baselines' trainable sets, end-to-end main()."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace as NS
 
 import numpy as np
@@ -232,7 +233,9 @@ def test_fresh_scenes_compose_a_new_scene_per_sample_curriculum_first_and_determ
         FreshSceneSet(source, 3, TRAIN, curriculum_samples=4)
 
 
-def test_fresh_scenes_train_and_resume_through_the_recipe(tok, tmp_path, monkeypatch):
+def _fresh_scene_run(tok, tmp_path, monkeypatch) -> tuple[list[str], Path, list]:
+    """Arguments of a tiny fresh-scenes PIN run on a saved tiny base, its output folder, and the list that records
+    which scenes the run composes."""
     base = tmp_path / "base"
     tiny_base(tok).save_pretrained(base)
     Blip2Processor(BlipImageProcessor(size={"height": S, "width": S}), tok, num_query_tokens=4).save_pretrained(base)
@@ -253,6 +256,11 @@ def test_fresh_scenes_train_and_resume_through_the_recipe(tok, tmp_path, monkeyp
     args += ["--val_images", "2", "--test_images", "0", "--name_reconstruction_fraction", "0.25"]
     args += ["--per_device_train_batch_size", "4", "--max_new_tokens", "4", "--use_cpu", "true", "--method", "pin"]
     args += ["--save_steps", "2", "--dataloader_num_workers", "0"]
+    return args, out, seen
+
+
+def test_fresh_scenes_train_and_resume_through_the_recipe(tok, tmp_path, monkeypatch):
+    args, out, seen = _fresh_scene_run(tok, tmp_path, monkeypatch)
     first = pin_recipe.main(args + ["--epochs", "1"])  # 8 samples, 2 steps
     assert first["pin"]["train_samples"] == 8
     # The first quarter (items 0-1) came from the curriculum stream, items 2-7 are the source's scenes 2-7.
@@ -267,6 +275,22 @@ def test_fresh_scenes_train_and_resume_through_the_recipe(tok, tmp_path, monkeyp
     # them, only items 8-15 (after the random baseline's 8-scene box pool, scenes 0-7 of the same source).
     assert not [i for seed, i in seen if seed == 0 and i >= FreshSceneSet.CURRICULUM_OFFSET]
     assert [i for seed, i in seen if seed == 0] == list(range(8)) + list(range(8, 16))
+
+
+def test_time_budget_pauses_pin_at_a_checkpoint_and_the_same_command_finishes(tok, tmp_path, monkeypatch):
+    """--max_train_minutes (a budget below one step) stops PIN's training after step 1 with checkpoint-1 saved and no
+    evaluation; the same command without it resumes there and finishes the run."""
+    from groundvlm.recipes.common.checkpointing import TrainingPaused, is_complete_checkpoint
+
+    args, out, _ = _fresh_scene_run(tok, tmp_path, monkeypatch)
+    with pytest.raises(TrainingPaused, match="paused at step 1 of 2"):
+        pin_recipe.main(args + ["--epochs", "1", "--max_train_minutes", "1e-6"])
+    assert is_complete_checkpoint(out / "pin" / "checkpoint-1")
+    assert not (out / "comparison.json").exists() and not (out / "pin" / "final").exists()
+    finished = pin_recipe.main(args + ["--epochs", "1"])
+    assert finished["pin"]["train_samples"] == 8
+    assert "Resuming from checkpoint" in (out / "train.log").read_text()
+    assert (out / "pin" / "final").is_dir()
 
 
 def test_main_end_to_end_writes_table_and_png(tok, tmp_path, monkeypatch):
