@@ -20,7 +20,8 @@ first stage gives a real Q-Former (ITM against captions that differ only in whic
 -- save the model to DIR, then probe it. Never positions: the objective names a colour.
 
 `--text-lookup-steps N` (alone): the same questions with the scene's caption in front instead of the image, the base's
-LLM fine-tuned on them for N steps (answer-only loss) -- whether the LLM can do the lookup at all.
+LLM fine-tuned on them for N steps (answer-only loss) -- whether the LLM can do the lookup at all; `--text-lookup-lm DIR`
+asks it of a plain causal LM (e.g. `recipes/toy_checkpoints/lm-llama`) instead.
 """
 
 from __future__ import annotations
@@ -235,12 +236,22 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--text-lookup-steps", type=int, default=0, help="only: can the base's LLM learn the lookup in text (steps)"
     )
+    parser.add_argument("--text-lookup-lm", default=None, help="with --text-lookup-steps: a causal LM folder instead")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.text_lookup_steps:
-        model = VPGTransModel.from_pretrained(args.base)
+        if args.text_lookup_lm:  # a plain causal LM folder (e.g. a toy LM asset) instead of the base's LLM
+            from types import SimpleNamespace
+
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            model = SimpleNamespace(language_model=AutoModelForCausalLM.from_pretrained(args.text_lookup_lm))
+            processor = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(args.text_lookup_lm))
+        else:
+            model = VPGTransModel.from_pretrained(args.base)
+            processor = VPGTransProcessor.from_pretrained(args.base)
         start = time.time()
-        result = {"base": args.base, "text_lookup": text_lookup(model, VPGTransProcessor.from_pretrained(args.base),
+        result = {"base": args.text_lookup_lm or args.base, "text_lookup": text_lookup(model, processor,
                   args.text_lookup_steps, seed=args.seed), "seconds": round(time.time() - start, 1),
                   "commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}  # fmt: skip
     else:

@@ -118,3 +118,15 @@ def test_text_lookup_asks_the_binding_question_of_the_caption_and_trains_the_llm
     assert all(0.0 <= c["accuracy"] <= 1.0 for c in result["curve"]) and 0 < result["scene_chance"] <= 1
     changed = [k for k, v in base.language_model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # the LLM itself is what the probe fine-tunes
+
+
+def test_text_lookup_cli_takes_a_plain_causal_lm(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(probe, "text_lookup", lambda model, processor, steps, seed: calls.append((model, processor))
+                        or {"curve": []})  # fmt: skip
+    out = tmp_path / "lookup.json"
+    lm = "recipes/toy_checkpoints/lm-llama"
+    assert probe.main(["--text-lookup-steps", "3", "--text-lookup-lm", lm, "--out", str(out)]) == 0
+    ((model, processor),) = calls
+    assert type(model.language_model).__name__ == "LlamaForCausalLM" and processor.tokenizer is not None
+    assert json.loads(out.read_text())["base"] == lm
