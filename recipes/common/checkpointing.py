@@ -186,15 +186,24 @@ class TimeBudgetCallback(TrainerCallback):
         self.start = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if (
-            self.start is not None
-            and time.monotonic() - self.start >= self.seconds
-            and state.global_step < state.max_steps
-        ):
+        over = self.start is not None and time.monotonic() - self.start >= self.seconds
+        if _any_process(over, args.device) and state.global_step < state.max_steps:
             self.fired = True
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+def _any_process(flag: bool, device) -> bool:
+    """`flag` of any process of a distributed run (every process gets the same answer, so all stop at the same step;
+    one process stopping alone would leave the others waiting in their next collective)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def train_resuming(

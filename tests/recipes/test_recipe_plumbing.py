@@ -461,3 +461,29 @@ def test_write_metrics_writes_undefined_values_as_null_never_bare_nan(tmp_path):
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"eval": {"r": None, "n": {"inf": None}, "t": None, "x": [None]}}
+
+
+def _any_process_worker(rank: int, port: int, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results[rank] = checkpointing._any_process(rank == 0, "cpu")  # only rank 0 is over its budget
+    finally:
+        dist.destroy_process_group()
+
+
+def test_time_budget_stops_every_process_at_the_same_step():
+    """On two processes whose clocks disagree, the budget check gives both the same answer (one process stopping
+    alone would leave the other waiting in its next all-reduce)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_any_process_worker, args=(port, results), nprocs=2, join=True)
+    assert dict(results) == {0: True, 1: True}
+    assert checkpointing._any_process(False, "cpu") is False  # no process group: the process's own flag

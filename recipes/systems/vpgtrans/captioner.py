@@ -56,8 +56,8 @@ CONFIGS = {
     # An experiment: continue with half the captions saying where each object is in words ("at the top left").
     # 400-600 CPU steps did not teach the base where (benchmarks/RESULTS.md, 2026-12-06).
     "cpu-located": ("captioner_located_cpu", None, "cpu"),
-    # v3: bind the Q-Former first (`binding.bind_qformer`), then captions + binding questions (answer-only loss)
-    # with the replay behind unrelated images, at the GPU budget, cpu sizes.
+    # A candidate v3: bind the Q-Former first (`binding.bind_qformer`), then captions + binding questions (answer-only
+    # loss) with the replay behind unrelated images, at the GPU budget, cpu sizes (benchmarks/RESULTS.md, 2026-12-07).
     "gpu-bind": ("captioner_bind_gpu", None, "cpu"),
 }
 # Presets that continue a built caption VL-LLM (stage2 from its --init_model) rather than train a new one (tfs).
