@@ -30,6 +30,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -231,7 +232,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bind-qformer-steps", type=int, default=0, help="train the Q-Former to bind first")
-    parser.add_argument("--save", default=None, help="folder for the model after --bind-qformer-steps")
+    parser.add_argument(
+        "--save", default=None, help="folder for the model after --bind-qformer-steps or --text-lookup-steps"
+    )
     parser.add_argument("--out", default=None, help="JSON file for the result (default: print only)")
     parser.add_argument(
         "--text-lookup-steps", type=int, default=0, help="only: can the base's LLM learn the lookup in text (steps)"
@@ -241,8 +244,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.text_lookup_steps:
         if args.text_lookup_lm:  # a plain causal LM folder (e.g. a toy LM asset) instead of the base's LLM
-            from types import SimpleNamespace
-
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             model = SimpleNamespace(language_model=AutoModelForCausalLM.from_pretrained(args.text_lookup_lm))
@@ -254,6 +255,10 @@ def main(argv=None) -> int:
         result = {"base": args.text_lookup_lm or args.base, "text_lookup": text_lookup(model, processor,
                   args.text_lookup_steps, seed=args.seed), "seconds": round(time.time() - start, 1),
                   "commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}  # fmt: skip
+        if args.save:  # the model with its taught LLM (the whole VLM, or the plain LM with its tokenizer)
+            for part in (model if not args.text_lookup_lm else model.language_model, processor):
+                (part.tokenizer if isinstance(part, SimpleNamespace) else part).save_pretrained(args.save)
+            result["saved_to"] = args.save
     else:
         if args.save and not args.bind_qformer_steps:
             parser.error("--save keeps the model trained by --bind-qformer-steps; give that too")

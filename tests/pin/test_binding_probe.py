@@ -130,3 +130,19 @@ def test_text_lookup_cli_takes_a_plain_causal_lm(tmp_path, monkeypatch):
     ((model, processor),) = calls
     assert type(model.language_model).__name__ == "LlamaForCausalLM" and processor.tokenizer is not None
     assert json.loads(out.read_text())["base"] == lm
+
+
+def test_text_lookup_saves_the_vlm_with_its_taught_llm(tmp_path, monkeypatch):
+    def teach(model, processor, steps, seed):
+        with torch.no_grad():
+            model.language_model.get_input_embeddings().weight.add_(1.0)
+        return {"curve": []}
+
+    monkeypatch.setattr(probe, "text_lookup", teach)
+    base = "recipes/toy_checkpoints/vlm-caption"
+    save = tmp_path / "taught"
+    assert probe.main(["--text-lookup-steps", "1", "--save", str(save)]) == 0
+    taught, original = probe.VPGTransModel.from_pretrained(save), probe.VPGTransModel.from_pretrained(base)
+    emb = [m.language_model.get_input_embeddings().weight for m in (taught, original)]
+    assert torch.allclose(emb[0], emb[1] + 1.0)
+    assert probe.VPGTransProcessor.from_pretrained(save).tokenizer is not None
