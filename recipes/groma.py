@@ -27,7 +27,7 @@ import time
 
 from transformers import set_seed
 
-from groundvlm.recipes.common.arguments import RunArguments, parse_recipe_args, run_recipe
+from groundvlm.recipes.common.arguments import RunArguments, flag_value, parse_recipe_args, run_recipe, without_flag
 from groundvlm.recipes.common.run_dir import prepare_run_dir, write_metrics
 from groundvlm.recipes.systems.groma.arguments import GromaArguments, GromaTrainingArguments
 from groundvlm.recipes.systems.groma.models import load_groma
@@ -35,27 +35,6 @@ from groundvlm.recipes.systems.groma.stages import eval_sets, run_eval, run_trai
 
 logger = logging.getLogger("groundvlm")
 STAGES = ("det", "align", "instruct")
-
-
-def _value(argv: list[str], flag: str, default: str | None = None) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return default
-
-
-def _without(argv: list[str], flag: str) -> list[str]:
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == flag:
-            skip = True
-        elif not arg.startswith(flag + "="):
-            out.append(arg)
-    return out
 
 
 def parse(argv: list[str]):
@@ -86,11 +65,11 @@ def run_stage(argv: list[str]) -> dict:
 
 def run_all(argv: list[str]) -> dict:
     """The three stages with the preset's configs, then eval (and the frozen-LLM ablation if asked)."""
-    preset = _value(argv, "--preset", "cpu")
+    preset = flag_value(argv, "--preset", "cpu")
     prefix = {"cpu": "toy_cpu", "gpu": "toy_gpu", "gpu-small": "toy_cpu"}[preset]
-    rest = _without(_without(argv, "--stage"), "--config")
-    output_dir = _value(rest, "--output_dir", f"runs/groma/{prefix}")
-    rest = _without(rest, "--output_dir") + ["--output_dir", output_dir]
+    rest = without_flag(without_flag(argv, "--stage"), "--config")
+    output_dir = flag_value(rest, "--output_dir", f"runs/groma/{prefix}")
+    rest = without_flag(rest, "--output_dir") + ["--output_dir", output_dir]
     start, results = time.perf_counter(), {}
     for stage in STAGES:
         results[stage] = run_stage(["--config", f"{prefix}_{stage}", "--stage", stage, *rest])
@@ -110,8 +89,8 @@ def run_all(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    stage = _value(argv, "--stage")
-    if stage is None and _value(argv, "--config") is not None:
+    stage = flag_value(argv, "--stage")
+    if stage is None and flag_value(argv, "--config") is not None:
         return run_stage(argv)  # a stage's config names its stage (`stage: align`)
     return run_all(argv) if (stage or "all") == "all" else run_stage(argv)
 

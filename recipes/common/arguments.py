@@ -74,6 +74,31 @@ def check_fraction(args: Any, *names: str) -> None:
         check_arg(ok, name, value, "a number in [0, 1]")
 
 
+def flag_value(argv: list[str], flag: str, default: str | None = None) -> str | None:
+    """The value of `flag` in a raw argument list (`--flag value` or `--flag=value`; the last one wins, as argparse
+    reads it), else `default`."""
+    value = default
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """`argv` without every occurrence of `flag` and its value."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
+
+
 def run_recipe(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:
     """Call a recipe's `main(argv)`; a `RecipeError` (or a config that is not found) ends the process with
     `error: <message>` on stderr and status 1, also logged to the run's `train.log` when one is attached; any other

@@ -487,3 +487,12 @@ def test_time_budget_stops_every_process_at_the_same_step():
     mp.spawn(_any_process_worker, args=(port, results), nprocs=2, join=True)
     assert dict(results) == {0: True, 1: True}
     assert checkpointing._any_process(False, "cpu") is False  # no process group: the process's own flag
+
+
+def test_flag_helpers_read_and_drop_a_flag_as_argparse_sees_it():
+    argv = ["--preset", "gpu", "--stage=det", "--x", "1", "--preset", "cpu"]
+    assert arguments.flag_value(argv, "--preset") == "cpu"  # the last one wins, as in argparse
+    assert arguments.flag_value(argv, "--stage") == "det"
+    assert arguments.flag_value(argv, "--missing", "d") == "d"
+    assert arguments.without_flag(argv, "--preset") == ["--stage=det", "--x", "1"]
+    assert arguments.without_flag(argv, "--stage") == ["--preset", "gpu", "--x", "1", "--preset", "cpu"]

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from groundvlm.recipes.common.arguments import parse_recipe_args, resolve_config_path
+from groundvlm.recipes.common.arguments import flag_value, parse_recipe_args, resolve_config_path, without_flag
 from groundvlm.recipes.common.checkpointing import save_pretrained_once
 from groundvlm.recipes.common.provenance import git_commit
 from groundvlm.recipes.common.run_dir import prepare_run_dir
@@ -401,34 +401,20 @@ def _run_stage(args: list[str]):
     return run_stage(run_args, script_args, model_args, eval_args, training_args, run_dir)
 
 
-def _option(argv: list[str], name: str) -> str | None:
-    """The value of `name` in `argv` (`--name value` or `--name=value`; the last one wins), else None."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-    return value
+def _load_base(model_dir: str | Path, processor_dir: str | Path | None = None):
+    """A saved caption VL-LLM (on the GPU when there is one) and its processor (from `processor_dir` if given)."""
+    from groundvlm.modeling import VPGTransModel
+    from groundvlm.processing import VPGTransProcessor
 
-
-def _without_option(argv: list[str], name: str) -> list[str]:
-    out, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-        elif arg == name:
-            skip = i + 1 < len(argv)
-        elif not arg.startswith(name + "="):
-            out.append(arg)
-    return out
+    model = VPGTransModel.from_pretrained(model_dir)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    return model, VPGTransProcessor.from_pretrained(processor_dir or model_dir)
 
 
 def bind_qformer_of(init_model: str | Path, out: str | Path, steps: int, seed: int = 0) -> Path:
     """Load the caption VL-LLM `init_model`, train its Q-Former to bind colour to shape (`binding.bind_qformer`,
     `steps` steps; on the GPU when there is one) and save model + processor to `out` (reused when already there)."""
-    from groundvlm.modeling import VPGTransModel
-    from groundvlm.processing import VPGTransProcessor
     from groundvlm.recipes.systems.vpgtrans.binding import bind_qformer
     from groundvlm.recipes.systems.vpgtrans.models import resolve_path
 
@@ -436,10 +422,7 @@ def bind_qformer_of(init_model: str | Path, out: str | Path, steps: int, seed: i
     init_model = resolve_path(str(init_model), "cpu", "init_model")
     if (out / "binding.json").exists():
         return out
-    model = VPGTransModel.from_pretrained(init_model)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    processor = VPGTransProcessor.from_pretrained(init_model)
+    model, processor = _load_base(init_model)
     start = time.time()
     curve = bind_qformer(model, processor, steps, seed=seed)
     save_pretrained_once(out, model, processor)
@@ -495,11 +478,11 @@ def build_caption_vlm(
         tfs_args += ["--unfreeze_lm", "false", "--text_replay_weight", "0"]
     if preset in BIND_QFORMER_STEPS:
         init = (
-            _option(extra, "--init_model")
+            flag_value(extra, "--init_model")
             or yaml.safe_load(resolve_config_path("vpgtrans", config).read_text())["init_model"]
         )
         bound = bind_qformer_of(init, out_dir / "qformer_bound", BIND_QFORMER_STEPS[preset])
-        extra = [*_without_option(extra, "--init_model"), "--init_model", str(bound)]
+        extra = [*without_flag(extra, "--init_model"), "--init_model", str(bound)]
     model, processor, train_metrics = _run_stage(tfs_args + extra)
     model_dir = out_dir / "model"
     save_pretrained_once(model_dir, model, processor)
@@ -543,13 +526,8 @@ def build_caption_asset(folder: str | Path, preset: str) -> dict:
 def check_base(model_dir: str | Path, processor_dir: str | Path | None = None, eval_images: int = 100) -> dict:
     """`base_checks` and `base_gates` of a saved caption VL-LLM (a model folder, or a Trainer checkpoint with
     `processor_dir` naming where its processor is), on the GPU when there is one."""
-    from groundvlm.modeling import VPGTransModel
-    from groundvlm.processing import VPGTransProcessor
 
-    model = VPGTransModel.from_pretrained(model_dir)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    processor = VPGTransProcessor.from_pretrained(processor_dir or model_dir)
+    model, processor = _load_base(model_dir, processor_dir)
     start = time.time()
     checks = base_checks(model, processor, eval_images)
     gates = base_gates(checks)
