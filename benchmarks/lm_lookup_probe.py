@@ -201,16 +201,24 @@ def batch(
     whole: Callable | None = None,
     mix: float = 0.0,
     label_words: list[str] | None = None,
+    box_answers: bool = False,
 ) -> dict:
     """Right-padded texts; labels on every real token or (`answer_only`) on the answer labels: the digit tokens after
-    the context's closing ". " (every answer when a text asks several items). The last `round(mix * size)` rows are
-    `whole(rng)` texts instead (the LM's own corpus, kept so that it is not forgotten, or `repeat_text`), labelled
-    whole."""
+    the context's closing ". " (every answer when a text asks several items), or with `box_answers` every token of
+    the last asked box (the tokens after the question; earlier answered boxes stay unlabelled). The last
+    `round(mix * size)` rows are `whole(rng)` texts instead (the LM's own corpus, kept so that it is not forgotten,
+    or `repeat_text`), labelled whole."""
     replay = round(mix * size) if whole else 0
-    texts = [q + a for q, a, _ in (draw(rng) for _ in range(size - replay))] + [whole(rng) for _ in range(replay)]
+    drawn = [draw(rng) for _ in range(size - replay)]
+    texts = [q + a for q, a, _ in drawn] + [whole(rng) for _ in range(replay)]
     enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=256)
     labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-    if answer_only:
+    if answer_only and box_answers:
+        asked = torch.tensor([len(tok(q, truncation=True, max_length=256).input_ids) for q, _, _ in drawn])
+        keep = torch.arange(enc.input_ids.shape[1])[None, :] >= asked[:, None]
+        keep = torch.cat((keep, torch.ones(replay, keep.shape[1], dtype=torch.bool))) & (enc.attention_mask == 1)
+        labels = labels.masked_fill(~keep, -100)
+    elif answer_only:
         period = tok.convert_tokens_to_ids(".")
         words = label_words or [str(d) for d in range(10)]  # the labels' tokens ("▁red" for `single_token`)
         label_ids = torch.tensor(tok.convert_tokens_to_ids(words))
@@ -390,7 +398,9 @@ def probe(args: argparse.Namespace) -> dict:
             label_words = [f"▁{word}" for word in WORD_LABELS]
         for stage_step in range(1, stage_steps + 1):
             step += 1
-            inputs = batch(tok, rng, args.batch_size, args.answer_only, draw, whole, mix, label_words)
+            inputs = batch(
+                tok, rng, args.batch_size, args.answer_only, draw, whole, mix, label_words, stage_form["box_labels"]
+            )
             loss = model(**{key: value.to(args.device) for key, value in inputs.items()}).loss
             loss.backward()
             optimizer.step()
@@ -434,7 +444,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps (then constant)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--answer-only", action="store_true", help="loss on the label token only")
+    parser.add_argument("--answer-only", action="store_true", help="loss on the label token only (with --box-labels: on the asked box's tokens)")
     parser.add_argument("--label-last", action="store_true", help="the label after the item (classic induction)")
     parser.add_argument("--max-items", type=int, default=8, help="items per list: 2 to this (default 8)")
     parser.add_argument(
@@ -507,8 +517,6 @@ def main(argv=None) -> dict:
             args.steps = sum(steps for _, steps in parse_curriculum(args.curriculum))
         except ValueError as error:
             parser.error(str(error))
-    if args.answer_only and args.box_labels:
-        parser.error("--answer-only keeps single label tokens; boxes are several: drop one of the two")
     if (args.single_token or any(spec.startswith("one-token") for spec in args.curriculum or [])) and (
         args.max_items > len(COLOURS)
     ):

@@ -223,6 +223,26 @@ def test_box_labels_ask_pins_prompt_and_answer_with_the_asked_items_box():
         assert answer.startswith(" [") and answer.endswith("]") and answer.count(",") == 3
 
 
+def test_answer_only_box_labels_keep_exactly_the_asked_box_and_the_replay_whole():
+    """With boxes as labels the answer-only loss is on every token of the last asked box -- not on the context's
+    boxes, nor on an earlier answered one -- and replayed corpus rows stay labelled whole."""
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    tok.pad_token, tok.padding_side = tok.eos_token, "right"
+    draw = functools.partial(probe.lookup_text, max_items=3, label_last=True, box_labels=True, queries=2)
+    same = random.Random(4)
+    drawn = [draw(same) for _ in range(3)]  # what the batch draws from the same seed
+    batch = probe.batch(
+        tok, random.Random(4), 4, answer_only=True, draw=draw, whole=lambda r: "a red star", mix=0.25, box_answers=True
+    )
+    for row, (question, answer, _) in enumerate(drawn):
+        kept = batch["labels"][row][batch["labels"][row] != -100]
+        assert ". In the image is a" in question and question.count("[") >= 3  # context boxes + an answered one
+        assert tok.decode(kept).strip() == answer.strip()
+        assert len(kept) == len(tok(question + answer).input_ids) - len(tok(question).input_ids)
+    replay = batch["labels"][3][batch["attention_mask"][3] == 1]
+    assert (replay != -100).all()
+
+
 def test_accuracy_needs_every_token_of_a_multi_token_answer():
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     draw = functools.partial(probe.lookup_text, max_items=2, label_last=True, box_labels=True)
