@@ -444,7 +444,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps (then constant)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--answer-only", action="store_true", help="loss on the label token only (with --box-labels: on the asked box's tokens)")
+    parser.add_argument(
+        "--answer-only",
+        action="store_true",
+        help="loss on the label token only (with --box-labels: on the asked box's tokens)",
+    )
     parser.add_argument("--label-last", action="store_true", help="the label after the item (classic induction)")
     parser.add_argument("--max-items", type=int, default=8, help="items per list: 2 to this (default 8)")
     parser.add_argument(

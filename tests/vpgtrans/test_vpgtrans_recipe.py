@@ -642,23 +642,22 @@ def test_bind_preset_binds_the_qformer_first_and_continues_from_it(tmp_path, mon
 
 def test_toy_captions_vqa_fraction():
     """vqa_fraction=0 draws exactly the captions; 1 turns every scene with a colour/shape question into one: the
-    question in the reference's VQA prompt as the example's prompt, the attribute of the object it names as its text;
-    out of range is refused."""
+    question (prompted by the collator) and, as its text, the attribute of the object it names; out of range is
+    refused."""
     from groundvlm.recipes.systems.vpgtrans.data import ToyCaptions
 
     plain, zero = ToyCaptions(6, split="all", seed=5), ToyCaptions(6, split="all", seed=5, vqa_fraction=0.0)
     assert [plain[i]["text"] for i in range(6)] == [zero[i]["text"] for i in range(6)]
-    assert all("prompt" not in plain[i] for i in range(6))
+    assert all("question" not in plain[i] and "prompt" not in plain[i] for i in range(6))
     asked = ToyCaptions(6, split="all", seed=5, vqa_fraction=1.0)
     questions = 0
     for i in range(6):
         example = asked[i]
         assert example["text"] == asked[i]["text"]  # the same text each time the example is drawn
-        if "prompt" not in example:
+        if "question" not in example:
             continue
         questions += 1
-        assert example["prompt"].startswith("Question: ") and example["prompt"].endswith(" Answer:")
-        question, answer = example["prompt"][len("Question: ") : -len(" Answer:")], example["text"]
+        question, answer = example["question"], example["text"]
         objs = asked.objects[i]
         if question.startswith("What colour is the "):
             shape = question[len("What colour is the ") : -1]
@@ -671,6 +670,21 @@ def test_toy_captions_vqa_fraction():
         ToyCaptions(2, split="all", seed=5, vqa_fraction=-0.1)
 
 
+def test_the_word_converter_reads_captions_not_answers():
+    """With `--toy_vqa_fraction` some training examples are questions whose text is a one-word answer: the converter's
+    caption texts skip them."""
+    from groundvlm.recipes.systems.vpgtrans.data import ToyCaptions, caption_texts
+
+    mixed = ToyCaptions(8, split="all", seed=5, vqa_fraction=0.5)
+    captions = caption_texts(mixed, 8)
+    answers = [mixed[i]["text"] for i in range(8) if "question" in mixed[i]]
+    assert answers and len(captions) == 8 - len(answers)
+    assert all(len(c.split()) > 1 for c in captions)
+    assert caption_texts(ToyCaptions(4, split="all", seed=5), 100) == [
+        ToyCaptions(4, split="all", seed=5)[i]["text"] for i in range(4)
+    ]
+
+
 def test_caption_collator_masks_a_question_prompt_out_of_the_labels():
     """A question example trains on its answer only (the prompt's tokens are -100), a caption on the whole caption:
     a model trained on questions keeps writing captions when no question is asked."""
@@ -680,17 +694,47 @@ def test_caption_collator_masks_a_question_prompt_out_of_the_labels():
 
     processor = _tiny_processor(tiny_model()[1])
     image = Image.new("RGB", (16, 16))
-    batch = CaptionCollator(processor)(
-        [
-            {"image": image, "text": "a red star"},
-            {"image": image, "prompt": "Question: What colour is the star? Answer:", "text": "red"},
-        ]
-    )
+    examples = [
+        {"image": image, "text": "a red star"},
+        {"image": image, "question": "What colour is the star?", "text": "red"},
+        {"image": image, "prompt": "Question: What colour is the star? Answer:", "text": "red"},
+    ]
+    batch = CaptionCollator(processor)(examples)
     newline = processor.tokenizer("\n", add_special_tokens=False)["input_ids"]
     caption_targets = [t for t in batch["labels"][0].tolist() if t != -100]
     answer_targets = [t for t in batch["labels"][1].tolist() if t != -100]
     assert processor.tokenizer.decode(caption_targets[1:]).strip() == "a red star"  # BOS, then the caption
     assert answer_targets == processor.tokenizer(" red", add_special_tokens=False)["input_ids"] + newline
+    # a question is prompted as the reference's decoder-only VQA prompt: the same tokens as that prompt given whole
+    assert batch["input_ids"][1].tolist() == batch["input_ids"][2].tolist()
+    assert batch["labels"][1].tolist() == batch["labels"][2].tolist()
+
+
+def test_caption_collator_prompts_a_question_in_the_llm_types_vqa_prompt():
+    """OPT / LLaMA get "Question: {} Answer:", Flan-T5 "Question: {} Short answer:" (the reference's zero-shot VQA
+    prompts); the answer is the target either way."""
+    from groundvlm.processing.processing_vpgtrans import VPGTransProcessor
+    from groundvlm.recipes.systems.vpgtrans.data import CaptionCollator
+
+    class Recording:
+        """The processor's VQA prompt choice; calling it returns what it was given."""
+
+        vqa_prompt = VPGTransProcessor.vqa_prompt
+
+        def __init__(self, is_encoder_decoder):
+            self.is_encoder_decoder = is_encoder_decoder
+
+        def __call__(self, **kwargs):
+            return kwargs
+
+    seen = {}
+    for encoder_decoder in (False, True):
+        batch = CaptionCollator(Recording(encoder_decoder))(
+            [{"image": None, "question": "What colour is the star?", "text": "red"}]
+        )
+        seen[encoder_decoder] = (batch["text"], batch["text_target"])
+    assert seen[False] == (["Question: What colour is the star? Answer:"], ["red"])
+    assert seen[True] == (["Question: What colour is the star? Short answer:"], ["red"])
 
 
 def test_binding_score_separates_binding_from_naming_an_attribute_of_the_scene():
@@ -728,17 +772,8 @@ def test_base_gates_judge_binding_when_the_checks_have_it():
     assert bound["binding_accuracy"]["passed"] is True
 
 
-def test_toy_vqa_fraction_needs_a_decoder_only_llm():
-    """Questions are trained as one text; an encoder-decoder LLM would take the question as its target: refused."""
-    from types import SimpleNamespace
-
+def test_toy_vqa_fraction_must_be_a_share():
     from groundvlm.recipes.systems.vpgtrans.arguments import VPGTransScriptArguments
-    from groundvlm.recipes.systems.vpgtrans.stages import check_toy_vqa_fraction
 
-    asked = VPGTransScriptArguments(toy_vqa_fraction=0.5)
-    check_toy_vqa_fraction(asked, SimpleNamespace(is_encoder_decoder=False))
-    check_toy_vqa_fraction(VPGTransScriptArguments(), SimpleNamespace(is_encoder_decoder=True))
-    with pytest.raises(ValueError, match="decoder-only"):
-        check_toy_vqa_fraction(asked, SimpleNamespace(is_encoder_decoder=True))
     with pytest.raises(ValueError, match="toy_vqa_fraction"):
         VPGTransScriptArguments(toy_vqa_fraction=1.5)

@@ -34,7 +34,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from groundvlm.modeling.vpgtrans_transfer import pre_caption
-from groundvlm.processing.processing_vpgtrans import VQA_PROMPT_DECODER_ONLY
 from groundvlm.recipes.systems.vpgtrans.arguments import VPGTransScriptArguments
 
 
@@ -228,10 +227,10 @@ class ToyCaptions(_ToyScenes):
 
     `vqa_fraction`: the share of training examples that are a binding question instead of a caption -- "Question: What
     colour is the star? Answer: red" (a colour question about a shape that occurs once, or a shape question about a
-    colour that occurs once; `texts.vqa`): the example's `prompt` is the question in the reference's zero-shot VQA
-    prompt for decoder-only LLMs and its `text` the answer, so only the answer is a target (the prompt is masked out
-    of the loss, as in BLIP-2's prompted fine-tuning) and unprompted captions stay captions. A scene with no such
-    question keeps its caption. Never positions."""
+    colour that occurs once; `texts.vqa`): the example's `question` becomes the prompt (in the reference's zero-shot
+    VQA prompt of the LLM's type, `CaptionCollator`) and its `text` is the answer, so only the answer is a target
+    (the prompt is masked out of the loss, or is the encoder's input, as in BLIP-2's prompted fine-tuning) and
+    unprompted captions stay captions. A scene with no such question keeps its caption. Never positions."""
 
     def __init__(
         self,
@@ -267,7 +266,7 @@ class ToyCaptions(_ToyScenes):
             binding = [(q, a) for q, a, kind in texts.vqa(scene, rng) if kind in texts.BINDING_KINDS]
             if binding:
                 question, answer = binding[int(rng.integers(len(binding)))]
-                return {"image": image, "prompt": VQA_PROMPT_DECODER_ONLY.format(question), "text": answer}
+                return {"image": image, "question": question, "text": answer}
         return {"image": image, "text": pre_caption(texts.caption(scene, rng))}
 
 
@@ -291,8 +290,10 @@ class ToyVQA(_ToyScenes):
 class CaptionCollator:
     """Caption training batch through a `VPGTransProcessor`: empty prompt (as the reference's caption
     pretraining), target = the caption; gives input_ids / attention_mask / pixel_values / labels
-    (+ decoder_attention_mask for T5). An example with its own `prompt` (a question) uses it instead; the processor
-    masks prompt tokens out of the labels."""
+    (+ decoder_attention_mask for T5). An example with a `question` is prompted with it in the LLM type's zero-shot
+    VQA prompt (`VPGTransProcessor.vqa_prompt`: "Question: {} Answer:" for OPT / LLaMA, "... Short answer:" for
+    Flan-T5), one with its own `prompt` uses that; the processor masks prompt tokens out of the labels (a decoder-only
+    LLM) or feeds them to the encoder (T5)."""
 
     def __init__(self, processor, prompt: str = ""):
         self.processor = processor
@@ -305,13 +306,22 @@ class CaptionCollator:
         return dict(
             self.processor(
                 images=[e["image"] for e in examples],
-                text=[e.get("prompt", self.prompt) for e in examples],
+                text=[
+                    self.processor.vqa_prompt(e["question"]) if "question" in e else e.get("prompt", self.prompt)
+                    for e in examples
+                ],
                 text_target=[e["text"] for e in examples],
             )
         )
 
 
-__all__ = ["CaptionCollator", "ToyCaptions", "ToyVQA", "load_coco_karpathy", "load_gqa", "load_vqa"]
+
+def caption_texts(data, n: int) -> list[str]:
+    """The captions among the first `n` training examples: a binding question's answer (`--toy_vqa_fraction`) is
+    not a caption, so the word converter never reads one as caption text."""
+    return [example["text"] for example in (data[i] for i in range(min(n, len(data)))) if "question" not in example]
+
+__all__ = ["CaptionCollator", "caption_texts", "ToyCaptions", "ToyVQA", "load_coco_karpathy", "load_gqa", "load_vqa"]
 
 
 def train_data(args: VPGTransScriptArguments, seed: int, render_workers: int = 1):

@@ -38,7 +38,7 @@ from groundvlm.recipes.systems.vpgtrans.arguments import (
     VPGTransTrainingArguments,
     check_stage,
 )
-from groundvlm.recipes.systems.vpgtrans.data import CaptionCollator, eval_data, train_data
+from groundvlm.recipes.systems.vpgtrans.data import CaptionCollator, caption_texts, eval_data, train_data
 from groundvlm.recipes.systems.vpgtrans.evaluation import evaluate_vl_llm, generation_settings
 from groundvlm.recipes.systems.vpgtrans.models import (
     build_stage_model,
@@ -71,8 +71,7 @@ def run_converter(
     source_tokenizer = AutoTokenizer.from_pretrained(source_path)
     target_lm, target_tokenizer = load_language_model(lm_path)
     data = train_data(script_args, training_args.seed, render_workers=training_args.dataloader_num_workers)
-    n = min(training_args.converter_captions, len(data))
-    captions = [data[i]["text"] for i in range(n)]
+    captions = caption_texts(data, training_args.converter_captions)
     pairs = pair_caption_tokens(captions, source_tokenizer, target_tokenizer)
     losses = []
     converter = train_word_converter(
@@ -121,19 +120,6 @@ class _PretrainCollator:
         )
         pixels = self.image_processor([e["image"] for e in examples], return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixels, "input_ids": text["input_ids"], "attention_mask": text["attention_mask"]}
-
-
-def check_toy_vqa_fraction(script_args: VPGTransScriptArguments, processor) -> None:
-    """`--toy_vqa_fraction` trains "Question: ... Answer: red" as one text: a decoder-only LLM's form. For an
-    encoder-decoder LLM the question would become the decoder's target instead of the encoder's input."""
-    if (
-        script_args.dataset == "toy"
-        and script_args.toy_vqa_fraction
-        and getattr(processor, "is_encoder_decoder", False)
-    ):
-        raise ValueError(
-            "--toy_vqa_fraction trains questions as one text, which needs a decoder-only LLM (OPT / LLaMA)."
-        )
 
 
 def run_qformer_pretrain(
@@ -188,7 +174,6 @@ def run_training(
         logger.warning(
             "Stage 1 is 1 epoch in the reference; running %s epochs as asked.", training_args.num_train_epochs
         )
-    check_toy_vqa_fraction(script_args, processor)
     names = freeze_for_stage(model, stage, training_args.unfreeze_lm)
     logger.info(
         "stage %s: %d trainable tensors (%d parameters)",
