@@ -11,6 +11,11 @@ toy scene of every category (base models see all categories):
   grid box and, as often, a uniformly random grid box, so the LM's box prior is broad;
 - counting sentences, and number lists (grid ticks, counting sequences) for number fluency.
 
+`lookup_pairs` adds what that corpus never asks and a pretrained LLM brings: in-context lookups, as (prompt, answer)
+pairs -- a colour/shape question about the caption in front ("a photo of a red star and a blue moon. Question: What
+colour is the star? Answer:" -> " red") and PIN's question about a list of objects with their boxes ("a red star
+[14,28,70,112] a blue moon [0,7,35,56]. In the image is a blue moon located at" -> " [0,7,35,56]").
+
 Boxes use PIN's grid encoding (the reference's grid codec): grid cells (inclusive) [gx1,gy1,gx2,gy2] are written as
 "[{c*gx1},{c*gy1},{c*(gx2+1)},{c*(gy2+1)}]" with c the cell size in pixels and no spaces.
 """
@@ -104,3 +109,41 @@ def lm_corpus(n_scenes: int, seed: int = 0, image_size: int = IMAGE_SIZE, grid_s
         corpus.extend(scene_texts(world.scene(i), rng, image_size, grid_size))
         corpus.extend(number_texts(rng, image_size, grid_size))
     return corpus
+
+
+def lookup_pairs(
+    n_scenes: int, seed: int = 0, image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE
+) -> list[tuple[str, str]]:
+    """In-context lookups of `n_scenes` toy scenes of two or more objects (every category), as (prompt, answer):
+
+    - every colour/shape question of the scene (``texts.vqa``'s binding kinds) asked after the scene's caption, in
+      the decoder-only VQA format of the corpus;
+    - PIN's prompt for each object whose name is unique in the scene, after the scene's objects listed with their
+      true grid boxes in a random order; the answer is the asked object's box.
+
+    Trained with the loss on the answer only, they teach retrieval from the context (the answer is in the prompt,
+    never in a prior). Deterministic from `seed`; its own generator per scene, so `lm_corpus` is unchanged."""
+    if n_scenes < 1:
+        raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
+    codec = box_codec(image_size, grid_size)
+    world = ToyWorld(seed=seed, image_size=image_size, grid_size=grid_size, split="all")
+    question_format = VQA_FORMATS[0].removesuffix(" {a}")
+    pairs: list[tuple[str, str]] = []
+    for i in range(n_scenes):
+        scene = world.scene(i)
+        if len(scene.objects) < 2:
+            continue
+        rng = np.random.default_rng((seed, i, 1))
+        caption = texts.caption(scene, rng)
+        for question, answer, kind in texts.vqa(scene, rng):
+            if kind in texts.BINDING_KINDS:
+                pairs.append((f"{caption} {question_format.format(q=question)}", f" {answer}"))
+        names = [o.name for o in scene.objects]
+        order = rng.permutation(len(scene.objects))
+        context = " ".join(
+            f"{texts.article(names[k])} {names[k]} {codec.encode_cells(scene.objects[k].grid_box)}" for k in order
+        )
+        for obj in scene.objects:
+            if names.count(obj.name) == 1:
+                pairs.append((f"{context}. {pin_prompt(obj.name)}", f" {codec.encode_cells(obj.grid_box)}"))
+    return pairs

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BatchEncoding
 
 from groundvlm.recipes.toyworld import ToyWorld, caption
-from groundvlm.recipes.toyworld.corpus import box_codec, lm_corpus
+from groundvlm.recipes.toyworld.corpus import box_codec, lm_corpus, lookup_pairs
 from groundvlm.recipes.toyworld.lms import LMSize, box_syntax_rate, evaluate_lm, lm_model, pretrain_lm, t5_split
 from groundvlm.recipes.toyworld.tokenizers import paired_token_ids, train_tokenizer
 from groundvlm.recipes.toyworld.vision import (
@@ -306,3 +306,26 @@ def test_build_lock_says_when_it_waits_for_another_process(tmp_path, capsys):
         pass
     timer.join()
     assert f"another process holds {path}; waiting" in capsys.readouterr().err
+
+
+def test_lookup_pairs_answer_from_the_prompt():
+    """Every lookup's answer is read off its own prompt: a caption question names an attribute the caption lists
+    with the asked one, and PIN's question asks for a box listed right after the asked name; the corpus is
+    unchanged by them (own generators), and they are deterministic."""
+    from groundvlm.recipes.toyworld import ToyWorld
+
+    pairs = lookup_pairs(60, seed=3)
+    assert pairs == lookup_pairs(60, seed=3) and lm_corpus(5) == CORPUS[: len(lm_corpus(5))]
+    boxes = [(p, a) for p, a in pairs if " located at" in p]
+    questions = [(p, a) for p, a in pairs if " Question: " in p]
+    assert boxes and questions and len(boxes) + len(questions) == len(pairs)
+    for prompt, answer in boxes:
+        context, asked = prompt.split(". In the image is ")
+        name = asked.split(" ", 1)[1].removesuffix(" located at")
+        assert f"{name}{answer}" in context and context.count("[") >= 2
+    for prompt, answer in questions:
+        caption, question = prompt.split(" Question: ")
+        assert question.endswith(" Answer:") and answer.strip() in caption
+    world = ToyWorld(seed=3, split="all")
+    multi = sum(len(world.scene(i).objects) >= 2 for i in range(60))
+    assert len({p.split(". In the image is ")[0] for p, _ in boxes}) == multi  # one listed context per scene

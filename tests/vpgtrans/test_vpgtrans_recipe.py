@@ -11,6 +11,7 @@ import torch
 from transformers import Blip2QFormerConfig
 
 from groundvlm.modeling import VPGTransConfig, VPGTransModel
+from groundvlm.recipes.common.arguments import RecipeError
 from groundvlm.recipes.systems.vpgtrans.arguments import (
     STAGES,
     VPGTRANS_ARGUMENTS,
@@ -432,6 +433,33 @@ def test_text_replay_behind_image_scores_text_after_unrelated_visual_prompts(tmp
         caption = model(**batch).loss
         text = model(**expected, pixel_values=batch["pixel_values"][pick]).loss
     assert total.item() == pytest.approx(caption.item() + 0.5 * text.item(), rel=1e-5)
+
+
+def test_lookup_replay_trains_the_answer_behind_an_image_prompt():
+    """`lookup_fraction` of each replay batch are (prompt, answer) lookups: the prompt sits after the image tokens
+    and is masked out of the labels, the answer is the target; the rest stays corpus text labelled whole. A lookup
+    replay without an image prompt, or without lookups, is refused."""
+    _, image_id = tiny_model()
+    processor = _tiny_processor(image_id)
+    corpus = ["a red star", "the green circle"]
+    lookups = [("a red star on the left a blue ring on the left the blue ring", " on the left")]  # the toy vocab
+    replay = TextReplay(
+        "opt", processor.tokenizer, corpus, batch_size=4, seed=0, processor=processor, lookups=lookups,
+        lookup_fraction=0.5,
+    )  # fmt: skip
+    batch = replay.next_batch()
+    tok = processor.tokenizer
+    assert (batch["input_ids"][:, : processor.num_query_tokens] == image_id).all()
+    targets = [tok.decode([t for t in row.tolist() if t != -100], skip_special_tokens=True) for row in batch["labels"]]
+    assert all(t.strip() in corpus for t in targets[:2])
+    assert [t.strip() for t in targets[2:]] == ["on the left"] * 2  # the answer only, not the list before it
+    assert "a blue ring on the left the blue ring" in tok.decode(batch["input_ids"][2], skip_special_tokens=True)
+    with pytest.raises(ValueError, match="behind an image"):
+        TextReplay("opt", tok, corpus, batch_size=4, lookups=lookups, lookup_fraction=0.5)
+    with pytest.raises(ValueError, match="behind an image"):
+        TextReplay("opt", tok, corpus, batch_size=4, processor=processor, lookup_fraction=0.5)
+    with pytest.raises(RecipeError, match="text_replay_lookup_fraction"):
+        VPGTransTrainingArguments(output_dir="x", report_to="none", text_replay_lookup_fraction=0.5)
 
 
 def test_caption_scores_report_one_cider_and_a_missing_meteor_without_java(monkeypatch):

@@ -153,6 +153,13 @@ class VPGTransTrainingArguments(TrainingArguments):
             "VL-LLM), so the LM keeps writing boxes/numbers when an image prefix is present."
         },
     )
+    text_replay_lookup_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of each replay batch that is an in-context lookup (a question about a caption, or PIN's "
+            "prompt about objects listed with their boxes), answer-only; needs text_replay_behind_image."
+        },
+    )
     converter_epochs: int | None = None
     converter_lr: float = 5.0
     converter_captions_per_batch: int = 4096
@@ -163,6 +170,14 @@ class VPGTransTrainingArguments(TrainingArguments):
         check_positive(self, "text_replay_weight", allow_zero=True)
         check_positive(self, "text_replay_batch_size", "converter_captions_per_batch", "converter_captions")
         check_positive(self, "iters_per_inner_epoch", "converter_epochs", "warmup_lr", allow_none=True)
+        fraction = self.text_replay_lookup_fraction
+        check_arg(0.0 <= fraction <= 1.0, "text_replay_lookup_fraction", fraction, "a share in [0, 1]")
+        check_arg(
+            not fraction or (self.text_replay_behind_image and self.text_replay_weight > 0),
+            "text_replay_lookup_fraction",
+            fraction,
+            "0 unless the replay runs behind the image (--text_replay_behind_image true, --text_replay_weight > 0)",
+        )
         if self.max_steps is None or self.max_steps <= 0:  # epochs decide the length of training
             check_positive(self, "num_train_epochs")
         super().__post_init__()

@@ -315,11 +315,11 @@ class CaptionCollator:
         )
 
 
-
 def caption_texts(data, n: int) -> list[str]:
     """The captions among the first `n` training examples: a binding question's answer (`--toy_vqa_fraction`) is
     not a caption, so the word converter never reads one as caption text."""
     return [example["text"] for example in (data[i] for i in range(min(n, len(data)))) if "question" not in example]
+
 
 __all__ = ["CaptionCollator", "caption_texts", "ToyCaptions", "ToyVQA", "load_coco_karpathy", "load_gqa", "load_vqa"]
 

@@ -24,6 +24,7 @@ from groundvlm.recipes.systems.vpgtrans.arguments import VPGTransTrainingArgumen
 from groundvlm.recipes.systems.vpgtrans.evaluation import evaluate_vl_llm
 from groundvlm.recipes.toyworld import PRESETS, SEED
 from groundvlm.recipes.toyworld.build import lm_corpus_memo
+from groundvlm.recipes.toyworld.corpus import lookup_pairs
 from groundvlm.recipes.toyworld.lms import collate, encode_examples
 
 logger = logging.getLogger("groundvlm")
@@ -138,27 +139,51 @@ class TextReplay:
 
     Text only (`processor=None`): LM batches as in its pretraining. Behind an image (`processor` given): each text
     is the target of an empty prompt after the `<image>` placeholders, as a caption is, and the trainer supplies
-    the visual prompts of unrelated images (`unrelated_images`).
+    the visual prompts of unrelated images (`unrelated_images`). With `lookups` (behind an image only) a share
+    `lookup_fraction` of every batch are (prompt, answer) in-context lookups (`toyworld.corpus.lookup_pairs`): the
+    prompt is masked out of the loss as a question is, so the LM learns to answer from the text in front.
     """
 
-    def __init__(self, family: str, tokenizer, corpus: list[str], batch_size: int, seed: int = 0, processor=None):
+    def __init__(
+        self,
+        family: str,
+        tokenizer,
+        corpus: list[str],
+        batch_size: int,
+        seed: int = 0,
+        processor=None,
+        lookups: list[tuple[str, str]] | None = None,
+        lookup_fraction: float = 0.0,
+    ):
         if not corpus:
             raise ValueError("Text replay needs a non-empty corpus.")
+        if not 0.0 <= lookup_fraction <= 1.0:
+            raise ValueError(f"lookup_fraction must lie in [0, 1], got {lookup_fraction}.")
+        if lookup_fraction and (processor is None or not lookups):
+            raise ValueError(
+                "Lookup replay trains answers behind an image prompt: it needs text_replay_behind_image and a "
+                "non-empty list of lookups."
+            )
         self.corpus = corpus
         self.processor = processor
         if processor is None:
             self.examples = encode_examples(family, tokenizer, corpus, seed=seed)
             self._collate = lambda ex: collate(family, tokenizer, ex)
         self.batch_size = batch_size
+        self.lookups = lookups or []
+        self.lookup_rows = round(lookup_fraction * batch_size)
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        n = len(self.corpus) if self.processor is not None else len(self.examples)
-        idx = torch.randint(0, n, (self.batch_size,), generator=self.generator).tolist()
-        if self.processor is not None:
-            lines = [self.corpus[i] for i in idx]
-            return dict(self.processor(text=[""] * len(lines), text_target=lines))
-        return self._collate([self.examples[i] for i in idx])
+        if self.processor is None:
+            idx = torch.randint(0, len(self.examples), (self.batch_size,), generator=self.generator).tolist()
+            return self._collate([self.examples[i] for i in idx])
+        n_text = self.batch_size - self.lookup_rows
+        idx = torch.randint(0, len(self.corpus), (n_text,), generator=self.generator).tolist()
+        asked = torch.randint(0, max(1, len(self.lookups)), (self.lookup_rows,), generator=self.generator).tolist()
+        prompts = [""] * n_text + [self.lookups[i][0] for i in asked]
+        targets = [self.corpus[i] for i in idx] + [self.lookups[i][1] for i in asked]
+        return dict(self.processor(text=prompts, text_target=targets))
 
     def unrelated_images(self, n_images: int, n_rows: int) -> torch.Tensor:
         """Indices of batch images to put in front of `n_rows` replayed texts (drawn from other scenes)."""
@@ -166,8 +191,11 @@ class TextReplay:
 
 
 def toy_replay(training_args: VPGTransTrainingArguments, processor, preset: str, seed: int) -> TextReplay:
-    """Text replay over the toy LLM's own pretraining corpus (the toy-asset preset's)."""
-    corpus = lm_corpus_memo(PRESETS[preset].corpus_scenes, SEED)
+    """Text replay over the toy LLM's own pretraining corpus (the toy-asset preset's), with
+    `text_replay_lookup_fraction` of each batch in-context lookups of as many scenes."""
+    scenes = PRESETS[preset].corpus_scenes
+    corpus = lm_corpus_memo(scenes, SEED)
+    fraction = training_args.text_replay_lookup_fraction
     tokenizer = processor.tokenizer
     return TextReplay(
         guess_tokenizer_family(tokenizer),
@@ -176,6 +204,8 @@ def toy_replay(training_args: VPGTransTrainingArguments, processor, preset: str,
         training_args.text_replay_batch_size,
         seed,
         processor=processor if training_args.text_replay_behind_image else None,
+        lookups=lookup_pairs(scenes, SEED) if fraction else None,
+        lookup_fraction=fraction,
     )
 
 
