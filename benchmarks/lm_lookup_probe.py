@@ -165,6 +165,27 @@ def accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) 
     return hits / n
 
 
+@torch.no_grad()
+def answer_token_accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) -> list[float]:
+    """Per answer position, the share of held-out lookups (those of `accuracy`) whose token there is the greedy next
+    token given the true tokens before it (teacher-forced). For a box, "[x1,y1,x2,y2]": position 1 (x1) is where the
+    asked item must be picked; the later numbers can be copied from the listed box once x1 is right."""
+    rng, hits, seen = random.Random(seed), [], []
+    with _eval_mode(model):
+        for _ in range(n):
+            question, answer, _ = draw(rng)
+            ids = tok(question + answer, return_tensors="pt").input_ids.to(model.device)
+            length = ids.shape[1] - len(tok(question).input_ids)
+            right = (model(ids[:, :-1]).logits[0, -length:].argmax(-1) == ids[0, -length:]).tolist()
+            for position, hit in enumerate(right):
+                if position == len(hits):
+                    hits.append(0)
+                    seen.append(0)
+                hits[position] += hit
+                seen[position] += 1
+    return [round(h / s, 4) for h, s in zip(hits, seen)]
+
+
 def repeat_text(rng: random.Random) -> str:
     """A random run of 4-12 toy names and labels, then the same run again: "7 red star blue circle 3. 7 red star
     blue circle 3" — the second half is predictable only by copying (induction), the training signal from which
@@ -371,6 +392,7 @@ def probe(args: argparse.Namespace) -> dict:
     free = form(target, queries=1, copula_free=1.0)
     free_curve = [[0, accuracy(model, tok, args.eval_n, free)]] if target["copula_free"] else None
     stage_curve = [] if args.curriculum else None  # [step, stage, accuracy on that stage's form]
+    tokens = {"last": answer_token_accuracy(model, tok, args.eval_n, held_out)}  # at the latest evaluation
 
     def result() -> dict:
         return {
@@ -378,13 +400,14 @@ def probe(args: argparse.Namespace) -> dict:
             "device": str(args.device),
             "chance": round(base_rate, 4),
             "accuracy_curve": curve,
+            "answer_token_accuracy": tokens["last"],
             **({"copy_accuracy_curve": copy_curve} if copy_curve else {}),
             **({"copula_free_accuracy_curve": free_curve} if free_curve else {}),
             **({"stage_accuracy_curve": stage_curve} if stage_curve is not None else {}),
             "seconds": round(time.time() - t0, 1),
         }
 
-    print(f"step 0: accuracy {curve[0][1]:.3f} (chance {base_rate:.3f})", flush=True)
+    print(f"step 0: accuracy {curve[0][1]:.3f} (chance {base_rate:.3f}), by answer token {tokens['last']}", flush=True)
     model.train()
     step = 0
     for index, (name, stage_form, stage_steps) in enumerate(plan):
@@ -409,6 +432,7 @@ def probe(args: argparse.Namespace) -> dict:
             if step % args.eval_every and stage_step < stage_steps:
                 continue
             curve.append([step, accuracy(model, tok, args.eval_n, held_out), round(loss.item(), 4)])
+            tokens["last"] = answer_token_accuracy(model, tok, args.eval_n, held_out)
             if copy_curve:
                 copy_curve.append([step, copy_accuracy(model, tok, args.eval_n)])
                 print(f"step {step}: copy accuracy {copy_curve[-1][1]:.3f}", flush=True)
@@ -419,7 +443,8 @@ def probe(args: argparse.Namespace) -> dict:
                 stage_curve.append([step, name, accuracy(model, tok, args.eval_n, stage_held_out)])
                 print(f"step {step}: stage {name}, its form's accuracy {stage_curve[-1][2]:.3f}", flush=True)
             print(
-                f"step {step}: accuracy {curve[-1][1]:.3f}, loss {loss.item():.3f}, {time.time() - t0:.0f} s",
+                f"step {step}: accuracy {curve[-1][1]:.3f}, loss {loss.item():.3f}, {time.time() - t0:.0f} s, "
+                f"by answer token {tokens['last']}",
                 flush=True,
             )
             # the curve so far, so that a run cut short (a device call's time limit) still leaves its result

@@ -84,6 +84,7 @@ def test_probe_runs_on_a_tiny_lm_and_writes_the_curve(tmp_path, tiny_lm):
     assert all(0 <= acc <= 1 for _, acc, _ in result["accuracy_curve"])
     written = json.loads(out.read_text())
     assert written["answer_only"] is True and written["max_items"] == 3 and written["random_init"] is False
+    assert written["answer_token_accuracy"] and all(0.0 <= a <= 1.0 for a in written["answer_token_accuracy"])
     assert written["chance"] > 0.4  # lists of 2-3 items: chance = mean of 1/2 and 1/3
 
 
@@ -268,6 +269,9 @@ def test_accuracy_needs_every_token_of_a_multi_token_answer():
 
     assert probe.accuracy(Oracle(None), tok, 1, draw, seed=0) == 1.0
     assert probe.accuracy(Oracle(length - 1), tok, 1, draw, seed=0) == 0.0  # the last token wrong: a miss
+    # per answer token: only the wrong position scores 0
+    assert probe.answer_token_accuracy(Oracle(None), tok, 1, draw, seed=0) == [1.0] * length
+    assert probe.answer_token_accuracy(Oracle(1), tok, 1, draw, seed=0) == [1.0, 0.0] + [1.0] * (length - 2)
 
 
 def test_curriculum_runs_its_stages_in_order_and_scores_the_last_form(tmp_path, tiny_lm):
