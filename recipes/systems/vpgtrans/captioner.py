@@ -487,20 +487,14 @@ def build_caption_vlm(
     model_dir = out_dir / "model"
     save_pretrained_once(model_dir, model, processor)
     seconds = time.time() - start
-    checks = base_checks(model, processor, eval_images)
-    gates = base_gates(checks)
     report = {
         "command": f"python -m groundvlm.recipes.systems.vpgtrans.captioner --preset {preset}"
         + (" --qformer_pretrain" if qformer_pretrain else "")
         + (" --frozen_lm" if frozen_lm else ""),
-        "commit": git_commit(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "seed": yaml.safe_load((out_dir / "tfs" / "config.yaml").read_text(encoding="utf-8"))["seed"],
         "seconds": round(seconds, 1),
         "train": train_metrics,
-        "checks": checks,
-        "gates": gates,
-        "meets_target": all(g["passed"] for g in gates.values()),
+        **judge_base(model, processor, eval_images),
     }
     (out_dir / "captioner.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return model_dir
@@ -529,13 +523,18 @@ def check_base(model_dir: str | Path, processor_dir: str | Path | None = None, e
 
     model, processor = _load_base(model_dir, processor_dir)
     start = time.time()
+    judged = judge_base(model, processor, eval_images)
+    return {"model": str(model_dir), "check_seconds": round(time.time() - start, 1), **judged}
+
+
+def judge_base(model, processor, eval_images: int) -> dict:
+    """A base's record of judgement: the commit and device it was judged on, `base_checks`, `base_gates` and whether
+    every gate passed."""
     checks = base_checks(model, processor, eval_images)
     gates = base_gates(checks)
     return {
-        "model": str(model_dir),
         "commit": git_commit(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "check_seconds": round(time.time() - start, 1),
         "checks": checks,
         "gates": gates,
         "meets_target": all(g["passed"] for g in gates.values()),
