@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A PIN base whose LLM is also taught in-context lookups, on one GPU in one <= 10-min device call: the captioner's
-# `gpu-bind` preset (the Q-Former trained to bind colour to shape, then captions + binding questions with the LM's
-# text replayed behind unrelated images) with a share of every replay batch an in-context lookup
-# (`--text_replay_lookup_fraction`: a question about the caption in front, or PIN's prompt about objects listed with
-# their boxes; answer-only). The captioner gates the result; the model comes back as OUT/base.tgz.
+# `gpu-bind-lookup` preset -- `gpu-bind` (the Q-Former trained to bind colour to shape, then captions + binding
+# questions with the LM's text replayed behind unrelated images) with a share of every replay batch an in-context
+# lookup (`--text_replay_lookup_fraction`: a question about the caption in front, or PIN's prompt about objects
+# listed with their boxes; answer-only). The captioner gates the result; the model comes back as OUT/base.tgz.
 #
 #   bash benchmarks/pin_lookup_base_gpu.sh OUT_DIR
 #
@@ -14,7 +14,7 @@ OUT=${1:?output folder}
 WORK=runs/pin_lookup_base
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK"
-python -m groundvlm.recipes.systems.vpgtrans.captioner --preset gpu-bind --out "$WORK" \
+python -m groundvlm.recipes.systems.vpgtrans.captioner --preset gpu-bind-lookup --out "$WORK" \
   --text_replay_lookup_fraction "${LOOKUP_FRACTION:-0.5}" --text_replay_batch_size "${REPLAY_BATCH:-128}" \
   --max_steps "${MAX_STEPS:-2400}" > "$OUT/captioner.log" 2>&1
 rc=$?

@@ -59,11 +59,14 @@ CONFIGS = {
     # A candidate v3: bind the Q-Former first (`binding.bind_qformer`), then captions + binding questions (answer-only
     # loss) with the replay behind unrelated images, at the GPU budget, cpu sizes (benchmarks/RESULTS.md, 2026-12-07).
     "gpu-bind": ("captioner_bind_gpu", None, "cpu"),
+    # gpu-bind with in-context lookups in the LM's replay (`--text_replay_lookup_fraction`; benchmarks/RESULTS.md,
+    # twelfth session): the lookup PIN's frozen LLM must do, taught behind images.
+    "gpu-bind-lookup": ("captioner_bind_lookup_gpu", None, "cpu"),
 }
 # Presets that continue a built caption VL-LLM (stage2 from its --init_model) rather than train a new one (tfs).
-CONTINUE_PRESETS = ("cpu-continue", "cpu-located", "gpu-bind")
+CONTINUE_PRESETS = ("cpu-continue", "cpu-located", "gpu-bind", "gpu-bind-lookup")
 # Presets whose Q-Former is first trained to bind colour to shape (steps of `binding.bind_qformer`).
-BIND_QFORMER_STEPS = {"gpu-bind": 1200}
+BIND_QFORMER_STEPS = {"gpu-bind": 1200, "gpu-bind-lookup": 1200}
 # What a base VLM must show before PIN trains on it: it sees (names the objects), its LM keeps writing boxes behind
 # an image prefix (a frozen BLIP-2 LLM does), and it does not already localise (raw mIoU near the random box).
 NAME_RECALL_TARGET = 0.85
