@@ -255,9 +255,10 @@ def main(argv=None) -> int:
         result = {"base": args.text_lookup_lm or args.base, "text_lookup": text_lookup(model, processor,
                   args.text_lookup_steps, seed=args.seed), "seconds": round(time.time() - start, 1),
                   "commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}  # fmt: skip
-        if args.save:  # the model with its taught LLM (the whole VLM, or the plain LM with its tokenizer)
-            for part in (model if not args.text_lookup_lm else model.language_model, processor):
-                (part.tokenizer if isinstance(part, SimpleNamespace) else part).save_pretrained(args.save)
+        if args.save:  # the model with its taught LLM: the plain LM with its tokenizer, or the whole VLM
+            saved = (model.language_model, processor.tokenizer) if args.text_lookup_lm else (model, processor)
+            for part in saved:
+                part.save_pretrained(args.save)
             result["saved_to"] = args.save
     else:
         if args.save and not args.bind_qformer_steps:

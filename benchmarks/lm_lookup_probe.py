@@ -149,10 +149,12 @@ def _eval_mode(model):
 
 
 @torch.no_grad()
-def accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) -> float:
-    """Share of held-out lookups whose answer the LM writes greedily after the full question: every answer token
-    (one for a digit or colour label, several for a box) is the greedy next token given the ones before it."""
-    rng, hits = random.Random(seed), 0
+def answer_scores(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) -> tuple[float, list[float]]:
+    """One greedy pass over `n` held-out lookups of `draw`, teacher-forced: (the share whose every answer token -- one
+    for a digit or colour label, several for a box -- is the greedy next token given the ones before it, and per
+    answer position the share right there). For a box, "[x1,y1,x2,y2]": position 1 (x1) is where the asked item must
+    be picked; the later numbers can be copied from the listed box once x1 is right."""
+    rng, exact, hits, seen = random.Random(seed), 0, [], []
     with _eval_mode(model):
         for _ in range(n):
             question, answer, _ = draw(rng)
@@ -160,30 +162,25 @@ def accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) 
             length = ids.shape[1] - len(tok(question).input_ids)  # the answer's tokens
             if length < 1:
                 raise ValueError(f"the answer {answer!r} adds no token to {question!r}")
-            predicted = model(ids[:, :-1]).logits[0, -length:].argmax(-1)
-            hits += int(torch.equal(predicted, ids[0, -length:]))
-    return hits / n
-
-
-@torch.no_grad()
-def answer_token_accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) -> list[float]:
-    """Per answer position, the share of held-out lookups (those of `accuracy`) whose token there is the greedy next
-    token given the true tokens before it (teacher-forced). For a box, "[x1,y1,x2,y2]": position 1 (x1) is where the
-    asked item must be picked; the later numbers can be copied from the listed box once x1 is right."""
-    rng, hits, seen = random.Random(seed), [], []
-    with _eval_mode(model):
-        for _ in range(n):
-            question, answer, _ = draw(rng)
-            ids = tok(question + answer, return_tensors="pt").input_ids.to(model.device)
-            length = ids.shape[1] - len(tok(question).input_ids)
             right = (model(ids[:, :-1]).logits[0, -length:].argmax(-1) == ids[0, -length:]).tolist()
+            exact += all(right)
             for position, hit in enumerate(right):
                 if position == len(hits):
                     hits.append(0)
                     seen.append(0)
                 hits[position] += hit
                 seen[position] += 1
-    return [round(h / s, 4) for h, s in zip(hits, seen)]
+    return exact / n, [round(h / s, 4) for h, s in zip(hits, seen)]
+
+
+def accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) -> float:
+    """Share of held-out lookups whose whole answer the LM writes greedily after the question (`answer_scores`)."""
+    return answer_scores(model, tok, n, draw, seed)[0]
+
+
+def answer_token_accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) -> list[float]:
+    """Per answer position, the share of held-out lookups right there (`answer_scores`)."""
+    return answer_scores(model, tok, n, draw, seed)[1]
 
 
 def repeat_text(rng: random.Random) -> str:
@@ -386,13 +383,14 @@ def probe(args: argparse.Namespace) -> dict:
     elif args.repeat_mix:
         whole = repeat_text
     rng, t0 = random.Random(args.seed), time.time()
-    curve = [[0, accuracy(model, tok, args.eval_n, held_out), None]]
+    exact, by_token = answer_scores(model, tok, args.eval_n, held_out)
+    curve = [[0, exact, None]]
+    tokens = {"last": by_token}  # per answer token, at the latest evaluation
     copy_curve = [[0, copy_accuracy(model, tok, args.eval_n)]] if args.repeat_mix else None
     # the induction-shaped question (no "is"), held out, when training asks it
     free = form(target, queries=1, copula_free=1.0)
     free_curve = [[0, accuracy(model, tok, args.eval_n, free)]] if target["copula_free"] else None
     stage_curve = [] if args.curriculum else None  # [step, stage, accuracy on that stage's form]
-    tokens = {"last": answer_token_accuracy(model, tok, args.eval_n, held_out)}  # at the latest evaluation
 
     def result() -> dict:
         return {
@@ -431,8 +429,8 @@ def probe(args: argparse.Namespace) -> dict:
             optimizer.zero_grad()
             if step % args.eval_every and stage_step < stage_steps:
                 continue
-            curve.append([step, accuracy(model, tok, args.eval_n, held_out), round(loss.item(), 4)])
-            tokens["last"] = answer_token_accuracy(model, tok, args.eval_n, held_out)
+            exact, tokens["last"] = answer_scores(model, tok, args.eval_n, held_out)
+            curve.append([step, exact, round(loss.item(), 4)])
             if copy_curve:
                 copy_curve.append([step, copy_accuracy(model, tok, args.eval_n)])
                 print(f"step {step}: copy accuracy {copy_curve[-1][1]:.3f}", flush=True)

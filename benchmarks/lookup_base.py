@@ -34,9 +34,8 @@ def extract(vlm: str, out: Path) -> None:
 def swap(vlm: str, lm: str, out: Path, eval_images: int) -> dict:
     """The VLM with `lm`'s weights in place of its LM (same architecture and vocabulary required), saved to `out`,
     with its base checks and gates in `out/gates.json`."""
-    from groundvlm.recipes.common.provenance import git_commit
     from groundvlm.recipes.systems.pin.models import load_base
-    from groundvlm.recipes.systems.vpgtrans.captioner import base_checks, base_gates
+    from groundvlm.recipes.systems.vpgtrans.captioner import judge_base
 
     model, processor = load_base(vlm, torch.device("cpu"))
     taught = AutoModelForCausalLM.from_pretrained(lm, dtype=torch.float32)
@@ -55,16 +54,13 @@ def swap(vlm: str, lm: str, out: Path, eval_images: int) -> dict:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     start = time.time()
-    checks = base_checks(model.eval(), processor, eval_images)
+    judged = judge_base(model.eval(), processor, eval_images)
     report = {
         "vlm": vlm,
         "lm": lm,
-        "commit": git_commit(),
-        "device": "cpu",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "check_seconds": round(time.time() - start, 1),
-        "checks": checks,
-        "gates": base_gates(checks),
+        **judged,
     }
     (out / "gates.json").write_text(json.dumps(report, indent=1) + "\n")
     return report

@@ -7,18 +7,22 @@
 #
 #   bash benchmarks/pin_lookup_base_gpu.sh OUT_DIR
 #
-# Knobs: LOOKUP_FRACTION (default 0.5), REPLAY_BATCH (128), MAX_STEPS (2400; 2,751 steps with a 64-row replay took
-# 240 s on one H100). Then on any machine: python recipes/pin.py --base_model <OUT/base.tgz unpacked>/model.
+# Knobs (each overrides the preset's `captioner_bind_lookup_gpu.yaml` only when set): LOOKUP_FRACTION, REPLAY_BATCH,
+# MAX_STEPS. Then on any machine: python recipes/pin.py --base_model <OUT/base.tgz unpacked>/model.
 set -uo pipefail
 OUT=${1:?output folder}
 WORK=runs/pin_lookup_base
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK"
-python -m groundvlm.recipes.systems.vpgtrans.captioner --preset gpu-bind-lookup --out "$WORK" \
-  --text_replay_lookup_fraction "${LOOKUP_FRACTION:-0.5}" --text_replay_batch_size "${REPLAY_BATCH:-128}" \
-  --max_steps "${MAX_STEPS:-2400}" > "$OUT/captioner.log" 2>&1
+extra=()
+[ -n "${LOOKUP_FRACTION:-}" ] && extra+=(--text_replay_lookup_fraction "$LOOKUP_FRACTION")
+[ -n "${REPLAY_BATCH:-}" ] && extra+=(--text_replay_batch_size "$REPLAY_BATCH")
+[ -n "${MAX_STEPS:-}" ] && extra+=(--max_steps "$MAX_STEPS")
+python -m groundvlm.recipes.systems.vpgtrans.captioner --preset gpu-bind-lookup --out "$WORK" "${extra[@]}" \
+  > "$OUT/captioner.log" 2>&1
 rc=$?
 tail -20 "$OUT/captioner.log"
 [ -f "$WORK/captioner.json" ] && cp "$WORK/captioner.json" "$OUT/" && tar czf "$OUT/base.tgz" -C "$WORK" model captioner.json
-cp "$WORK"/tfs/trainer_state.json "$OUT/" 2>/dev/null || find "$WORK/tfs" -name trainer_state.json -exec cp {} "$OUT/" \; -quit
+last=$(ls -d "$WORK"/tfs/checkpoint-* 2>/dev/null | sort -V | tail -1)  # the training curve of the latest checkpoint
+[ -n "$last" ] && cp "$last/trainer_state.json" "$OUT/"
 exit $rc

@@ -139,11 +139,10 @@ def lookup_pairs(
             if kind in texts.BINDING_KINDS:
                 pairs.append((f"{caption} {question_format.format(q=question)}", f" {answer}"))
         names = [o.name for o in scene.objects]
+        boxes = [codec.encode_cells(o.grid_box) for o in scene.objects]
         order = rng.permutation(len(scene.objects))
-        context = " ".join(
-            f"{texts.article(names[k])} {names[k]} {codec.encode_cells(scene.objects[k].grid_box)}" for k in order
-        )
-        for obj in scene.objects:
-            if names.count(obj.name) == 1:
-                pairs.append((f"{context}. {pin_prompt(obj.name)}", f" {codec.encode_cells(obj.grid_box)}"))
+        context = " ".join(f"{texts.article(names[k])} {names[k]} {boxes[k]}" for k in order)
+        for name, box in zip(names, boxes):
+            if names.count(name) == 1:
+                pairs.append((f"{context}. {pin_prompt(name)}", f" {box}"))
     return pairs

@@ -126,10 +126,16 @@ def test_text_lookup_cli_takes_a_plain_causal_lm(tmp_path, monkeypatch):
                         or {"curve": []})  # fmt: skip
     out = tmp_path / "lookup.json"
     lm = "recipes/toy_checkpoints/lm-llama"
-    assert probe.main(["--text-lookup-steps", "3", "--text-lookup-lm", lm, "--out", str(out)]) == 0
+    save = tmp_path / "taught"
+    assert probe.main(["--text-lookup-steps", "3", "--text-lookup-lm", lm, "--out", str(out), "--save", str(save)]) == 0
     ((model, processor),) = calls
     assert type(model.language_model).__name__ == "LlamaForCausalLM" and processor.tokenizer is not None
     assert json.loads(out.read_text())["base"] == lm
+    # --save keeps the plain LM with its tokenizer, loadable as a causal LM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert type(AutoModelForCausalLM.from_pretrained(save)).__name__ == "LlamaForCausalLM"
+    assert AutoTokenizer.from_pretrained(save).get_vocab() == processor.tokenizer.get_vocab()
 
 
 def test_text_lookup_saves_the_vlm_with_its_taught_llm(tmp_path, monkeypatch):
