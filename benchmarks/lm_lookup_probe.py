@@ -261,9 +261,15 @@ def load_lm(path: str, random_init: bool = False, hidden_size: int | None = None
         config = AutoConfig.from_pretrained(path)
         if hidden_size:
             head_dim = config.hidden_size // config.num_attention_heads
-            config.intermediate_size = config.intermediate_size * hidden_size // config.hidden_size
-            config.num_attention_heads = config.num_key_value_heads = hidden_size // head_dim
-            config.hidden_size, config.head_dim = hidden_size, head_dim
+            if config.model_type == "opt":  # OPT names its MLP width ffn_dim and projects embeddings at its own width
+                config.ffn_dim = config.ffn_dim * hidden_size // config.hidden_size
+                config.word_embed_proj_dim = hidden_size
+                config.num_attention_heads = hidden_size // head_dim
+            else:  # Llama-style
+                config.intermediate_size = config.intermediate_size * hidden_size // config.hidden_size
+                config.num_attention_heads = config.num_key_value_heads = hidden_size // head_dim
+                config.head_dim = head_dim
+            config.hidden_size = hidden_size
         if num_hidden_layers:
             config.num_hidden_layers = num_hidden_layers
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32)

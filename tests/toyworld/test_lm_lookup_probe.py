@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from groundvlm.recipes.toyworld.lms import LMSize, lm_model
 from tests._benchmarks import load_benchmark
@@ -109,6 +109,22 @@ def test_random_init_control_starts_from_fresh_weights(tmp_path):
     assert not torch.equal(fresh.state_dict()[weight], saved.state_dict()[weight])
     args = ["--lm", str(tmp_path / "lm"), "--steps", "0", "--eval-n", "5", "--random-init"]
     assert probe.main(args)["random_init"] is True
+
+
+@pytest.mark.parametrize("family", ["llama", "opt-small"])
+def test_random_init_widens_and_deepens_either_lm_family(tmp_path, family):
+    """`--hidden-size/--num-hidden-layers` build a wider, deeper fresh LM of the same family: heads keep their size,
+    the MLP its ratio (OPT names it `ffn_dim` and projects its embeddings at `word_embed_proj_dim`)."""
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    lm_model(family, tok, LMSize(16, 1, 2)).save_pretrained(tmp_path / "lm")
+    wide = probe.load_lm(str(tmp_path / "lm"), random_init=True, hidden_size=32, num_hidden_layers=3)
+    config = wide.config
+    assert config.hidden_size == 32 and config.num_hidden_layers == 3 and config.num_attention_heads == 4
+    mlp = config.ffn_dim if family.startswith("opt") else config.intermediate_size
+    small = AutoConfig.from_pretrained(tmp_path / "lm")
+    assert mlp == 2 * (small.ffn_dim if family.startswith("opt") else small.intermediate_size)
+    ids = torch.tensor([[1, 2, 3]])
+    assert wide(input_ids=ids).logits.shape == (1, 3, config.vocab_size)
 
 
 def test_several_queries_answer_the_earlier_ones_and_answer_only_keeps_every_answer():
