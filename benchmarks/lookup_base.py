@@ -22,22 +22,22 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
-def extract(vlm: str, out: Path) -> None:
-    """Save the VLM's language model and tokenizer as a causal-LM folder."""
+def extract(vlm: str, out: Path, processor: str | None = None) -> None:
+    """Save the VLM's language model and tokenizer (from `processor`'s folder when given) as a causal-LM folder."""
     from groundvlm.recipes.systems.pin.models import load_base
 
-    model, processor = load_base(vlm, torch.device("cpu"))
+    model, processor = load_base(vlm, torch.device("cpu"), processor)
     model.language_model.save_pretrained(out)
     processor.tokenizer.save_pretrained(out)
 
 
-def swap(vlm: str, lm: str, out: Path, eval_images: int) -> dict:
+def swap(vlm: str, lm: str, out: Path, eval_images: int, processor: str | None = None) -> dict:
     """The VLM with `lm`'s weights in place of its LM (same architecture and vocabulary required), saved to `out`,
     with its base checks and gates in `out/gates.json`."""
     from groundvlm.recipes.systems.pin.models import load_base
     from groundvlm.recipes.systems.vpgtrans.captioner import judge_base
 
-    model, processor = load_base(vlm, torch.device("cpu"))
+    model, processor = load_base(vlm, torch.device("cpu"), processor)
     taught = AutoModelForCausalLM.from_pretrained(lm, dtype=torch.float32)
     if type(taught) is not type(model.language_model):
         raise ValueError(
@@ -77,12 +77,14 @@ def main(argv=None) -> None:
     sw.add_argument("--lm", required=True)
     sw.add_argument("--out", type=Path, required=True)
     sw.add_argument("--eval-images", type=int, default=100)
+    for command in (ex, sw):  # a Trainer checkpoint holds the model only: take the processor from the base it grew from
+        command.add_argument("--processor", help="folder of the VLM's processor (default: --vlm)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     if args.command == "extract":
-        extract(args.vlm, args.out)
+        extract(args.vlm, args.out, args.processor)
     else:
-        report = swap(args.vlm, args.lm, args.out, args.eval_images)
+        report = swap(args.vlm, args.lm, args.out, args.eval_images, args.processor)
         print(json.dumps(report["gates"], indent=1))
 
 

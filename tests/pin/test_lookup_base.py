@@ -55,3 +55,20 @@ def test_swap_refuses_an_lm_whose_tokenizer_has_another_vocabulary(tmp_path):
     )
     with pytest.raises(ValueError, match="another vocabulary"):
         lookup_base.swap(str(BASE), str(tmp_path / "lm"), tmp_path / "vlm", 1)
+
+
+def test_extract_from_a_checkpoint_takes_the_processor_from_its_base(tmp_path):
+    """A Trainer checkpoint holds the model only: `--processor` names the folder whose processor goes with it."""
+    import shutil
+
+    checkpoint = tmp_path / "checkpoint-10"
+    checkpoint.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(BASE / name, checkpoint / name)
+    with pytest.raises(OSError):
+        lookup_base.main(["extract", "--vlm", str(checkpoint), "--out", str(tmp_path / "none")])
+    lookup_base.main(["extract", "--vlm", str(checkpoint), "--processor", str(BASE), "--out", str(tmp_path / "lm")])
+    assert (tmp_path / "lm" / "tokenizer.json").is_file()
+    extracted = load_file(tmp_path / "lm" / "model.safetensors")
+    base = load_file(BASE / "model.safetensors")
+    assert all(torch.equal(extracted[k], base[f"language_model.{k}"]) for k in extracted)

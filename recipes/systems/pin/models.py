@@ -36,8 +36,9 @@ def resolve_base_model(pin_args: PinArguments, preset: str) -> str:
     return str(toyworld.toy_asset(DEFAULT_BASE_ASSET, preset, builder=build_caption_asset))
 
 
-def load_base(path: str, device: torch.device):
-    """The frozen base model (class from its config's `architectures`) and its processor."""
+def load_base(path: str, device: torch.device, processor_path: str | None = None):
+    """The frozen base model (class from its config's `architectures`) and its processor (from `processor_path` when
+    given: a Trainer checkpoint holds the model only)."""
     looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
     if not Path(path).exists() and not looks_like_hub_id:
         raise FileNotFoundError(f"base_model {path!r} is neither a folder nor a Hub id")
@@ -47,7 +48,7 @@ def load_base(path: str, device: torch.device):
     if arch is None:
         raise ValueError(f"{path}: architectures {config.architectures} hold no PIN base; supported: {sorted(classes)}")
     model = classes[arch].from_pretrained(path).to(device).eval()
-    return model, AutoProcessor.from_pretrained(path)
+    return model, AutoProcessor.from_pretrained(processor_path or path)
 
 
 def method_processor(method: str, pin_processor: PinProcessor, pin_args: PinArguments) -> PinProcessor:
