@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # PIN's own in-context lookup in text -- "a red star [14,28,70,112] a blue moon [0,7,35,56]. In the image is a blue
 # moon located at" -> " [0,7,35,56]" (benchmarks/lm_lookup_probe.py --box-labels --label-last --max-items 3, chance
-# 0.417) -- at GPU budget: six variants side by side on one GPU, each for at most LIMIT seconds (default 540, one
+# 0.417) -- at GPU budget: five variants side by side on one GPU, each for at most LIMIT seconds (default 540, one
 # device call), batch 256, loss on the asked box's tokens unless named. Does the two-step lookup (carry the asked name
 # to "[", match it against the token before each listed "[") form at all at 128x4 with ~10x the CPU's questions, or
 # only in a wider/deeper LM? Every variant's JSON (rewritten at each evaluation, so a run cut by the limit still
-# leaves its curve, with per-answer-token accuracy) and the logs' tails land in <dir>.
+# leaves its curve, with per-answer-token accuracy) and the logs' tails land in <dir> (eight files). Two more runs ask
+# Groma's REC-shaped lookup (fused-names) at the same budget.
 #
 #   bash benchmarks/lm_lookup_box_probe_gpu.sh <dir>
 set -uo pipefail
@@ -20,10 +21,17 @@ P=(python "$HERE/lm_lookup_probe.py" --box-labels --label-last --max-items 3 --s
   --eval-n 200 --warmup 500 --batch-size 256)
 run() { name=$1; shift; timeout "${LIMIT:-540}" "${P[@]}" "$@" --out "$OUT/box_$name.json" > "$WORK/$name.txt" 2>&1 & }
 run opt_q3 --lm "$OPT" --answer-only --queries 3
-run opt_q1 --lm "$OPT" --answer-only
 run opt_q3_full_loss_mix25 --lm "$OPT" --queries 3 --corpus-mix 0.25 --corpus-scenes 3000
 run fresh128x4_q3 --lm "$OPT" --random-init --answer-only --queries 3
 run fresh256x6_q3 --lm "$OPT" --random-init --hidden-size 256 --num-hidden-layers 6 --answer-only --queries 3
 run fresh384x8_q3 --lm "$OPT" --random-init --hidden-size 384 --num-hidden-layers 8 --answer-only --queries 3 --lr 5e-4
+# Groma's REC lookup (a two-word phrase against one key position right after its one-token label, as
+# `<r_j><region>`), after the two one-token stages that small LMs do learn: the committed toy Llama and a wider fresh one
+F=(python "$HERE/lm_lookup_probe.py" --queries 4 --max-items 4 --eval-every 1000 --eval-n 200 --warmup 500
+  --batch-size 256 --curriculum one-token-free:500 one-token:1000 fused-names:400000)
+runf() { name=$1; shift; timeout "${LIMIT:-540}" "${F[@]}" "$@" --out "$OUT/fused_$name.json" > "$WORK/$name.txt" 2>&1 & }
+L=recipes/toy_checkpoints/lm-llama
+runf llama --lm $L
+runf fresh256x6 --lm $L --random-init --hidden-size 256 --num-hidden-layers 6
 wait
 for f in "$WORK"/*.txt; do echo "== $(basename "$f" .txt)"; tail -4 "$f"; done | tee "$OUT/box_probe_logs.txt"
