@@ -175,10 +175,17 @@ class TrainingPaused(Exception):
 
 class TimeBudgetCallback(TrainerCallback):
     """Stop training at the first step end after `minutes` of wall time in this launch and save a checkpoint there
-    (so a run can be split across calls of a machine that is lent for minutes at a time)."""
+    (so a run can be split across calls of a machine that is lent for minutes at a time).
 
-    def __init__(self, minutes: float):
+    In a distributed run the processes agree through a collective (and a host read), so they ask only every
+    `distributed_every` steps -- at the same steps in every process -- and may run that many steps past the budget;
+    alone, the check is a clock read at every step."""
+
+    def __init__(self, minutes: float, distributed_every: int = 10):
+        if distributed_every < 1:
+            raise ValueError(f"distributed_every must be >= 1, got {distributed_every}.")
         self.seconds = minutes * 60.0
+        self.every = distributed_every
         self.start = None
         self.fired = False
 
@@ -186,6 +193,8 @@ class TimeBudgetCallback(TrainerCallback):
         self.start = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if _world_size() > 1 and state.global_step % self.every:
+            return control
         over = self.start is not None and time.monotonic() - self.start >= self.seconds
         if _any_process(over, args.device) and state.global_step < state.max_steps:
             self.fired = True
@@ -194,12 +203,18 @@ class TimeBudgetCallback(TrainerCallback):
         return control
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _any_process(flag: bool, device) -> bool:
     """`flag` of any process of a distributed run (every process gets the same answer, so all stop at the same step;
     one process stopping alone would leave the others waiting in their next collective)."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _world_size() == 1:
         return flag
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)

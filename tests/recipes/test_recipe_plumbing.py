@@ -489,6 +489,46 @@ def test_time_budget_stops_every_process_at_the_same_step():
     assert checkpointing._any_process(False, "cpu") is False  # no process group: the process's own flag
 
 
+def _budget_worker(rank: int, port: int, results):
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from transformers import TrainerControl
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        callback = checkpointing.TimeBudgetCallback(minutes=1.0, distributed_every=4)
+        callback.start = 0.0 if rank == 0 else float("inf")  # rank 0 is far over its budget, rank 1 never is
+        args = SimpleNamespace(device="cpu")
+        stopped = None
+        for step in range(1, 10):
+            control = TrainerControl()
+            callback.on_step_end(args, SimpleNamespace(global_step=step, max_steps=100), control)
+            if control.should_training_stop:
+                stopped = step
+                break
+        results[rank] = stopped
+    finally:
+        dist.destroy_process_group()
+
+
+def test_time_budget_asks_the_other_processes_only_every_few_steps():
+    """Distributed, the budget's collective runs only at every `distributed_every`-th step, the same steps in every
+    process: both stop together at the first such step past the budget (not at every step's host sync)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_budget_worker, args=(port, results), nprocs=2, join=True)
+    assert dict(results) == {0: 4, 1: 4}
+    with pytest.raises(ValueError, match="distributed_every"):
+        checkpointing.TimeBudgetCallback(1.0, distributed_every=0)
+
+
 def test_flag_helpers_read_and_drop_a_flag_as_argparse_sees_it():
     argv = ["--preset", "gpu", "--stage=det", "--x", "1", "--preset", "cpu"]
     assert arguments.flag_value(argv, "--preset") == "cpu"  # the last one wins, as in argparse
