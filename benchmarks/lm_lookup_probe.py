@@ -11,8 +11,8 @@ given LM has it or learns it by fine-tuning on text alone:
 (2–8 items of the toy world's colour-shape names, distinct single-digit labels; chance = the mean of 1/items = 0.245.)
 It reports the held-out accuracy of the label token before and during fine-tuning (AdamW, linear warm-up, loss on
 every token or, with `--answer-only`, on the labels only). Levers that make the signal denser or the task easier:
-`--queries N` (N items asked per training text, the earlier ones answered, as in multi-query associative recall;
-accuracy stays on one), `--copula-free P` (a share of questions without "is": label last, the answer then follows the
+`--queries N` (up to N items asked per training text, never all of them, the earlier ones answered, as in multi-query
+associative recall; accuracy stays on one), `--copula-free P` (a share of questions without "is": label last, the answer then follows the
 name as in the context, so plain copying finds it), `--single-token` (a shape named, a colour as its label: one token
 each, so that label last without "is" is a first-order copy), `--repeat-mix P` (a share of the batch that is a run
 repeated twice, from which induction heads form; the copy accuracy is reported too), `--corpus-mix P` (replay of the
@@ -32,6 +32,7 @@ import contextlib
 import functools
 import json
 import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -95,7 +96,7 @@ def lookup_text(
         pattern = "a {name} {label}" if label_last else "{label} a {name}"
     if fused_names:  # no space before an added token (the tokenizer would add a lone "▁"), as `<r_j><region>`
         pattern = "{name} {label}" if label_last else "{label}{name}"
-    asked = rng.sample(range(k), min(queries, k))
+    asked = rng.sample(range(k), min(queries, k - 1))  # never every item: the last would follow by elimination
     keys = [f"<{name.replace(' ', '_')}>" for name in items] if fused_names else items
     context = " ".join(pattern.format(label=label, name=name) for label, name in zip(labels, keys))
     named = keys if fused_names and fused_question else items
@@ -125,7 +126,7 @@ def _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free
         if box not in labels:
             labels.append(box)
     pattern = "a {name} {label}" if label_last else "{label} a {name}"
-    asked = rng.sample(range(k), min(queries, k))
+    asked = rng.sample(range(k), min(queries, k - 1))  # never every item: the last would follow by elimination
     context = " ".join(pattern.format(label=label, name=name) for label, name in zip(labels, items))
     answered = "".join(f". In the image is a {items[q]}{verb} {labels[q]}" for q in asked[:-1])
     return f"{context}{answered}. In the image is a {items[asked[-1]]}{verb}", f" {labels[asked[-1]]}", k
@@ -210,6 +211,22 @@ def copy_accuracy(model, tok, n: int, seed: int = 321) -> float:
     return hits / total
 
 
+_BOX = re.compile(r" ?\[[0-9,]+\]")
+
+
+def _box_answer_mask(tok, texts: list[str], length: int) -> torch.Tensor:
+    """[len(texts), length] True on the tokens of every asked box: each " [x1,y1,x2,y2]" after the context's
+    closing period (the listed boxes come before it), by the tokens' character offsets."""
+    enc = tok(texts, padding="max_length", truncation=True, max_length=length, return_offsets_mapping=True)
+    mask = torch.zeros(len(texts), length, dtype=torch.bool)
+    for row, (text, offsets) in enumerate(zip(texts, enc["offset_mapping"])):
+        spans = [m.span() for m in _BOX.finditer(text, text.index(". "))]
+        for col, (start, end) in enumerate(offsets):
+            if end > start and any(a <= start and end <= b for a, b in spans):
+                mask[row, col] = True
+    return mask
+
+
 def batch(
     tok,
     rng: random.Random,
@@ -223,7 +240,7 @@ def batch(
 ) -> dict:
     """Right-padded texts; labels on every real token or (`answer_only`) on the answer labels: the digit tokens after
     the context's closing ". " (every answer when a text asks several items), or with `box_answers` every token of
-    the last asked box (the tokens after the question; earlier answered boxes stay unlabelled). The last
+    every asked box (" [x1,y1,x2,y2]" after the context; the listed boxes stay unlabelled). The last
     `round(mix * size)` rows are `whole(rng)` texts instead (the LM's own corpus, kept so that it is not forgotten,
     or `repeat_text`), labelled whole."""
     replay = round(mix * size) if whole else 0
@@ -232,10 +249,9 @@ def batch(
     enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=256)
     labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
     if answer_only and box_answers:
-        asked = torch.tensor([len(tok(q, truncation=True, max_length=256).input_ids) for q, _, _ in drawn])
-        keep = torch.arange(enc.input_ids.shape[1])[None, :] >= asked[:, None]
-        keep = torch.cat((keep, torch.ones(replay, keep.shape[1], dtype=torch.bool))) & (enc.attention_mask == 1)
-        labels = labels.masked_fill(~keep, -100)
+        keep = torch.ones_like(enc.attention_mask, dtype=torch.bool)
+        keep[: len(drawn)] = _box_answer_mask(tok, texts[: len(drawn)], enc.input_ids.shape[1])
+        labels = labels.masked_fill(~(keep & (enc.attention_mask == 1)), -100)
     elif answer_only:
         period = tok.convert_tokens_to_ids(".")
         words = label_words or [str(d) for d in range(10)]  # the labels' tokens ("▁red" for `single_token`)
@@ -484,7 +500,7 @@ def main(argv=None) -> dict:
         "--queries",
         type=int,
         default=1,
-        help="items asked per text in training (the earlier ones answered); accuracy is on one",
+        help="items asked per text in training, at most items - 1 (the earlier ones answered; with --box-labels --answer-only every asked box is in the loss); accuracy is on one",
     )
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-n", type=int, default=200)

@@ -4,6 +4,7 @@ tiny LM writes its accuracy curve."""
 import functools
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -240,24 +241,36 @@ def test_box_labels_ask_pins_prompt_and_answer_with_the_asked_items_box():
         assert answer.startswith(" [") and answer.endswith("]") and answer.count(",") == 3
 
 
-def test_answer_only_box_labels_keep_exactly_the_asked_box_and_the_replay_whole():
-    """With boxes as labels the answer-only loss is on every token of the last asked box -- not on the context's
-    boxes, nor on an earlier answered one -- and replayed corpus rows stay labelled whole."""
+def test_answer_only_box_labels_keep_every_asked_box_and_the_replay_whole():
+    """With boxes as labels the answer-only loss is on every token of every asked box (the answered ones and the last)
+    -- never on the context's listed boxes -- and replayed corpus rows stay labelled whole."""
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     tok.pad_token, tok.padding_side = tok.eos_token, "right"
-    draw = functools.partial(probe.lookup_text, max_items=3, label_last=True, box_labels=True, queries=2)
+    draw = functools.partial(probe.lookup_text, max_items=4, label_last=True, box_labels=True, queries=3)
     same = random.Random(4)
-    drawn = [draw(same) for _ in range(3)]  # what the batch draws from the same seed
+    drawn = [draw(same) for _ in range(6)]  # what the batch draws from the same seed
     batch = probe.batch(
-        tok, random.Random(4), 4, answer_only=True, draw=draw, whole=lambda r: "a red star", mix=0.25, box_answers=True
+        tok, random.Random(4), 8, answer_only=True, draw=draw, whole=lambda r: "a red star", mix=0.25, box_answers=True
     )
-    for row, (question, answer, _) in enumerate(drawn):
+    for row, (question, answer, items) in enumerate(drawn):
+        text = question + answer
+        context, asked_part = text.split(". ", 1)
+        asked = re.findall(r"located at (\[[0-9,]+\])", asked_part)
+        assert len(asked) == min(3, items - 1) and context.count("[") == items
         kept = batch["labels"][row][batch["labels"][row] != -100]
-        assert ". In the image is a" in question and question.count("[") >= 3  # context boxes + an answered one
-        assert tok.decode(kept).strip() == answer.strip()
-        assert len(kept) == len(tok(question + answer).input_ids) - len(tok(question).input_ids)
-    replay = batch["labels"][3][batch["attention_mask"][3] == 1]
+        assert tok.decode(kept).replace(" ", "") == "".join(asked)
+    replay = batch["labels"][7][batch["attention_mask"][7] == 1]
     assert (replay != -100).all()
+
+
+def test_several_queries_never_ask_every_item():
+    """A text asks at most items - 1 of its items, so no answer follows by elimination (the one item not yet asked)."""
+    rng = random.Random(0)
+    for box_labels in (False, True):
+        for _ in range(200):
+            question, _, items = probe.lookup_text(rng, max_items=3, box_labels=box_labels, label_last=True, queries=5)
+            asked = question.count(". ")
+            assert 1 <= asked <= items - 1
 
 
 def test_accuracy_needs_every_token_of_a_multi_token_answer():
