@@ -174,6 +174,28 @@ def answer_scores(model, tok, n: int, draw: Callable = lookup_text, seed: int = 
     return exact / n, [round(h / s, 4) for h, s in zip(hits, seen)]
 
 
+def pick_chance_by_token(tok, n: int, draw: Callable, seed: int = 123) -> list[float]:
+    """For box lookups, per answer position the accuracy of a model that picks a listed box at random among those
+    agreeing with the answer's tokens so far (teacher-forced, as `answer_scores` scores): about 1/items at x1, where
+    the pick is made, and about 1 after it (a copy). The baseline `answer_token_accuracy` reads against; the same
+    held-out lookups (`seed`)."""
+    rng, totals, seen = random.Random(seed), [], []
+    for _ in range(n):
+        question, answer, _ = draw(rng)
+        listed = _BOX.findall(question[: question.index(". ")])
+        target = tok(answer, add_special_tokens=False).input_ids
+        candidates = [tok(" " + box.strip(), add_special_tokens=False).input_ids for box in listed]
+        for position in range(len(target)):
+            before = [c for c in candidates if c[:position] == target[:position]]
+            agree = [c for c in before if c[: position + 1] == target[: position + 1]]
+            if position == len(totals):
+                totals.append(0.0)
+                seen.append(0)
+            totals[position] += len(agree) / len(before) if before else 0.0
+            seen[position] += 1
+    return [round(t / count, 4) for t, count in zip(totals, seen)]  # answers of digit tokens differ in length
+
+
 def accuracy(model, tok, n: int, draw: Callable = lookup_text, seed: int = 123) -> float:
     """Share of held-out lookups whose whole answer the LM writes greedily after the question (`answer_scores`)."""
     return answer_scores(model, tok, n, draw, seed)[0]
@@ -406,6 +428,7 @@ def probe(args: argparse.Namespace) -> dict:
         whole = repeat_text
     rng, t0 = random.Random(args.seed), time.time()
     exact, by_token = answer_scores(model, tok, args.eval_n, held_out)
+    pick_chance = pick_chance_by_token(tok, args.eval_n, held_out) if target["box_labels"] else None
     curve = [[0, exact, None]]
     tokens = {"last": by_token}  # per answer token, at the latest evaluation
     copy_curve = [[0, copy_accuracy(model, tok, args.eval_n)]] if args.repeat_mix else None
@@ -421,6 +444,7 @@ def probe(args: argparse.Namespace) -> dict:
             "chance": round(base_rate, 4),
             "accuracy_curve": curve,
             "answer_token_accuracy": tokens["last"],
+            **({"answer_token_pick_chance": pick_chance} if pick_chance else {}),
             **({"copy_accuracy_curve": copy_curve} if copy_curve else {}),
             **({"copula_free_accuracy_curve": free_curve} if free_curve else {}),
             **({"stage_accuracy_curve": stage_curve} if stage_curve is not None else {}),
@@ -428,6 +452,8 @@ def probe(args: argparse.Namespace) -> dict:
         }
 
     print(f"step 0: accuracy {curve[0][1]:.3f} (chance {base_rate:.3f}), by answer token {tokens['last']}", flush=True)
+    if pick_chance:
+        print(f"a random pick of a listed box, by answer token: {pick_chance}", flush=True)
     model.train()
     step = 0
     for index, (name, stage_form, stage_steps) in enumerate(plan):

@@ -411,3 +411,16 @@ def test_fused_exact_asks_with_the_key_token_itself():
         assert asked in probe.FUSED_NAMES and asked in context
         assert context.split(asked)[0].split(" ")[-1] == answer.strip()  # the label right before the key
     assert probe.FORMS["fused-exact"]["fused_question"] is True
+
+
+def test_pick_chance_is_one_over_the_items_at_x1_and_a_copy_after_it():
+    """The random-pick baseline per answer token: "[" is always right, x1 about 1/items (more where listed boxes share
+    an x1), the tokens after it nearly always (the picked box is copied); every position within [0, 1]."""
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    two = functools.partial(probe.lookup_text, max_items=2, label_last=True, box_labels=True)
+    chance = probe.pick_chance_by_token(tok, 300, two)
+    assert all(0.0 <= c <= 1.0 for c in chance) and chance[0] == 1.0
+    x1 = next(i for i, c in enumerate(chance) if c < 0.9)  # the first position where the pick is made
+    assert 0.5 <= chance[x1] < 0.65 and min(chance[x1 + 1 :]) > 0.85
+    eight = functools.partial(probe.lookup_text, min_items=8, max_items=8, label_last=True, box_labels=True)
+    assert probe.pick_chance_by_token(tok, 300, eight)[x1] < chance[x1]
