@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # PIN's own in-context lookup in text -- "a red star [14,28,70,112] a blue moon [0,7,35,56]. In the image is a blue
-# moon located at" -> " [0,7,35,56]" (benchmarks/lm_lookup_probe.py --box-labels --label-last --max-items 3, chance
-# 0.417) -- at GPU budget: five variants side by side on one GPU, each for at most LIMIT seconds (default 540, one
-# device call), batch 256, loss on the asked box's tokens unless named. Does the two-step lookup (carry the asked name
-# to "[", match it against the token before each listed "[") form at all at 128x4 with ~10x the CPU's questions, or
-# only in a wider/deeper LM? Every variant's JSON (rewritten at each evaluation, so a run cut by the limit still
-# leaves its curve, with per-answer-token accuracy) and the logs' tails land in <dir> (eight files). Two more runs ask
-# Groma's REC-shaped lookup (fused-names) at the same budget.
+# moon located at" -> " [0,7,35,56]" (benchmarks/lm_lookup_probe.py --box-labels --label-last --answer-only) -- at
+# GPU budget: five variants side by side on one GPU, each for at most LIMIT seconds (default 540, one device call),
+# batch 256, the loss on the asked boxes' tokens. Does the two-step lookup (carry the asked name to "[", match it
+# against the token before each listed "[") form at ~10x the CPU's questions at 128x4, or only in a wider/deeper LM?
+# Two more runs ask Groma's REC-shaped lookup (fused-names) at the same budget. Every run's JSON (rewritten at each
+# evaluation, so a run cut by the limit still leaves its curve, with per-answer-token accuracy and, for boxes, the
+# random-pick baseline per token) and the logs' tails land in <dir>: eight files.
 #
 #   bash benchmarks/lm_lookup_box_probe_gpu.sh <dir>
 set -uo pipefail
@@ -17,17 +17,20 @@ HERE=$(dirname "$0")
 WORK=$(mktemp -d)
 OPT=$WORK/lm-opt  # the committed PIN base's toy OPT, taken out of the VLM
 python "$HERE/lookup_base.py" extract --vlm recipes/toy_checkpoints/vlm-caption --out "$OPT" || exit 1
-P=(python "$HERE/lm_lookup_probe.py" --box-labels --label-last --max-items 3 --steps 400000 --eval-every 1000
+P=(python "$HERE/lm_lookup_probe.py" --box-labels --label-last --answer-only --steps 400000 --eval-every 1000
   --eval-n 200 --warmup 500 --batch-size 256)
 run() { name=$1; shift; timeout "${LIMIT:-540}" "${P[@]}" "$@" --out "$OUT/box_$name.json" > "$WORK/$name.txt" 2>&1 & }
-run opt_q3 --lm "$OPT" --answer-only --queries 3
-run opt_q3_full_loss_mix25 --lm "$OPT" --queries 3 --corpus-mix 0.25 --corpus-scenes 3000
-run fresh128x4_q3 --lm "$OPT" --random-init --answer-only --queries 3
-run fresh256x6_q3 --lm "$OPT" --random-init --hidden-size 256 --num-hidden-layers 6 --answer-only --queries 3
-run fresh384x8_q3 --lm "$OPT" --random-init --hidden-size 384 --num-hidden-layers 8 --answer-only --queries 3 --lr 5e-4
+# 2-3 listed objects (PIN's scenes) leave a good shortcut -- copy any listed box (x1 right ~0.46 by a random pick);
+# 2-6 objects with up to 5 asked per text make picking the named one pay more, with a denser signal
+run opt_k3q2 --lm "$OPT" --max-items 3 --queries 2
+run opt_k6q5 --lm "$OPT" --max-items 6 --queries 5
+run fresh128x4_k6q5 --lm "$OPT" --random-init --max-items 6 --queries 5
+run fresh256x6_k6q5 --lm "$OPT" --random-init --hidden-size 256 --num-hidden-layers 6 --max-items 6 --queries 5
+run fresh384x8_k6q5 --lm "$OPT" --random-init --hidden-size 384 --num-hidden-layers 8 --max-items 6 --queries 5 \
+  --lr 5e-4
 # Groma's REC lookup (a two-word phrase against one key position right after its one-token label, as
 # `<r_j><region>`), after the two one-token stages that small LMs do learn: the committed toy Llama and a wider fresh one
-F=(python "$HERE/lm_lookup_probe.py" --queries 4 --max-items 4 --eval-every 1000 --eval-n 200 --warmup 500
+F=(python "$HERE/lm_lookup_probe.py" --queries 3 --max-items 4 --eval-every 1000 --eval-n 200 --warmup 500
   --batch-size 256 --curriculum one-token-free:500 one-token:1000 fused-names:400000)
 runf() { name=$1; shift; timeout "${LIMIT:-540}" "${F[@]}" "$@" --out "$OUT/fused_$name.json" > "$WORK/$name.txt" 2>&1 & }
 L=recipes/toy_checkpoints/lm-llama
