@@ -65,7 +65,7 @@ def test_extract_from_a_checkpoint_takes_the_processor_from_its_base(tmp_path):
     checkpoint.mkdir()
     for name in ("config.json", "generation_config.json", "model.safetensors"):
         shutil.copy(BASE / name, checkpoint / name)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="name the folder of the base"):
         lookup_base.main(["extract", "--vlm", str(checkpoint), "--out", str(tmp_path / "none")])
     lookup_base.main(["extract", "--vlm", str(checkpoint), "--processor", str(BASE), "--out", str(tmp_path / "lm")])
     assert (tmp_path / "lm" / "tokenizer.json").is_file()

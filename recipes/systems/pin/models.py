@@ -47,8 +47,14 @@ def load_base(path: str, device: torch.device, processor_path: str | None = None
     arch = next((a for a in (config.architectures or []) if a in classes), None)
     if arch is None:
         raise ValueError(f"{path}: architectures {config.architectures} hold no PIN base; supported: {sorted(classes)}")
-    model = classes[arch].from_pretrained(path).to(device).eval()
-    return model, AutoProcessor.from_pretrained(processor_path or path)
+    try:
+        processor = AutoProcessor.from_pretrained(processor_path or path)
+    except OSError as err:
+        raise OSError(
+            f"no processor could be loaded from {processor_path or path!r} ({err}); a Trainer checkpoint holds the "
+            "model only: name the folder of the base it was trained from as the processor"
+        ) from err
+    return classes[arch].from_pretrained(path).to(device).eval(), processor
 
 
 def method_processor(method: str, pin_processor: PinProcessor, pin_args: PinArguments) -> PinProcessor:
