@@ -236,14 +236,14 @@ def copy_accuracy(model, tok, n: int, seed: int = 321) -> float:
 _BOX = re.compile(r" ?\[[0-9,]+\]")
 
 
-def _box_answer_mask(tok, texts: list[str], length: int) -> torch.Tensor:
-    """[len(texts), length] True on the tokens of every asked box: each " [x1,y1,x2,y2]" after the context's
-    closing period (the listed boxes come before it), by the tokens' character offsets."""
-    enc = tok(texts, padding="max_length", truncation=True, max_length=length, return_offsets_mapping=True)
-    mask = torch.zeros(len(texts), length, dtype=torch.bool)
-    for row, (text, offsets) in enumerate(zip(texts, enc["offset_mapping"])):
+def _box_answer_mask(texts: list[str], offsets: torch.Tensor) -> torch.Tensor:
+    """True on the tokens of every asked box -- each " [x1,y1,x2,y2]" after the context's closing period (the listed
+    boxes come before it) -- from the tokens' character `offsets` ([len(texts), length, 2], as the batch's own
+    tokenization returns them)."""
+    mask = torch.zeros(offsets.shape[:2], dtype=torch.bool)
+    for row, text in enumerate(texts):
         spans = [m.span() for m in _BOX.finditer(text, text.index(". "))]
-        for col, (start, end) in enumerate(offsets):
+        for col, (start, end) in enumerate(offsets[row].tolist()):
             if end > start and any(a <= start and end <= b for a, b in spans):
                 mask[row, col] = True
     return mask
@@ -268,11 +268,15 @@ def batch(
     replay = round(mix * size) if whole else 0
     drawn = [draw(rng) for _ in range(size - replay)]
     texts = [q + a for q, a, _ in drawn] + [whole(rng) for _ in range(replay)]
-    enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=256)
+    box_mask = answer_only and box_answers
+    enc = tok(
+        texts, return_tensors="pt", padding=True, truncation=True, max_length=256, return_offsets_mapping=box_mask
+    )
+    offsets = enc.pop("offset_mapping", None)
     labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-    if answer_only and box_answers:
+    if box_mask:
         keep = torch.ones_like(enc.attention_mask, dtype=torch.bool)
-        keep[: len(drawn)] = _box_answer_mask(tok, texts[: len(drawn)], enc.input_ids.shape[1])
+        keep[: len(drawn)] = _box_answer_mask(texts[: len(drawn)], offsets[: len(drawn)])
         labels = labels.masked_fill(~(keep & (enc.attention_mask == 1)), -100)
     elif answer_only:
         period = tok.convert_tokens_to_ids(".")
