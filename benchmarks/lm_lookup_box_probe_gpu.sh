@@ -19,22 +19,22 @@ OPT=$WORK/lm-opt  # the committed PIN base's toy OPT, taken out of the VLM
 python "$HERE/lookup_base.py" extract --vlm recipes/toy_checkpoints/vlm-caption --out "$OPT" || exit 1
 P=(python "$HERE/lm_lookup_probe.py" --box-labels --label-last --answer-only --steps 400000 --eval-every 1000
   --eval-n 200 --warmup 500 --batch-size 256)
-run() { name=$1; shift; timeout "${LIMIT:-540}" "${P[@]}" "$@" --out "$OUT/box_$name.json" > "$WORK/$name.txt" 2>&1 & }
+# run FORM NAME COMMAND...: in the background, for at most LIMIT seconds, its JSON as <dir>/FORM_NAME.json
+run() { form=$1 name=$2; shift 2; timeout "${LIMIT:-540}" "$@" --out "$OUT/${form}_$name.json" > "$WORK/${form}_$name.txt" 2>&1 & }
 # 2-3 listed objects (PIN's scenes) leave a good shortcut -- copy any listed box (x1 right ~0.46 by a random pick);
 # 2-6 objects with up to 5 asked per text make picking the named one pay more, with a denser signal
-run opt_k3q2 --lm "$OPT" --max-items 3 --queries 2
-run opt_k6q5 --lm "$OPT" --max-items 6 --queries 5
-run fresh128x4_k6q5 --lm "$OPT" --random-init --max-items 6 --queries 5
-run fresh256x6_k6q5 --lm "$OPT" --random-init --hidden-size 256 --num-hidden-layers 6 --max-items 6 --queries 5
-run fresh384x8_k6q5 --lm "$OPT" --random-init --hidden-size 384 --num-hidden-layers 8 --max-items 6 --queries 5 \
+run box opt_k3q2 "${P[@]}" --lm "$OPT" --max-items 3 --queries 2
+run box opt_k6q5 "${P[@]}" --lm "$OPT" --max-items 6 --queries 5
+run box fresh128x4_k6q5 "${P[@]}" --lm "$OPT" --random-init --max-items 6 --queries 5
+run box fresh256x6_k6q5 "${P[@]}" --lm "$OPT" --random-init --hidden-size 256 --num-hidden-layers 6 --max-items 6 --queries 5
+run box fresh384x8_k6q5 "${P[@]}" --lm "$OPT" --random-init --hidden-size 384 --num-hidden-layers 8 --max-items 6 --queries 5 \
   --lr 5e-4
 # Groma's REC lookup (a two-word phrase against one key position right after its one-token label, as
 # `<r_j><region>`), after the two one-token stages that small LMs do learn: the committed toy Llama and a wider fresh one
 F=(python "$HERE/lm_lookup_probe.py" --queries 3 --max-items 4 --eval-every 1000 --eval-n 200 --warmup 500
   --batch-size 256 --curriculum one-token-free:500 one-token:1000 fused-names:400000)
-runf() { name=$1; shift; timeout "${LIMIT:-540}" "${F[@]}" "$@" --out "$OUT/fused_$name.json" > "$WORK/$name.txt" 2>&1 & }
 L=recipes/toy_checkpoints/lm-llama
-runf llama --lm $L
-runf fresh256x6 --lm $L --random-init --hidden-size 256 --num-hidden-layers 6
+run fused llama "${F[@]}" --lm $L
+run fused fresh256x6 "${F[@]}" --lm $L --random-init --hidden-size 256 --num-hidden-layers 6
 wait
 for f in "$WORK"/*.txt; do echo "== $(basename "$f" .txt)"; tail -4 "$f"; done | tee "$OUT/box_probe_logs.txt"
