@@ -8,7 +8,7 @@
 #   bash benchmarks/pin_lookup_base_gpu.sh OUT_DIR
 #
 # Knobs (each overrides the preset's `captioner_bind_lookup_gpu.yaml` only when set): LOOKUP_FRACTION, REPLAY_BATCH,
-# MAX_STEPS. Then on any machine: python recipes/pin.py --base_model <OUT/base.tgz unpacked>/model.
+# MAX_STEPS, LOOKUP_LISTED (PIN's lookups list up to this many objects, distractors included). Then on any machine: python recipes/pin.py --base_model <OUT/base.tgz unpacked>/model.
 set -uo pipefail
 OUT=${1:?output folder}
 WORK=runs/pin_lookup_base
@@ -18,6 +18,7 @@ extra=()
 [ -n "${LOOKUP_FRACTION:-}" ] && extra+=(--text_replay_lookup_fraction "$LOOKUP_FRACTION")
 [ -n "${REPLAY_BATCH:-}" ] && extra+=(--text_replay_batch_size "$REPLAY_BATCH")
 [ -n "${MAX_STEPS:-}" ] && extra+=(--max_steps "$MAX_STEPS")
+[ -n "${LOOKUP_LISTED:-}" ] && extra+=(--text_replay_lookup_listed "$LOOKUP_LISTED")
 python -m groundvlm.recipes.systems.vpgtrans.captioner --preset gpu-bind-lookup --out "$WORK" "${extra[@]}" \
   > "$OUT/captioner.log" 2>&1
 rc=$?

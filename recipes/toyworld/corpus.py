@@ -112,14 +112,22 @@ def lm_corpus(n_scenes: int, seed: int = 0, image_size: int = IMAGE_SIZE, grid_s
 
 
 def lookup_pairs(
-    n_scenes: int, seed: int = 0, image_size: int = IMAGE_SIZE, grid_size: int = GRID_SIZE
+    n_scenes: int,
+    seed: int = 0,
+    image_size: int = IMAGE_SIZE,
+    grid_size: int = GRID_SIZE,
+    max_listed: int | None = None,
 ) -> list[tuple[str, str]]:
     """In-context lookups of `n_scenes` toy scenes of two or more objects (every category), as (prompt, answer):
 
     - every colour/shape question of the scene (``texts.vqa``'s binding kinds) asked after the scene's caption, in
       the decoder-only VQA format of the corpus;
     - PIN's prompt for each object whose name is unique in the scene, after the scene's objects listed with their
-      true grid boxes in a random order; the answer is the asked object's box.
+      true grid boxes in a random order; the answer is the asked object's box. With `max_listed`, the list is
+      padded with distractors -- categories absent from the scene, each with a uniformly random grid box -- to a
+      uniformly drawn length between the scene's object count and `max_listed`; only the scene's objects are
+      asked. Listing only the scene's 1-3 objects leaves a shortcut: copying any listed box gets the first
+      number right about half the time; more listed boxes make picking the named one pay.
 
     Trained with the loss on the answer only, they teach retrieval from the context (the answer is in the prompt,
     never in a prior). Deterministic from `seed`; its own generator per scene, so `lm_corpus` is unchanged."""
@@ -127,6 +135,10 @@ def lookup_pairs(
         raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
     codec = box_codec(image_size, grid_size)
     world = ToyWorld(seed=seed, image_size=image_size, grid_size=grid_size, split="all")
+    if max_listed is not None and not 2 <= max_listed <= len(world.categories):
+        raise ValueError(
+            f"max_listed must lie in [2, {len(world.categories)}] (the world's categories), got {max_listed}"
+        )
     question_format = VQA_FORMATS[0].removesuffix(" {a}")
     pairs: list[tuple[str, str]] = []
     for i in range(n_scenes):
@@ -140,8 +152,15 @@ def lookup_pairs(
                 pairs.append((f"{caption} {question_format.format(q=question)}", f" {answer}"))
         names = [o.name for o in scene.objects]
         boxes = [codec.encode_cells(o.grid_box) for o in scene.objects]
-        order = rng.permutation(len(scene.objects))
-        context = " ".join(f"{texts.article(names[k])} {names[k]} {boxes[k]}" for k in order)
+        listed_names, listed_boxes = list(names), list(boxes)
+        if max_listed is not None and max_listed > len(names):
+            extra = int(rng.integers(0, max_listed - len(names) + 1))
+            absent = [c for c in world.categories if c not in names]
+            for k in rng.choice(len(absent), size=min(extra, len(absent)), replace=False):
+                listed_names.append(absent[int(k)])
+                listed_boxes.append(codec.encode_cells(random_grid_box(rng, grid_size)))
+        order = rng.permutation(len(listed_names))
+        context = " ".join(f"{texts.article(listed_names[k])} {listed_names[k]} {listed_boxes[k]}" for k in order)
         for name, box in zip(names, boxes):
             if names.count(name) == 1:
                 pairs.append((f"{context}. {pin_prompt(name)}", f" {box}"))

@@ -329,3 +329,34 @@ def test_lookup_pairs_answer_from_the_prompt():
     world = ToyWorld(seed=3, split="all")
     multi = sum(len(world.scene(i).objects) >= 2 for i in range(60))
     assert len({p.split(". In the image is ")[0] for p, _ in boxes}) == multi  # one listed context per scene
+
+
+def test_lookup_pairs_distractors_pad_the_list_and_are_never_asked():
+    """`max_listed` pads PIN's listed objects with absent categories (random boxes) up to a drawn length; the asked
+    object is always one of the scene's, its box the true one; without it the pairs are those of before."""
+    from groundvlm.recipes.toyworld import ToyWorld
+
+    plain = lookup_pairs(40, seed=5)
+    padded = lookup_pairs(40, seed=5, max_listed=6)
+    assert padded == lookup_pairs(40, seed=5, max_listed=6) and len(padded) == len(plain)
+    world = ToyWorld(seed=5, split="all")
+    scene_names = {}
+    for i in range(40):
+        scene = world.scene(i)
+        for o in scene.objects:
+            scene_names.setdefault(o.name, set()).add(i)
+    lengths = []
+    for (p0, a0), (p1, a1) in zip(plain, padded):
+        if " located at" not in p0:
+            assert (p0, a0) == (p1, a1)  # the caption questions are untouched
+            continue
+        assert a0 == a1  # the same object asked, its true box
+        context, asked = p1.split(". In the image is ")
+        name = asked.split(" ", 1)[1].removesuffix(" located at")
+        assert context.count(f" {name} [") + context.startswith(f"{name} [") <= 1 and f"{name}{a1}" in context
+        n_plain, n_padded = p0.split(". In")[0].count("["), context.count("[")
+        assert n_plain <= n_padded <= 6
+        lengths.append(n_padded - n_plain)
+    assert max(lengths) >= 3 and min(lengths) == 0  # padded to drawn lengths, sometimes not at all
+    with pytest.raises(ValueError, match="max_listed must lie in"):
+        lookup_pairs(2, max_listed=1)

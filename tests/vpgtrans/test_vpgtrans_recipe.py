@@ -460,6 +460,8 @@ def test_lookup_replay_trains_the_answer_behind_an_image_prompt():
         TextReplay("opt", tok, corpus, batch_size=4, processor=processor, lookup_fraction=0.5)
     with pytest.raises(RecipeError, match="text_replay_lookup_fraction"):
         VPGTransTrainingArguments(output_dir="x", report_to="none", text_replay_lookup_fraction=0.5)
+    with pytest.raises(RecipeError, match="text_replay_lookup_listed"):  # distractors without any lookups
+        VPGTransTrainingArguments(output_dir="x", report_to="none", text_replay_lookup_listed=6)
 
 
 def test_caption_scores_report_one_cider_and_a_missing_meteor_without_java(monkeypatch):

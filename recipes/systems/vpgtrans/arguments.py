@@ -160,6 +160,13 @@ class VPGTransTrainingArguments(TrainingArguments):
             "prompt about objects listed with their boxes), answer-only; needs text_replay_behind_image."
         },
     )
+    text_replay_lookup_listed: int | None = field(
+        default=None,
+        metadata={
+            "help": "In PIN's lookups of the replay, list up to this many objects: the scene's own plus distractor "
+            "categories with random boxes (default: the scene's objects only)."
+        },
+    )
     converter_epochs: int | None = None
     converter_lr: float = 5.0
     converter_captions_per_batch: int = 4096
@@ -177,6 +184,13 @@ class VPGTransTrainingArguments(TrainingArguments):
             "text_replay_lookup_fraction",
             fraction,
             "0 unless the replay runs behind the image (--text_replay_behind_image true, --text_replay_weight > 0)",
+        )
+        listed = self.text_replay_lookup_listed
+        check_arg(
+            listed is None or (listed >= 2 and fraction > 0),
+            "text_replay_lookup_listed",
+            listed,
+            "at least 2, and only with text_replay_lookup_fraction > 0",
         )
         if self.max_steps is None or self.max_steps <= 0:  # epochs decide the length of training
             check_positive(self, "num_train_epochs")

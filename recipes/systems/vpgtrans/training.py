@@ -192,7 +192,8 @@ class TextReplay:
 
 def toy_replay(training_args: VPGTransTrainingArguments, processor, preset: str, seed: int) -> TextReplay:
     """Text replay over the toy LLM's own pretraining corpus (the toy-asset preset's), with
-    `text_replay_lookup_fraction` of each batch in-context lookups of as many scenes."""
+    `text_replay_lookup_fraction` of each batch in-context lookups of as many scenes (PIN's with up to
+    `text_replay_lookup_listed` objects listed)."""
     scenes = PRESETS[preset].corpus_scenes
     corpus = lm_corpus_memo(scenes, SEED)
     fraction = training_args.text_replay_lookup_fraction
@@ -204,7 +205,7 @@ def toy_replay(training_args: VPGTransTrainingArguments, processor, preset: str,
         training_args.text_replay_batch_size,
         seed,
         processor=processor if training_args.text_replay_behind_image else None,
-        lookups=lookup_pairs(scenes, SEED) if fraction else None,
+        lookups=lookup_pairs(scenes, SEED, max_listed=training_args.text_replay_lookup_listed) if fraction else None,
         lookup_fraction=fraction,
     )
 
