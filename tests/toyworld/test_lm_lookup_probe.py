@@ -424,3 +424,15 @@ def test_pick_chance_is_one_over_the_items_at_x1_and_a_copy_after_it():
     assert 0.5 <= chance[x1] < 0.65 and min(chance[x1 + 1 :]) > 0.85
     eight = functools.partial(probe.lookup_text, min_items=8, max_items=8, label_last=True, box_labels=True)
     assert probe.pick_chance_by_token(tok, 300, eight)[x1] < chance[x1]
+
+
+def test_boxes_free_form_asks_the_name_right_before_its_box():
+    """The curriculum's "boxes-free" stage: PIN's box lookup without " located at", so the asked name stands right
+    before the box as each listed name does; the "boxes" stage keeps PIN's prompt."""
+    assert probe.parse_curriculum(["boxes-free:10", "boxes:20"]) == [("boxes-free", 10), ("boxes", 20)]
+    rng = random.Random(5)
+    for _ in range(10):
+        settings = {k: v for k, v in probe.FORMS["boxes-free"].items() if k != "single_token"}
+        question, answer, _ = probe.lookup_text(rng, max_items=4, label_last=True, queries=2, **settings)
+        context, *asks = question.split(". In the image is a ")
+        assert "located at" not in question and f"{asks[-1]}{answer}" in context
