@@ -592,9 +592,8 @@ def main(argv=None) -> dict:
     if not 2 <= args.max_items <= 10:
         parser.error(f"--max-items must be 2 to 10 (ten single-digit labels), got {args.max_items}")
     if args.curriculum:
-        if args.single_token or args.box_labels or args.copula_free or args.answer_only:
-            parser.error("--curriculum sets the form of each stage: drop --single-token/--box-labels/--copula-free/"
-                         "--answer-only")  # fmt: skip
+        if args.single_token or args.box_labels or args.copula_free:  # --answer-only is the loss, not a form
+            parser.error("--curriculum sets the form of each stage: drop --single-token/--box-labels/--copula-free")
         try:
             args.steps = sum(steps for _, steps in parse_curriculum(args.curriculum))
         except ValueError as error:
