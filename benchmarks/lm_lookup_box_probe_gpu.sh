@@ -9,10 +9,15 @@
 # random-pick baseline per token) and the logs' tails land in <dir>: eight files.
 #
 #   bash benchmarks/lm_lookup_box_probe_gpu.sh <dir>
+#   ONLY="box_opt_k6q5 box_fresh256x6_k6q5" bash benchmarks/lm_lookup_box_probe_gpu.sh <dir>   # some runs only
+#
+# All seven side by side share the host's 16 cores: on an H100 (2026-12-07) the box runs drew their texts on the CPU
+# at ~2 steps/s. With ONLY naming a few, each run gets the cores (the tokenizer's threads on).
 set -uo pipefail
 OUT=${1:?usage: lm_lookup_box_probe_gpu.sh <results dir>}
 mkdir -p "$OUT"
-export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+if [ -n "${ONLY:-}" ]; then export TOKENIZERS_PARALLELISM=true; else export TOKENIZERS_PARALLELISM=false; fi
 HERE=$(dirname "$0")
 WORK=$(mktemp -d)
 OPT=$WORK/lm-opt  # the committed PIN base's toy OPT, taken out of the VLM
@@ -20,7 +25,11 @@ python "$HERE/lookup_base.py" extract --vlm recipes/toy_checkpoints/vlm-caption 
 P=(python "$HERE/lm_lookup_probe.py" --box-labels --label-last --answer-only --steps 400000 --eval-every 1000
   --eval-n 200 --warmup 500 --batch-size 256)
 # run FORM NAME COMMAND...: in the background, for at most LIMIT seconds, its JSON as <dir>/FORM_NAME.json
-run() { form=$1 name=$2; shift 2; timeout "${LIMIT:-540}" "$@" --out "$OUT/${form}_$name.json" > "$WORK/${form}_$name.txt" 2>&1 & }
+run() {
+  form=$1 name=$2; shift 2
+  [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" ${form}_$name "* ]] && return
+  timeout "${LIMIT:-540}" "$@" --out "$OUT/${form}_$name.json" > "$WORK/${form}_$name.txt" 2>&1 &
+}
 # 2-3 listed objects (PIN's scenes) leave a good shortcut -- copy any listed box (x1 right ~0.46 by a random pick);
 # 2-6 objects with up to 5 asked per text make picking the named one pay more, with a denser signal
 run box opt_k3q2 "${P[@]}" --lm "$OPT" --max-items 3 --queries 2

@@ -35,9 +35,9 @@ import random
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -112,17 +112,22 @@ def _box_codec():
     return box_codec()
 
 
-def _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free) -> tuple[str, str, int]:
-    from groundvlm.recipes.toyworld.compose import GRID_SIZE
-    from groundvlm.recipes.toyworld.corpus import random_grid_box
+def _grid_box(rng: random.Random, grid_size: int) -> tuple[int, int, int, int]:
+    """A uniformly random non-empty inclusive grid box, as `toyworld.corpus.random_grid_box` draws it, from Python's
+    generator (a numpy generator per box cost more than the training step on a GPU)."""
+    x1, x2 = sorted((rng.randrange(grid_size), rng.randrange(grid_size)))
+    y1, y2 = sorted((rng.randrange(grid_size), rng.randrange(grid_size)))
+    return x1, y1, x2, y2
 
+
+def _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free) -> tuple[str, str, int]:
     codec = _box_codec()
     verb = "" if rng.random() < copula_free else " located at"
     k = rng.randint(min_items, max_items)
     items = rng.sample(NAMES, k)
     labels = []
     while len(labels) < k:  # distinct boxes
-        box = codec.encode_cells(random_grid_box(np.random.default_rng(rng.getrandbits(32)), GRID_SIZE))
+        box = codec.encode_cells(_grid_box(rng, codec.grid_size))
         if box not in labels:
             labels.append(box)
     pattern = "a {name} {label}" if label_last else "{label} a {name}"
@@ -240,13 +245,14 @@ def _box_answer_mask(texts: list[str], offsets: torch.Tensor) -> torch.Tensor:
     """True on the tokens of every asked box -- each " [x1,y1,x2,y2]" after the context's closing period (the listed
     boxes come before it) -- from the tokens' character `offsets` ([len(texts), length, 2], as the batch's own
     tokenization returns them)."""
-    mask = torch.zeros(offsets.shape[:2], dtype=torch.bool)
-    for row, text in enumerate(texts):
-        spans = [m.span() for m in _BOX.finditer(text, text.index(". "))]
-        for col, (start, end) in enumerate(offsets[row].tolist()):
-            if end > start and any(a <= start and end <= b for a, b in spans):
-                mask[row, col] = True
-    return mask
+    spans = [[m.span() for m in _BOX.finditer(text, text.index(". "))] for text in texts]
+    widest = max(map(len, spans), default=0)
+    if not widest:
+        return torch.zeros(offsets.shape[:2], dtype=torch.bool)
+    table = torch.tensor([row + [(-1, -1)] * (widest - len(row)) for row in spans])  # [rows, spans, 2]; (-1,-1) pads
+    start, end = offsets[..., 0, None], offsets[..., 1, None]  # [rows, tokens, 1]
+    inside = (start >= table[:, None, :, 0]) & (end <= table[:, None, :, 1])  # [rows, tokens, spans]
+    return inside.any(-1) & (offsets[..., 1] > offsets[..., 0])
 
 
 def batch(
@@ -472,11 +478,18 @@ def probe(args: argparse.Namespace) -> dict:
         label_words = [f"▁{colour}" for colour in COLOURS] if one_token_labels else None
         if stage_form.get("word_labels"):
             label_words = [f"▁{word}" for word in WORD_LABELS]
+        make = functools.partial(
+            batch, tok, rng, args.batch_size, args.answer_only, draw, whole, mix, label_words, stage_form["box_labels"]
+        )
+        # the next batch is drawn and tokenized by one thread while the model trains on this one (the same batches,
+        # in the same order, as drawing them in turn; the tokenizer releases the GIL)
+        prefetch = ThreadPoolExecutor(max_workers=1)
+        pending = prefetch.submit(make)
         for stage_step in range(1, stage_steps + 1):
             step += 1
-            inputs = batch(
-                tok, rng, args.batch_size, args.answer_only, draw, whole, mix, label_words, stage_form["box_labels"]
-            )
+            inputs = pending.result()
+            if stage_step < stage_steps:
+                pending = prefetch.submit(make)
             loss = model(**{key: value.to(args.device) for key, value in inputs.items()}).loss
             loss.backward()
             optimizer.step()
@@ -484,6 +497,7 @@ def probe(args: argparse.Namespace) -> dict:
             optimizer.zero_grad()
             if step % args.eval_every and stage_step < stage_steps:
                 continue
+            pending.result()  # the tokenizer is not shared across threads: the evaluation waits for the batch
             exact, tokens["last"] = answer_scores(model, tok, args.eval_n, held_out)
             curve.append([step, exact, round(loss.item(), 4)])
             if copy_curve:
@@ -504,6 +518,7 @@ def probe(args: argparse.Namespace) -> dict:
             write(result(), args.out)
             if args.save:
                 model.save_pretrained(args.save)
+        prefetch.shutdown()
     return result()
 
 
