@@ -83,7 +83,7 @@ def lookup_text(
     `fused_question` with `fused_names`: the question names the item by its added token too ("... the <blue_circle>
     is dotted"), the control that asks for an exact-token match among 80 keys instead of a two-word one."""
     if box_labels:
-        return _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free)
+        return _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free, single_token)
     verb = "" if rng.random() < copula_free else " is"
     k = rng.randint(min_items, max_items)
     if single_token:
@@ -120,11 +120,15 @@ def _grid_box(rng: random.Random, grid_size: int) -> tuple[int, int, int, int]:
     return x1, y1, x2, y2
 
 
-def _box_lookup_text(rng, min_items, max_items, label_last, queries, copula_free) -> tuple[str, str, int]:
+def _box_lookup_text(
+    rng, min_items, max_items, label_last, queries, copula_free, single_token=False
+) -> tuple[str, str, int]:
+    """PIN's box lookup (see `lookup_text`); `single_token`: the items are shapes, one token each and distinct in a
+    text ("a star [..] a moon [..]. In the image is a moon located at"), so the key is one token, not two."""
     codec = _box_codec()
     verb = "" if rng.random() < copula_free else " located at"
     k = rng.randint(min_items, max_items)
-    items = rng.sample(NAMES, k)
+    items = rng.sample(list(SHAPES) if single_token else NAMES, k)
     labels = []
     while len(labels) < k:  # distinct boxes
         box = codec.encode_cells(_grid_box(rng, codec.grid_size))
@@ -353,6 +357,9 @@ FORMS = {
     # first-order copy (induction on the name) finds the box -- the easy stage before "boxes"
     "boxes-free": {"single_token": False, "box_labels": True, "copula_free": 1.0},
     "boxes": {"single_token": False, "box_labels": True, "copula_free": 0.0},
+    # the same two with one-token keys (shapes): whether a two-token key is what keeps the lookup from forming
+    "boxes-shape-free": {"single_token": True, "box_labels": True, "copula_free": 1.0},
+    "boxes-shape": {"single_token": True, "box_labels": True, "copula_free": 0.0},
 }
 
 

@@ -436,3 +436,19 @@ def test_boxes_free_form_asks_the_name_right_before_its_box():
         question, answer, _ = probe.lookup_text(rng, max_items=4, label_last=True, queries=2, **settings)
         context, *asks = question.split(". In the image is a ")
         assert "located at" not in question and f"{asks[-1]}{answer}" in context
+
+
+def test_box_lookup_with_one_token_keys_lists_distinct_shapes():
+    """`single_token` with box labels: the keys are shapes (one token each, distinct in a text), PIN's prompt names
+    the asked shape, and the answer is its listed box."""
+    from groundvlm.recipes.toyworld.objects import SHAPES
+
+    rng = random.Random(6)
+    for _ in range(10):
+        question, answer, k = probe.lookup_text(rng, max_items=6, label_last=True, box_labels=True, single_token=True)
+        context, asked = question.split(". In the image is a ")
+        words = context.split(" ")
+        keys = words[1::3]  # "a star [..] a moon [..]"
+        assert len(keys) == k == len(set(keys)) and all(key in SHAPES for key in keys)
+        shape = asked.removesuffix(" located at")
+        assert f"a {shape}{answer}" in context
