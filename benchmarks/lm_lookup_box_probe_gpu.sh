@@ -9,21 +9,22 @@
 # random-pick baseline per token) and the logs' tails land in <dir>: eight files.
 #
 #   bash benchmarks/lm_lookup_box_probe_gpu.sh <dir>
-#   ONLY="box_opt_k6q5 box_fresh256x6_k6q5" bash benchmarks/lm_lookup_box_probe_gpu.sh <dir>   # some runs only
+#   ONLY="box_opt_k6q5 box_fresh256x6_k6q5" DATA_WORKERS=4 bash benchmarks/lm_lookup_box_probe_gpu.sh <dir>
 #
-# All seven side by side share the host's 16 cores: on an H100 (2026-12-07) the box runs drew their texts on the CPU
-# at ~2 steps/s. With ONLY naming a few, each run gets the cores (the tokenizer's threads on).
+# The texts are drawn and tokenized on the CPU, which bounds a small LM on a GPU: on an H100 (2026-12-07) all seven
+# side by side ran the box forms at ~2 steps/s, and three of them (ONLY=..., one thread each drawing) at 3-6 steps/s.
+# ONLY names the runs to start; DATA_WORKERS (default 0: one thread per run) gives each run that many processes
+# drawing batches (`lm_lookup_probe.py --data-workers`; keep runs x workers within the host's cores).
 set -uo pipefail
 OUT=${1:?usage: lm_lookup_box_probe_gpu.sh <results dir>}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if [ -n "${ONLY:-}" ]; then export TOKENIZERS_PARALLELISM=true; else export TOKENIZERS_PARALLELISM=false; fi
+export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 HERE=$(dirname "$0")
 WORK=$(mktemp -d)
 OPT=$WORK/lm-opt  # the committed PIN base's toy OPT, taken out of the VLM
 python "$HERE/lookup_base.py" extract --vlm recipes/toy_checkpoints/vlm-caption --out "$OPT" || exit 1
 P=(python "$HERE/lm_lookup_probe.py" --box-labels --label-last --answer-only --steps 400000 --eval-every 1000
-  --eval-n 200 --warmup 500 --batch-size 256)
+  --eval-n 200 --warmup 500 --batch-size 256 --data-workers "${DATA_WORKERS:-0}")
 # run FORM NAME COMMAND...: in the background, for at most LIMIT seconds, its JSON as <dir>/FORM_NAME.json
 run() {
   form=$1 name=$2; shift 2
@@ -41,7 +42,7 @@ run box fresh384x8_k6q5 "${P[@]}" --lm "$OPT" --random-init --hidden-size 384 --
 # Groma's REC lookup (a two-word phrase against one key position right after its one-token label, as
 # `<r_j><region>`), after the two one-token stages that small LMs do learn: the committed toy Llama and a wider fresh one
 F=(python "$HERE/lm_lookup_probe.py" --queries 3 --max-items 4 --eval-every 1000 --eval-n 200 --warmup 500
-  --batch-size 256 --curriculum one-token-free:500 one-token:1000 fused-names:400000)
+  --batch-size 256 --data-workers "${DATA_WORKERS:-0}" --curriculum one-token-free:500 one-token:1000 fused-names:400000)
 L=recipes/toy_checkpoints/lm-llama
 run fused llama "${F[@]}" --lm $L
 run fused fresh256x6 "${F[@]}" --lm $L --random-init --hidden-size 256 --num-hidden-layers 6

@@ -299,6 +299,58 @@ def batch(
     return {**enc, "labels": labels}
 
 
+class _WorkerBatches(torch.utils.data.IterableDataset):
+    """Endless batches of `make(rng)`, each worker process with its own generator (`seed`, worker id)."""
+
+    def __init__(self, make: Callable, seed: str):
+        self.make, self.seed = make, seed
+
+    def __iter__(self):
+        rng = random.Random(f"{self.seed}:{torch.utils.data.get_worker_info().id}")
+        while True:
+            yield self.make(rng)
+
+
+class BatchStream:
+    """The training batches of one stage, drawn while the model trains. With `workers` = 0, one thread draws the next
+    batch from `rng` (the same batches, in the same order, as drawing each in turn; the tokenizer releases the GIL).
+    With `workers` > 0, as many processes draw batches, each from its own generator seeded by `seed` and its id (a
+    different but reproducible stream): texts are drawn and tokenized on the CPU, which at GPU speed is the
+    bottleneck of a small LM."""
+
+    def __init__(self, make: Callable, rng: random.Random, workers: int = 0, seed: str = "0"):
+        self.workers = workers
+        if workers:
+            loader = torch.utils.data.DataLoader(
+                _WorkerBatches(make, seed), batch_size=None, num_workers=workers, prefetch_factor=4
+            )
+            self._batches = iter(loader)
+        else:
+            self._make = functools.partial(make, rng)
+            self._pool = ThreadPoolExecutor(max_workers=1)
+            self._pending = self._pool.submit(self._make)
+
+    def next(self, more: bool = True) -> dict:
+        """The next batch; `more`: draw another behind it (False at a stage's last step)."""
+        if self.workers:
+            return next(self._batches)
+        inputs = self._pending.result()
+        if more:
+            self._pending = self._pool.submit(self._make)
+        return inputs
+
+    def settle(self) -> None:
+        """Wait until no thread of this process is using the tokenizer."""
+        if not self.workers:
+            self._pending.result()
+
+    def close(self) -> None:
+        if self.workers:
+            del self._batches  # the worker processes stop with their iterator
+        else:
+            self._pool.shutdown()
+
+
 def write(result: dict, out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -428,6 +480,7 @@ def probe(args: argparse.Namespace) -> dict:
         "lr",
         "warmup",
         "batch_size",
+        "data_workers",
         "answer_only",
         "label_last",
         "max_items",
@@ -485,18 +538,14 @@ def probe(args: argparse.Namespace) -> dict:
         label_words = [f"▁{colour}" for colour in COLOURS] if one_token_labels else None
         if stage_form.get("word_labels"):
             label_words = [f"▁{word}" for word in WORD_LABELS]
-        make = functools.partial(
-            batch, tok, rng, args.batch_size, args.answer_only, draw, whole, mix, label_words, stage_form["box_labels"]
-        )
-        # the next batch is drawn and tokenized by one thread while the model trains on this one (the same batches,
-        # in the same order, as drawing them in turn; the tokenizer releases the GIL)
-        prefetch = ThreadPoolExecutor(max_workers=1)
-        pending = prefetch.submit(make)
+
+        def make(stage_rng, draw=draw, label_words=label_words, boxes=stage_form["box_labels"]):
+            return batch(tok, stage_rng, args.batch_size, args.answer_only, draw, whole, mix, label_words, boxes)
+
+        stream = BatchStream(make, rng, args.data_workers, seed=f"{args.seed}:{index}")
         for stage_step in range(1, stage_steps + 1):
             step += 1
-            inputs = pending.result()
-            if stage_step < stage_steps:
-                pending = prefetch.submit(make)
+            inputs = stream.next(more=stage_step < stage_steps)
             loss = model(**{key: value.to(args.device) for key, value in inputs.items()}).loss
             loss.backward()
             optimizer.step()
@@ -504,7 +553,7 @@ def probe(args: argparse.Namespace) -> dict:
             optimizer.zero_grad()
             if step % args.eval_every and stage_step < stage_steps:
                 continue
-            pending.result()  # the tokenizer is not shared across threads: the evaluation waits for the batch
+            stream.settle()  # the tokenizer is not shared across threads: the evaluation waits for the batch
             exact, tokens["last"] = answer_scores(model, tok, args.eval_n, held_out)
             curve.append([step, exact, round(loss.item(), 4)])
             if copy_curve:
@@ -525,7 +574,7 @@ def probe(args: argparse.Namespace) -> dict:
             write(result(), args.out)
             if args.save:
                 model.save_pretrained(args.save)
-        prefetch.shutdown()
+        stream.close()
     return result()
 
 
@@ -544,6 +593,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps (then constant)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--data-workers",
+        type=int,
+        default=0,
+        help="processes drawing and tokenizing the training texts (for a GPU: the CPU side is the bottleneck); each "
+        "has its own generator, so the stream differs from the default's single one, reproducibly",
+    )
     parser.add_argument(
         "--answer-only",
         action="store_true",
@@ -601,6 +657,8 @@ def main(argv=None) -> dict:
         "--out", type=Path, default=None, help="write the result as JSON here (rewritten at every evaluation)"
     )
     args = parser.parse_args(argv)
+    if args.data_workers < 0:
+        parser.error(f"--data-workers must be >= 0, got {args.data_workers}")
     if args.steps < 0 or min(args.batch_size, args.eval_every, args.eval_n, args.queries) < 1:
         parser.error("--steps must be >= 0 and --batch-size, --eval-every, --eval-n, --queries >= 1")
     if not 0 <= args.copula_free <= 1:

@@ -452,3 +452,28 @@ def test_box_lookup_with_one_token_keys_lists_distinct_shapes():
         assert len(keys) == k == len(set(keys)) and all(key in SHAPES for key in keys)
         shape = asked.removesuffix(" located at")
         assert f"a {shape}{answer}" in context
+
+
+def test_batch_streams_are_reproducible_and_the_thread_keeps_the_serial_order(tmp_path, tiny_lm):
+    """The default stream (one prefetching thread) yields the batches of drawing each in turn; worker processes give
+    their own stream, the same on every run."""
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    tok.pad_token, tok.padding_side = tok.eos_token, "right"
+    draw = functools.partial(probe.lookup_text, max_items=4, label_last=True, box_labels=True, queries=2)
+
+    def make(rng):
+        return probe.batch(tok, rng, 4, True, draw, box_answers=True)
+
+    serial_rng = random.Random(1)
+    serial = [make(serial_rng) for _ in range(3)]
+    stream = probe.BatchStream(make, random.Random(1))
+    threaded = [stream.next(more=i < 2) for i in range(3)]
+    stream.close()
+    for a, b in zip(serial, threaded):
+        assert all(torch.equal(a[key], b[key]) for key in a)
+    args = ["--lm", str(tmp_path / "lm"), "--batch-size", "4", "--eval-every", "2", "--eval-n", "3", "--steps", "4"]
+    args += ["--box-labels", "--label-last", "--answer-only", "--max-items", "3", "--data-workers", "2"]
+    first, second = probe.main(args), probe.main(args)
+    assert first["accuracy_curve"] == second["accuracy_curve"] and first["data_workers"] == 2
+    with pytest.raises(SystemExit):
+        probe.main([*args[:-1], "-1"])
