@@ -432,8 +432,9 @@ def test_boxes_free_form_asks_the_name_right_before_its_box():
     assert probe.parse_curriculum(["boxes-free:10", "boxes:20"]) == [("boxes-free", 10), ("boxes", 20)]
     rng = random.Random(5)
     for _ in range(10):
-        settings = {k: v for k, v in probe.FORMS["boxes-free"].items() if k != "single_token"}
-        question, answer, _ = probe.lookup_text(rng, max_items=4, label_last=True, queries=2, **settings)
+        question, answer, _ = probe.lookup_text(
+            rng, max_items=4, label_last=True, queries=2, **probe.FORMS["boxes-free"]
+        )
         context, *asks = question.split(". In the image is a ")
         assert "located at" not in question and f"{asks[-1]}{answer}" in context
 
