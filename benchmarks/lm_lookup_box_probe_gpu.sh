@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PIN's own in-context lookup in text -- "a red star [14,28,70,112] a blue moon [0,7,35,56]. In the image is a blue
 # moon located at" -> " [0,7,35,56]" (benchmarks/lm_lookup_probe.py --box-labels --label-last --answer-only) -- at
-# GPU budget: five variants side by side on one GPU, each for at most LIMIT seconds (default 540, one device call),
+# GPU budget: five box variants side by side on one GPU, each for at most LIMIT seconds (default 540, one device call),
 # batch 256, the loss on the asked boxes' tokens. Does the two-step lookup (carry the asked name to "[", match it
 # against the token before each listed "[") form at ~10x the CPU's questions at 128x4, or only in a wider/deeper LM?
 # Two more runs ask Groma's REC-shaped lookup (fused-names) at the same budget. Every run's JSON (rewritten at each
@@ -35,12 +35,12 @@ run() {
 }
 # 2-3 listed objects (PIN's scenes) leave a good shortcut -- copy any listed box (x1 right ~0.46 by a random pick);
 # 2-6 objects with up to 5 asked per text make picking the named one pay more, with a denser signal
+K6=(--max-items 6 --queries 5)
 run box opt_k3q2 "${P[@]}" --lm "$OPT" --max-items 3 --queries 2
-run box opt_k6q5 "${P[@]}" --lm "$OPT" --max-items 6 --queries 5
-run box fresh128x4_k6q5 "${P[@]}" --lm "$OPT" --random-init --max-items 6 --queries 5
-run box fresh256x6_k6q5 "${P[@]}" --lm "$OPT" --random-init --hidden-size 256 --num-hidden-layers 6 --max-items 6 --queries 5
-run box fresh384x8_k6q5 "${P[@]}" --lm "$OPT" --random-init --hidden-size 384 --num-hidden-layers 8 --max-items 6 --queries 5 \
-  --lr 5e-4
+run box opt_k6q5 "${P[@]}" --lm "$OPT" "${K6[@]}"
+run box fresh128x4_k6q5 "${P[@]}" --lm "$OPT" --random-init "${K6[@]}"
+run box fresh256x6_k6q5 "${P[@]}" --lm "$OPT" --random-init --hidden-size 256 --num-hidden-layers 6 "${K6[@]}"
+run box fresh384x8_k6q5 "${P[@]}" --lm "$OPT" --random-init --hidden-size 384 --num-hidden-layers 8 "${K6[@]}" --lr 5e-4
 # Groma's REC lookup (a two-word phrase against one key position right after its one-token label, as
 # `<r_j><region>`), after the two one-token stages that small LMs do learn: the committed toy Llama and a wider fresh one
 F=(python "$HERE/lm_lookup_probe.py" --queries 3 --max-items 4 --eval-every 1000 --eval-n 200 --warmup 500

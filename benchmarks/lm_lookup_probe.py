@@ -12,8 +12,8 @@ given LM has it or learns it by fine-tuning on text alone:
 It reports the held-out accuracy of the label token before and during fine-tuning (AdamW, linear warm-up, loss on
 every token or, with `--answer-only`, on the labels only). Levers that make the signal denser or the task easier:
 `--queries N` (up to N items asked per training text, never all of them, the earlier ones answered, as in multi-query
-associative recall; accuracy stays on one), `--copula-free P` (a share of questions without "is": label last, the answer then follows the
-name as in the context, so plain copying finds it), `--single-token` (a shape named, a colour as its label: one token
+associative recall; accuracy stays on one), `--copula-free P` (a share of questions without "is": label last, the
+answer then follows the name as in the context, so plain copying finds it), `--single-token` (a shape named, a colour as its label: one token
 each, so that label last without "is" is a first-order copy), `--repeat-mix P` (a share of the batch that is a run
 repeated twice, from which induction heads form; the copy accuracy is reported too), `--corpus-mix P` (replay of the
 toy LM corpus, with `--save` to keep the taught LM), and a fresh model of another size (`--random-init --hidden-size
@@ -611,7 +611,8 @@ def main(argv=None) -> dict:
         "--queries",
         type=int,
         default=1,
-        help="items asked per text in training, at most items - 1 (the earlier ones answered; with --box-labels --answer-only every asked box is in the loss); accuracy is on one",
+        help="items asked per text in training, at most items - 1 (the earlier ones answered; with --box-labels "
+        "--answer-only every asked box is in the loss); accuracy is on one",
     )
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-n", type=int, default=200)

@@ -8,7 +8,8 @@
 #   bash benchmarks/pin_lookup_base_gpu.sh OUT_DIR
 #
 # Knobs (each overrides the preset's `captioner_bind_lookup_gpu.yaml` only when set): LOOKUP_FRACTION, REPLAY_BATCH,
-# MAX_STEPS, LOOKUP_LISTED (PIN's lookups list up to this many objects, distractors included). Then on any machine: python recipes/pin.py --base_model <OUT/base.tgz unpacked>/model.
+# MAX_STEPS, LOOKUP_LISTED (PIN's lookups list up to this many objects, distractors included). Then on any machine:
+# python recipes/pin.py --base_model <OUT/base.tgz unpacked>/model.
 set -uo pipefail
 OUT=${1:?output folder}
 WORK=runs/pin_lookup_base
