@@ -15,7 +15,8 @@
 # side by side ran the box forms at ~2 steps/s, and three of them (ONLY=..., one thread each drawing) at 3-6 steps/s.
 # ONLY names the runs to start; DATA_WORKERS (default 0: one thread per run) gives each run that many processes
 # drawing batches (`lm_lookup_probe.py --data-workers`; keep runs x workers within the host's cores). On 2 CPU cores
-# (2026-12-08) one thread draws 13 batches/s of 256 texts of 2-6 boxes, two worker processes 23/s.
+# (2026-12-08, `benchmarks/lookup_drawing_rate.py` on the v2 base's tokenizer) one thread draws 12.3 batches/s of 256
+# texts of 2-6 boxes, two worker processes 23.8/s.
 set -uo pipefail
 OUT=${1:?usage: lm_lookup_box_probe_gpu.sh <results dir>}
 mkdir -p "$OUT"

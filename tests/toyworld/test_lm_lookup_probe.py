@@ -478,3 +478,16 @@ def test_batch_streams_are_reproducible_and_the_thread_keeps_the_serial_order(tm
     assert first["accuracy_curve"] == second["accuracy_curve"] and first["data_workers"] == 2
     with pytest.raises(SystemExit):
         probe.main([*args[:-1], "-1"])
+
+
+def test_drawing_rate_reports_batches_per_second_per_worker_count(tmp_path):
+    from tests._benchmarks import load_benchmark
+
+    rate = load_benchmark("lookup_drawing_rate")
+    out = tmp_path / "rate.json"
+    result = rate.main(
+        ["--lm", TOKENIZER, "--workers", "0", "1", "--batch-size", "4", "--batches", "2", "--out", str(out)]
+    )
+    assert set(result["batches_per_second_by_workers"]) == {"0", "1"}
+    assert all(r > 0 for r in result["batches_per_second_by_workers"].values())
+    assert json.loads(out.read_text()) == result
