@@ -114,7 +114,7 @@ def _box_codec():
 
 def _grid_box(rng: random.Random, grid_size: int) -> tuple[int, int, int, int]:
     """A uniformly random non-empty inclusive grid box, as `toyworld.corpus.random_grid_box` draws it, from Python's
-    generator (a numpy generator per box cost 0.2 s per 256 texts of 2-6 boxes)."""
+    generator (a numpy generator per box made drawing the texts the bound of a GPU run)."""
     x1, x2 = sorted((rng.randrange(grid_size), rng.randrange(grid_size)))
     y1, y2 = sorted((rng.randrange(grid_size), rng.randrange(grid_size)))
     return x1, y1, x2, y2
