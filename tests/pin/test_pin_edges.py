@@ -84,3 +84,31 @@ def test_folder_of_another_model_type_is_refused(saved):
     (tmp_path / "pin" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"does not hold a PIN \(its config.json has model_type='blip-2'"):
         PinForLocalization.from_pretrained(tmp_path / "pin")
+
+
+def test_generation_budget_holds_the_longest_box_of_the_base_tokenizer():
+    """The reference's 12 new tokens hold any box of a tokenizer with whole-number tokens (the toy OPT's, as OPT's
+    own); one that splits digits (the toy LLaMA's, as LLaMA's own) needs more, and a budget that would cut every box
+    is refused."""
+    from transformers import AutoTokenizer
+
+    from groundvlm.recipes.systems.pin.evaluation import check_max_new_tokens
+    from groundvlm.recipes.toyworld.build import TOY_CHECKPOINTS
+
+    def processor_of(folder):
+        tok = AutoTokenizer.from_pretrained(TOY_CHECKPOINTS / folder)
+        tok.add_special_tokens({"additional_special_tokens": ["<image>"]})  # as a VL-LLM's processor adds it
+        return PinProcessor(image_processor=blip_image_processor(112), tokenizer=tok, image_size=112), tok
+
+    whole, _ = processor_of("vlm-caption")
+    assert whole.max_box_tokens() == 9  # " [", "105", ",", "105", ",", "112", ",", "112", "]"
+    assert check_max_new_tokens(whole, None) == 12
+    split, llama = processor_of("tokenizer-llama")
+    longest = (
+        " [" + ",".join((split.codec.ticks[-2], split.codec.ticks[-2], "112", "112")) + "]"
+    )  # " [105,105,112,112]"
+    assert split.max_box_tokens() == len(llama(longest, add_special_tokens=False).input_ids) == 17
+    assert check_max_new_tokens(split, None) == 17
+    assert check_max_new_tokens(split, 40) == 40
+    with pytest.raises(ValueError, match=r"max_new_tokens=12 cannot hold a box: .* in 17 tokens"):
+        check_max_new_tokens(split, 12)

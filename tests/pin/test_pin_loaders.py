@@ -394,8 +394,6 @@ def test_recipe_evaluates_on_coco_through_main(tmp_path, monkeypatch):
             "0",
             "--per_device_train_batch_size",
             "4",
-            "--max_new_tokens",
-            "4",
             "--use_cpu",
             "true",
             "--methods",

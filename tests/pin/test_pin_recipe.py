@@ -254,7 +254,7 @@ def _fresh_scene_run(tok, tmp_path, monkeypatch) -> tuple[list[str], Path, list]
     out = tmp_path / "run"
     args = ["--base_model", str(base), "--output_dir", str(out), "--fresh_scenes", "true", "--train_images", "8"]
     args += ["--val_images", "2", "--test_images", "0", "--name_reconstruction_fraction", "0.25"]
-    args += ["--per_device_train_batch_size", "4", "--max_new_tokens", "4", "--use_cpu", "true", "--method", "pin"]
+    args += ["--per_device_train_batch_size", "4", "--use_cpu", "true", "--method", "pin"]
     args += ["--save_steps", "2", "--dataloader_num_workers", "0"]
     return args, out, seen
 
@@ -321,8 +321,6 @@ def test_main_end_to_end_writes_table_and_png(tok, tmp_path, monkeypatch):
             "--name_reconstruction_fraction",
             "0.5",
             "--per_device_train_batch_size",
-            "4",
-            "--max_new_tokens",
             "4",
             "--use_cpu",
             "true",

@@ -96,7 +96,7 @@ def test_pin_two_processes_match_one(tmp_path):
     tiny_base(tok).save_pretrained(base)
     Blip2Processor(BlipImageProcessor(size={"height": S, "width": S}), tok, num_query_tokens=4).save_pretrained(base)
     args = ["--base_model", str(base), "--methods", "pin", "--train_images", "8", "--val_images", "2",
-            "--test_images", "2", "--epochs", "2", "--name_reconstruction_fraction", "0.5", "--max_new_tokens", "2",
+            "--test_images", "2", "--epochs", "2", "--name_reconstruction_fraction", "0.5",
             *COMMON]  # fmt: skip
     # 16 samples (8 images x 2 passes), global batch 4: 4 steps.
     one, two = _compare(tmp_path, REPO / "tests" / "fixtures" / "pin_square_world.py", args, 2,

@@ -88,7 +88,13 @@ class PinArguments:
     lora_alpha: int = field(default=16)
     lora_target_modules: str | None = field(default=None, metadata={"help": "Regex; default: ViT attention."})
     num_beams: int = field(default=1, metadata={"help": "Evaluation beams (the reference: 3)."})
-    max_new_tokens: int = field(default=12)
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation's new tokens. Default: the reference's 12, or what the longest box takes with the "
+            "base's tokenizer where that is more (a tokenizer that splits digits, as LLaMA's)."
+        },
+    )
     eval_batch_size: int = field(default=64)
     grid_columns: int = field(default=8, metadata={"help": "Samples per row of predictions.png."})
     eval_format: Literal["none", "toy", "voc", "coco", "lvis", "refcoco"] = field(
@@ -144,7 +150,8 @@ class PinArguments:
             self.curriculum_num_objects,
             f"at most max_objects={self.max_objects}",
         )
-        check_positive(self, "lora_r", "lora_alpha", "num_beams", "max_new_tokens", "eval_batch_size", "grid_columns")
+        check_positive(self, "lora_r", "lora_alpha", "num_beams", "eval_batch_size", "grid_columns")
+        check_positive(self, "max_new_tokens", allow_none=True)
         check_positive(self, "val_images", "test_images", allow_zero=True)
         check_positive(self, "eval_max_images", allow_none=True)
         check_fraction(self, "name_reconstruction_fraction", "referral_probability")

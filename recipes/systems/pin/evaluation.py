@@ -49,6 +49,23 @@ def samples_from_pool(pool) -> list[EvalSample]:
     ]
 
 
+REFERENCE_MAX_NEW_TOKENS = 12  # QUVA-Lab/PIN's evaluation setting
+
+
+def check_max_new_tokens(processor, max_new_tokens: int | None) -> int:
+    """`max_new_tokens`, or by default the reference's 12 raised to what the longest box takes with the processor's
+    tokenizer; a budget that cannot hold a box is an error (every box would be cut and fail to parse)."""
+    needed = processor.max_box_tokens()
+    if max_new_tokens is None:
+        return max(REFERENCE_MAX_NEW_TOKENS, needed)
+    if max_new_tokens < needed:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} cannot hold a box: this tokenizer writes the longest one in {needed} "
+            f"tokens; pass at least {needed} (or leave it unset)"
+        )
+    return max_new_tokens
+
+
 @torch.no_grad()
 def predict(
     model,
@@ -56,7 +73,7 @@ def predict(
     samples: list[EvalSample],
     batch_size: int = 32,
     num_beams: int = 1,
-    max_new_tokens: int = 12,
+    max_new_tokens: int | None = None,
     use_pin: bool | None = None,
     progress: bool = False,
 ) -> list[dict]:
@@ -65,9 +82,13 @@ def predict(
     Args:
         model: `PinForLocalization` (pass `use_pin`: True for PIN, False for the raw base) or a `PeftBaseline`.
 
+        max_new_tokens: default the reference's 12, or the tokens the longest box takes with the base's tokenizer
+            where that is more (`PinProcessor.max_box_tokens`); fewer than that is refused (a cut box never parses).
+
     Returns:
         Per sample `{"box": [x1, y1, x2, y2] on the sample's image, "parsed": bool, "text": str}`.
     """
+    max_new_tokens = check_max_new_tokens(processor, max_new_tokens)
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) == "pin":
         processor.check_model_config(config)
