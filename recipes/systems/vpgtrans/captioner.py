@@ -62,9 +62,12 @@ CONFIGS = {
     # gpu-bind with in-context lookups in the LM's replay (`--text_replay_lookup_fraction`; benchmarks/RESULTS.md,
     # twelfth session): the lookup PIN's frozen LLM must do, taught behind images.
     "gpu-bind-lookup": ("captioner_bind_lookup_gpu", None, "cpu"),
+    # A candidate v3 on a Llama-style LLM, moved there by VPGTrans (the word converter's output as --init_model):
+    # binding questions, and the LM's text with in-context lookups replayed behind unrelated images, on 2 CPU cores.
+    "cpu-llama": ("captioner_llama_cpu", None, "cpu"),
 }
 # Presets that continue a built caption VL-LLM (stage2 from its --init_model) rather than train a new one (tfs).
-CONTINUE_PRESETS = ("cpu-continue", "cpu-located", "gpu-bind", "gpu-bind-lookup")
+CONTINUE_PRESETS = ("cpu-continue", "cpu-located", "gpu-bind", "gpu-bind-lookup", "cpu-llama")
 # Presets whose Q-Former is first trained to bind colour to shape (steps of `binding.bind_qformer`).
 BIND_QFORMER_STEPS = {"gpu-bind": 1200, "gpu-bind-lookup": 1200}
 # What a base VLM must show before PIN trains on it: it sees (names the objects), its LM keeps writing boxes behind
