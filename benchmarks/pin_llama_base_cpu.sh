@@ -13,8 +13,8 @@
 #
 #   bash benchmarks/pin_llama_base_cpu.sh [WORK]      (default runs/pin_llama_base; a finished step is skipped)
 #
-# Knobs: LOOKUP_STEPS (step 1, default 3000), MAX_STEPS (step 3, default the preset's), PIN_ARGS (extra flags for
-# step 4). Every step writes its log into WORK.
+# Knobs: LOOKUP_STEPS (step 1, default 3000), PRESET (step 3: cpu-llama, or cpu-llama-bind to train the Q-Former to
+# bind colour to shape first), MAX_STEPS (step 3, default the preset's), PIN_ARGS (extra flags for step 4). Every step writes its log into WORK.
 set -euo pipefail
 WORK=${1:-runs/pin_llama_base}
 HERE=$(dirname "$0")
@@ -33,7 +33,7 @@ fi
 if [ ! -f "$WORK/captioner/captioner.json" ]; then
   extra=()
   [ -n "${MAX_STEPS:-}" ] && extra+=(--max_steps "$MAX_STEPS")
-  python -m groundvlm.recipes.systems.vpgtrans.captioner --preset cpu-llama --out "$WORK/captioner" \
+  python -m groundvlm.recipes.systems.vpgtrans.captioner --preset "${PRESET:-cpu-llama}" --out "$WORK/captioner" \
     --init_model "$WORK/converter/model" "${extra[@]}" > "$WORK/captioner.log" 2>&1
 fi
 # shellcheck disable=SC2086

@@ -65,11 +65,13 @@ CONFIGS = {
     # A candidate v3 on a Llama-style LLM, moved there by VPGTrans (the word converter's output as --init_model):
     # binding questions, and the LM's text with in-context lookups replayed behind unrelated images, on 2 CPU cores.
     "cpu-llama": ("captioner_llama_cpu", None, "cpu"),
+    # cpu-llama with the Q-Former first trained to bind colour to shape, as gpu-bind.
+    "cpu-llama-bind": ("captioner_llama_cpu", None, "cpu"),
 }
 # Presets that continue a built caption VL-LLM (stage2 from its --init_model) rather than train a new one (tfs).
-CONTINUE_PRESETS = ("cpu-continue", "cpu-located", "gpu-bind", "gpu-bind-lookup", "cpu-llama")
+CONTINUE_PRESETS = ("cpu-continue", "cpu-located", "gpu-bind", "gpu-bind-lookup", "cpu-llama", "cpu-llama-bind")
 # Presets whose Q-Former is first trained to bind colour to shape (steps of `binding.bind_qformer`).
-BIND_QFORMER_STEPS = {"gpu-bind": 1200, "gpu-bind-lookup": 1200}
+BIND_QFORMER_STEPS = {"gpu-bind": 1200, "gpu-bind-lookup": 1200, "cpu-llama-bind": 1200}
 # What a base VLM must show before PIN trains on it: it sees (names the objects), its LM keeps writing boxes behind
 # an image prefix (a frozen BLIP-2 LLM does), and it does not already localise (raw mIoU near the random box).
 NAME_RECALL_TARGET = 0.85
