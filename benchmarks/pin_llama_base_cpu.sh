@@ -13,9 +13,9 @@
 #
 #   bash benchmarks/pin_llama_base_cpu.sh [WORK]      (default runs/pin_llama_base; a finished step is skipped)
 #
-# Knobs: LOOKUP_STEPS (step 1, default 3000), PRESET (step 3: cpu-llama, or cpu-llama-bind to train the Q-Former to
-# bind colour to shape first), MAX_STEPS (step 3, default the preset's), PIN_ARGS (extra flags for step 4). Every
-# step writes its log into WORK.
+# Knobs: LOOKUP_STEPS (step 1, default 3000), PRESET (step 3: cpu-llama, cpu-llama-bind to train the Q-Former to
+# bind colour to shape first, gpu-llama[-bind] at the GPU budget), MAX_STEPS (step 3, default the preset's), PIN_ARGS
+# (extra flags for step 4; `--preset gpu` on a GPU). Every step writes its log into WORK.
 set -euo pipefail
 WORK=${1:-runs/pin_llama_base}
 HERE=$(dirname "$0")

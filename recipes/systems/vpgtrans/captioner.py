@@ -67,11 +67,23 @@ CONFIGS = {
     "cpu-llama": ("captioner_llama_cpu", None, "cpu"),
     # cpu-llama with the Q-Former first trained to bind colour to shape, as gpu-bind.
     "cpu-llama-bind": ("captioner_llama_cpu", None, "cpu"),
+    # Both at the GPU budget (batch 256, 3,000 steps), cpu model sizes.
+    "gpu-llama": ("captioner_llama_gpu", None, "cpu"),
+    "gpu-llama-bind": ("captioner_llama_gpu", None, "cpu"),
 }
 # Presets that continue a built caption VL-LLM (stage2 from its --init_model) rather than train a new one (tfs).
-CONTINUE_PRESETS = ("cpu-continue", "cpu-located", "gpu-bind", "gpu-bind-lookup", "cpu-llama", "cpu-llama-bind")
+CONTINUE_PRESETS = (
+    "cpu-continue",
+    "cpu-located",
+    "gpu-bind",
+    "gpu-bind-lookup",
+    "cpu-llama",
+    "cpu-llama-bind",
+    "gpu-llama",
+    "gpu-llama-bind",
+)
 # Presets whose Q-Former is first trained to bind colour to shape (steps of `binding.bind_qformer`).
-BIND_QFORMER_STEPS = {"gpu-bind": 1200, "gpu-bind-lookup": 1200, "cpu-llama-bind": 1200}
+BIND_QFORMER_STEPS = {"gpu-bind": 1200, "gpu-bind-lookup": 1200, "cpu-llama-bind": 1200, "gpu-llama-bind": 1200}
 # What a base VLM must show before PIN trains on it: it sees (names the objects), its LM keeps writing boxes behind
 # an image prefix (a frozen BLIP-2 LLM does), and it does not already localise (raw mIoU near the random box).
 NAME_RECALL_TARGET = 0.85
