@@ -224,7 +224,7 @@ class RegionPrefix(nn.Module):
 
 
 def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, steps: int, batch: int, lr: float) -> dict:
-    from groundvlm.recipes.systems.pin.evaluation import center_correlation
+    from groundvlm.recipes.systems.pin.evaluation import center_correlation, check_max_new_tokens
     from groundvlm.recipes.toyworld.corpus import box_codec
 
     colours = sorted({o.colour for s in scenes for o in s.objects})
@@ -278,7 +278,7 @@ def lm_prefix_probe(vlm, processor, scenes, test_scenes, device, mode: str, step
                     objects=[s.objects[j].name for s, j in zip(part, idx)],
                 ).to(device)
                 current["prefix"] = writer(sets, rng)
-                ids = vlm.generate(**enc, max_new_tokens=12, do_sample=False)
+                ids = vlm.generate(**enc, max_new_tokens=check_max_new_tokens(processor, None), do_sample=False)
                 texts = processor.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
                 for text, s, j in zip(texts, part, idx):
                     preds.append(codec.decode(" " + text.lstrip())[0])  # unparsed: the reference's cell [0,0,0,0]

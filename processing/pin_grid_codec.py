@@ -86,6 +86,17 @@ class PinGridCodec:
         c, s = self._decode_cell, self.image_size
         return [float(gx1 * c), float(gy1 * c), float(min((gx2 + 1) * c, s)), float(min((gy2 + 1) * c, s))]
 
+    def max_tokens(self, tokenizer) -> int:
+        """Tokens `tokenizer` spends on the longest box answer `' [x1,y1,x2,y2]'` of this grid: what generation must
+        leave room for. The reference's 12 new tokens hold a box of OPT/MPT, whose numbers are single tokens; a
+        tokenizer that splits digits (LLaMA's) needs more: 17 on the toy world's 112-px grid."""
+
+        def count(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+        x1, x2 = max(self.ticks[:-1], key=count), max(self.ticks[1:], key=count)
+        return count(" [" + ",".join((x1, x1, x2, x2)) + "]")
+
     def decode(self, text: str) -> tuple[list[float], bool, str]:
         """Parse the first `' [x1,y1,x2,y2]'` in `text`.
 

@@ -404,16 +404,8 @@ class PinProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ decoding
 
     def max_box_tokens(self) -> int:
-        """Tokens the tokenizer spends on the longest box answer `' [x1,y1,x2,y2]'` of the grid: what generation must
-        leave room for. The reference's 12 new tokens hold a box of OPT/MPT, whose numbers are single tokens; a
-        tokenizer that splits digits (LLaMA's) needs more: 17 on the toy world's 112-px grid."""
-
-        def count(text: str) -> int:
-            return len(self.tokenizer(text, add_special_tokens=False).input_ids)
-
-        starts, ends = self.codec.ticks[:-1], self.codec.ticks[1:]
-        x1, x2 = max(starts, key=count), max(ends, key=count)
-        return count(" [" + ",".join((x1, x1, x2, x2)) + "]")
+        """Tokens this tokenizer spends on the longest box answer of the grid (`PinGridCodec.max_tokens`)."""
+        return self.codec.max_tokens(self.tokenizer)
 
     def post_process_localization(self, generated, target_sizes, labels: list[str] | None = None) -> list[dict]:
         """Boxes from generated text, in pixels of each caller's ORIGINAL image.

@@ -19,6 +19,7 @@ from groundvlm.recipes.systems.demo.drawing import draw_boxes
 from groundvlm.recipes.systems.demo.models import DemoSystem
 from groundvlm.recipes.systems.groma.data import GROUNDED_CAPTION_INSTRUCTION, REC_EVAL_INSTRUCTION
 from groundvlm.recipes.systems.groma.evaluation import MAX_NEW_TOKENS
+from groundvlm.recipes.systems.pin.evaluation import check_max_new_tokens
 
 # The page's task choices: (label, system, Groma mode).
 TASKS = {
@@ -26,7 +27,6 @@ TASKS = {
     "Groma: grounded answer": ("groma", "grounded"),
     "PIN: find an object": ("pin", None),
 }
-PIN_MAX_NEW_TOKENS = 12  # " [x1,y1,x2,y2]" and EOS, as recipes/systems/pin/evaluation.py's `predict`
 
 
 @dataclass
@@ -102,7 +102,8 @@ def ask_pin(system: DemoSystem, image: Image.Image, name: str):
     inputs = processor(images=[image], objects=[name], padding_side="left")
     inputs = {k: v.to(system.device) for k, v in inputs.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
-    generated = model.generate(**inputs, max_new_tokens=PIN_MAX_NEW_TOKENS, do_sample=False, num_beams=1)
+    budget = check_max_new_tokens(processor, None)  # as the recipe's evaluation
+    generated = model.generate(**inputs, max_new_tokens=budget, do_sample=False, num_beams=1)
     result = processor.post_process_localization(generated.cpu(), [(image.height, image.width)], labels=[name])[0]
     entry = {"phrase": name, "box": _box(result["boxes"][0]), "source": "answer", "parsed": bool(result["parsed"])}
     notes = [] if result["parsed"] else [f"no box in the answer ({result['reason']}): the fallback box is shown"]

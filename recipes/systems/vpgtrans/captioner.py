@@ -220,6 +220,7 @@ def caption_checks(
     captions, parsed, prompts_total, ious, full_ious, pairs = [], 0, 0, [], [], []
     codec = box_codec(world.image_size, world.grid_size)
     full_image = (0, 0, codec.image_size, codec.image_size)
+    box_budget = max(16, codec.max_tokens(processor.tokenizer))  # the longest box fits whatever the tokenizer
 
     def boxes_of(start):
         return [o.box for s in scenes[start : start + batch_size] for o in s.objects]
@@ -235,7 +236,7 @@ def caption_checks(
                 prompt_images.append(image)
                 prompts.append(pin_prompt(name))
         inputs = processor(images=prompt_images, text=prompts).to(device)
-        ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=16)
+        ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=box_budget)
         answers = processor.post_process_generation(ids, inputs["input_ids"])
         for answer, true_box in zip(answers, boxes_of(start)):
             decoded, ok, _ = codec.decode(" " + answer.lstrip())
